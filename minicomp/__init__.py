@@ -1,0 +1,21 @@
+"""minicomp: a small AI compiler for NumPy code, built to be read, run and measured.
+
+    import minicomp
+
+    graph = minicomp.trace(f, x, w)          # NumPy function -> graph IR
+    print(graph)                             # its text form
+    fast = minicomp.jit(f)                   # compile on first call, reuse after
+"""
+
+from . import errors, nn
+from .errors import MinicompError
+from .frontend import TracedArray, trace
+from .frontend.jit import jit
+from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph", "Interpreter", "Kind", "MinicompError", "Node", "TensorType", "TracedArray",
+    "errors", "interpret", "jit", "nn", "trace", "__version__",
+]

@@ -1,0 +1,169 @@
+"""The ``minicomp`` command line: look at every stage of the compiler.
+
+    minicomp demo                                          trace workloads, print, check them
+    minicomp dump model.py:mlp --arg x=f32[256,1024] ...   print the traced graph (text or DOT)
+    minicomp inspect model.py:mlp --arg x=f32[256,1024]    the graph with FLOPs and bytes
+    minicomp dump --workload softmax --size cpu            the same for a built-in workload
+
+A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
+one parameter: a tensor type (``x=f32[256,1024]``) or a Python literal for a static value
+(``heads=12``); parameters with defaults may be left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+
+
+from .errors import MinicompError
+from .ir.dtypes import TensorType
+
+
+def load_function(spec: str):
+    """``file.py:func`` or ``module:func`` -> the function (``jit`` wrappers are unwrapped)."""
+    if ":" not in spec:
+        raise MinicompError(f"name the function as FILE.py:FUNC or module:FUNC, got {spec!r}")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = os.path.abspath(where)
+        if not os.path.exists(path):
+            raise MinicompError(f"no such file: {where}")
+        sys.path.insert(0, os.path.dirname(path))
+        module_spec = importlib.util.spec_from_file_location(f"_minicomp_user_{abs(hash(path))}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise MinicompError(f"{where} has no function {name!r}")
+    return getattr(fn, "fn", fn)
+
+
+def parse_arg_value(text: str):
+    """``f32[2,3]`` -> ``TensorType``; anything else is read as a Python literal (static)."""
+    try:
+        return TensorType.parse(text)
+    except MinicompError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise MinicompError(f"cannot read argument value {text!r}: give a tensor type like "
+                            "f32[256,1024] or a Python literal") from None
+
+
+def bind_arguments(fn, arg_specs: list[str]) -> list:
+    """Order ``name=value`` specs as ``fn``'s parameters; defaults fill what is not given."""
+    given = {}
+    for spec in arg_specs:
+        if "=" not in spec:
+            raise MinicompError(f"--arg takes NAME=VALUE (like x=f32[256,1024]), got {spec!r}")
+        name, value = spec.split("=", 1)
+        given[name.strip()] = parse_arg_value(value.strip())
+    values = []
+    params = list(inspect.signature(fn).parameters.values())
+    for param in params:
+        if param.name in given:
+            values.append(given.pop(param.name))
+        elif param.default is not inspect.Parameter.empty:
+            values.append(param.default)
+        elif param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        else:
+            raise MinicompError(f"missing --arg {param.name}=... (for example {param.name}=f32[16,16])")
+    if given:
+        raise MinicompError(f"{fn.__name__} has no parameter(s) {sorted(given)}; "
+                            f"it takes {[p.name for p in params]}")
+    return values
+
+
+def _trace_from_args(args):
+    from .frontend import trace
+
+    if args.workload:
+        from .workloads import WORKLOADS
+
+        if args.workload not in WORKLOADS:
+            raise MinicompError(f"unknown workload {args.workload!r}; known: {', '.join(WORKLOADS)}")
+        workload = WORKLOADS[args.workload]
+        types = [TensorType(s, "f32") for s in workload.shapes[args.size].values()]
+        return trace(workload.fn, *types)
+    if not args.function:
+        raise MinicompError("give a function (FILE.py:FUNC) or --workload NAME")
+    fn = load_function(args.function)
+    return trace(fn, *bind_arguments(fn, args.arg))
+
+
+def cmd_dump(args) -> None:
+    graph = _trace_from_args(args)
+    if args.format == "dot":
+        print(graph.to_dot())
+    else:
+        print(graph.to_text(None if args.full_constants else 16))
+
+
+def cmd_inspect(args) -> None:
+    from .stats import format_stats
+
+    graph = _trace_from_args(args)
+    print(graph.to_text())
+    print()
+    print(format_stats(graph))
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minicomp", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_function_args(p):
+        p.add_argument("function", nargs="?", help="FILE.py:FUNC or module:FUNC")
+        p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="a parameter: a tensor type like x=f32[256,1024] or a Python literal")
+        p.add_argument("--workload", help="a built-in workload instead of a function")
+        p.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"],
+                       help="workload size (default: cpu)")
+
+    dump = sub.add_parser("dump", help="print the traced graph")
+    add_function_args(dump)
+    dump.add_argument("--emit", default="graph", choices=["graph"], help="which stage to print")
+    dump.add_argument("--format", default="text", choices=["text", "dot"])
+    dump.add_argument("--full-constants", action="store_true", help="print large constants too")
+    dump.set_defaults(run=cmd_dump)
+
+    insp = sub.add_parser("inspect", help="print the graph with op histogram, FLOPs and bytes")
+    add_function_args(insp)
+    insp.set_defaults(run=cmd_inspect)
+
+    demo = sub.add_parser("demo", help="trace workloads, print their graphs, check against NumPy")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minicomp`` console script and ``python -m minicomp``."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except MinicompError as exc:
+        print(f"minicomp: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

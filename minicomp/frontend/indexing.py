@@ -1,0 +1,74 @@
+"""Basic indexing of traced arrays: ``x[1:, ::2]``, ``x[0]``, ``x[..., None]``.
+
+A NumPy basic index becomes at most three graph ops:
+
+    x[2, 1:5:2, None]   ->   slice (one range per axis)  ->  squeeze (axes indexed by an int)
+                        ->   expand_dims (one new axis per None)
+
+Advanced indexing (integer arrays, boolean masks) picks elements by data and is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedError, at
+from .tracer import TracedArray, user_location
+
+
+def getitem(x: TracedArray, key) -> TracedArray:
+    """``x[key]`` for a basic-indexing ``key``, recorded as slice/squeeze/expand_dims."""
+    items = _expand_ellipsis(key if isinstance(key, tuple) else (key,), x.ndim)
+    ranges, int_axes, new_axes = [], [], []
+    axis, out_dim = 0, 0
+    for item in items:
+        if item is None:
+            new_axes.append(out_dim)
+            out_dim += 1
+        elif isinstance(item, slice):
+            ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
+            axis, out_dim = axis + 1, out_dim + 1
+        else:
+            ranges.append(_int_index(item, x.shape[axis], axis))
+            int_axes.append(axis)
+            axis += 1
+    result = x
+    full = [(0, d, 1) for d in x.shape]
+    normalized = [slice(*r).indices(d) for r, d in zip(ranges, x.shape)]
+    if normalized != full:
+        starts, stops, steps = zip(*ranges) if ranges else ((), (), ())
+        result = x._apply("slice", x, starts=starts, stops=stops, steps=steps)
+    if int_axes:
+        result = result._apply("squeeze", result, axes=tuple(int_axes))
+    if new_axes:
+        result = result._apply("expand_dims", result, axes=tuple(new_axes))
+    return result if result is not x else x.copy()
+
+
+def _expand_ellipsis(items: tuple, ndim: int) -> list:
+    for item in items:
+        if not (item is None or item is Ellipsis or isinstance(item, (slice, int, np.integer))):
+            raise UnsupportedError(
+                f"index {item!r:.60} is advanced indexing (an array, list or mask){at(user_location())}; "
+                "only basic indexing (ints, slices, None, ...) can be traced"
+            )
+    if sum(item is Ellipsis for item in items) > 1:
+        raise ShapeError(f"an index can only have a single ellipsis ('...'){at(user_location())}")
+    used = sum(1 for item in items if item is not None and item is not Ellipsis)
+    if used > ndim:
+        raise ShapeError(f"too many indices for array: array is {ndim}-dimensional, but {used} "
+                         f"were indexed{at(user_location())}")
+    expanded = []
+    for item in items:
+        expanded += [slice(None)] * (ndim - used) if item is Ellipsis else [item]
+    if Ellipsis not in items:
+        expanded += [slice(None)] * (ndim - used)
+    return expanded
+
+
+def _int_index(index, size: int, axis: int) -> tuple[int, int, int]:
+    index = int(index)
+    if not -size <= index < size:
+        raise ShapeError(f"index {index} is out of bounds for axis {axis} with size {size}{at(user_location())}")
+    index %= size
+    return (index, index + 1, 1)

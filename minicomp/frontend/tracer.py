@@ -1,0 +1,456 @@
+"""Tracing: run an unchanged NumPy function on proxy arrays and record a ``Graph``.
+
+``trace(fn, *examples)`` calls ``fn`` with ``TracedArray`` proxies in place of its array
+arguments. A proxy has a shape and a dtype but no data; everything done to it is recorded as a
+node of the graph instead of being computed:
+
+* Python operators (``x + y``, ``x @ w``, ``-x``, ``x[1:, None]``, ``x > 0``) through the
+  proxy's dunder methods;
+* NumPy ufuncs (``np.exp(x)``, ``np.maximum(x, 0)``, ``np.add.reduce``) through
+  ``__array_ufunc__``, and NumPy functions (``np.sum``, ``np.where``, ``np.concatenate``,
+  ``np.transpose`` ...) through ``__array_function__`` (NEP 13 and NEP 18);
+* array methods and attributes (``x.sum(axis=-1, keepdims=True)``, ``x.T``, ``x.reshape``,
+  ``x.astype``, ``x.shape``).
+
+NumPy arrays the function closes over become constants; Python scalars become constants typed
+the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
+``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
+writes into views, functions minicomp does not know) raises ``UnsupportedError`` saying so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import os
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import MinicompError, ShapeError, UnsupportedError, at
+from ..ir.dtypes import TensorType, to_dtype
+from ..ir.graph import Graph, Node
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Frames in these files are minicomp's machinery or NumPy's, never "the user's line".
+_INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py")) + (
+    os.path.dirname(os.path.abspath(np.__file__)),
+)
+_VIEW_OPS = {"slice", "reshape", "transpose", "expand_dims", "squeeze", "broadcast_to"}
+
+
+def user_location() -> str | None:
+    """``file:line`` of the innermost stack frame outside minicomp and NumPy: the user's line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_INTERNAL) and "<frozen" not in path:
+            rel = os.path.relpath(path)
+            return f"{path if rel.startswith('..') else rel}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+class Tracer:
+    """Owns the graph being recorded and turns operands into nodes."""
+
+    def __init__(self, name: str):
+        self.graph = Graph(name)
+        self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
+
+    def input(self, name: str, type: TensorType) -> "TracedArray":
+        return TracedArray(self, self.graph.add_input(name, type, user_location()))
+
+    def node_of(self, value, partners: tuple[np.dtype, ...] = ()) -> Node:
+        """The node for an operand: a proxy's own node, or a new constant.
+
+        A Python scalar is typed as NumPy 2 types it next to arrays of dtypes ``partners``
+        (``np.result_type(f32, 2.0) == f32``), so it never changes the result's dtype wrongly.
+        """
+        if isinstance(value, TracedArray):
+            if value.tracer is not self:
+                raise UnsupportedError("a traced array from another trace was used in this one")
+            return value.node
+        if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
+            try:
+                dtype = np.result_type(*partners, value) if partners else np.asarray(value).dtype
+                array = np.asarray(value, dtype=to_dtype(dtype))
+            except (OverflowError, TypeError, MinicompError) as exc:
+                raise UnsupportedError(f"cannot use Python scalar {value!r} here: {exc}{at(user_location())}") from None
+            return self.graph.add_constant(array, loc=user_location())
+        if isinstance(value, (np.ndarray, np.generic)):
+            key = id(value)
+            if key not in self._constants:
+                node = self.graph.add_op("constant", [], {"value": np.asarray(value)}, user_location())
+                self._constants[key] = (value, node)
+            return self._constants[key][1]
+        raise UnsupportedError(
+            f"cannot use a {type(value).__name__} ({value!r:.60}) as an array operand{at(user_location())}"
+        )
+
+    def apply(self, op: str, operands, **attrs) -> "TracedArray":
+        """Record ``op(*operands)`` and return the proxy of its result."""
+        arrays = [o for o in operands if isinstance(o, (TracedArray, np.ndarray, np.generic))]
+        partners = tuple(np.asarray(a).dtype if not isinstance(a, TracedArray) else a.dtype for a in arrays)
+        nodes = [self.node_of(o, partners) for o in operands]
+        return TracedArray(self, self.graph.add_op(op, nodes, attrs, loc=user_location()))
+
+
+def find_tracer(values) -> Tracer | None:
+    """The tracer of the first proxy among ``values`` (nested lists and tuples searched too)."""
+    for value in values:
+        if isinstance(value, TracedArray):
+            return value.tracer
+        if isinstance(value, (list, tuple)):
+            found = find_tracer(value)
+            if found:
+                return found
+    return None
+
+
+def apply_op(op: str, *operands, **attrs):
+    """Apply a table op to proxies (recording it) or to NumPy arrays (computing it eagerly).
+
+    This is how ``minicomp.nn`` offers ops NumPy lacks (``erf``, ``conv2d``) in both worlds.
+    """
+    tracer = find_tracer(operands)
+    if tracer is not None:
+        return tracer.apply(op, operands, **attrs)
+    from ..ir.ops import fill_attrs, get_op
+
+    arrays = [np.asarray(o) for o in operands]
+    opdef = get_op(op)
+    types = [TensorType.of(a) for a in arrays]
+    try:
+        full = fill_attrs(opdef, types, attrs)
+        opdef.infer(types, full)
+    except MinicompError as exc:
+        raise type(exc)(f"{op}: {exc}; operands {', '.join(map(str, types))}{at(user_location())}") from None
+    return np.asarray(opdef.reference(*arrays, **full))
+
+
+# ----------------------------------------------------------------------------------------------
+# The proxy array
+# ----------------------------------------------------------------------------------------------
+
+
+class TracedArray:
+    """A stand-in for an ``np.ndarray`` during tracing: shape and dtype, no data."""
+
+    __array_priority__ = 1000
+    __hash__ = None  # like ndarray: == is elementwise, so proxies are not hashable
+
+    def __init__(self, tracer: Tracer, node: Node):
+        self.tracer = tracer
+        self.node = node
+        self._has_views = False  # a view was taken of this array: in-place writes would leak
+
+    # -- attributes -----------------------------------------------------------------------------
+
+    shape = property(lambda self: self.node.shape, doc="static shape, a tuple of ints")
+    dtype = property(lambda self: self.node.dtype, doc="NumPy dtype")
+    ndim = property(lambda self: len(self.node.shape))
+    size = property(lambda self: self.node.type.size)
+    itemsize = property(lambda self: self.node.dtype.itemsize)
+    nbytes = property(lambda self: self.node.type.nbytes)
+    T = property(lambda self: self.transpose())
+    mT = property(lambda self: self.swapaxes(-1, -2))
+
+    def __repr__(self) -> str:
+        return f"TracedArray(%{self.node.name}: {self.node.type})"
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def _apply(self, op: str, *operands, **attrs) -> "TracedArray":
+        return self.tracer.apply(op, operands, **attrs)
+
+    # -- things a trace cannot do ---------------------------------------------------------------
+
+    def _concrete(self, what: str):
+        raise UnsupportedError(
+            f"{what} needs the values of {self!r}, which do not exist while tracing"
+            f"{at(user_location())}; data-dependent Python control flow cannot be compiled: "
+            "use np.where, np.maximum, ... instead"
+        )
+
+    def __bool__(self):
+        self._concrete("bool() (an if/while/and/or on an array)")
+
+    def __float__(self):
+        self._concrete("float()")
+
+    def __int__(self):
+        self._concrete("int()")
+
+    def __index__(self):
+        self._concrete("using an array as an index")
+
+    def __array__(self, dtype=None, copy=None):
+        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library)")
+
+    def item(self, *args):
+        self._concrete(".item()")
+
+    def tolist(self):
+        self._concrete(".tolist()")
+
+    def __setitem__(self, key, value):
+        raise UnsupportedError(
+            f"item assignment x[...] = v is not supported{at(user_location())}; "
+            "build the result with np.where or np.concatenate"
+        )
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def _binary(op):
+        return lambda self, other: self._apply(op, self, other)
+
+    def _reflected(op):
+        return lambda self, other: self._apply(op, other, self)
+
+    __add__, __radd__ = _binary("add"), _reflected("add")
+    __sub__, __rsub__ = _binary("sub"), _reflected("sub")
+    __mul__, __rmul__ = _binary("mul"), _reflected("mul")
+    __truediv__, __rtruediv__ = _binary("div"), _reflected("div")
+    __floordiv__, __rfloordiv__ = _binary("floordiv"), _reflected("floordiv")
+    __mod__, __rmod__ = _binary("mod"), _reflected("mod")
+    __pow__, __rpow__ = _binary("pow"), _reflected("pow")
+    __matmul__, __rmatmul__ = _binary("matmul"), _reflected("matmul")
+    __lt__, __le__ = _binary("lt"), _binary("le")
+    __gt__, __ge__ = _binary("gt"), _binary("ge")
+    __eq__, __ne__ = _binary("eq"), _binary("ne")
+
+    def _logical(op, bitwise_name):
+        def method(self, other, reflected=False):
+            operands = (other, self) if reflected else (self, other)
+            dtypes = [getattr(o, "dtype", np.asarray(o).dtype) for o in operands]
+            if any(d != np.bool_ for d in dtypes):
+                raise UnsupportedError(f"bitwise {bitwise_name} is only supported on bool arrays{at(user_location())}")
+            return self._apply(op, *operands)
+        return method
+
+    __and__ = _logical("logical_and", "&")
+    __or__ = _logical("logical_or", "|")
+    __rand__ = lambda self, other: self.__and__(other, reflected=True)
+    __ror__ = lambda self, other: self.__or__(other, reflected=True)
+
+    def __invert__(self):
+        if self.dtype != np.bool_:
+            raise UnsupportedError(f"~ is only supported on bool arrays{at(user_location())}")
+        return self._apply("logical_not", self)
+
+    def __neg__(self):
+        return self._apply("neg", self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self._apply("abs", self)
+
+    # In-place operators rebind this proxy to the new value, so every Python name bound to this
+    # array sees the change, as with NumPy. Views would not see it, so that case is refused.
+    def _inplace(op):
+        def method(self, other):
+            if self.node.op == "input":
+                raise UnsupportedError(
+                    f"in-place update of the argument %{self.node.name}{at(user_location())}: "
+                    "compiled functions do not mutate their arguments; write x = x + y"
+                )
+            if self._has_views or self.node.op in _VIEW_OPS:
+                raise UnsupportedError(
+                    f"in-place update of an array that shares memory with another (a view)"
+                    f"{at(user_location())}; write x = x + y"
+                )
+            result = self._apply(op, self, other)
+            if result.shape != self.shape:
+                raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
+                                 f"doesn't match the broadcast shape {result.shape}{at(user_location())}")
+            if result.dtype != self.dtype:
+                result = result.astype(self.dtype)  # NumPy casts into the existing buffer
+            self.node = result.node
+            return self
+        return method
+
+    __iadd__, __isub__, __imul__ = _inplace("add"), _inplace("sub"), _inplace("mul")
+    __itruediv__, __ipow__, __imatmul__ = _inplace("div"), _inplace("pow"), _inplace("matmul")
+    __ifloordiv__, __imod__ = _inplace("floordiv"), _inplace("mod")
+
+    del _binary, _reflected, _logical, _inplace
+
+    # -- indexing -------------------------------------------------------------------------------
+
+    def __getitem__(self, key) -> "TracedArray":
+        from .indexing import getitem
+
+        self._has_views = True
+        return getitem(self, key)
+
+    # -- methods --------------------------------------------------------------------------------
+
+    def _view(self, op: str, **attrs) -> "TracedArray":
+        self._has_views = True
+        return self._apply(op, self, **attrs)
+
+    def reshape(self, *shape, order="C"):
+        if order != "C":
+            raise UnsupportedError(f"reshape(order={order!r}) is not supported; only C order{at(user_location())}")
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        return self._view("reshape", shape=tuple(shape))
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
+            axes = axes[0]
+        return self._view("transpose", perm=tuple(axes) if axes else None)
+
+    def swapaxes(self, a: int, b: int):
+        from ..ir.ops import normalize_axis
+
+        perm = list(range(self.ndim))
+        a, b = normalize_axis(a, self.ndim), normalize_axis(b, self.ndim)
+        perm[a], perm[b] = perm[b], perm[a]
+        return self.transpose(perm)
+
+    def squeeze(self, axis=None):
+        return self._view("squeeze", axes=axis)
+
+    def ravel(self, order="C"):
+        return self.reshape(-1, order=order)
+
+    flatten = ravel
+
+    def copy(self, order="C"):
+        return TracedArray(self.tracer, self.node)  # a new array object with the same value
+
+    def astype(self, dtype, copy=True):
+        dtype = to_dtype(dtype)
+        return self.copy() if dtype == self.dtype else self._apply("cast", self, dtype=dtype)
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return _reduce(self, "sum", axis, keepdims, dtype, out)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return _reduce(self, "mean", axis, keepdims, dtype, out)
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return _reduce(self, "max", axis, keepdims, None, out)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return _reduce(self, "min", axis, keepdims, None, out)
+
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        from .functions import var
+
+        return var(self, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims)
+
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        return np.sqrt(self.var(axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims))
+
+    def clip(self, min=None, max=None):
+        return np.clip(self, min, max)
+
+    def dot(self, other):
+        return np.dot(self, other)
+
+    # -- NumPy's dispatch protocols -------------------------------------------------------------
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from .functions import dispatch_ufunc
+
+        return dispatch_ufunc(self.tracer, ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from .functions import dispatch_function
+
+        return dispatch_function(func, args, kwargs)
+
+
+def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> TracedArray:
+    if out is not None:
+        raise UnsupportedError(f"{op}(out=...) is not supported{at(user_location())}; use the return value")
+    if dtype is not None:
+        x = x.astype(dtype)  # np.sum(x, dtype=d) accumulates in d: the same as casting first
+    return x._apply(op, x, axes=axis, keepdims=keepdims)
+
+
+# ----------------------------------------------------------------------------------------------
+# trace()
+# ----------------------------------------------------------------------------------------------
+
+
+def _example_type(value) -> TensorType | None:
+    """The input type an example argument stands for, or None for a static (non-array) value."""
+    if isinstance(value, TensorType):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        return TensorType.of(value)
+    return None
+
+
+def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
+    """Trace ``fn(*args)``; return ``(graph, structure)`` where structure is how outputs nest.
+
+    Array arguments (``np.ndarray``, NumPy scalars, ``TensorType``) become graph inputs named
+    after ``fn``'s parameters; anything else is passed to ``fn`` unchanged (a static value).
+    """
+    tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
+    call_args = []
+    for param_name, value in zip(_parameter_names(fn, len(args)), args):
+        type_ = _example_type(value)
+        call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
+    result = fn(*call_args)
+    if isinstance(result, (tuple, list)):
+        structure, results = type(result), list(result)
+    else:
+        structure, results = None, [result]
+    tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
+    tracer.graph.verify()
+    return tracer.graph, structure
+
+
+def _output_node(tracer: Tracer, value) -> Node:
+    if isinstance(value, (TracedArray, np.ndarray, np.generic, numbers.Number)):
+        return tracer.node_of(value)
+    raise UnsupportedError(
+        f"the traced function returned a {type(value).__name__}; return an array, or a tuple or "
+        "list of arrays"
+    )
+
+
+def _parameter_names(fn: Callable, count: int) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            names += [f"{param.name}_{i}" for i in range(count - len(names))]
+            break
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            names.append(param.name)
+    names += [f"arg{i}" for i in range(len(names), count)]
+    return names[:count]
+
+
+def trace(fn: Callable, *example_args, name: str | None = None) -> Graph:
+    """Trace an unchanged NumPy function into a ``Graph``.
+
+    ``example_args`` are NumPy arrays (only their shapes and dtypes matter), ``TensorType`` s,
+    or static Python values passed through unchanged.
+
+    >>> g = trace(lambda x: np.exp(x) + 1.0, np.zeros((2, 3), np.float32))
+    >>> [n.op for n in g.op_nodes()]
+    ['exp', 'add']
+    """
+    return trace_with_structure(fn, example_args, name)[0]
