@@ -7,13 +7,13 @@
     fast = minicomp.jit(f)                   # compile on first call, reuse after
 """
 
+__version__ = "0.1.0"  # first: the compile cache keys on it
+
 from . import errors, nn
 from .errors import MinicompError
 from .frontend import TracedArray, trace
 from .frontend.jit import jit
 from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Interpreter", "Kind", "MinicompError", "Node", "TensorType", "TracedArray",

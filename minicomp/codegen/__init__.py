@@ -1,0 +1,1 @@
+"""Code generation: renderers (loop IR -> C or CUDA text), compiling and loading."""

@@ -1,0 +1,275 @@
+"""Render a lowered ``Program`` as one C99 (GNU) translation unit.
+
+The output is meant to be read: one ``static void`` function per kernel, named after its graph
+node, with a comment tying it to the user's source line, and one entry point that runs the
+kernels in order on the buffers it is given::
+
+    /* %add = add  at model.py:12 */
+    static void k_add(const float *restrict x, const float *restrict b, float *restrict add) {
+      #pragma omp parallel for schedule(static)
+      for (int64_t i0 = 0; i0 < 4096; ++i0) {
+        for (int64_t i1 = 0; i1 < 1024; ++i1) {
+          add[i0 * 1024 + i1] = x[i0 * 1024 + i1] + b[i1];
+        }
+      }
+    }
+
+    int minicomp_entry(void **args) { ... k_add(x, b, add); ... return mc_status; }
+
+Semantics are NumPy's, not C's, wherever the two differ: integer floor division and modulo
+(``mc_floordiv``/``mc_mod``, zero divisors give 0), NaN-propagating ``maximum``/``minimum``,
+float-to-int casts that never hit C's undefined behaviour, signed overflow that wraps
+(``-fwrapv``), float16 arithmetic done in float32 and rounded once per op. Floats are written
+as the shortest decimal that reads back to the same value, so constants are exact. Every index is an ``int64_t``. ``restrict`` is
+used because lowering never lets two parameters of a kernel share memory unless both are only
+read.
+
+``CRenderer`` is a class so that the CUDA renderer can override the few hooks that differ.
+"""
+
+from __future__ import annotations
+
+import math
+from string import Template
+
+import numpy as np
+
+from ..ir.loops import (BOOL, INDEX, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
+                        Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
+
+C_TYPES = {
+    np.dtype(np.float16): "_Float16", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t", np.dtype(np.bool_): "bool",
+}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64",
+           np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+_MATH_F32 = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf",
+             "cos": "cosf", "floor": "floorf", "ceil": "ceilf", "erf": "erff"}
+
+ENTRY = "minicomp_entry"
+
+# NumPy's meanings, once per arithmetic type: $T is the C type, $S its suffix, $F libm's suffix.
+_FLOAT_HELPERS = Template("""
+static inline $T mc_abs_$S($T x) { return x < 0 ? -x : (x == 0 ? ($T)0 : x); }
+static inline $T mc_sign_$S($T x) { return x > 0 ? ($T)1 : (x < 0 ? ($T)-1 : (x == 0 ? ($T)0 : x)); }
+static inline $T mc_sigmoid_$S($T x) {          /* never overflows: exp of a non-positive number */
+  $T e = exp$F(-(x < 0 ? -x : x));
+  return x >= 0 ? ($T)1 / (($T)1 + e) : e / (($T)1 + e);
+}
+static inline $T mc_maximum_$S($T a, $T b) { return (a >= b || a != a) ? a : b; }  /* NaN wins */
+static inline $T mc_minimum_$S($T a, $T b) { return (a <= b || a != a) ? a : b; }
+static inline $T mc_pow_$S($T a, $T b) { return pow$F(a, b); }
+static inline $T mc_mod_$S($T a, $T b) {        /* Python's a % b: the sign of b */
+  $T mod = fmod$F(a, b);
+  if (b == 0) return mod;
+  if (mod != 0) { if ((b < 0) != (mod < 0)) mod += b; }
+  else mod = copysign$F(($T)0, b);
+  return mod;
+}
+static inline $T mc_floordiv_$S($T a, $T b) {   /* NumPy's floor_divide, from its divmod */
+  if (b == 0) return a / b;
+  $T mod = fmod$F(a, b);
+  $T div = (a - mod) / b;
+  if (mod != 0 && ((b < 0) != (mod < 0))) div -= ($T)1;
+  if (div == 0) return copysign$F(($T)0, a / b);
+  $T floordiv = floor$F(div);
+  if (div - floordiv > ($T)0.5) floordiv += ($T)1;
+  return floordiv;
+}
+""")
+
+_INT_HELPERS = Template("""
+static inline $T mc_abs_$S($T x) { return x < 0 ? -x : x; }
+static inline $T mc_sign_$S($T x) { return ($T)((x > 0) - (x < 0)); }
+static inline $T mc_maximum_$S($T a, $T b) { return a >= b ? a : b; }
+static inline $T mc_minimum_$S($T a, $T b) { return a <= b ? a : b; }
+static inline $T mc_floordiv_$S($T a, $T b) {   /* rounds toward -inf; x // 0 == 0, as NumPy */
+  if (b == 0) return 0;
+  if (b == -1) return -a;                       /* wraps for the minimum value, as NumPy */
+  $T q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;
+  return q;
+}
+static inline $T mc_mod_$S($T a, $T b) {
+  if (b == 0 || b == -1) return 0;
+  $T r = a % b;
+  if (r != 0 && ((r < 0) != (b < 0))) r += b;
+  return r;
+}
+static inline $T mc_pow_$S($T a, $T b) {        /* by squaring; negative powers are an error */
+  if (b < 0) { mc_fail(MC_ERR_NEGATIVE_POWER); return 0; }
+  $T result = 1;
+  while (b) { if (b & 1) result *= a; a *= a; b >>= 1; }
+  return result;
+}
+static inline $T mc_from_f64_$S(double x) {     /* NaN, out of range -> the minimum, as NumPy on x86 */
+  return (x != x || x >= $LIMIT || x < -$LIMIT) ? ($T)(-$MAX - 1) : ($T)x;
+}
+""")
+
+PRELUDE = """\
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define MC_ERR_NEGATIVE_POWER 1
+static int mc_status;                           /* nonzero: a kernel hit a NumPy error case */
+static inline void mc_fail(int code) { __atomic_store_n(&mc_status, code, __ATOMIC_RELAXED); }
+"""
+
+#: mc_status codes -> the error NumPy raises in the same case
+STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed."}
+
+
+def prelude() -> str:
+    """The helper functions every generated file starts with."""
+    parts = [PRELUDE]
+    parts.append(_FLOAT_HELPERS.substitute(T="float", S="f32", F="f"))
+    parts.append(_FLOAT_HELPERS.substitute(T="double", S="f64", F=""))
+    parts.append(_INT_HELPERS.substitute(T="int32_t", S="i32", LIMIT="2147483648.0", MAX="INT32_MAX"))
+    parts.append(_INT_HELPERS.substitute(T="int64_t", S="i64", LIMIT="9223372036854775808.0",
+                                         MAX="INT64_MAX"))
+    return "".join(parts)
+
+
+class CRenderer:
+    """Loop IR -> C source. Subclasses override ``kernel_signature``, ``loop_header`` etc."""
+
+    def __init__(self, indent: str = "  "):
+        self.indent = indent
+
+    # -- expressions ----------------------------------------------------------------------------
+
+    def expr(self, e: Expr) -> str:
+        """C text of an expression (fully parenthesised where precedence could matter)."""
+        if isinstance(e, Const):
+            return self.literal(e.value, e.dtype)
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Load):
+            return f"{self.name(e.buffer)}[{self.expr(e.index)}]"
+        if isinstance(e, Binary):
+            return f"({self.expr(e.a)} {e.op} {self.expr(e.b)})"
+        if isinstance(e, Unary):
+            return f"({e.op}{self.expr(e.a)})"
+        if isinstance(e, Call):
+            return f"{self.function_name(e)}({', '.join(self.expr(a) for a in e.args)})"
+        if isinstance(e, Cast):
+            return self.cast(e)
+        if isinstance(e, Select):
+            return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
+        raise TypeError(f"cannot render {e!r}")
+
+    def literal(self, value, dtype: np.dtype) -> str:
+        """An exact C literal: hexadecimal floats, INT*_C for 64-bit integers."""
+        if dtype == BOOL:
+            return "true" if value else "false"
+        if dtype.kind == "f":
+            v = float(value)
+            if math.isnan(v):
+                text = "NAN"
+            elif math.isinf(v):
+                text = "INFINITY" if v > 0 else "(-INFINITY)"
+            else:
+                # the shortest decimal that reads back to the same value (C rounds correctly)
+                text = repr(v) if dtype == np.float64 else str(np.float32(v)) + "f"
+            return f"((_Float16){text})" if dtype == np.float16 else text
+        v = int(value)
+        if dtype == np.int32:
+            return "(-2147483647 - 1)" if v == -2**31 else str(v)
+        if v == -2**63:
+            return "(-INT64_C(9223372036854775807) - 1)"
+        return str(v) if dtype == INDEX and abs(v) < 2**31 else f"INT64_C({v})"
+
+    def function_name(self, call: Call) -> str:
+        """``exp`` -> ``expf`` for float32; ``mc_maximum`` -> ``mc_maximum_f32``."""
+        if call.fn.startswith("mc_"):
+            return f"{call.fn}_{_SUFFIX[call.dtype]}"
+        return _MATH_F32[call.fn] if call.dtype == np.float32 else call.fn
+
+    def cast(self, e: Cast) -> str:
+        src, dst, inner = e.a.dtype, e.dtype, self.expr(e.a)
+        if dst == BOOL:
+            return f"({inner} != 0)"
+        if src.kind == "f" and dst.kind in "iu":
+            return f"mc_from_f64_{_SUFFIX[dst]}((double){inner})"
+        return f"(({C_TYPES[dst]}){inner})"
+
+    # -- statements -----------------------------------------------------------------------------
+
+    def stmt(self, s: Stmt, depth: int) -> list[str]:
+        pad = self.indent * depth
+        if isinstance(s, For):
+            return self.loop_header(s, depth) + self.stmt(s.body, depth + 1) + [pad + "}"]
+        if isinstance(s, Store):
+            return [f"{pad}{self.name(s.buffer)}[{self.expr(s.index)}] = {self.expr(s.value)};"]
+        if isinstance(s, Declare):
+            return [f"{pad}{C_TYPES[s.var.dtype]} {s.var.name} = {self.expr(s.init)};"]
+        if isinstance(s, Assign):
+            return [f"{pad}{s.var.name} = {self.expr(s.value)};"]
+        if isinstance(s, Block):
+            return [line for sub in s.stmts for line in self.stmt(sub, depth)]
+        raise TypeError(f"cannot render {s!r}")
+
+    def loop_header(self, loop: For, depth: int) -> list[str]:
+        pad = self.indent * depth
+        lines = []
+        if loop.kind == "parallel":
+            collapse = ""
+            if loop.extent < 64 and isinstance(loop.body, For):
+                collapse = " collapse(2)"
+            lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse}")
+        v = loop.var.name
+        lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.literal(loop.extent, INDEX)}; ++{v}) {{")
+        return lines
+
+    # -- kernels and the whole file ---------------------------------------------------------------
+
+    def name(self, buffer: Buffer) -> str:
+        """C name of a buffer: ``b_`` + its graph name, so no name clashes with C (``const``, ``exp``)."""
+        return "b_" + buffer.name
+
+    def param(self, buffer: Buffer, written: bool) -> str:
+        qualifier = "" if written else "const "
+        return f"{qualifier}{C_TYPES[buffer.dtype]} *restrict {self.name(buffer)}"
+
+    def kernel(self, k: Kernel) -> str:
+        """One kernel as a static C function with its source comment."""
+        params = [self.param(b, written=b is k.output) for b in k.params]
+        lines = [f"/* {line} */" for line in k.source]
+        lines.append(f"static void k_{k.name}({', '.join(params)}) {{")
+        lines += self.stmt(k.body, 1)
+        lines.append("}")
+        return "\n".join(lines)
+
+    def program(self, program) -> str:
+        """The whole translation unit: prelude, kernels, and the entry point."""
+        parts = [f"/* generated by minicomp from graph {program.graph.name!r} */", prelude()]
+        parts += [self.kernel(k) for k in program.kernels]
+        parts.append(self.entry(program))
+        return "\n\n".join(parts) + "\n"
+
+    def entry(self, program) -> str:
+        """``int minicomp_entry(void **args)``: bind parameters and workspace, run every kernel."""
+        lines = [f"int {ENTRY}(void **args) {{"]
+        pad = self.indent
+        for i, buffer in enumerate(program.params):
+            ctype = C_TYPES[buffer.dtype]
+            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)args[{i}];")
+        lines.append(f"{pad}char *workspace = (char *)args[{len(program.params)}];")
+        for buffer, offset in program.workspace.items():
+            ctype = C_TYPES[buffer.dtype]
+            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {offset});")
+        lines.append(f"{pad}(void)workspace;")
+        lines.append(f"{pad}mc_status = 0;")
+        for k in program.kernels:
+            args = ", ".join(self.name(b) for b in k.params)
+            lines.append(f"{pad}k_{k.name}({args});")
+        lines.append(f"{pad}return mc_status;")
+        lines.append("}")
+        return "\n".join(lines)
+
+
+def render_c(program) -> str:
+    """C source of a lowered program (see the module docstring)."""
+    return CRenderer().program(program)

@@ -1,0 +1,112 @@
+"""Compile C source into a shared library (through the compile cache) and load it with cffi.
+
+Three separate steps, so each can be looked at on its own:
+
+    source = render_c(program)        # minicomp.codegen.c: text
+    path = compile_c(source)          # this module: gcc -> <cache>/<key>.so (or a cache hit)
+    library = load_library(path)      # this module: cffi's dlopen
+
+Flags live here and nowhere else. ``REQUIRED_FLAGS`` give the generated code its meaning
+(``-fwrapv``: signed overflow wraps as in NumPy) and are always used; ``DEFAULT_OPT_FLAGS``
+can be replaced with the environment variable ``MINICOMP_CFLAGS``. ``MINICOMP_SANITIZE=1``
+adds AddressSanitizer and UBSan (the loading process must preload libasan, see the tests).
+``CC`` picks the compiler (default: gcc, else cc).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from ..errors import CompileError
+from ..runtime import cache
+
+REQUIRED_FLAGS = ["-shared", "-fPIC", "-std=gnu11", "-fwrapv", "-fno-math-errno"]
+DEFAULT_OPT_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g"]
+ENTRY_DECLARATION = "int minicomp_entry(void **args);"
+
+
+def compiler() -> str:
+    """The C compiler to use: ``$CC``, else gcc, else cc; ``CompileError`` if there is none."""
+    candidate = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not candidate or not shutil.which(candidate.split()[0]):
+        raise CompileError(
+            "no C compiler found: the C target needs gcc (Debian/Ubuntu: apt-get install gcc; "
+            "Fedora: dnf install gcc; macOS: xcode-select --install), or set CC; "
+            "jit(target='numpy') runs without one"
+        )
+    return candidate
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(cc: str) -> str:
+    """The first line of ``cc --version`` (part of the cache key)."""
+    try:
+        result = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise CompileError(f"cannot run the C compiler {cc!r}: {exc}") from None
+    return result.stdout.splitlines()[0] if result.stdout else cc
+
+
+def sanitizing() -> bool:
+    """True when ``MINICOMP_SANITIZE=1``: build with AddressSanitizer and UBSan."""
+    return os.environ.get("MINICOMP_SANITIZE", "") not in ("", "0")
+
+
+def cflags() -> list[str]:
+    """All flags for the next compilation (required + optimisation + sanitizer)."""
+    opt = os.environ.get("MINICOMP_CFLAGS")
+    flags = REQUIRED_FLAGS + (shlex.split(opt) if opt is not None else DEFAULT_OPT_FLAGS)
+    return flags + (SANITIZE_FLAGS if sanitizing() else [])
+
+
+def compile_c(source: str, name: str = "graph") -> Path:
+    """Compile ``source`` into a shared library, or return the cached one; its path."""
+    cc = compiler()
+    flags = cflags()
+    key = cache.cache_key(source, " ".join(flags), compiler_version(cc))
+    hit = cache.lookup(key)
+    if hit:
+        return hit
+    with cache.building(key):
+        hit = cache.lookup(key)  # another process may have built it while we waited
+        if hit:
+            return hit
+        source_path = cache.cache_dir() / f"{key}.c"
+        source_path.write_text(source)
+        output = cache.temporary_path()
+        command = [*shlex.split(cc), *flags, "-o", str(output), str(source_path), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            output.unlink(missing_ok=True)
+            raise CompileError(
+                f"{cc} failed on the code generated for {name!r} (source kept at {source_path}):\n"
+                f"{' '.join(command)}\n{result.stderr[-4000:]}"
+            )
+        return cache.store(key, output, name)
+
+
+_ffi_lock = threading.Lock()
+_ffi = None
+
+
+def load_library(path: Path):
+    """``dlopen`` a compiled library with cffi; returns the library with ``minicomp_entry``."""
+    global _ffi
+    import cffi
+
+    with _ffi_lock:
+        if _ffi is None:
+            _ffi = cffi.FFI()
+            _ffi.cdef(ENTRY_DECLARATION)
+        try:
+            return _ffi, _ffi.dlopen(str(path))
+        except OSError as exc:
+            raise CompileError(f"cannot load compiled library {path}: {exc}") from None

@@ -1,0 +1,72 @@
+"""Printing the loop IR in a compact, Python-like form (for ``minicomp dump --emit loops``).
+
+    kernel exp(x: f32[4,8]) -> exp: f32[4,8]      # %exp = exp  at model.py:3
+      parallel for i0 in 0..4:
+        for i1 in 0..8:
+          exp[i0*8 + i1] = exp(x[i0*8 + i1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dtypes import short_name
+from .loops import (Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
+                    Select, Stmt, Store, Unary, Var)
+
+
+def print_expr(e: Expr) -> str:
+    """One expression as text; binary operations are parenthesised unless at the top."""
+    if isinstance(e, Const):
+        if e.dtype.kind == "b":
+            return "true" if e.value else "false"
+        return str(e.value) if e.dtype.kind in "iu" else f"{str(e.value)}{_suffix(e.dtype)}"
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Load):
+        return f"{e.buffer.name}[{print_expr(e.index)}]"
+    if isinstance(e, Binary):
+        return f"({print_expr(e.a)} {e.op} {print_expr(e.b)})"
+    if isinstance(e, Unary):
+        return f"{e.op}{print_expr(e.a)}"
+    if isinstance(e, Call):
+        return f"{e.fn}({', '.join(print_expr(a) for a in e.args)})"
+    if isinstance(e, Cast):
+        return f"{short_name(e.dtype)}({print_expr(e.a)})"
+    if isinstance(e, Select):
+        return f"select({print_expr(e.cond)}, {print_expr(e.a)}, {print_expr(e.b)})"
+    raise TypeError(f"unknown expression {e!r}")
+
+
+def _suffix(dtype: np.dtype) -> str:
+    return "" if dtype == np.float64 else f"_{short_name(dtype)}"
+
+
+def _strip(text: str) -> str:
+    return text[1:-1] if text.startswith("(") and text.endswith(")") else text
+
+
+def print_stmt(s: Stmt, indent: int = 1) -> list[str]:
+    """Lines of one statement at ``indent`` levels (two spaces each)."""
+    pad = "  " * indent
+    if isinstance(s, For):
+        prefix = "" if s.kind == "serial" else f"{s.kind} "
+        return [f"{pad}{prefix}for {s.var.name} in 0..{s.extent}:"] + print_stmt(s.body, indent + 1)
+    if isinstance(s, Store):
+        return [f"{pad}{s.buffer.name}[{_strip(print_expr(s.index))}] = {_strip(print_expr(s.value))}"]
+    if isinstance(s, Declare):
+        return [f"{pad}{short_name(s.var.dtype)} {s.var.name} = {_strip(print_expr(s.init))}"]
+    if isinstance(s, Assign):
+        return [f"{pad}{s.var.name} = {_strip(print_expr(s.value))}"]
+    if isinstance(s, Block):
+        return [line for stmt in s.stmts for line in print_stmt(stmt, indent)]
+    raise TypeError(f"unknown statement {s!r}")
+
+
+def print_kernel(k: Kernel) -> str:
+    """The whole kernel: signature, source comment, body."""
+    ins = ", ".join(str(b) for b in dict.fromkeys(k.inputs))
+    head = f"kernel {k.name}({ins}) -> {k.output}"
+    if k.source:
+        head += "      # " + "; ".join(k.source)
+    return "\n".join([head] + print_stmt(k.body))

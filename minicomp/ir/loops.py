@@ -1,0 +1,302 @@
+"""The loop IR: loops, loads, stores and scalar expressions (TVM's TIR, Halide's statements).
+
+A graph node (later: a fused group of nodes) is lowered into a ``Kernel``: a loop nest that
+reads input buffers and writes an output buffer element by element. Everything is explicit:
+
+    kernel add(x: f32[4,8], y: f32[8]) -> out: f32[4,8]
+      parallel for i0 in 0..4:
+        for i1 in 0..8:
+          out[i0*8 + i1] = x[i0*8 + i1] + y[i1]
+
+Expressions are immutable trees with a dtype (``Const``, ``Var``, ``Load``, ``Binary``,
+``Unary``, ``Call``, ``Cast``, ``Select``); statements are ``For``, ``Store``, ``Block``,
+``Declare`` and ``Assign`` (local scalars, e.g. reduction accumulators). Buffers are flat and
+row-major: a ``Load`` takes one linear index expression. Index arithmetic is in int64.
+
+Binary operators keep C's meaning here (``/`` on integers truncates); NumPy's meanings that C
+lacks (floor division, Python-style modulo, NaN-propagating max) are ``Call`` s of helper
+functions that the C renderer defines once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .dtypes import short_name, to_dtype
+
+INDEX = np.dtype(np.int64)  # the dtype of every loop variable and index expression
+BOOL = np.dtype(np.bool_)
+
+# ----------------------------------------------------------------------------------------------
+# Buffers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A flat, row-major array a kernel reads or writes. Compared by identity."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Element strides of the row-major layout."""
+        strides, step = [], 1
+        for dim in reversed(self.shape):
+            strides.append(step)
+            step *= dim
+        return tuple(reversed(strides))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Expressions
+# ----------------------------------------------------------------------------------------------
+
+
+class Expr:
+    """Base class of scalar expressions; every expression has a ``dtype``."""
+
+    dtype: np.dtype
+
+    def children(self) -> tuple["Expr", ...]:
+        return ()
+
+    # Arithmetic sugar for building index expressions in lowering code: i * 8 + j.
+    def __add__(self, other):
+        return simplify_binary("+", self, as_expr(other))
+
+    def __radd__(self, other):
+        return simplify_binary("+", as_expr(other), self)
+
+    def __sub__(self, other):
+        return simplify_binary("-", self, as_expr(other))
+
+    def __mul__(self, other):
+        return simplify_binary("*", self, as_expr(other))
+
+    def __rmul__(self, other):
+        return simplify_binary("*", as_expr(other), self)
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    """A literal of a given dtype."""
+
+    value: object
+    dtype: np.dtype = INDEX
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    """A loop variable or a local scalar."""
+
+    name: str
+    dtype: np.dtype = INDEX
+
+
+@dataclass(frozen=True, eq=False)
+class Load(Expr):
+    """``buffer[index]`` with a linear index."""
+
+    buffer: Buffer
+    index: Expr
+
+    @property
+    def dtype(self):
+        return self.buffer.dtype
+
+    def children(self):
+        return (self.index,)
+
+
+@dataclass(frozen=True, eq=False)
+class Binary(Expr):
+    """``a op b`` with C's meaning; ``op`` in + - * / < <= > >= == != && ||."""
+
+    op: str
+    a: Expr
+    b: Expr
+    dtype: np.dtype
+
+    def children(self):
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True, eq=False)
+class Unary(Expr):
+    """``-a`` or ``!a``."""
+
+    op: str
+    a: Expr
+    dtype: np.dtype
+
+    def children(self):
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    """A math function (``exp``, ``tanh``, ...) or a minicomp helper (``mc_floordiv``, ...)."""
+
+    fn: str
+    args: tuple[Expr, ...]
+    dtype: np.dtype
+
+    def children(self):
+        return self.args
+
+
+@dataclass(frozen=True, eq=False)
+class Cast(Expr):
+    """Convert ``a`` to ``dtype`` with NumPy's ``astype`` meaning."""
+
+    a: Expr
+    dtype: np.dtype
+
+    def children(self):
+        return (self.a,)
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    """``cond ? a : b``; only the chosen side is evaluated (so guarded loads are safe)."""
+
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self):
+        return self.a.dtype
+
+    def children(self):
+        return (self.cond, self.a, self.b)
+
+
+def as_expr(value) -> Expr:
+    """Python ints become index constants; expressions pass through."""
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return Const(int(value), INDEX)
+    raise TypeError(f"cannot use {value!r} as a loop-IR expression")
+
+
+def const(value, dtype) -> Const:
+    """A literal of ``dtype`` (the value is converted through NumPy, so it is exact)."""
+    dtype = to_dtype(dtype)
+    return Const(np.asarray(value).astype(dtype)[()], dtype)
+
+
+def simplify_binary(op: str, a: Expr, b: Expr) -> Expr:
+    """Build an index expression, folding the trivial cases (x*1, x+0, 0*x, constants)."""
+    ca = a.value if isinstance(a, Const) and a.dtype == INDEX else None
+    cb = b.value if isinstance(b, Const) and b.dtype == INDEX else None
+    if ca is not None and cb is not None:
+        return Const({"+": ca + cb, "-": ca - cb, "*": ca * cb}[op], INDEX)
+    if op == "+" and ca == 0:
+        return b
+    if op in "+-" and cb == 0:
+        return a
+    if op == "*" and (ca == 0 or cb == 0):
+        return Const(0, INDEX)
+    if op == "*" and ca == 1:
+        return b
+    if op == "*" and cb == 1:
+        return a
+    return Binary(op, a, b, INDEX)
+
+
+def walk(expr: Expr) -> Iterator[Expr]:
+    """Every sub-expression of ``expr``, itself first."""
+    yield expr
+    for child in expr.children():
+        yield from walk(child)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statements
+# ----------------------------------------------------------------------------------------------
+
+
+class Stmt:
+    """Base class of statements."""
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    """``for var in 0..extent: body``. ``kind``: serial, parallel, vectorized or unrolled."""
+
+    var: Var
+    extent: int
+    body: Stmt
+    kind: str = "serial"
+
+
+@dataclass(eq=False)
+class Store(Stmt):
+    """``buffer[index] = value``."""
+
+    buffer: Buffer
+    index: Expr
+    value: Expr
+
+
+@dataclass(eq=False)
+class Declare(Stmt):
+    """A local scalar with an initial value: ``f32 acc = 0``."""
+
+    var: Var
+    init: Expr
+
+
+@dataclass(eq=False)
+class Assign(Stmt):
+    """``var = value`` for a declared local scalar."""
+
+    var: Var
+    value: Expr
+
+
+@dataclass(eq=False)
+class Block(Stmt):
+    """Statements in order."""
+
+    stmts: list[Stmt] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Kernel:
+    """One generated function: reads ``inputs``, writes ``output`` through ``body``.
+
+    ``source`` names the graph nodes the kernel computes and their user source lines.
+    """
+
+    name: str
+    inputs: list[Buffer]
+    output: Buffer
+    body: Stmt
+    source: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[Buffer]:
+        """Inputs (without repeats) then the output: the kernel's parameter list."""
+        unique = list(dict.fromkeys(self.inputs))
+        return unique + [self.output]
+
+    def __str__(self) -> str:
+        from .loop_text import print_kernel
+
+        return print_kernel(self)

@@ -1,0 +1,185 @@
+"""Lowering: a graph becomes a ``Program`` of loop-IR kernels, one kernel per op node.
+
+For every computing node, the op's compute rule (``minicomp.ir.compute``) is applied at a
+symbolic output index and wrapped in one loop per output axis::
+
+    %add = add(%x, %b) : f32[4,8]      ->   for i0 in 0..4:
+                                              for i1 in 0..8:
+                                                add[i0*8 + i1] = x[i0*8 + i1] + b[i1]
+
+A reduction also declares an accumulator and loops over the reduced axes. Scalar constants are
+inlined as literals; array constants, graph inputs and outputs are parameters; every other
+value gets a slice of one workspace (the static buffer plan: offsets fixed at compile time).
+The outermost loop of a kernel with enough work is marked ``parallel``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.compute import Reduce, Tensor, compute, linear_index
+from ..ir.graph import Graph, Node
+from ..ir.loops import (BOOL, Assign, Binary, Block, Buffer, Call, Declare, For, Kernel, Stmt,
+                        Store, Var, const)
+from ..ir.ops import Kind
+
+PARALLEL_MIN_WORK = 1 << 15  # elements x reduction length below which threads cost more than they give
+ALIGNMENT = 64  # bytes: every workspace buffer starts on a cache line
+
+
+@dataclass
+class Program:
+    """Everything the C renderer and the runtime need to run a graph.
+
+    ``params`` is the order of the entry function's buffer arguments: graph inputs, array
+    constants, graph outputs; intermediates live in the workspace at ``offsets``.
+    """
+
+    graph: Graph
+    kernels: list[Kernel]
+    inputs: list[Buffer]
+    constants: list[tuple[Buffer, np.ndarray]]
+    outputs: list[Buffer]
+    workspace: dict[Buffer, int] = field(default_factory=dict)  # buffer -> byte offset
+    workspace_bytes: int = 0
+    output_nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[Buffer]:
+        return self.inputs + [b for b, _ in self.constants] + self.outputs
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(k) for k in self.kernels)
+
+
+def is_inline_constant(node: Node) -> bool:
+    """Constants with one element are written into the code as literals."""
+    return node.op == "constant" and node.type.size == 1
+
+
+def lower(graph: Graph) -> Program:
+    """Lower every computing node of ``graph`` to a kernel; see the module docstring."""
+    buffers: dict[Node, Buffer] = {}
+    program = Program(graph, [], [], [], [])
+    new_buffer = _buffer_namer()
+    for node in graph.inputs:
+        buffers[node] = new_buffer(node.name, node)
+        program.inputs.append(buffers[node])
+    outputs = _unique(graph.outputs)
+    for node in graph.nodes():
+        if node.op == "constant" and not is_inline_constant(node):
+            buffers[node] = new_buffer(node.name, node)
+            program.constants.append((buffers[node], node.attrs["value"]))
+        elif node.kind is not Kind.SOURCE:
+            buffers[node] = new_buffer(node.name, node)
+            if node not in outputs:
+                program.workspace[buffers[node]] = _place(program, buffers[node])
+            program.kernels.append(lower_node(node, buffers))
+    for node in outputs:
+        if node.kind is Kind.SOURCE:  # an input or constant returned as is: copy it out
+            copy = new_buffer(f"{node.name}_out", node)
+            program.kernels.append(_copy_kernel(node, buffers, copy))
+            buffers[node] = copy
+        program.outputs.append(buffers[node])
+    program.output_nodes = outputs
+    return program
+
+
+def _buffer_namer():
+    """A maker of buffers whose names are unique C identifiers (graph names may contain dots)."""
+    taken: set[str] = set()
+
+    def new_buffer(name: str, node: Node) -> Buffer:
+        base = re.sub(r"\W", "_", name)
+        unique, n = base, 1
+        while unique in taken:
+            unique, n = f"{base}_{n}", n + 1
+        taken.add(unique)
+        return Buffer(unique, node.dtype, node.shape)
+
+    return new_buffer
+
+
+def _unique(nodes: list[Node]) -> list[Node]:
+    return list(dict.fromkeys(nodes))
+
+
+def _place(program: Program, buffer: Buffer) -> int:
+    offset = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
+    program.workspace_bytes = offset + buffer.size * buffer.dtype.itemsize
+    return offset
+
+
+def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
+    if is_inline_constant(operand):
+        value = const(operand.attrs["value"].reshape(-1)[0], operand.dtype)
+        return Tensor(operand.type, lambda idx: value)
+    return Tensor.of_buffer(buffers[operand])
+
+
+def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
+    """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers."""
+    out = buffers[node]
+    idx = [Var(f"i{axis}") for axis in range(len(node.shape))]
+    operands = [_operand_tensor(o, buffers) for o in node.operands]
+    value = compute(node, idx, operands)
+    store_at = linear_index(idx, node.shape)
+    if isinstance(value, Reduce):
+        body = _reduction_body(value, out, store_at)
+        work = node.type.size * int(np.prod([d for _, d in value.axes], dtype=np.int64))
+    else:
+        body = Store(out, store_at, value)
+        work = node.type.size
+    loops = list(zip(idx, node.shape))
+    inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
+    source = [f"%{node.name} = {node.op}" + (f"  at {node.loc}" if node.loc else "")]
+    return Kernel(out.name, inputs, out, nest(loops, body, parallel=work >= PARALLEL_MIN_WORK), source)
+
+
+def _reduction_body(r: Reduce, out: Buffer, store_at) -> Stmt:
+    acc = Var("acc", r.dtype)
+    update = Assign(acc, combine(r.combiner, acc, r.body))
+    return Block([Declare(acc, reduction_init(r.combiner, r.dtype)),
+                  nest(r.axes, update, parallel=False),
+                  Store(out, store_at, r.finish(acc))])
+
+
+def combine(combiner: str, acc, value):
+    """``acc + value``, or NumPy's NaN-propagating max/min (``||``/``&&`` for bool)."""
+    if combiner == "sum":
+        return Binary("+", acc, value, acc.dtype)
+    if acc.dtype == BOOL:
+        return Binary("||" if combiner == "max" else "&&", acc, value, BOOL)
+    return Call(f"mc_{'maximum' if combiner == 'max' else 'minimum'}", (acc, value), acc.dtype)
+
+
+def reduction_init(combiner: str, dtype: np.dtype):
+    """The identity of the combiner: 0 for sum, the lowest value for max, the highest for min."""
+    if combiner == "sum":
+        return const(0, dtype)
+    if dtype == BOOL:
+        return const(combiner == "min", dtype)
+    if dtype.kind == "f":
+        return const(-np.inf if combiner == "max" else np.inf, dtype)
+    info = np.iinfo(dtype)
+    return const(info.min if combiner == "max" else info.max, dtype)
+
+
+def nest(loops: list[tuple[Var, int]], body: Stmt, parallel: bool) -> Stmt:
+    """Wrap ``body`` in loops (outermost first); the outermost is parallel if asked."""
+    for depth, (var, extent) in reversed(list(enumerate(loops))):
+        kind = "parallel" if parallel and depth == 0 and extent > 1 else "serial"
+        body = For(var, int(extent), body, kind)
+    return body
+
+
+def _copy_kernel(node: Node, buffers: dict[Node, Buffer], out: Buffer) -> Kernel:
+    idx = [Var(f"i{axis}") for axis in range(len(node.shape))]
+    source = _operand_tensor(node, buffers)
+    body = nest(list(zip(idx, node.shape)), Store(out, linear_index(idx, node.shape), source[idx]),
+                parallel=node.type.size >= PARALLEL_MIN_WORK)
+    inputs = [] if is_inline_constant(node) else [buffers[node]]
+    return Kernel(out.name, inputs, out, body, [f"copy of %{node.name}"])

@@ -1,0 +1,1 @@
+"""Running compiled code: the on-disk cache and executables."""

@@ -1,0 +1,79 @@
+"""Executables: a compiled graph that can be called with NumPy arrays.
+
+An ``Executable`` owns the loaded library, the constants it reads and the buffer plan. A call
+
+1. checks the arguments (count, shape, dtype) and names the first one that does not fit;
+2. makes each argument C-contiguous, aligned and native-endian (copying only when it is not);
+3. allocates fresh outputs and one workspace for the intermediates (offsets fixed at compile
+   time), and calls the entry point once: the kernels run in order inside C;
+4. returns the outputs. Inputs are never written: kernels receive them as ``const``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codegen.c import STATUS_MESSAGES, render_c
+from ..codegen.compiler import compile_c, load_library
+from ..errors import MinicompRuntimeError
+from ..ir.interpreter import check_arguments
+from ..passes.lower import ALIGNMENT, Program, lower
+
+
+def prepare_argument(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The array as the kernels read it: C-contiguous, aligned, native byte order."""
+    if array.flags.c_contiguous and array.flags.aligned and array.dtype == dtype:
+        return array
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A byte buffer whose start is aligned to ``ALIGNMENT`` bytes."""
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes]
+
+
+class Executable:
+    """A graph compiled to C and loaded; call it like the original function's graph."""
+
+    def __init__(self, program: Program, source: str):
+        self.program = program
+        self.source = source
+        self.library_path = compile_c(source, program.graph.name)
+        self._ffi, self._lib = load_library(self.library_path)
+        self._constants = [np.ascontiguousarray(value) for _, value in program.constants]
+        self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
+
+    def __call__(self, *args) -> list[np.ndarray]:
+        graph = self.program.graph
+        arrays = [prepare_argument(a, node.dtype)
+                  for a, node in zip(check_arguments(graph, args), graph.inputs)]
+        outputs = [np.empty(b.shape, b.dtype) for b in self.program.outputs]
+        workspace = aligned_empty(self.program.workspace_bytes)
+        pointers = [self._ffi.cast("void *", a.ctypes.data)
+                    for a in arrays + self._constants + outputs + [workspace]]
+        status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))
+        if status:
+            raise MinicompRuntimeError(f"{graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
+        return [outputs[self._output_slot[node]] for node in graph.outputs]
+
+
+def compile_graph_c(graph) -> Executable:
+    """Lower, render and compile ``graph`` for the CPU: the ``"c"`` target of ``jit``."""
+    program = lower(graph)
+    return Executable(program, render_c(program))
+
+
+def _register_target() -> None:
+    from ..frontend.jit import register_target
+
+    @register_target("c")
+    def compile_c_target(graph, **options):
+        """The C target: one kernel per op (fusion and schedules come from later passes)."""
+        if options:
+            raise MinicompRuntimeError(f"target 'c' takes no options yet, got {sorted(options)}")
+        return compile_graph_c(graph)
+
+
+_register_target()
