@@ -12,6 +12,9 @@ settings.register_profile("ci", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+# "sanitize": the C kernel tests re-run under AddressSanitizer/UBSan (tests/test_sanitize.py)
+settings.register_profile("sanitize", max_examples=8, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -21,3 +24,21 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_compile_cache(tmp_path_factory):
+    """Point the compile cache at a new empty directory for the whole session.
+
+    Set in ``os.environ`` (not with monkeypatch, which is function-scoped) so that subprocesses
+    started by tests (the CLI, tutorials) use it too: tests never touch ``~/.cache/minicomp``
+    and always start cold.
+    """
+    previous = os.environ.get("MINICOMP_CACHE_DIR")
+    path = tmp_path_factory.mktemp("minicomp-cache")
+    os.environ["MINICOMP_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("MINICOMP_CACHE_DIR", None)
+    else:
+        os.environ["MINICOMP_CACHE_DIR"] = previous

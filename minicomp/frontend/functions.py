@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedError, at
+from ..errors import DTypeError, ShapeError, UnsupportedError, at
 from ..ir.dtypes import to_dtype
 from ..ir.ops import normalize_axis, normalize_axes
 from .tracer import TracedArray, Tracer, find_tracer, user_location
@@ -62,16 +62,24 @@ def dispatch_ufunc(tracer: Tracer, ufunc: np.ufunc, method: str, inputs, kwargs)
     return _special_ufunc(tracer, ufunc, inputs, name)
 
 
+def _dtype_of(value) -> np.dtype:
+    """The dtype of a proxy, array or Python scalar (``np.result_type`` would call NumPy on a proxy)."""
+    return value.dtype if isinstance(value, TracedArray) else np.result_type(value)
+
+
 def _special_ufunc(tracer: Tracer, ufunc: np.ufunc, inputs, name: str):
     """Ufuncs that are a small composition of table ops."""
     x = _as_traced(tracer, inputs[0])
     if ufunc is np.positive:
         return x.copy()
     if ufunc is np.square:
+        if x.dtype == np.bool_:  # NumPy squares bool to int8, a dtype minicomp lacks
+            raise DTypeError(f"np.square of a bool array gives int8, which minicomp does not "
+                             f"support; operand {x.node.type}{at(user_location())}")
         return tracer.apply("mul", [x, x])
     if ufunc is np.isnan:
         return tracer.apply("ne", [x, x])  # NaN is the only value unequal to itself
-    if ufunc in (np.bitwise_and, np.bitwise_or) and all(np.result_type(i) == np.bool_ for i in inputs):
+    if ufunc in (np.bitwise_and, np.bitwise_or) and all(_dtype_of(i) == np.bool_ for i in inputs):
         return tracer.apply("logical_and" if ufunc is np.bitwise_and else "logical_or", inputs)
     if ufunc is np.invert and x.dtype == np.bool_:
         return tracer.apply("logical_not", [x])
@@ -101,10 +109,17 @@ def dispatch_function(func, args, kwargs):
     if func not in FUNCTIONS:
         supported = ", ".join(sorted(f"np.{f.__name__}" for f in FUNCTIONS))
         raise UnsupportedError(
-            f"np.{func.__name__} is not supported by minicomp's tracer{at(user_location())}; "
+            f"{_numpy_name(func)} is not supported by minicomp's tracer{at(user_location())}; "
             f"supported NumPy functions: {supported}; and the ufuncs np.exp, np.maximum, ..."
         )
     return FUNCTIONS[func](*args, **kwargs)
+
+
+def _numpy_name(func) -> str:
+    """``np.fft.fft`` for ``numpy.fft.fft``, ``np.einsum`` for ``numpy.einsum``."""
+    module = getattr(func, "__module__", None) or "numpy"
+    prefix = "np" + module[len("numpy"):] if module.startswith("numpy") else module
+    return f"{prefix}.{getattr(func, '__name__', func)}"
 
 
 def _traced(value, *others) -> TracedArray:

@@ -26,6 +26,8 @@ def getitem(x: TracedArray, key) -> TracedArray:
             new_axes.append(out_dim)
             out_dim += 1
         elif isinstance(item, slice):
+            if item.step == 0:
+                raise ShapeError(f"slice step cannot be zero{at(user_location())}")
             ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
             axis, out_dim = axis + 1, out_dim + 1
         else:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError, ShapeError, UnsupportedError, at
+from ..errors import DTypeError, MinicompError, ShapeError, UnsupportedError, at
 from ..ir.dtypes import TensorType, to_dtype
 from ..ir.graph import Graph, Node
 
@@ -232,7 +232,7 @@ class TracedArray:
     def _logical(op, bitwise_name):
         def method(self, other, reflected=False):
             operands = (other, self) if reflected else (self, other)
-            dtypes = [getattr(o, "dtype", np.asarray(o).dtype) for o in operands]
+            dtypes = [o.dtype if isinstance(o, TracedArray) else np.asarray(o).dtype for o in operands]
             if any(d != np.bool_ for d in dtypes):
                 raise UnsupportedError(f"bitwise {bitwise_name} is only supported on bool arrays{at(user_location())}")
             return self._apply(op, *operands)
@@ -276,6 +276,9 @@ class TracedArray:
                 raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
                                  f"doesn't match the broadcast shape {result.shape}{at(user_location())}")
             if result.dtype != self.dtype:
+                if not np.can_cast(result.dtype, self.dtype, "same_kind"):
+                    raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {self.dtype} array "
+                                     f"updated in place (NumPy's 'same_kind' rule){at(user_location())}")
                 result = result.astype(self.dtype)  # NumPy casts into the existing buffer
             self.node = result.node
             return self
@@ -310,7 +313,8 @@ class TracedArray:
 
     def transpose(self, *axes):
         if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
-            axes = axes[0]
+            # x.transpose(()) is an (empty) permutation, not x.transpose(): only None reverses
+            return self._view("transpose", perm=None if axes[0] is None else tuple(axes[0]))
         return self._view("transpose", perm=tuple(axes) if axes else None)
 
     def swapaxes(self, a: int, b: int):
@@ -333,7 +337,10 @@ class TracedArray:
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
 
     def astype(self, dtype, copy=True):
-        dtype = to_dtype(dtype)
+        try:
+            dtype = to_dtype(dtype)
+        except DTypeError as exc:
+            raise DTypeError(f"astype: {exc}; operand {self.node.type}{at(user_location())}") from None
         return self.copy() if dtype == self.dtype else self._apply("cast", self, dtype=dtype)
 
     def sum(self, axis=None, dtype=None, out=None, keepdims=False):
@@ -406,7 +413,10 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
     call_args = []
     for param_name, value in zip(_parameter_names(fn, len(args)), args):
-        type_ = _example_type(value)
+        try:
+            type_ = _example_type(value)
+        except DTypeError as exc:
+            raise DTypeError(f"argument {param_name!r} of {tracer.graph.name}: {exc}{at(user_location())}") from None
         call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
     result = fn(*call_args)
     if isinstance(result, (tuple, list)):

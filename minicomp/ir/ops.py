@@ -206,8 +206,9 @@ def _erf(x: np.ndarray) -> np.ndarray:
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """``1 / (1 + exp(-x))`` written so that it never overflows."""
     x = np.asarray(x)
+    x = x.astype(ufunc_dtype(np.exp, x.dtype))  # bool -> f16 first: NumPy refuses -bool
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(ufunc_dtype(np.exp, x.dtype))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
 def _rsqrt(x: np.ndarray) -> np.ndarray:
@@ -617,7 +618,12 @@ register(OpDef(
 
 
 def _slice_normalize(types, attrs):
-    """Canonical slices: one (start, stop, step) per axis, as ``slice.indices`` gives them."""
+    """Canonical slices: one (start, stop, step) per axis, as ``slice.indices`` gives them.
+
+    Except that with a negative step, a start or stop before index 0 is ``-dim-1``, not
+    ``slice.indices``' ``-1`` (which, read again as a slice, would mean "the last element"):
+    canonical attributes must normalize to themselves.
+    """
     shape = types[0].shape
     starts, stops, steps = (tuple(attrs[k]) for k in ("starts", "stops", "steps"))
     if not len(starts) == len(stops) == len(steps) == len(shape):
@@ -626,18 +632,22 @@ def _slice_normalize(types, attrs):
     for dim, start, stop, step in zip(shape, starts, stops, steps):
         if step == 0:
             raise ShapeError("slice step cannot be zero")
-        norm.append(slice(start, stop, step).indices(dim))
+        start, stop, step = slice(start, stop, step).indices(dim)
+        if step < 0:  # "before index 0" is -dim-1, which slice.indices maps back to -1
+            start, stop = (-dim - 1 if v < 0 else v for v in (start, stop))
+        norm.append((start, stop, step))
     return {"starts": tuple(n[0] for n in norm), "stops": tuple(n[1] for n in norm),
             "steps": tuple(n[2] for n in norm)}
 
 
 def _slice_infer(types, attrs):
-    shape = tuple(len(range(a, b, c)) for a, b, c in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+    shape = tuple(len(range(*slice(a, b, c).indices(d)))
+                  for d, a, b, c in zip(types[0].shape, attrs["starts"], attrs["stops"], attrs["steps"]))
     return TensorType(shape, types[0].dtype)
 
 
 def _slice_reference(x, starts, stops, steps):
-    # stops are range() ends: -1 means "just past index 0", never "from the end"
+    # a negative start or stop only occurs with a negative step and means "before index 0"
     index = tuple(slice(a, None if b < 0 else b, c) for a, b, c in zip(starts, stops, steps))
     return x[index]
 

@@ -133,6 +133,8 @@ def parse_graph(text: str) -> Graph:
         if line == "}":
             break
         if line.startswith("return"):
+            if not _RETURN.match(line):
+                raise ParseError(f"line {lineno}: 'return' needs the returned values, e.g. 'return %y'")
             names = _RETURN.match(line).group(1)
             graph.set_outputs([_lookup(env, n, lineno) for n in _split_names(names)])
             continue
@@ -141,7 +143,7 @@ def parse_graph(text: str) -> Graph:
     else:
         raise ParseError("missing closing '}'")
     if not graph.outputs:
-        raise ParseError("missing 'return' line")
+        raise ParseError(f"line {lineno}: missing 'return' line before the closing '}}'")
     return graph
 
 
@@ -151,6 +153,8 @@ def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int) -> Node:
         raise ParseError(f"line {lineno}: expected '%name = op(%a, ...) {{attrs}} : type', got {line!r}")
     name, op, operand_text, attr_text, type_text, loc = match.groups()
     declared = _parse_type(type_text, lineno)
+    if op == "input":
+        raise ParseError(f"line {lineno}: inputs are declared in the header: graph NAME(%{name}: {declared})")
     if name in env:
         raise ParseError(f"line {lineno}: %{name} is defined twice")
     operands = [_lookup(env, n, lineno) for n in _split_names(operand_text)]
@@ -158,7 +162,9 @@ def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int) -> Node:
     try:
         node = graph.add_op(op, operands, attrs, loc=loc.strip() if loc else None, name=name)
     except (MinicompError, KeyError) as exc:
-        raise ParseError(f"line {lineno}: {exc}") from None
+        raise ParseError(f"line {lineno}: {exc.args[0] if isinstance(exc, KeyError) else exc}") from None
+    except (TypeError, ValueError) as exc:  # an attribute value of the wrong kind
+        raise ParseError(f"line {lineno}: {op}: bad attribute value in {attrs}: {exc}") from None
     if node.name != name:
         raise ParseError(f"line {lineno}: %{name} is defined twice")
     if node.type != declared:
@@ -212,6 +218,11 @@ class _AttrReader:
         self.pos += 1
         return self.tokens[self.pos - 1]
 
+    def _peek(self) -> str:
+        if self.pos >= len(self.tokens):
+            raise ParseError(f"line {self.lineno}: attributes end too early")
+        return self.tokens[self.pos]
+
     def _expect(self, token: str) -> None:
         got = self._next()
         if got != token:
@@ -231,9 +242,9 @@ class _AttrReader:
         token = self._next()
         if token == "[":
             items = []
-            while self.tokens[self.pos] != "]":
+            while self._peek() != "]":
                 items.append(self._value())
-                if self.tokens[self.pos] == ",":
+                if self._peek() == ",":
                     self.pos += 1
             self.pos += 1
             return tuple(items)
@@ -257,7 +268,7 @@ class _AttrReader:
             raise ParseError(f"line {self.lineno}: cannot read attribute value {token!r}") from None
 
     def _array(self, declared: TensorType) -> np.ndarray:
-        token = self.tokens[self.pos]
+        token = self._peek()
         if token.startswith("<elided"):
             raise ParseError(
                 f"line {self.lineno}: this constant was elided when printed; print the graph "
@@ -265,16 +276,24 @@ class _AttrReader:
             )
         if token.startswith('base64"'):
             self.pos += 1
-            raw = base64.b64decode(token[7:-1])
+            try:
+                raw = base64.b64decode(token[7:-1])
+            except ValueError as exc:
+                raise ParseError(f"line {self.lineno}: cannot read constant data: {exc}") from None
             little = declared.dtype.newbyteorder("<")
             if len(raw) != declared.size * little.itemsize:
                 raise ParseError(f"line {self.lineno}: constant data does not match type {declared}")
             return np.frombuffer(raw, little).astype(declared.dtype).reshape(declared.shape)
         flat = self._flat_scalars()
-        if declared.dtype == np.bool_:
-            values = np.array([s == "true" for s in flat], dtype=np.bool_)
-        else:
-            values = np.array([declared.dtype.type(s) for s in flat], dtype=declared.dtype)
+        try:
+            if declared.dtype == np.bool_:
+                if set(flat) - {"true", "false"}:
+                    raise ValueError("bool values are written true or false")
+                values = np.array([s == "true" for s in flat], dtype=np.bool_)
+            else:
+                values = np.array([declared.dtype.type(s) for s in flat], dtype=declared.dtype)
+        except (ValueError, OverflowError) as exc:
+            raise ParseError(f"line {self.lineno}: cannot read a constant of type {declared}: {exc}") from None
         if values.size != declared.size:
             raise ParseError(f"line {self.lineno}: constant has {values.size} values but type {declared}")
         return values.reshape(declared.shape)
@@ -284,9 +303,9 @@ class _AttrReader:
         if token != "[":
             return [token]
         flat = []
-        while self.tokens[self.pos] != "]":
+        while self._peek() != "]":
             flat += self._flat_scalars()
-            if self.tokens[self.pos] == ",":
+            if self._peek() == ",":
                 self.pos += 1
         self.pos += 1
         return flat

@@ -70,8 +70,9 @@ def _same_attrs(a: dict, b: dict) -> bool:
         return False
     for key in a:
         x, y = a[key], b[key]
-        if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
-            if x.shape != y.shape or x.dtype != y.dtype or x.tobytes() != y.tobytes():
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):  # never ``array != list``
+            if (type(x) is not type(y) or x.shape != y.shape or x.dtype != y.dtype
+                    or x.tobytes() != y.tobytes()):
                 return False
         elif x != y:
             return False
