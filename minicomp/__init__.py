@@ -12,10 +12,11 @@ __version__ = "0.1.0"  # first: the compile cache keys on it
 from . import errors, nn
 from .errors import MinicompError
 from .frontend import TracedArray, trace
-from .frontend.jit import jit
+from .frontend.jit import compile, jit
+from .runtime import executable as _executable  # noqa: F401  (registers the "c" target)
 from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
 
 __all__ = [
     "Graph", "Interpreter", "Kind", "MinicompError", "Node", "TensorType", "TracedArray",
-    "errors", "interpret", "jit", "nn", "trace", "__version__",
+    "compile", "errors", "interpret", "jit", "nn", "trace", "__version__",
 ]

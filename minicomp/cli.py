@@ -4,6 +4,9 @@
     minicomp dump model.py:mlp --arg x=f32[256,1024] ...   print the traced graph (text or DOT)
     minicomp inspect model.py:mlp --arg x=f32[256,1024]    the graph with FLOPs and bytes
     minicomp dump --workload softmax --size cpu            the same for a built-in workload
+    minicomp dump --workload softmax --emit loops          the loop IR (--emit c: the C source)
+    minicomp bench [WORKLOAD ...] [--json]                 time workloads against NumPy
+    minicomp cache info|clear                              the on-disk compile cache
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
 one parameter: a tensor type (``x=f32[256,1024]``) or a Python literal for a static value
@@ -103,10 +106,33 @@ def _trace_from_args(args):
 
 def cmd_dump(args) -> None:
     graph = _trace_from_args(args)
+    if args.emit == "graph":
+        print(graph.to_dot() if args.format == "dot" else graph.to_text(None if args.full_constants else 16))
+        return
     if args.format == "dot":
-        print(graph.to_dot())
+        raise MinicompError("--format dot only applies to --emit graph")
+    from .codegen.c import render_c
+    from .passes.lower import lower
+
+    program = lower(graph)
+    print(str(program) if args.emit == "loops" else render_c(program))
+
+
+def cmd_cache(args) -> None:
+    from .runtime import cache
+
+    if args.action == "clear":
+        print(f"removed {cache.clear()} compiled libraries from {cache.cache_dir()}")
     else:
-        print(graph.to_text(None if args.full_constants else 16))
+        info = cache.info()
+        print(f"cache: {info['path']}\nentries: {info['entries']}\nsize: {info['bytes'] / 1e6:.1f} MB")
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(args.workloads or None, size=args.size, target=args.target,
+              min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json)
 
 
 def cmd_inspect(args) -> None:
@@ -121,7 +147,7 @@ def cmd_inspect(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo()
+    run_demo(args.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dump = sub.add_parser("dump", help="print the traced graph")
     add_function_args(dump)
-    dump.add_argument("--emit", default="graph", choices=["graph"], help="which stage to print")
+    dump.add_argument("--emit", default="graph", choices=["graph", "loops", "c"],
+                      help="which stage to print: the graph, the loop IR or the generated C")
     dump.add_argument("--format", default="text", choices=["text", "dot"])
     dump.add_argument("--full-constants", action="store_true", help="print large constants too")
     dump.set_defaults(run=cmd_dump)
@@ -147,7 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_function_args(insp)
     insp.set_defaults(run=cmd_inspect)
 
-    demo = sub.add_parser("demo", help="trace workloads, print their graphs, check against NumPy")
+    bench = sub.add_parser("bench", help="time the benchmark workloads against NumPy (medians, ratios)")
+    bench.add_argument("workloads", nargs="*", help="workload names (default: all nine)")
+    bench.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"])
+    bench.add_argument("--target", default="c", help="minicomp target (default: c)")
+    bench.add_argument("--rounds", type=int, default=10, help="minimum timed rounds (default: 10)")
+    bench.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per workload")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(run=cmd_bench)
+
+    cache_cmd = sub.add_parser("cache", help="show or clear the compile cache")
+    cache_cmd.add_argument("action", choices=["info", "clear"])
+    cache_cmd.set_defaults(run=cmd_cache)
+
+    demo = sub.add_parser("demo", help="trace and compile the workloads, check them against NumPy")
+    demo.add_argument("--size", default="cpu", choices=["tiny", "cpu"],
+                      help="workload size (default: cpu; tiny runs in seconds)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

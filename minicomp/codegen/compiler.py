@@ -98,7 +98,12 @@ _ffi = None
 
 
 def load_library(path: Path):
-    """``dlopen`` a compiled library with cffi; returns the library with ``minicomp_entry``."""
+    """``dlopen`` a compiled library with cffi; returns the library with ``minicomp_entry``.
+
+    ``RTLD_NODELETE``: a library is never unmapped, even when cffi closes it (when its
+    Executable is freed, or at interpreter exit). Unmapping it would also unload libgomp, its
+    dependency, while OpenMP's idle worker threads still run libgomp's code: a segfault.
+    """
     global _ffi
     import cffi
 
@@ -107,6 +112,6 @@ def load_library(path: Path):
             _ffi = cffi.FFI()
             _ffi.cdef(ENTRY_DECLARATION)
         try:
-            return _ffi, _ffi.dlopen(str(path))
+            return _ffi, _ffi.dlopen(str(path), _ffi.RTLD_NOW | _ffi.RTLD_NODELETE)
         except OSError as exc:
             raise CompileError(f"cannot load compiled library {path}: {exc}") from None

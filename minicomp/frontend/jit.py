@@ -1,6 +1,6 @@
 """``minicomp.jit``: compile a NumPy function once per argument signature, reuse it after.
 
-    @minicomp.jit                      # default target
+    @minicomp.jit                      # default target: "c" (native code through gcc)
     def f(x, w): ...
 
     @minicomp.jit(target="numpy")      # explicit target (and target options)
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError
+from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError
 from ..ir.graph import Graph
 from .tracer import trace_with_structure
 
@@ -49,7 +49,7 @@ def _compile_numpy(graph: Graph, **options):
     return Interpreter(graph).run
 
 
-DEFAULT_TARGET = "numpy"
+DEFAULT_TARGET = "c"  # NumPy code in, native code out; "numpy" runs the reference interpreter
 
 
 class Compiled:
@@ -100,17 +100,59 @@ class JitFunction:
         """The graph traced for these arguments (compiling them if not done yet)."""
         return self.compiled_for(*self._positional(args, kwargs)).graph
 
+    def inspect(self, *args, **kwargs) -> "Inspection":
+        """Every stage compiled for these arguments: graph, loop IR and generated source."""
+        compiled = self.compiled_for(*self._positional(args, kwargs))
+        return Inspection(compiled.graph, getattr(compiled.run, "program", None),
+                          getattr(compiled.run, "source", None))
+
     @property
     def cache_size(self) -> int:
         """How many signatures have been compiled."""
         return len(self._compiled)
 
     def _positional(self, args, kwargs) -> tuple:
-        if not kwargs:
-            return args
-        bound = self.signature.bind(*args, **kwargs)
-        bound.apply_defaults()
+        name = getattr(self.fn, "__name__", "function")
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:  # e.g. "missing a required argument: 'x'"
+            raise MinicompRuntimeError(f"{name}(): {exc}") from None
+        params = self.signature.parameters
+        keyword_only = sorted(k for k in kwargs if k not in params or params[k].kind is params[k].KEYWORD_ONLY)
+        if keyword_only:  # the traced function is called with positional arguments only
+            raise UnsupportedError(f"{name}(): keyword-only argument(s) {keyword_only} "
+                                   "are not supported by jit; make them positional parameters")
+        bound.apply_defaults()  # f(x) and f(x, k=<default>) share one signature
         return bound.args
+
+
+class Inspection:
+    """What one signature compiled to; ``print`` it to see all stages in order."""
+
+    def __init__(self, graph: Graph, program=None, source: str | None = None):
+        self.graph = graph
+        self.program = program  # the lowered loop IR (None for the numpy target)
+        self.source = source  # the generated C or CUDA text (None for the numpy target)
+
+    @property
+    def loops(self) -> str | None:
+        return None if self.program is None else str(self.program)
+
+    def __str__(self) -> str:
+        parts = [f"== graph ==\n{self.graph}"]
+        if self.program is not None:
+            parts.append(f"== loops ==\n{self.loops}")
+        if self.source is not None:
+            parts.append(f"== source ==\n{self.source}")
+        return "\n\n".join(parts)
+
+
+def compile(graph: Graph, target: str = DEFAULT_TARGET, **options) -> Callable:
+    """Compile a graph for ``target``: a function of the input arrays returning the output list."""
+    if target not in TARGETS:
+        raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
+    graph.verify()
+    return TARGETS[target](graph, **options)
 
 
 def _is_array(value) -> bool:

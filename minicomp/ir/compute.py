@@ -150,6 +150,8 @@ def _unary(node, idx, x: Tensor):
         value = Unary("-", v, t)
     elif node.op == "abs":
         value = v if t == BOOL else Call("mc_abs", (v,), t)
+    elif node.op in ("floor", "ceil") and t.kind != "f":  # NumPy: the identity on ints and bools
+        value = v  # (a trip through double would round int64 values above 2**53)
     elif node.op in _MATH:
         value = Call(node.op, (v,), t)
     elif node.op == "rsqrt":

@@ -24,7 +24,7 @@ def print_expr(e: Expr) -> str:
     if isinstance(e, Var):
         return e.name
     if isinstance(e, Load):
-        return f"{e.buffer.name}[{print_expr(e.index)}]"
+        return f"{e.buffer.name}[{_strip(print_expr(e.index))}]"
     if isinstance(e, Binary):
         return f"({print_expr(e.a)} {e.op} {print_expr(e.b)})"
     if isinstance(e, Unary):

@@ -24,7 +24,8 @@ def prepare_argument(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The array as the kernels read it: C-contiguous, aligned, native byte order."""
     if array.flags.c_contiguous and array.flags.aligned and array.dtype == dtype:
         return array
-    return np.ascontiguousarray(array, dtype=dtype)
+    # np.require, not np.ascontiguousarray: that one returns a misaligned contiguous array as is
+    return np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
@@ -42,7 +43,7 @@ class Executable:
         self.source = source
         self.library_path = compile_c(source, program.graph.name)
         self._ffi, self._lib = load_library(self.library_path)
-        self._constants = [np.ascontiguousarray(value) for _, value in program.constants]
+        self._constants = [prepare_argument(value, value.dtype) for _, value in program.constants]
         self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
 
     def __call__(self, *args) -> list[np.ndarray]:
@@ -56,7 +57,12 @@ class Executable:
         status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))
         if status:
             raise MinicompRuntimeError(f"{graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
-        return [outputs[self._output_slot[node]] for node in graph.outputs]
+        results, seen = [], set()
+        for node in graph.outputs:  # a value returned twice comes back as two separate arrays
+            array = outputs[self._output_slot[node]]
+            results.append(array.copy() if node in seen else array)
+            seen.add(node)
+        return results
 
 
 def compile_graph_c(graph) -> Executable:
