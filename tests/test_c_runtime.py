@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -360,3 +361,23 @@ def test_missing_c_compiler_says_what_to_install(monkeypatch):
     graph = minicomp.trace(np.exp, TensorType((3,), "f32"))
     with pytest.raises(CompileError, match=r"no C compiler found.*install gcc"):
         minicomp.compile(graph, target="c")
+
+
+def test_process_exits_cleanly_after_parallel_kernels(tmp_path):
+    """Regression: unloading a library at exit must not unload libgomp under its idle threads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import numpy as np, minicomp\n"
+        "x = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)\n"
+        "f = minicomp.jit(lambda x: np.exp(x - x.max(axis=-1, keepdims=True)))\n"
+        "f(x)\n"
+    )
+    root = str(Path(minicomp.__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_WAIT_POLICY="active", PYTHONPATH=root)
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -199,3 +199,37 @@ def test_demo_checks_every_workload():
 def test_demo_shows_the_c_code():
     result = run_module("demo", "--size", "tiny")
     assert "void k_max(" in result.stdout and "#pragma omp parallel for" in result.stdout
+
+
+def test_dump_emits_loops_and_c(capsys):
+    assert main(["dump", "--workload", "softmax", "--size", "tiny", "--emit", "loops"]) == 0
+    loops = capsys.readouterr().out
+    assert "kernel max(x: f32[13,37]) -> max: f32[13,1]" in loops and "for r1 in 0..37:" in loops
+    assert main(["dump", "--workload", "softmax", "--size", "tiny", "--emit", "c"]) == 0
+    source = capsys.readouterr().out
+    assert "int minicomp_entry(void **args)" in source and "k_exp(b_sub, b_exp);" in source
+
+
+def test_dump_refuses_dot_for_loops(capsys):
+    assert main(["dump", "--workload", "softmax", "--emit", "loops", "--format", "dot"]) == 1
+    assert "only applies to --emit graph" in capsys.readouterr().err
+
+
+def test_bench_json(capsys):
+    import json
+
+    assert main(["bench", "softmax", "matmul", "--size", "tiny", "--rounds", "3", "--seconds", "0",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["workload"] for r in report["results"]] == ["softmax", "matmul"]
+    for result in report["results"]:
+        assert result["rounds"] >= 3 and set(result["median_ms"]) == {"numpy", "minicomp"}
+        assert all(t > 0 for t in result["median_ms"].values())
+
+
+def test_bench_table_and_unknown_workload(capsys):
+    assert main(["bench", "layernorm", "--size", "tiny", "--rounds", "2", "--seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "layernorm" in out and "ratio = minicomp median / numpy median" in out
+    assert main(["bench", "nope"]) == 1
+    assert "unknown workload" in capsys.readouterr().err
