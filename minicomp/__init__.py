@@ -15,8 +15,9 @@ from .frontend import TracedArray, trace
 from .frontend.jit import compile, jit
 from .runtime import executable as _executable  # noqa: F401  (registers the "c" target)
 from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
+from .passes.explain import explain  # why each op was fused or not, kernels and bytes before/after
 
 __all__ = [
     "Graph", "Interpreter", "Kind", "MinicompError", "Node", "TensorType", "TracedArray",
-    "compile", "errors", "interpret", "jit", "nn", "trace", "__version__",
+    "compile", "errors", "explain", "interpret", "jit", "nn", "trace", "__version__",
 ]

@@ -5,12 +5,19 @@
     minicomp inspect model.py:mlp --arg x=f32[256,1024]    the graph with FLOPs and bytes
     minicomp dump --workload softmax --size cpu            the same for a built-in workload
     minicomp dump --workload softmax --emit loops          the loop IR (--emit c: the C source)
+    minicomp dump ... --disable fusion --print-between-passes   the graph after each pass
+    minicomp explain --workload block --size cpu           why each op was fused or not; kernels,
+                                                           bytes moved and memory before/after
+    minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
     minicomp bench [WORKLOAD ...] [--json]                 time workloads against NumPy
     minicomp cache info|clear                              the on-disk compile cache
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
 one parameter: a tensor type (``x=f32[256,1024]``) or a Python literal for a static value
 (``heads=12``); parameters with defaults may be left out.
+
+``dump``, ``inspect``, ``explain`` and ``bisect`` run the pass pipeline: the default passes, or
+exactly ``--passes a,b,c`` (``--passes none``: the graph as traced), minus each ``--disable``.
 """
 
 from __future__ import annotations
@@ -90,23 +97,52 @@ def bind_arguments(fn, arg_specs: list[str]) -> list:
 def _trace_from_args(args):
     from .frontend import trace
 
+    fn, values = _function_from_args(args)
+    return trace(fn, *values)
+
+
+def _function_from_args(args):
+    """(function, argument values) named by FILE.py:FUNC and --arg, or by --workload/--size."""
     if args.workload:
         from .workloads import WORKLOADS
 
         if args.workload not in WORKLOADS:
             raise MinicompError(f"unknown workload {args.workload!r}; known: {', '.join(WORKLOADS)}")
         workload = WORKLOADS[args.workload]
-        types = [TensorType(s, "f32") for s in workload.shapes[args.size].values()]
-        return trace(workload.fn, *types)
+        return workload.fn, [TensorType(s, "f32") for s in workload.shapes[args.size].values()]
     if not args.function:
         raise MinicompError("give a function (FILE.py:FUNC) or --workload NAME")
     fn = load_function(args.function)
-    return trace(fn, *bind_arguments(fn, args.arg))
+    return fn, bind_arguments(fn, args.arg)
+
+
+def _pass_options(args) -> tuple[list[str] | None, list[str]]:
+    """(passes, disabled) from ``--passes a,b`` (``none``: no pass) and ``--disable`` options."""
+    from .passes.pipeline import pipeline_names
+
+    passes = None
+    if args.passes is not None:
+        passes = [] if args.passes.strip().lower() in ("", "none") else \
+            [p.strip() for p in args.passes.split(",") if p.strip()]
+    disable = [p.strip() for option in args.disable for p in option.split(",") if p.strip()]
+    pipeline_names(passes, disable)  # unknown names fail here, listing the known passes
+    return passes, disable
+
+
+def _optimise(args, graph):
+    """Run the pipeline the options ask for on ``graph`` (printing between passes if asked)."""
+    from .passes.pipeline import run_pipeline
+
+    passes, disable = _pass_options(args)
+    optimised, _ = run_pipeline(graph, passes, disable, print_between=args.print_between_passes)
+    return optimised
 
 
 def cmd_dump(args) -> None:
-    graph = _trace_from_args(args)
+    graph = _optimise(args, _trace_from_args(args))
     if args.emit == "graph":
+        if args.print_between_passes and args.format == "text":
+            return  # the last graph printed between passes is the result
         print(graph.to_dot() if args.format == "dot" else graph.to_text(None if args.full_constants else 16))
         return
     if args.format == "dot":
@@ -138,10 +174,28 @@ def cmd_bench(args) -> None:
 def cmd_inspect(args) -> None:
     from .stats import format_stats
 
-    graph = _trace_from_args(args)
+    graph = _optimise(args, _trace_from_args(args))
     print(graph.to_text())
     print()
     print(format_stats(graph))
+
+
+def cmd_explain(args) -> None:
+    from .passes.explain import explain
+
+    passes, disable = _pass_options(args)
+    print(explain(_trace_from_args(args), passes=passes, disable=disable))
+
+
+def cmd_bisect(args) -> int:
+    from .passes.bisect import bisect
+
+    passes, disable = _pass_options(args)
+    fn, values = _function_from_args(args)
+    result = bisect(fn, *values, passes=passes, disable=disable, target=args.target,
+                    trials=args.trials, seed=args.seed)
+    print(result)
+    return 0 if result.ok else 3
 
 
 def cmd_demo(args) -> None:
@@ -162,17 +216,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"],
                        help="workload size (default: cpu)")
 
-    dump = sub.add_parser("dump", help="print the traced graph")
+    def add_pass_args(p, between: bool = True):
+        p.add_argument("--passes", metavar="A,B,C",
+                       help="run exactly these passes, in order ('none': the graph as traced); "
+                            "default: the default pipeline")
+        p.add_argument("--disable", action="append", default=[], metavar="PASS",
+                       help="leave this pass out (repeatable)")
+        if between:
+            p.add_argument("--print-between-passes", action="store_true",
+                           help="print the graph before the first pass and after each one")
+
+    dump = sub.add_parser("dump", help="print the graph after the passes (or as traced: --passes none)")
     add_function_args(dump)
+    add_pass_args(dump)
     dump.add_argument("--emit", default="graph", choices=["graph", "loops", "c"],
                       help="which stage to print: the graph, the loop IR or the generated C")
     dump.add_argument("--format", default="text", choices=["text", "dot"])
     dump.add_argument("--full-constants", action="store_true", help="print large constants too")
     dump.set_defaults(run=cmd_dump)
 
-    insp = sub.add_parser("inspect", help="print the graph with op histogram, FLOPs and bytes")
+    insp = sub.add_parser("inspect", help="print the graph after the passes with op histogram, FLOPs and bytes")
     add_function_args(insp)
+    add_pass_args(insp)
     insp.set_defaults(run=cmd_inspect)
+
+    expl = sub.add_parser("explain", help="fusion decisions and reasons, kernels and bytes before/after")
+    add_function_args(expl)
+    add_pass_args(expl, between=False)
+    expl.set_defaults(run=cmd_explain)
+
+    bis = sub.add_parser("bisect", help="find the first pass that changes a function's results")
+    add_function_args(bis)
+    add_pass_args(bis, between=False)
+    bis.add_argument("--target", default="numpy",
+                     help="also run each stage on this target (c); the interpreter always runs")
+    bis.add_argument("--trials", type=int, default=2, help="random input sets (default: 2)")
+    bis.add_argument("--seed", type=int, default=0, help="random seed of the inputs (default: 0)")
+    bis.set_defaults(run=cmd_bisect)
 
     bench = sub.add_parser("bench", help="time the benchmark workloads against NumPy (medians, ratios)")
     bench.add_argument("workloads", nargs="*", help="workload names (default: all nine)")
@@ -198,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minicomp`` console script and ``python -m minicomp``."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except MinicompError as exc:
         print(f"minicomp: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        pass
-    return 0
+        return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ LAYER_LINE = layer.__code__.co_firstlineno + 1  # the line of ``np.exp(x) + b``
 
 
 def test_inspect_shows_graph_loops_and_source():
-    f = minicomp.jit(layer, target="c")
+    f = minicomp.jit(layer, target="c", passes=[])  # no passes: one kernel per op
     x, b = np.ones((3, 4), np.float32), np.ones(4, np.float32)
     shown = f.inspect(x, b)
     assert [n.op for n in shown.graph.op_nodes()] == ["exp", "add", "sum"]
@@ -310,6 +310,19 @@ def test_inspect_shows_graph_loops_and_source():
     assert re.search(rf"/\* %exp = exp  at \S*{re.escape(where)} \*/\nstatic .*void k_exp\(", shown.source)
     assert f"/* %add = add  at " in shown.source and where in shown.source
     assert str(shown).index("== graph ==") < str(shown).index("== loops ==") < str(shown).index("== source ==")
+    assert_close(f(x, b), layer(x, b))
+
+
+def test_inspect_of_a_fused_kernel_names_every_source_line():
+    f = minicomp.jit(layer, target="c")
+    x, b = np.ones((3, 4), np.float32), np.ones(4, np.float32)
+    shown = f.inspect(x, b)
+    assert [n.op for n in shown.graph.op_nodes()] == ["fused"]
+    assert "== passes ==" in str(shown) and "fusion" in str(shown.report)
+    where = f"{Path(__file__).name}:{LAYER_LINE}"
+    for op in ("exp", "add"):
+        assert re.search(rf"/\*   %{op} = {op}  at \S*{re.escape(where)} \*/", shown.source)
+    assert re.search(r"/\*   %sum = sum  at \S*test_c_runtime.py:\d+ \*/", shown.source)
     assert_close(f(x, b), layer(x, b))
 
 

@@ -693,6 +693,7 @@ def test_conv2d(operands, with_bias):
 def test_every_op_is_covered():
     """A new op in the table needs a row in one of the families above."""
     covered = {*UNARY, *BINARY, *REDUCTIONS, *MOVEMENT, "where", "cast", "constant", "concatenate",
-               "matmul", "conv2d"}
+               "matmul", "conv2d",
+               "fused"}  # fused nodes come from the fusion pass: tests/test_fusion.py
     missing = set(OPS) - {"input"} - covered
     assert not missing, f"ops without a test in tests/test_ops.py: {sorted(missing)}"

@@ -23,7 +23,8 @@ float-to-int casts that never hit C's undefined behaviour, signed overflow that 
 (``-fwrapv``), float16 arithmetic done in float32 and rounded once per op. Floats are written
 as the shortest decimal that reads back to the same value, so constants are exact. Every index is an ``int64_t``. ``restrict`` is
 used because lowering never lets two parameters of a kernel share memory unless both are only
-read.
+read, or the kernel lists them in ``Kernel.aliases`` (an op computed in place of its operand,
+see ``minicomp.passes.memory``): those two are rendered without ``restrict``.
 
 ``CRenderer`` is a class so that the CUDA renderer can override the few hooks that differ.
 """
@@ -35,7 +36,7 @@ from string import Template
 
 import numpy as np
 
-from ..ir.loops import (BOOL, INDEX, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
+from ..ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
 
 C_TYPES = {
@@ -211,6 +212,8 @@ class CRenderer:
             return [f"{pad}{s.var.name} = {self.expr(s.value)};"]
         if isinstance(s, Block):
             return [line for sub in s.stmts for line in self.stmt(sub, depth)]
+        if isinstance(s, Allocate):
+            return [f"{pad}{C_TYPES[s.buffer.dtype]} {self.name(s.buffer)}[{s.buffer.size}];"]
         raise TypeError(f"cannot render {s!r}")
 
     def loop_header(self, loop: For, depth: int) -> list[str]:
@@ -231,13 +234,15 @@ class CRenderer:
         """C name of a buffer: ``b_`` + its graph name, so no name clashes with C (``const``, ``exp``)."""
         return "b_" + buffer.name
 
-    def param(self, buffer: Buffer, written: bool) -> str:
+    def param(self, buffer: Buffer, written: bool, aliased: bool = False) -> str:
+        """``const float *restrict b_x``; no ``restrict`` on a buffer aliased in the kernel."""
         qualifier = "" if written else "const "
-        return f"{qualifier}{C_TYPES[buffer.dtype]} *restrict {self.name(buffer)}"
+        pointer = "*" if aliased else "*restrict "
+        return f"{qualifier}{C_TYPES[buffer.dtype]} {pointer}{self.name(buffer)}"
 
     def kernel(self, k: Kernel) -> str:
         """One kernel as a static C function with its source comment."""
-        params = [self.param(b, written=b is k.output) for b in k.params]
+        params = [self.param(b, written=b is k.output, aliased=b in k.aliases) for b in k.params]
         lines = [f"/* {line} */" for line in k.source]
         # noinline: GCC 12 at -O3 miscompiles some kernels once inlined into the entry point
         # (restrict pointers of two kernels into one workspace, vectorised: wrong values)

@@ -53,10 +53,12 @@ DEFAULT_TARGET = "c"  # NumPy code in, native code out; "numpy" runs the referen
 
 
 class Compiled:
-    """One compiled signature: the traced graph and the target's runnable."""
+    """One compiled signature: the traced graph, the optimised graph and the target's runnable."""
 
-    def __init__(self, graph: Graph, structure, run: Callable):
-        self.graph = graph
+    def __init__(self, traced: Graph, graph: Graph, report, structure, run: Callable):
+        self.traced = traced  # as traced, before any pass
+        self.graph = graph  # after the pass pipeline: what the target compiled
+        self.report = report  # PipelineReport: what each pass did
         self.structure = structure  # None (one output), tuple or list
         self.run = run
 
@@ -65,11 +67,16 @@ class JitFunction:
     """The callable ``jit`` returns; see the module docstring."""
 
     def __init__(self, fn: Callable, target: str, options: dict):
+        from ..passes.pipeline import pipeline_names
+
         if target not in TARGETS:
             raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.target = target
+        self.passes = options.pop("passes", None)  # default: the default pipeline
+        self.disable = tuple(options.pop("disable", ()))
+        pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
         self.options = options
         self.signature = inspect.signature(fn)
         self._compiled: dict[Any, Compiled] = {}
@@ -91,20 +98,23 @@ class JitFunction:
             with self._lock:
                 compiled = self._compiled.get(key)
                 if compiled is None:
-                    graph, structure = trace_with_structure(self.fn, tuple(args))
+                    from ..passes.pipeline import run_pipeline
+
+                    traced, structure = trace_with_structure(self.fn, tuple(args))
+                    graph, report = run_pipeline(traced, self.passes, self.disable)
                     run = TARGETS[self.target](graph, **self.options)
-                    compiled = self._compiled[key] = Compiled(graph, structure, run)
+                    compiled = self._compiled[key] = Compiled(traced, graph, report, structure, run)
         return compiled
 
     def trace(self, *args, **kwargs) -> Graph:
-        """The graph traced for these arguments (compiling them if not done yet)."""
-        return self.compiled_for(*self._positional(args, kwargs)).graph
+        """The graph traced for these arguments, before any pass (compiling them if not done yet)."""
+        return self.compiled_for(*self._positional(args, kwargs)).traced
 
     def inspect(self, *args, **kwargs) -> "Inspection":
         """Every stage compiled for these arguments: graph, loop IR and generated source."""
         compiled = self.compiled_for(*self._positional(args, kwargs))
         return Inspection(compiled.graph, getattr(compiled.run, "program", None),
-                          getattr(compiled.run, "source", None))
+                          getattr(compiled.run, "source", None), compiled.traced, compiled.report)
 
     @property
     def cache_size(self) -> int:
@@ -129,8 +139,11 @@ class JitFunction:
 class Inspection:
     """What one signature compiled to; ``print`` it to see all stages in order."""
 
-    def __init__(self, graph: Graph, program=None, source: str | None = None):
-        self.graph = graph
+    def __init__(self, graph: Graph, program=None, source: str | None = None, traced: Graph | None = None,
+                 report=None):
+        self.traced = traced  # the graph as traced
+        self.report = report  # what each pass did
+        self.graph = graph  # the graph after the passes, as compiled
         self.program = program  # the lowered loop IR (None for the numpy target)
         self.source = source  # the generated C or CUDA text (None for the numpy target)
 
@@ -140,6 +153,8 @@ class Inspection:
 
     def __str__(self) -> str:
         parts = [f"== graph ==\n{self.graph}"]
+        if self.report is not None and self.report.records:
+            parts.insert(0, f"== passes ==\n{self.report}")
         if self.program is not None:
             parts.append(f"== loops ==\n{self.loops}")
         if self.source is not None:
@@ -147,11 +162,18 @@ class Inspection:
         return "\n\n".join(parts)
 
 
-def compile(graph: Graph, target: str = DEFAULT_TARGET, **options) -> Callable:
-    """Compile a graph for ``target``: a function of the input arrays returning the output list."""
+def compile(graph: Graph, target: str = DEFAULT_TARGET, passes=None, disable=(), **options) -> Callable:
+    """Run the pass pipeline on ``graph`` and compile it for ``target``.
+
+    Returns a function of the input arrays that returns the list of outputs. ``passes=[]``
+    compiles the graph exactly as given.
+    """
+    from ..passes.pipeline import run_pipeline
+
     if target not in TARGETS:
         raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
     graph.verify()
+    graph, _ = run_pipeline(graph, passes, disable)
     return TARGETS[target](graph, **options)
 
 

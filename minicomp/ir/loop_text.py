@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dtypes import short_name
-from .loops import (Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
+from .loops import (Allocate, Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
                     Select, Stmt, Store, Unary, Var)
 
 
@@ -60,6 +60,8 @@ def print_stmt(s: Stmt, indent: int = 1) -> list[str]:
         return [f"{pad}{s.var.name} = {_strip(print_expr(s.value))}"]
     if isinstance(s, Block):
         return [line for stmt in s.stmts for line in print_stmt(stmt, indent)]
+    if isinstance(s, Allocate):
+        return [f"{pad}local {s.buffer}"]
     raise TypeError(f"unknown statement {s!r}")
 
 

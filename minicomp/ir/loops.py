@@ -271,6 +271,13 @@ class Assign(Stmt):
 
 
 @dataclass(eq=False)
+class Allocate(Stmt):
+    """A small local array (on each thread's stack), e.g. one output row of attention."""
+
+    buffer: Buffer
+
+
+@dataclass(eq=False)
 class Block(Stmt):
     """Statements in order."""
 
@@ -282,6 +289,8 @@ class Kernel:
     """One generated function: reads ``inputs``, writes ``output`` through ``body``.
 
     ``source`` names the graph nodes the kernel computes and their user source lines.
+    ``aliases`` holds the parameters that share memory with another parameter (an op computed
+    in place of its operand): renderers must not declare those ``restrict``.
     """
 
     name: str
@@ -289,6 +298,7 @@ class Kernel:
     output: Buffer
     body: Stmt
     source: list[str] = field(default_factory=list)
+    aliases: frozenset = frozenset()
 
     @property
     def params(self) -> list[Buffer]:

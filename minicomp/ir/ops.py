@@ -688,3 +688,43 @@ register(OpDef(
     normalize=_concat_normalize,
     doc="np.concatenate(xs, axis)",
 ))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused: a subgraph that runs as one kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def _fused_infer(types, attrs):
+    body = attrs["body"]
+    expected = [i.type for i in body.inputs]
+    if list(types) != expected:
+        raise ShapeError(f"operands {', '.join(map(str, types))} do not match the body's inputs "
+                         f"{', '.join(map(str, expected))}")
+    if len(body.outputs) != 1:
+        raise ShapeError(f"a fused body has exactly one output, {body.name} has {len(body.outputs)}")
+    return body.outputs[0].type
+
+
+def _fused_reference(*values, body, pattern):
+    from .interpreter import interpret
+
+    return interpret(body, *values)[0]
+
+
+FUSION_PATTERNS = ("elemwise", "reduce", "row", "epilogue", "attention")
+
+register(OpDef(
+    "fused", Kind.OPAQUE, None,
+    infer=_fused_infer,
+    reference=_fused_reference,
+    attrs={"body": REQUIRED, "pattern": REQUIRED},
+    normalize=lambda types, attrs: _check_pattern(attrs),
+    doc="a subgraph (attrs body) that runs as one kernel; pattern says how it is lowered",
+))
+
+
+def _check_pattern(attrs):
+    if attrs["pattern"] not in FUSION_PATTERNS:
+        raise ShapeError(f"unknown fusion pattern {attrs['pattern']!r}; known: {', '.join(FUSION_PATTERNS)}")
+    return attrs

@@ -36,7 +36,26 @@ from .graph import Graph, Node
 
 
 def print_graph(graph: Graph, elide_constants_over: int | None = 16) -> str:
-    """The text form of ``graph``; constants with more elements than the limit are elided."""
+    """The text form of ``graph``; constants with more elements than the limit are elided.
+
+    The bodies of ``fused`` nodes are printed first, as graphs of their own that the node
+    names with ``body=@name`` (like TVM's primitive functions after FuseOps).
+    """
+    bodies = [print_graph(body, elide_constants_over) for body in subgraphs(graph)]
+    return "\n\n".join(bodies + [_print_one(graph, elide_constants_over)])
+
+
+def subgraphs(graph: Graph) -> list[Graph]:
+    """The graphs held in node attributes (bodies of fused nodes), in order of first use."""
+    found: dict[int, Graph] = {}
+    for node in graph.nodes():
+        for value in node.attrs.values():
+            if isinstance(value, Graph):
+                found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def _print_one(graph: Graph, elide_constants_over: int | None) -> str:
     params = ", ".join(f"%{i.name}: {i.type}" for i in graph.inputs)
     lines = [f"graph {graph.name}({params}) {{"]
     for node in graph.nodes():
@@ -79,6 +98,8 @@ def format_attr(value) -> str:
         return short_name(value)
     if isinstance(value, TensorType):
         return f"type<{value}>"
+    if isinstance(value, Graph):
+        return f"@{value.name}"
     if isinstance(value, (tuple, list)):
         return "[" + ",".join(format_attr(v) for v in value) + "]"
     raise ParseError(f"attribute value {value!r} has no text form")
@@ -117,10 +138,25 @@ _RETURN = re.compile(r"return\s+(.*)$")
 
 
 def parse_graph(text: str) -> Graph:
-    """Read a graph from its text form; ``ParseError`` naming the line on malformed input."""
+    """Read a graph from its text form; ``ParseError`` naming the line on malformed input.
+
+    The text may hold several graphs: bodies of fused nodes come first, referred to as
+    ``@name``; the last graph is the one returned.
+    """
     lines = [(i + 1, ln.strip()) for i, ln in enumerate(text.strip().splitlines()) if ln.strip()]
     if not lines:
         raise ParseError("empty text: expected 'graph NAME(...) {'")
+    graphs: dict[str, Graph] = {}
+    while True:
+        end = next((k for k, (_, line) in enumerate(lines) if line == "}"), len(lines) - 1)
+        graph = _parse_one(lines[:end + 1], graphs)
+        lines = lines[end + 1:]
+        if not lines:
+            return graph
+        graphs[graph.name] = graph
+
+
+def _parse_one(lines: list[tuple[int, str]], graphs: dict[str, Graph]) -> Graph:
     lineno, header = lines[0]
     match = _HEADER.match(header)
     if not match:
@@ -138,7 +174,7 @@ def parse_graph(text: str) -> Graph:
             names = _RETURN.match(line).group(1)
             graph.set_outputs([_lookup(env, n, lineno) for n in _split_names(names)])
             continue
-        node = _parse_node_line(graph, env, line, lineno)
+        node = _parse_node_line(graph, env, line, lineno, graphs)
         env[node.name] = node
     else:
         raise ParseError("missing closing '}'")
@@ -147,7 +183,7 @@ def parse_graph(text: str) -> Graph:
     return graph
 
 
-def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int) -> Node:
+def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int, graphs: dict) -> Node:
     match = _NODE.match(line)
     if not match:
         raise ParseError(f"line {lineno}: expected '%name = op(%a, ...) {{attrs}} : type', got {line!r}")
@@ -158,7 +194,7 @@ def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int) -> Node:
     if name in env:
         raise ParseError(f"line {lineno}: %{name} is defined twice")
     operands = [_lookup(env, n, lineno) for n in _split_names(operand_text)]
-    attrs = _AttrReader(attr_text[1:-1] if attr_text else "", lineno).read_dict(declared)
+    attrs = _AttrReader(attr_text[1:-1] if attr_text else "", lineno, graphs).read_dict(declared)
     try:
         node = graph.add_op(op, operands, attrs, loc=loc.strip() if loc else None, name=name)
     except (MinicompError, KeyError) as exc:
@@ -193,10 +229,11 @@ class _AttrReader:
     """A small recursive-descent reader for ``key=value, ...`` attribute lists."""
 
     _TOKEN = re.compile(r'\s*(base64"[^"]*"|"(?:[^"\\]|\\.)*"|<elided[^>]*>|type<[^>]*>|[\[\],=]'
-                        r"|[-+\w.]+)")
+                        r"|@?[-+\w.]+)")
 
-    def __init__(self, text: str, lineno: int):
+    def __init__(self, text: str, lineno: int, graphs: dict | None = None):
         self.lineno = lineno
+        self.graphs = graphs or {}
         self.tokens = self._tokenize(text)
         self.pos = 0
 
@@ -252,6 +289,10 @@ class _AttrReader:
             return re.sub(r"\\(.)", r"\1", token[1:-1])
         if token.startswith("type<"):
             return _parse_type(token[5:-1], self.lineno)
+        if token.startswith("@"):
+            if token[1:] not in self.graphs:
+                raise ParseError(f"line {self.lineno}: {token} names no graph printed before it")
+            return self.graphs[token[1:]]
         if token in ("true", "false"):
             return token == "true"
         if token == "none":

@@ -9,7 +9,10 @@ symbolic output index and wrapped in one loop per output axis::
 
 A reduction also declares an accumulator and loops over the reduced axes. Scalar constants are
 inlined as literals; array constants, graph inputs and outputs are parameters; every other
-value gets a slice of one workspace (the static buffer plan: offsets fixed at compile time).
+value gets a slice of one workspace (the static buffer plan: offsets fixed at compile time):
+where the ``memory_plan`` pass ran, at the offsets it chose (``node.meta["storage"]``: values
+never live at the same time share bytes), otherwise one slice per value. A kernel whose
+parameters share workspace bytes (an op run in place) lists them in ``Kernel.aliases``.
 The outermost loop of a kernel with enough work is marked ``parallel``.
 """
 
@@ -69,6 +72,8 @@ def lower(graph: Graph) -> Program:
         buffers[node] = new_buffer(node.name, node)
         program.inputs.append(buffers[node])
     outputs = _unique(graph.outputs)
+    plan = _memory_plan(graph, outputs)
+    program.workspace_bytes = max((offset + nbytes for offset, nbytes in plan.values()), default=0)
     for node in graph.nodes():
         if node.op == "constant" and not is_inline_constant(node):
             buffers[node] = new_buffer(node.name, node)
@@ -76,7 +81,7 @@ def lower(graph: Graph) -> Program:
         elif node.kind is not Kind.SOURCE:
             buffers[node] = new_buffer(node.name, node)
             if node not in outputs:
-                program.workspace[buffers[node]] = _place(program, buffers[node])
+                program.workspace[buffers[node]] = _place(program, buffers[node], plan.get(node))
             program.kernels.append(lower_node(node, buffers))
     for node in outputs:
         if node.kind is Kind.SOURCE:  # an input or constant returned as is: copy it out
@@ -85,6 +90,8 @@ def lower(graph: Graph) -> Program:
             buffers[node] = copy
         program.outputs.append(buffers[node])
     program.output_nodes = outputs
+    for kernel in program.kernels:
+        kernel.aliases = _overlapping_params(kernel, program.workspace)
     return program
 
 
@@ -107,10 +114,27 @@ def _unique(nodes: list[Node]) -> list[Node]:
     return list(dict.fromkeys(nodes))
 
 
-def _place(program: Program, buffer: Buffer) -> int:
+def _memory_plan(graph: Graph, outputs: list[Node]) -> dict[Node, tuple[int, int]]:
+    """``node -> (offset, nbytes)`` from the ``memory_plan`` pass (empty if it did not run)."""
+    return {node: node.meta["storage"] for node in graph.op_nodes()
+            if "storage" in node.meta and node not in outputs}
+
+
+def _place(program: Program, buffer: Buffer, storage: tuple[int, int] | None = None) -> int:
+    """The buffer's workspace offset: the memory plan's, else the next free cache line."""
+    if storage is not None:
+        return storage[0]
     offset = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
     program.workspace_bytes = offset + buffer.size * buffer.dtype.itemsize
     return offset
+
+
+def _overlapping_params(kernel: Kernel, workspace: dict[Buffer, int]) -> frozenset[Buffer]:
+    """The kernel's workspace parameters that share bytes with another one (in place)."""
+    spans = [(b, workspace[b], workspace[b] + b.size * b.dtype.itemsize)
+             for b in kernel.params if b in workspace]
+    return frozenset(a for a, start, end in spans for b, s, e in spans
+                     if a is not b and start < e and s < end)
 
 
 def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
@@ -122,6 +146,10 @@ def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
 
 def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
     """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers."""
+    if node.op == "fused":
+        from .lower_fused import lower_fused
+
+        return lower_fused(node, buffers, lambda operand: _operand_tensor(operand, buffers))
     out = buffers[node]
     idx = output_index(node.shape)
     operands = [_operand_tensor(o, buffers) for o in node.operands]

@@ -1,0 +1,250 @@
+"""Bisection: which pass of the pipeline changed a function's results?
+
+Every stage of minicomp can be run against NumPy (see ``ARCHITECTURE.md``), so a wrong result
+can be traced to the first pass that produced it. ``bisect`` runs the pipeline one pass at a
+time and, after each pass, runs the graph
+
+* with the reference interpreter (target ``"numpy"``), and
+* through the C backend too when asked (``target="c"``: lower, render, gcc, run),
+
+on random inputs of the right shapes and dtypes, comparing with ``minicomp.testing.assert_close``
+to the *reference*: the traced function run eagerly by NumPy (for a function), or the
+unoptimised graph run by the interpreter (for a ``Graph``). The first pass after which a
+result differs is named; the graphs just before and after it are kept, with a diff.
+
+    >>> result = bisect(f, TensorType((8, 16), "f32"), target="c")
+    >>> result.first_bad_pass          # None: every pass kept the results
+    >>> print(result)                  # one line per stage and target
+
+The walk is linear, not a binary search: the pipeline is short (under ten passes) and a
+per-stage table says more than a halving search would. A pass that raises, or leaves a graph
+that fails ``verify``, counts as changing the result. If the traced graph itself already
+disagrees with NumPy (a tracing or backend bug, not a pass), ``first_bad_pass`` stays None
+and ``baseline_ok`` is False.
+
+Command line: ``minicomp bisect model.py:f --arg x=f32[8,16] [--target c] [--passes a,b]``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..errors import MinicompError
+from ..ir.dtypes import TensorType
+from ..ir.graph import Graph
+from .pipeline import pipeline_names, run_pipeline
+
+#: the stage name of the graph before any pass
+TRACED = "(traced)"
+
+
+@dataclass
+class StageResult:
+    """One graph (``stage``: ``TRACED`` or the pass just run) on one target."""
+
+    stage: str
+    target: str
+    ok: bool
+    message: str = ""  # why not: the first mismatch, or the exception
+
+
+@dataclass
+class BisectResult:
+    """What ``bisect`` found; ``str()`` is the report the CLI prints."""
+
+    name: str
+    first_bad_pass: str | None
+    passes: list[str]
+    targets: tuple[str, ...]
+    reference: str
+    trials: int
+    stages: list[StageResult] = field(default_factory=list)
+    graph_before: Graph | None = None  # the graph the bad pass was given
+    graph_after: Graph | None = None  # ... and what it made of it (None if it raised)
+
+    @property
+    def baseline_ok(self) -> bool:
+        """Whether the traced graph, before any pass, matches the reference on every target."""
+        return all(s.ok for s in self.stages if s.stage == TRACED)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every stage matched the reference."""
+        return all(s.ok for s in self.stages)
+
+    @property
+    def failures(self) -> list[StageResult]:
+        return [s for s in self.stages if not s.ok]
+
+    def diff(self) -> str:
+        """Unified diff of the graph text before and after the first bad pass."""
+        if self.graph_before is None or self.graph_after is None:
+            return ""
+        before = self.graph_before.to_text().splitlines()
+        after = self.graph_after.to_text().splitlines()
+        return "\n".join(difflib.unified_diff(before, after, f"before {self.first_bad_pass}",
+                                              f"after {self.first_bad_pass}", lineterm="", n=1))
+
+    def __str__(self) -> str:
+        lines = [f"bisect {self.name}: {len(self.passes)} pass(es) ({', '.join(self.passes) or 'none'}), "
+                 f"{self.trials} random input set(s), compared with {self.reference}",
+                 (f"{'stage':<22}" + "".join(f"{t:<10}" for t in self.targets)).rstrip()]
+        by_stage: dict[str, dict[str, StageResult]] = {}
+        for s in self.stages:
+            by_stage.setdefault(s.stage, {})[s.target] = s
+        for stage, results in by_stage.items():
+            cells = "".join(f"{('ok' if results[t].ok else 'DIFFERS') if t in results else '-':<10}"
+                            for t in self.targets)
+            lines.append(f"{stage:<22}{cells}".rstrip())
+        for s in self.failures:
+            first = [line.strip() for line in s.message.splitlines() if line.strip()]
+            lines.append(f"  {s.stage} on {s.target}: " + "; ".join(first[:5]))
+        if not self.baseline_ok:
+            lines.append("the traced graph already differs from the reference: not a pass's doing "
+                         "(tracing, an op's reference, or the backend)")
+        elif self.first_bad_pass is None:
+            lines.append("no pass changed the results")
+        else:
+            lines.append(f"first pass that changes the result: {self.first_bad_pass}")
+            if self.diff():
+                lines += ["", self.diff()]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and the reference
+# ----------------------------------------------------------------------------------------------
+
+
+def random_array(type_: TensorType, rng: np.random.Generator) -> np.ndarray:
+    """Random values of ``type_``: normal floats, small integers, coin-flip bools."""
+    dtype, shape = type_.dtype, type_.shape
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if dtype.kind == "u":
+        return rng.integers(0, 10, shape).astype(dtype)
+    return rng.integers(-9, 10, shape).astype(dtype)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, (np.ndarray, np.generic, TensorType))
+
+
+def _flatten(result) -> list[np.ndarray]:
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    return [np.asarray(r) for r in results]
+
+
+def _prepare(fn_or_graph, args: tuple, trials: int, seed: int):
+    """(graph, name, reference description, [(inputs, expected outputs)] per trial)."""
+    rng = np.random.default_rng(seed)
+    if isinstance(fn_or_graph, Graph):
+        from ..ir.interpreter import interpret
+
+        graph = fn_or_graph
+        if args and len(args) != len(graph.inputs):
+            raise MinicompError(f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(args)}")
+        sets = []
+        for trial in range(trials):
+            if trial == 0 and args and all(isinstance(a, np.ndarray) for a in args):
+                inputs = [np.asarray(a) for a in args]
+            else:
+                inputs = [random_array(n.type, rng) for n in graph.inputs]
+            sets.append((inputs, interpret(graph, *inputs)))
+        return graph.verify(), graph.name, "the unoptimised graph run by the interpreter", sets
+
+    from ..frontend import trace
+
+    fn = getattr(fn_or_graph, "fn", fn_or_graph)  # a jit function: bisect what it wraps
+    graph = trace(fn, *args)
+    concrete = all(not isinstance(a, TensorType) for a in args)
+    sets = []
+    for trial in range(trials):
+        if trial == 0 and concrete:
+            call_args = list(args)
+        else:
+            call_args = [random_array(TensorType.of(a) if not isinstance(a, TensorType) else a, rng)
+                         if _is_tensor(a) else a for a in args]
+        with np.errstate(all="ignore"):
+            expected = _flatten(fn(*call_args))
+        sets.append(([a for a in call_args if _is_tensor(a)], expected))
+    return graph, graph.name, "NumPy (the function run eagerly)", sets
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one stage
+# ----------------------------------------------------------------------------------------------
+
+
+def _runner(graph: Graph, target: str) -> Callable:
+    """A function of the input arrays for ``graph`` on ``target``, compiled as given (no passes)."""
+    from ..frontend.jit import TARGETS
+
+    if target not in TARGETS:
+        raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
+    return TARGETS[target](graph)
+
+
+def _check(graph: Graph, target: str, sets) -> str:
+    """'' if ``graph`` on ``target`` reproduces every expected output, else why not."""
+    from ..testing import assert_close
+
+    try:
+        run = _runner(graph, target)
+        for trial, (inputs, expected) in enumerate(sets):
+            with np.errstate(all="ignore"):
+                actual = run(*inputs)
+            try:
+                assert_close(list(actual), expected)
+            except AssertionError as exc:
+                return f"input set {trial}: {exc}"
+    except Exception as exc:  # noqa: BLE001  (a crash in a stage is a finding, not an error)
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def bisect(fn_or_graph, *args, passes: Iterable[str] | None = None, disable: Iterable[str] = (),
+           target: str | None = None, targets: Iterable[str] | None = None, trials: int = 2,
+           seed: int = 0) -> BisectResult:
+    """Find the first pass of the pipeline that changes the results of ``fn(*args)``.
+
+    ``fn_or_graph`` is a NumPy function (or a ``jit`` function) with example ``args`` (arrays,
+    ``TensorType`` s, static values), or a ``Graph`` (``args``: optional input arrays).
+    ``passes``/``disable`` choose the pipeline as for ``jit``. The interpreter runs every stage;
+    ``target="c"`` adds the C backend (``targets=`` names the list exactly). ``trials`` random
+    input sets are used (the first one is ``args`` when they are all arrays), from ``seed``.
+    """
+    targets = tuple(targets) if targets is not None else ("numpy",) + ((target,) if target and target != "numpy" else ())
+    names = pipeline_names(passes, disable)
+    graph, name, reference, sets = _prepare(fn_or_graph, args, max(1, trials), seed)
+    result = BisectResult(name, None, names, targets, reference, len(sets))
+
+    def check_stage(stage: str, g: Graph) -> bool:
+        good = True
+        for t in targets:
+            message = _check(g, t, sets)
+            result.stages.append(StageResult(stage, t, not message, message))
+            good = good and not message
+        return good
+
+    current = graph
+    if not check_stage(TRACED, current):
+        return result
+    for pass_name in names:
+        try:
+            after, _ = run_pipeline(current, [pass_name])
+        except Exception as exc:  # noqa: BLE001  (a crashing pass is the answer)
+            result.stages.append(StageResult(pass_name, targets[0], False, f"{type(exc).__name__}: {exc}"))
+            result.first_bad_pass, result.graph_before = pass_name, current
+            return result
+        if not check_stage(pass_name, after):
+            result.first_bad_pass, result.graph_before, result.graph_after = pass_name, current, after
+            return result
+        current = after
+    return result

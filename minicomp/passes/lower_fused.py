@@ -1,0 +1,224 @@
+"""Lowering a ``fused`` node: its whole body becomes one loop nest.
+
+The key tool is *inlining through compute rules*: an operand that is computed inside the body
+is not loaded from memory but replaced by its own compute rule at the same index (``Inliner``).
+``gelu(x*a + b)`` at index ``[i, j]`` is then one expression over ``x[i, j]``, ``a[j]``, ``b[j]``.
+Values that cannot be inlined as expressions (reductions, matmul results) are computed once
+at the right loop level, held in a local variable, and *bound*: later uses read the variable.
+
+One lowering per fusion pattern (``minicomp.passes.fusion``):
+
+* ``elemwise``: loops over the output; one store of the inlined expression.
+* ``reduce``: a reduction whose body inlines its producers.
+* ``row``: per row (the axes not reduced), each reduction and each per-row value in order,
+  held in locals; then one loop over the row storing the inlined epilogue::
+
+      for i:                              # softmax
+        m = max over j of x[i, j]
+        s = sum over j of exp(x[i, j] - m)
+        for j: out[i, j] = exp(x[i, j] - m) / s
+
+* ``epilogue``: the matmul/conv accumulates an output row, then the epilogue finishes that row
+  in place while it is in cache (``out[i, j] = gelu(out[i, j] + b[j])``).
+* ``attention``: per query row, an online softmax over the keys (FlashAttention's idea): a
+  running max ``m``, a running sum ``l`` and an output row ``acc`` rescaled by
+  ``exp(m_old - m_new)`` whenever the max grows. The scores are never stored.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir.compute import Reduce, Tensor, _batch_index, compute, linear_index
+from ..ir.graph import Graph, Node
+from ..ir.loops import (Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
+                        Load, Stmt, Store, Var, const)
+from ..ir.ops import Kind
+from .lower import (PARALLEL_MIN_WORK, combine, is_inline_constant, nest, output_index,
+                    reduction_init)
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+class Inliner:
+    """Element access to every value of a fused body: inputs load, others inline or are bound."""
+
+    def __init__(self, inputs: dict[Node, Tensor]):
+        self.bound: dict[Node, Tensor] = dict(inputs)
+
+    def tensor(self, node: Node) -> Tensor:
+        """How to read ``node`` at an index: bound value, input buffer, or its compute rule."""
+        if node in self.bound:
+            return self.bound[node]
+        if is_inline_constant(node):
+            value = const(node.attrs["value"].reshape(-1)[0], node.dtype)
+            return Tensor(node.type, lambda idx: value)
+
+        def element(idx, node=node):
+            value = compute(node, idx, [self.tensor(o) for o in node.operands])
+            if isinstance(value, Reduce):
+                raise CompileError(f"%{node.name} ({node.op}) must be computed before it is used")
+            return value
+
+        return Tensor(node.type, element)
+
+    def bind(self, node: Node, value) -> None:
+        """From now on, ``node`` at any index reads ``value`` (a local variable or a load)."""
+        self.bound[node] = Tensor(node.type, value if callable(value) else (lambda idx: value))
+
+
+def _loops(idx: list, shape) -> list[tuple[Var, int]]:
+    return [(i, extent) for i, extent in zip(idx, shape) if isinstance(i, Var)]
+
+
+def _work(shape, *extra: int) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * int(np.prod(extra, dtype=np.int64))
+
+
+def reduce_into(acc: Var, r: Reduce) -> list[Stmt]:
+    """``acc = init; for r...: acc = combine(acc, body)``."""
+    return [Declare(acc, reduction_init(r.combiner, r.dtype)),
+            nest(r.axes, Assign(acc, combine(r.combiner, acc, r.body)), parallel=False)]
+
+
+# ----------------------------------------------------------------------------------------------
+# One lowering per pattern
+# ----------------------------------------------------------------------------------------------
+
+
+def lower_elemwise(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
+    root = body.outputs[0]
+    idx = output_index(root.shape)
+    store = Store(out, linear_index(idx, root.shape), inline.tensor(root)[idx])
+    return nest(_loops(idx, root.shape), store, parallel=_work(root.shape) >= PARALLEL_MIN_WORK)
+
+
+def lower_reduce(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
+    root = body.outputs[0]
+    idx = output_index(root.shape)
+    r = compute(root, idx, [inline.tensor(o) for o in root.operands])
+    acc = Var("acc", r.dtype)
+    stmts = reduce_into(acc, r) + [Store(out, linear_index(idx, root.shape), r.finish(acc))]
+    work = _work(root.shape, *[e for _, e in r.axes])
+    return nest(_loops(idx, root.shape), Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
+
+
+def lower_row(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
+    root = body.outputs[0]
+    reductions = [n for n in body.nodes() if n.kind is Kind.REDUCTION]
+    shape, axes = reductions[0].operands[0].shape, reductions[0].attrs["axes"]
+    full = output_index(shape)
+    row = [Const(0) if axis in axes else i for axis, i in enumerate(full)]
+    row_shape = tuple(1 if axis in axes else d for axis, d in enumerate(shape))
+    outer = [(i, d) for axis, (i, d) in enumerate(zip(full, shape)) if axis not in axes and isinstance(i, Var)]
+    stmts: list[Stmt] = []
+    for node in body.nodes():
+        if node.kind is Kind.REDUCTION:
+            at = row if node.attrs["keepdims"] else [i for axis, i in enumerate(full) if axis not in axes]
+            r = compute(node, at, [inline.tensor(o) for o in node.operands])
+            acc, value = Var(f"acc_{_ident(node.name)}", r.dtype), Var(f"v_{_ident(node.name)}", node.dtype)
+            stmts += reduce_into(acc, r) + [Declare(value, r.finish(acc))]
+        elif node.shape == row_shape and node.kind is not Kind.SOURCE and _after_reduction(node):
+            value = Var(f"v_{_ident(node.name)}", node.dtype)
+            stmts.append(Declare(value, inline.tensor(node)[row]))
+        else:
+            continue
+        inline.bind(node, value)
+    if root.kind is Kind.REDUCTION:
+        at = row if root.attrs["keepdims"] else [i for axis, i in enumerate(full) if axis not in axes]
+        stmts.append(Store(out, linear_index(at, root.shape), inline.tensor(root)[at]))
+    else:
+        inner = [(i, d) for axis, (i, d) in enumerate(zip(full, shape)) if axis in axes and isinstance(i, Var)]
+        store = Store(out, linear_index(full, shape), inline.tensor(root)[full])
+        stmts.append(nest(inner, store, parallel=False))
+    work = _work(shape, len(reductions) + 1)
+    return nest(outer, Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
+
+
+def _after_reduction(node: Node) -> bool:
+    stack = list(node.operands)
+    while stack:
+        current = stack.pop()
+        if current.kind is Kind.REDUCTION:
+            return True
+        stack.extend(current.operands)
+    return False
+
+
+def lower_epilogue(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
+    root = body.outputs[0]
+    anchor = next(n for n in body.nodes() if n.kind is Kind.OUT_EW_FUSABLE)
+    idx = output_index(root.shape)
+    loops = _loops(idx, root.shape)
+    (j, extent), at = loops[-1], linear_index(idx, root.shape)
+    r = compute(anchor, idx, [inline.tensor(o) for o in anchor.operands])
+    inline.bind(anchor, lambda i: Load(out, linear_index(i, root.shape)))
+    accumulate = Store(out, at, combine(r.combiner, Load(out, at), r.body))
+    row = Block([For(j, extent, Store(out, at, reduction_init(r.combiner, r.dtype))),
+                 nest(r.axes, For(j, extent, accumulate), parallel=False),
+                 For(j, extent, Store(out, at, inline.tensor(root)[idx]))])
+    work = _work(root.shape, *[e for _, e in r.axes])
+    return nest(loops[:-1], row, parallel=work >= PARALLEL_MIN_WORK)
+
+
+def lower_attention(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
+    pv = body.outputs[0]
+    scores = pv.operands[0].operands[0].operands[0].operands[0]  # div <- exp <- sub <- scores
+    qk = scores
+    while qk.op != "matmul":
+        qk = next(o for o in qk.operands if o.shape == qk.shape and o.kind is not Kind.SOURCE)
+    idx = output_index(pv.shape)
+    *batch, i, e_idx = idx
+    dtype, head = pv.dtype, pv.shape[-1]
+    j = Var("j")
+    m, l, m_new = Var("m", dtype), Var("l", dtype), Var("m_new", dtype)
+    corr, p, s = Var("correction", dtype), Var("p", dtype), Var("score", dtype)
+    acc = Buffer("acc", dtype, (head,))
+    e = Var("e")
+    v = inline.tensor(pv.operands[1])
+
+    r = compute(qk, [*batch, i, j], [inline.tensor(o) for o in qk.operands])
+    dot = Var("dot", r.dtype)
+    inline.bind(qk, r.finish(dot))
+    v_je = v[_batch_index(list(batch), v.shape[:-2]) + [j, e]]
+    exp = lambda x: Call("exp", (x,), dtype)  # noqa: E731
+    key_step = Block(reduce_into(dot, r) + [
+        Declare(s, inline.tensor(scores)[[*batch, i, j]]),
+        Declare(m_new, Call("mc_maximum", (m, s), dtype)),
+        Declare(corr, exp(Binary("-", m, m_new, dtype))),
+        Declare(p, exp(Binary("-", s, m_new, dtype))),
+        Assign(l, Binary("+", Binary("*", l, corr, dtype), p, dtype)),
+        For(e, head, Store(acc, e, Binary("+", Binary("*", Load(acc, e), corr, dtype),
+                                          Binary("*", p, v_je, dtype), dtype))),
+        Assign(m, m_new),
+    ])
+    row_out = linear_index([*batch, i, e], pv.shape)
+    per_query = Block([
+        Allocate(acc), For(e, head, Store(acc, e, const(0, dtype))),
+        Declare(m, const(-np.inf, dtype)), Declare(l, const(0, dtype)),
+        For(j, qk.shape[-1], key_step),
+        For(e, head, Store(out, row_out, Binary("/", Load(acc, e), l, dtype))),
+    ])
+    outer = _loops([*batch, i], pv.shape[:-1])
+    return nest(outer, per_query, parallel=True)
+
+
+LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
+             "epilogue": lower_epilogue, "attention": lower_attention}
+
+
+def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
+    """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
+    body: Graph = node.attrs["body"]
+    inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
+    statement = LOWERINGS[node.attrs["pattern"]](body, inline, buffers[node])
+    inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
+    source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]
+    source += [f"  %{n.name} = {n.op}" + (f"  at {n.loc}" if n.loc else "")
+               for n in body.op_nodes()]
+    return Kernel(buffers[node].name, inputs, buffers[node], statement, source)
