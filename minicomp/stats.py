@@ -140,7 +140,8 @@ def format_stats(graph: Graph) -> str:
     hist = ", ".join(f"{op} x{count}" for op, count in sorted(stats.histogram.items()))
     total = stats.bytes_read + stats.bytes_written
     fused = stats.histogram.get("fused", 0)
-    per = "one kernel per op" if not fused else f"{len(stats.nodes)} kernels, {fused} of them fused"
+    kernels = f"{len(stats.nodes)} kernel{'s' if len(stats.nodes) != 1 else ''}"
+    per = "one kernel per op" if not fused else f"{kernels}, {fused} of them fused"
     lines = rows + [
         "",
         f"ops: {len(stats.nodes)} ({hist})",

@@ -54,10 +54,6 @@ def body_ops(node) -> list[str]:
     return [n.op for n in node.attrs["body"].op_nodes()]
 
 
-def strip_locations(text: str) -> str:
-    return re.sub(r"  # .*", "", text)
-
-
 def assert_round_trips(graph: Graph) -> None:
     text = graph.to_text(None)
     assert Graph.parse(text).to_text(None) == text
@@ -348,9 +344,21 @@ def test_random_graphs_fused_match_the_interpreter(gen):
     assert_round_trips(fused_graph)
 
 
-def _assert_matches(actual, expected):
+def assert_matches(actual, expected, graph) -> None:
+    """``assert_close`` per output, after rounding both to the graph's least precise float.
+
+    C's libm and NumPy may round ``tanh`` of a float32 differently in the last bit; a later
+    cast to float64 keeps that difference, far above float64's tolerance (as in
+    tests/test_c_random_graphs.py).
+    """
+    floats = [n.dtype for n in graph.nodes() if n.dtype.kind == "f"]
+    loose = min(floats, key=lambda d: d.itemsize) if floats else None
     for a, e in zip(actual, expected, strict=True):
-        assert_close(a, np.asarray(e))
+        a, e = np.asarray(a), np.asarray(e)
+        assert (a.shape, a.dtype) == (e.shape, e.dtype)
+        if e.dtype.kind == "f" and e.dtype.itemsize > loose.itemsize:
+            a, e = a.astype(loose), e.astype(loose)
+        assert_close(a, e)
 
 
 @settings(max_examples=8)
@@ -358,8 +366,8 @@ def _assert_matches(actual, expected):
                      allow_ops=GENERATED_OPS - DISCONTINUOUS_OPS))
 def test_random_graphs_fused_match_on_c(gen):
     expected = gen.expected()
-    _assert_matches(minicomp.compile(gen.graph, target="c", passes=["fusion"])(*gen.inputs), expected)
-    _assert_matches(minicomp.compile(gen.graph, target="c", passes=[])(*gen.inputs), expected)
+    assert_matches(minicomp.compile(gen.graph, target="c", passes=["fusion"])(*gen.inputs), expected, gen.graph)
+    assert_matches(minicomp.compile(gen.graph, target="c", passes=[])(*gen.inputs), expected, gen.graph)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -390,6 +398,11 @@ def _attention_cases():
         "value head differs": ({}, r(6, 3), r(8, 3), r(8, 5)),
         "batch broadcasting": ({}, r(2, 3, 6, 4), r(3, 7, 4), r(1, 7, 4)),
         "one query, one key": ({}, r(1, 4), r(1, 4), r(1, 4)),
+        # the first keys of each query masked: the online softmax starts from max = -inf
+        # (it once computed exp(-inf + inf) = NaN there)
+        "leading keys masked": (dict(mask=np.triu(np.ones((5, 6), bool))), r(5, 4), r(6, 4), r(6, 3)),
+        "a row fully masked": (dict(mask=np.arange(6) < np.array([[0], [2], [6]])), r(2, 3, 4), r(2, 6, 4),
+                               r(2, 6, 3)),  # row 0 sees no key: NaN, as NumPy
         "float64": ({}, r(2, 7, 8).astype(np.float64), r(2, 5, 8).astype(np.float64),
                     r(2, 5, 8).astype(np.float64)),
     }

@@ -329,14 +329,34 @@ def test_plan_strictly_lowers_peak_bytes(name, disable):
     assert lower(g).workspace_bytes < lower(unplanned).workspace_bytes
 
 
-def test_generated_c_has_no_restrict_on_aliased_parameters():
-    w = WORKLOADS["ew_chain"]
-    args = w.inputs("tiny")
-    inspection = minicomp.jit(w.fn, target="c", disable=["fusion"]).inspect(*args)
-    kernels = inspection.program.kernels
-    assert any(k.aliases for k in kernels)
-    for k in kernels:
+def assert_restrict_only_where_not_aliased(inspection) -> None:
+    """Every kernel parameter is ``restrict`` exactly when the kernel does not alias it."""
+    for k in inspection.program.kernels:
         signature = re.search(rf"void k_{k.name}\((.*)\) {{", inspection.source).group(1)
         for param, buffer in zip(signature.split(", "), k.params):
             assert param.endswith("b_" + buffer.name)
             assert ("restrict" in param) is (buffer not in k.aliases), (k.name, param)
+
+
+def test_generated_c_has_no_restrict_on_aliased_parameters():
+    w = WORKLOADS["ew_chain"]
+    inspection = minicomp.jit(w.fn, target="c", disable=["fusion"]).inspect(*w.inputs("tiny"))
+    assert any(k.aliases for k in inspection.program.kernels)
+    assert_restrict_only_where_not_aliased(inspection)
+
+
+def two_heads(x, w, w2):
+    m = x @ w  # read by two kernels: materialised; the second writes over it
+    return np.tanh(m) @ w2, (np.sin(m) * 2) @ w2
+
+
+def test_a_fused_kernel_in_place_through_the_default_pipeline():
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32) for s in [(8, 16), (16, 32), (32, 4)]]
+    jitted = minicomp.jit(two_heads, target="c")
+    assert_close(jitted(*args), [np.asarray(r) for r in two_heads(*args)])
+    inspection = jitted.inspect(*args)
+    in_place = [n for n in inspection.graph.op_nodes() if "inplace_of" in n.meta]
+    assert [(n.op, n.attrs.get("pattern"), n.meta["inplace_of"]) for n in in_place] == [
+        ("fused", "elemwise", "matmul")], "fusion changed: find another example of a fused in-place op"
+    assert_restrict_only_where_not_aliased(inspection)

@@ -123,9 +123,10 @@ def test_closed_over_weights_are_constants_folded_by_tracing_itself():
     w = np.arange(6, dtype=np.float32).reshape(2, 3)
     graph = minicomp.trace(lambda x: x @ w.T, np.ones((4, 3), np.float32))
     assert [n.op for n in graph.nodes()] == ["input", "constant", "matmul"]
-    fast = minicomp.jit(lambda x: x @ w.T @ (w * 2).T.T, target="numpy")
-    x = np.ones((4, 3), np.float32)
-    assert_close(fast(x), x @ w.T @ (w * 2))
+    fast = minicomp.jit(lambda x: (x @ w.T) * np.full_like(x[:, :2], 3.0), passes=SIMPLIFY)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    assert_close(fast(x), (x @ w.T) * 3.0)
+    assert ops(fast.inspect(x).graph) == ["matmul", "mul"]  # full_like: folded, then a 0-d 3.0
 
 
 def test_fold_keeps_a_big_broadcast_of_a_scalar():
@@ -136,6 +137,8 @@ def test_fold_keeps_a_big_broadcast_of_a_scalar():
     graph.set_outputs([graph.add_op("add", [x, filled])])
     folded, _ = run_pipeline(graph, passes=["constant_fold"])
     assert ops(folded) == ["broadcast_to", "add"]
+    cleaned, _ = run_pipeline(graph, passes=SIMPLIFY)  # algebraic: add broadcasts the 0-d 2.0
+    assert ops(cleaned) == ["add"] and cleaned.outputs[0].operands[1].shape == ()
 
 
 def test_fold_rule_small_results_fold_big_ones_only_when_not_bigger_than_operands():
@@ -529,7 +532,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_rewrites_agree_with_numpy_on_special_values(case, dtype):
     fn, rewritten, exact = CASES[case]
-    x = np.array(SPECIAL, dtype)
+    with np.errstate(over="ignore"):  # 3e38 is inf in float16
+        x = np.array(SPECIAL, dtype)
     graph = minicomp.trace(fn, x)
     simplified, _ = run_pipeline(graph, passes=["algebraic", "dce"])
     assert (ops(simplified) != ops(graph)) == rewritten, simplified
@@ -733,8 +737,9 @@ EXACT_PATTERNS = {
 ROUNDING_PATTERNS = {
     "x ** 2": lambda g, v, draw: g.add_op("pow", [v, g.add_constant(_const(2, v.dtype))]),
     "x ** 3": lambda g, v, draw: g.add_op("pow", [v, g.add_constant(_const(3, v.dtype))]),
-    "x ** -1": lambda g, v, draw: g.add_op("pow", [v, g.add_constant(_const(-1.0, v.dtype))]),
-    "|x| ** 0.5": lambda g, v, draw: g.add_op("pow", [g.add_op("abs", [v]), g.add_constant(_const(0.5, v.dtype))]),
+    "x ** -1": lambda g, v, draw: g.add_op("pow", [v, g.add_constant(_const(-1.0, "f4"))]),
+    "|x| ** 0.5": lambda g, v, draw: g.add_op("pow", [g.add_op("abs", [v]),
+                                                      g.add_constant(_const(0.5, v.dtype))]),
     "exp(log(exp(x)))": lambda g, v, draw: g.add_op("exp", [g.add_op("log", [g.add_op("exp", [v])])]),
 }
 
@@ -761,8 +766,8 @@ def test_patterns_are_all_rewritten():
         x = graph.add_input("x", TensorType((2, 3), "f32"))
         graph.set_outputs([pattern(graph, x, lambda strategy: [1, 0])])
         simplified, _ = run_pipeline(graph, passes=["algebraic", "dce"])
-        unchanged = name in ("x * 0", "x / 3", "0 + x")  # 0 + x: float32 +0.0 here
-        assert (ops(simplified) == ops(graph)) == unchanged, f"{name}:\n{simplified}"
+        unchanged = name in ("x * 0", "x / 3", "0 + x", "x - (-0.0)")  # signed zeros, see above
+        assert (simplified.to_text(None) == graph.to_text(None)) == unchanged, f"{name}:\n{simplified}"
 
 
 @pytest.mark.parametrize("name", ["constant_fold", "cse", "dce"])

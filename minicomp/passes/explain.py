@@ -71,8 +71,9 @@ class Explanation:
             return ["fusion: not run (not in the pipeline, or disabled)"]
         before = self.passes[:self.passes.index("fusion")]
         ops = len(self.fusion_input.op_nodes())
+        kernels = f"{len(self.groups)} kernel{'s' if len(self.groups) != 1 else ''}"
         lines = [f"fusion decisions (on the graph after {', '.join(before) or 'tracing'}: {ops} ops"
-                 f" -> {len(self.groups)} kernels):"]
+                 f" -> {kernels}):"]
         if not self.decisions:
             lines.append("  (none: no op has a user to fuse into)")
         width = max([len(f"{d.producer} -> {d.consumer}") for d in self.decisions] + [10])

@@ -13,17 +13,20 @@ Why the layout matters here: ``minicomp.passes.lower`` turns a conv2d into loops
 loop runs along the output's *last* axis, adding one weight times one input to a whole output
 row (``accumulates_in_output``)::
 
-    NCHW:  for n, o, oh:  for c, r, s:  for ow in 0..OW:                   (inner loop along OW)
-               out[n, o, oh, ow] += (inside(oh+r-pt, ow+s-pl) ? x[n, c, oh+r-pt, ow*sw+s-pl] : 0) * w[o, c, r, s]
-    NHWC:  for n, oh, ow: for c, r, s:  for o in 0..O:                     (inner loop along O)
-               out[n, oh, ow, o] += (inside(oh+r-pt, ow+s-pl) ? x[n, oh+r-pt, ow*sw+s-pl, c] : 0) * w[r, s, c, o]
+    NCHW:  for n, o, oh:  for c, r, s:  for ow in 0..OW:             (inner loop along OW)
+               out[n, o, oh, ow] += (inside(h, wi) ? x[n, c, h, wi] : 0) * w[o, c, r, s]
+    NHWC:  for n, oh, ow: for c, r, s:  for o in 0..O:               (inner loop along O)
+               out[n, oh, ow, o] += (inside(h, wi) ? x[n, h, wi, c] : 0) * w[r, s, c, o]
+
+    with h = oh*sh + r - pt and wi = ow*sw + s - pl (input row and column; padding is 0)
 
 gcc turns an inner loop into SIMD code (8 or 16 floats per instruction) only when every access in
 it is contiguous or constant and no test in it depends on the loop variable. In NHWC that holds
 (``x[...]`` and the padding test do not depend on ``o``; ``w`` and ``out`` are contiguous in ``o``)
 unless ``groups`` splits the channels (then the input channel is ``o / (O/groups) * ...``). In
-NCHW the padding test on the column ``ow+s-pl`` changes with ``ow``, and a stride > 1 reads ``x``
-with gaps: either one keeps the loop scalar. So the model is:
+NCHW the test on the column ``wi`` changes with ``ow`` (only left/right padding makes gcc keep it;
+the row test does not depend on ``ow``), and a stride > 1 reads ``x`` with gaps: either keeps the
+loop scalar. So the model is:
 
 * ``conv_ns = MACs * (NS_PER_MAC_VECTOR + NS_PER_INNER_LOOP / L)`` when the inner loop (length
   ``L``: ``OW`` in NCHW, ``O`` in NHWC) vectorises, ``MACs * NS_PER_MAC_SCALAR`` when it does not;
@@ -51,12 +54,18 @@ single conv2d graphs through the C target; ns per multiply-accumulate):
 
 A scalar loop costs ~0.8 ns/MAC, a vectorised one ~0.05 ns/MAC plus ~3 ns per start of the inner
 loop (which is why a short ``O`` of 4 or 8 gains little). A transpose through the C target moves
-0.1 - 0.3 ns/byte. On the conv_bn_relu workload at "cpu" size (1x64x56x56, 64 3x3 filters,
-padding 1) the whole graph took 93 ms in NCHW and 8.5 - 10.7 ms in NHWC (one thread; median of
-15), the transposes of x and w included; the model predicts 92.5 ms and 11.7 ms. So by default the
-pass converts padded or strided convolutions to NHWC and leaves unpadded stride-1 convolutions
-with few output channels in NCHW. These constants describe the loops lowering makes *today*: if
-lowering learns to split off the padded border, NCHW gets fast too and the model must be redone.
+0.1 - 0.3 ns/byte. The model gets every row above right but one: with groups 4 it sees two scalar
+loops, calls it a tie and keeps NCHW, where NHWC measured 1.5x faster.
+
+On the conv_bn_relu workload at "cpu" size (1x64x56x56, 64 3x3 filters, padding 1, batch norm,
+ReLU; ``jit(passes=["layout"])`` against no passes) the graph took 93 - 103 ms in NCHW and
+9 - 11 ms in NHWC, the transposes of x, w and the result included (one thread, median of 15, two
+runs; on a machine loaded by other jobs 190 - 210 ms and 17 ms). The model predicts 92.5 ms and
+11.6 ms. With the default pipeline (fusion included) it was 11 - 16 ms with this pass and
+140 - 200 ms without (loaded machine). So by default the pass converts padded or strided
+convolutions to NHWC and leaves unpadded stride-1 convolutions with few output channels in NCHW.
+These constants describe the loops lowering makes *today*: if lowering learns to split off the
+padded border, NCHW gets fast too and the model must be measured again.
 
 What the pass does
 ------------------
@@ -76,11 +85,15 @@ inside of each converted chain changes layout). A graph without conv2d is left u
 
 Before / after (conv -> relu -> conv, constant weights)::
 
-    %c1 = conv2d(%x, %w1) {layout="NCHW"} : f32[1,8,6,6]       %x_nhwc = transpose(%x) {perm=[0,2,3,1]} : f32[1,6,6,8]
-    %r = maximum(%c1, %zero) : f32[1,8,6,6]               ->    %c1_nhwc = conv2d(%x_nhwc, %w1_hwio) {layout="NHWC"} : f32[1,6,6,8]
-    %c2 = conv2d(%r, %w2) {layout="NCHW"} : f32[1,8,6,6]        %r_nhwc = maximum(%c1_nhwc, %zero) : f32[1,6,6,8]
-                                                                %c2_nhwc = conv2d(%r_nhwc, %w2_hwio) {layout="NHWC"} : f32[1,6,6,8]
-                                                                %c2_nchw = transpose(%c2_nhwc) {perm=[0,3,1,2]} : f32[1,8,6,6]
+    %c1 = conv2d(%x, %w1) {layout="NCHW"} : f32[1,8,6,6]
+    %r = maximum(%c1, %zero) : f32[1,8,6,6]
+    %c2 = conv2d(%r, %w2) {layout="NCHW"} : f32[1,8,6,6]
+  becomes
+    %x_to_nhwc = transpose(%x) {perm=[0,2,3,1]} : f32[1,6,6,8]
+    %c1_nhwc = conv2d(%x_to_nhwc, %w1_hwio) {layout="NHWC"} : f32[1,6,6,8]
+    %r_nhwc = maximum(%c1_nhwc, %zero) : f32[1,6,6,8]
+    %c2_nhwc = conv2d(%r_nhwc, %w2_hwio) {layout="NHWC"} : f32[1,6,6,8]
+    %c2_to_nchw = transpose(%c2_nhwc) {perm=[0,3,1,2]} : f32[1,8,6,6]
 """
 
 from __future__ import annotations
@@ -115,14 +128,6 @@ def other(layout: str) -> str:
     return "NHWC" if layout == "NCHW" else "NCHW"
 
 
-def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
-    """The permutation undoing ``perm``: ``np.transpose(np.transpose(x, p), inverse(p)) == x``."""
-    result = [0] * len(perm)
-    for i, p in enumerate(perm):
-        result[p] = i
-    return tuple(result)
-
-
 def compose(first: tuple[int, ...], then: tuple[int, ...]) -> tuple[int, ...]:
     """``np.transpose(np.transpose(x, first), then) == np.transpose(x, compose(first, then))``."""
     return tuple(first[i] for i in then)
@@ -150,7 +155,8 @@ class Chain:
 
     def __str__(self) -> str:
         ops = " -> ".join(f"%{n.name}" for n in self.members)
-        return f"{self.layout} chain of {len(self.convs)} conv2d and {len(self.members) - len(self.convs)} other ops: {ops}"
+        others = len(self.members) - len(self.convs)
+        return f"{self.layout} chain of {len(self.convs)} conv2d and {others} other ops: {ops}"
 
 
 def find_chains(graph: Graph, layout: str) -> list[Chain]:
@@ -270,8 +276,8 @@ class Estimate:
     def __str__(self) -> str:
         lines = [str(self.chain)]
         for layout in LAYOUTS:
-            loops = ", ".join(f"%{c.name}: L={inner_loop(c, layout)[0]}"
-                              f"{' vector' if inner_loop(c, layout)[1] else ' scalar'}" for c in self.chain.convs)
+            loops = ", ".join(f"%{c.name}: L={length} {'vector' if vector else 'scalar'}"
+                              for c in self.chain.convs for length, vector in [inner_loop(c, layout)])
             extra = "" if layout == self.chain.layout else f" (+ {self.transposed_bytes} bytes transposed)"
             lines.append(f"  {layout}: {self.ns[layout] / 1e6:9.3f} ms estimated{extra}  [inner loops {loops}]")
         lines.append(f"  -> {self.best}")
@@ -296,7 +302,7 @@ def estimates(graph: Graph) -> list[Estimate]:
 
 def renamed(node: Node, suffix: str) -> str:
     """``%conv2d -> conv2d_nhwc``, and ``%conv2d_nhwc -> conv2d_nchw`` (not ``conv2d_nhwc_nchw``)."""
-    return re.sub(r"_(nchw|nhwc|hwio|oihw)(_\d+)?$", "", node.name) + "_" + suffix.lower()
+    return re.sub(r"(_to)?_(nchw|nhwc|hwio|oihw)(_\d+)?$", "", node.name) + "_" + suffix.lower()
 
 
 class Rewriter:
@@ -309,17 +315,20 @@ class Rewriter:
         self.created: set[Node] = set()
         self.maybe_dead: set[Node] = set()
 
-    def transpose(self, node: Node, perm: tuple[int, ...], name: str) -> Node:
-        """``np.transpose(node, perm)``; a new constant when ``node`` is one."""
+    def transpose(self, node: Node, perm: tuple[int, ...], layout: str) -> Node:
+        """``np.transpose(node, perm)``, called ``%<node>_to_<layout>``; a new constant
+        ``%<node>_<layout>`` when ``node`` is one."""
         if is_identity(perm):
             return node
         key = (node, "transpose", perm)
         if key not in self.made:
             if node.op == "constant":
-                new = self.graph.add_constant(np.transpose(node.attrs["value"], perm), name=name, loc=node.loc)
+                new = self.graph.add_constant(np.transpose(node.attrs["value"], perm),
+                                              name=renamed(node, layout), loc=node.loc)
                 self.maybe_dead.add(node)
             else:
-                new = self.graph.add_op("transpose", [node], {"perm": perm}, loc=node.loc, name=name)
+                new = self.graph.add_op("transpose", [node], {"perm": perm}, loc=node.loc,
+                                        name=renamed(node, "to_" + layout))
             self.made[key] = new
             self.created.add(new)
         return self.made[key]
@@ -343,20 +352,23 @@ class Rewriter:
 
     def into(self, node: Node, perm: tuple[int, ...], layout: str) -> Node:
         """An operand broadcast against a 4-D value, moved into the new layout: ``b'`` such that
-        ``transpose(b' broadcast to shape', inverse(perm)) == b broadcast to shape``.
+        ``transpose(b' broadcast to shape', perm undone) == b broadcast to shape``.
 
-        Pad ``b`` with leading 1s to 4-D, then permute; when only size-1 axes move that is a
+        A 4-D operand is transposed (the same node a conv of the chain may read). A shorter one
+        is padded with leading 1s to 4-D and permuted; when only size-1 axes move that is a
         reshape, and leading 1s are dropped again (``(C, 1, 1) -> (C,)``).
         """
         if node.type.size == 1 and node.type.ndim <= 4:
             return node  # a scalar broadcasts the same in any layout
+        if node.type.ndim == 4:
+            return self.transpose(node, perm, layout)
         padded = (1,) * (4 - node.type.ndim) + node.shape
         moved = tuple(padded[p] for p in perm)
         if [a for a in perm if padded[a] != 1] == [a for a in range(4) if padded[a] != 1]:
             while len(moved) > 1 and moved[0] == 1:
                 moved = moved[1:]
             return self.reshape(node, moved, renamed(node, layout))
-        return self.transpose(self.reshape(node, padded, node.name), perm, renamed(node, layout))
+        return self.transpose(self.reshape(node, padded, node.name), perm, layout)
 
     def replace(self, old: Node, new: Node) -> None:
         """Every use of ``old`` becomes a use of ``new``; ``old`` may now be dead."""
@@ -384,11 +396,11 @@ def insert_transposes(rw: Rewriter, chain: Chain) -> None:
     source, target = chain.layout, other(chain.layout)
     for conv in chain.convs:
         x, w = conv.operands
-        x_new = rw.transpose(x, INTO[target], renamed(x, target))
-        w_new = rw.transpose(w, WEIGHT_INTO[target], renamed(w, WEIGHT_NAME[target]))
+        x_new = rw.transpose(x, INTO[target], target)
+        w_new = rw.transpose(w, WEIGHT_INTO[target], WEIGHT_NAME[target])
         new = rw.graph.add_op("conv2d", [x_new, w_new], {**conv.attrs, "layout": target},
                               loc=conv.loc, name=renamed(conv, target))
-        rw.replace(conv, rw.transpose(new, INTO[source], renamed(conv, source)))
+        rw.replace(conv, rw.transpose(new, INTO[source], source))
 
 
 def sink_transposes(rw: Rewriter, chain: Chain) -> None:
@@ -402,7 +414,7 @@ def sink_transposes(rw: Rewriter, chain: Chain) -> None:
         operands = [o.operands[0] if o.op == "transpose" and o.attrs["perm"] == back
                     else rw.into(o, into, target) for o in node.operands]
         new = rw.graph.add_op(node.op, operands, node.attrs, loc=node.loc, name=renamed(node, target))
-        rw.replace(node, rw.transpose(new, back, renamed(node, source)))
+        rw.replace(node, rw.transpose(new, back, source))
 
 
 def cancel_transposes(rw: Rewriter) -> None:
@@ -414,7 +426,7 @@ def cancel_transposes(rw: Rewriter) -> None:
         inner = node.operands[0]
         if inner.op == "transpose" and (node in rw.created or inner in rw.created):
             perm = compose(inner.attrs["perm"], node.attrs["perm"])
-            rw.replace(node, rw.transpose(inner.operands[0], perm, node.name))
+            rw.replace(node, rw.transpose(inner.operands[0], perm, "t"))
 
 
 def convert_chain(graph: Graph, chain: Chain,
@@ -451,8 +463,8 @@ def layout(graph: Graph) -> Graph:
     at its edges; a chain stays as it is unless the other layout is estimated strictly faster.
 
         before:  %y = conv2d(%x, %w) {padding=[1,1,1,1], layout="NCHW"} : f32[1,64,56,56]
-        after:   %y_nhwc = conv2d(%x_nhwc, %w_hwio) {..., layout="NHWC"} : f32[1,56,56,64]
-                 %y_nchw = transpose(%y_nhwc) {perm=[0,3,1,2]} : f32[1,64,56,56]
+        after:   %y_nhwc = conv2d(%x_to_nhwc, %w_to_hwio) {..., layout="NHWC"} : f32[1,56,56,64]
+                 %y_to_nchw = transpose(%y_nhwc) {perm=[0,3,1,2]} : f32[1,64,56,56]
     """
     for source in LAYOUTS:
         for chain in find_chains(graph, source):

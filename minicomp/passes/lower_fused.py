@@ -34,8 +34,8 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.compute import Reduce, Tensor, _batch_index, compute, linear_index
 from ..ir.graph import Graph, Node
-from ..ir.loops import (Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
-                        Load, Stmt, Store, Var, const)
+from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
+                        Load, Select, Stmt, Store, Var, const)
 from ..ir.ops import Kind
 from .lower import (PARALLEL_MIN_WORK, combine, is_inline_constant, nest, output_index,
                     reduction_init)
@@ -176,7 +176,7 @@ def lower_attention(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
     *batch, i, e_idx = idx
     dtype, head = pv.dtype, pv.shape[-1]
     j = Var("j")
-    m, l, m_new = Var("m", dtype), Var("l", dtype), Var("m_new", dtype)
+    m, l, m_new, shift = Var("m", dtype), Var("l", dtype), Var("m_new", dtype), Var("shift", dtype)
     corr, p, s = Var("correction", dtype), Var("p", dtype), Var("score", dtype)
     acc = Buffer("acc", dtype, (head,))
     e = Var("e")
@@ -190,8 +190,11 @@ def lower_attention(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
     key_step = Block(reduce_into(dot, r) + [
         Declare(s, inline.tensor(scores)[[*batch, i, j]]),
         Declare(m_new, Call("mc_maximum", (m, s), dtype)),
-        Declare(corr, exp(Binary("-", m, m_new, dtype))),
-        Declare(p, exp(Binary("-", s, m_new, dtype))),
+        # while every score so far is -inf (masked keys), exp(m - m_new) would be exp(-inf + inf)
+        # = NaN: shift by 0 instead, so the masked keys weigh exp(-inf) = 0 as in NumPy
+        Declare(shift, Select(Binary("==", m_new, const(-np.inf, dtype), BOOL), const(0, dtype), m_new)),
+        Declare(corr, exp(Binary("-", m, shift, dtype))),
+        Declare(p, exp(Binary("-", s, shift, dtype))),
         Assign(l, Binary("+", Binary("*", l, corr, dtype), p, dtype)),
         For(e, head, Store(acc, e, Binary("+", Binary("*", Load(acc, e), corr, dtype),
                                           Binary("*", p, v_je, dtype), dtype))),

@@ -74,7 +74,17 @@ def _candidates(graph: Graph):
         consumers = {id(group_of[u]) for u, _ in value.users}
         if value in outputs or len(consumers) < 2 or any(n.kind not in INLINABLE for n in group.nodes):
             continue
+        if any(not _recomputable_in(value, group_of[u]) for u, _ in value.users):
+            continue  # one consumer needs it in memory anyway: copies would be stored too
         yield value, group.nodes, len(consumers)
+
+
+def _recomputable_in(value: Node, consumer) -> bool:
+    """Whether fusion would inline a copy of ``value`` into the ``consumer`` group. Not into an
+    attention kernel, nor as a matmul/conv2d operand (read many times, never recomputed): such
+    a consumer reads ``value`` from memory, so it is stored whatever the other consumers do."""
+    users = [u for u, _ in value.users if u in consumer.nodes]
+    return consumer.pattern != "attention" and not any(u.kind is Kind.OUT_EW_FUSABLE for u in users)
 
 
 def min_cut(value: Node, nodes: set, consumers: int) -> tuple[float, set, set]:
@@ -104,14 +114,20 @@ def plan_remat(graph: Graph) -> list[RematDecision]:
     return decisions
 
 
-def duplicate_into_users(graph: Graph, value: Node, recomputed: set) -> None:
-    """Give each user of ``value`` its own copy of the ``recomputed`` nodes it depends on."""
+def duplicate_into_users(graph: Graph, value: Node, recomputed: set, consumer_of=None) -> None:
+    """Give each consumer kernel of ``value`` its own copy of the ``recomputed`` nodes it
+    depends on. ``consumer_of(user)`` names the kernel (fusion group) of a user: the users in one
+    kernel, and the operands of one user (``e * e``), share one copy (default: one per user)."""
     order = [n for n in graph.nodes() if n in recomputed]
+    copies_for: dict[object, dict[Node, Node]] = {}
     for user, index in value.users:
-        copies: dict[Node, Node] = {}
-        for node in order:
-            operands = [copies.get(o, o) for o in node.operands]
-            copies[node] = graph.add_op(node.op, operands, node.attrs, node.loc, f"{node.name}_re")
+        key = consumer_of(user) if consumer_of is not None else user
+        copies = copies_for.get(key)
+        if copies is None:
+            copies = copies_for[key] = {}
+            for node in order:
+                operands = [copies.get(o, o) for o in node.operands]
+                copies[node] = graph.add_op(node.op, operands, node.attrs, node.loc, f"{node.name}_re")
         graph.set_operand(user, index, copies[value])
     for node in reversed(order):
         if not node.users:
@@ -132,7 +148,8 @@ def rematerialize(graph: Graph) -> Graph:
         if decision.recomputed and decision.value in {n.name for n in graph.nodes()}:
             value = graph.find(decision.value)
             recomputed = {graph.find(name) for name in decision.recomputed}
-            duplicate_into_users(graph, value, recomputed)
+            group_of = {n: id(g) for g in find_groups(graph) for n in g.nodes}
+            duplicate_into_users(graph, value, recomputed, group_of.__getitem__)
     return graph
 
 

@@ -1,0 +1,208 @@
+"""Bisection names the first pass that changes a function's results.
+
+Deliberately wrong passes are registered for the tests (``register_pass(..., default=False)``,
+so the default pipeline never sees them) and removed again afterwards: one replacing ``add`` by
+``sub`` (wrong everywhere), one raising, one breaking the graph, and one planning overlapping
+storage for values alive at the same time (wrong only in compiled code: the interpreter does
+not use the plan, so only ``target="c"`` catches it).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+import minicomp
+from minicomp import Graph, TensorType
+from minicomp.cli import main
+from minicomp.frontend.jit import TARGETS, register_target
+from minicomp.passes.bisect import TRACED, BisectResult, bisect, random_array
+from minicomp.passes.pipeline import DEFAULT_PIPELINE, PASSES, pipeline_names, register_pass
+
+
+def _add_to_sub(graph: Graph) -> Graph:
+    for node in graph.op_nodes():
+        if node.op == "add":
+            wrong = graph.add_op("sub", node.operands, {}, node.loc, f"{node.name}_wrong")
+            node.replace_all_uses_with(wrong)
+            graph.erase(node)
+    return graph
+
+
+def _raises(graph: Graph) -> Graph:
+    raise RuntimeError("this pass always fails")
+
+
+def _breaks_the_graph(graph: Graph) -> Graph:
+    graph.outputs = []  # verify: a graph needs an output
+    return graph
+
+
+def _overlapping_storage(graph: Graph) -> Graph:
+    """A wrong memory plan: every intermediate at offset 0 (the real pass: ``memory_plan``)."""
+    outputs = set(graph.outputs)
+    for node in graph.op_nodes():
+        if node not in outputs:
+            node.meta["storage"] = (0, node.type.nbytes)
+    return graph
+
+
+WRONG_PASSES = {"test_add_to_sub": _add_to_sub, "test_raises": _raises,
+                "test_breaks_graph": _breaks_the_graph, "test_overlapping_storage": _overlapping_storage}
+
+
+@pytest.fixture
+def wrong_passes():
+    """Register the wrong passes for one test; leave the registry as it was."""
+    saved_pipeline = list(DEFAULT_PIPELINE)
+    for name, fn in WRONG_PASSES.items():
+        register_pass(name, default=False)(fn)
+    try:
+        yield
+    finally:
+        for name in WRONG_PASSES:
+            PASSES.pop(name, None)
+        DEFAULT_PIPELINE[:] = saved_pipeline
+
+
+def layernorm(x, g, b):
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) * (x - mean)).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * g + b
+
+
+LN_ARGS = (TensorType((5, 7), "f32"), TensorType((7,), "f32"), TensorType((7,), "f32"))
+
+
+def with_pass_after(name: str, after: str) -> list[str]:
+    names = pipeline_names()
+    return names[:names.index(after) + 1] + [name] + names[names.index(after) + 1:]
+
+
+def test_no_pass_changes_a_correct_pipeline():
+    result = bisect(layernorm, *LN_ARGS)
+    assert result.first_bad_pass is None and result.ok and result.baseline_ok
+    assert result.passes == pipeline_names()
+    assert [s.stage for s in result.stages] == [TRACED] + result.passes
+    assert result.reference == "NumPy (the function run eagerly)"
+    assert "no pass changed the results" in str(result)
+
+
+def test_names_the_wrong_pass_on_both_targets(wrong_passes):
+    passes = with_pass_after("test_add_to_sub", "cse")
+    result = bisect(layernorm, *LN_ARGS, passes=passes, target="c")
+    assert result.first_bad_pass == "test_add_to_sub"
+    assert result.targets == ("numpy", "c")
+    assert {(s.stage, s.target) for s in result.failures} == {("test_add_to_sub", "numpy"),
+                                                              ("test_add_to_sub", "c")}
+    stages = [s.stage for s in result.stages if s.target == "c"]
+    assert stages == [TRACED] + passes[:passes.index("test_add_to_sub") + 1]  # it stops there
+    assert not result.ok and result.baseline_ok
+    text = str(result)
+    assert "first pass that changes the result: test_add_to_sub" in text
+    assert "-  %add = add(" in text and "sub(" in text  # the diff of the graph text
+    assert result.graph_before is not None and "sub" in [n.op for n in result.graph_after.op_nodes()]
+
+
+def test_the_wrong_pass_first_in_the_pipeline(wrong_passes):
+    result = bisect(lambda x: x + 1, np.ones((3, 4), np.float32), passes=["test_add_to_sub", "fusion"])
+    assert result.first_bad_pass == "test_add_to_sub"
+    assert [s.stage for s in result.stages] == [TRACED, "test_add_to_sub"]  # it stops there
+
+
+def test_a_pass_that_raises_or_breaks_the_graph_is_named(wrong_passes):
+    result = bisect(layernorm, *LN_ARGS, passes=["cse", "test_raises", "fusion"])
+    assert result.first_bad_pass == "test_raises" and result.graph_after is None
+    assert "RuntimeError: this pass always fails" in result.failures[0].message
+    result = bisect(layernorm, *LN_ARGS, passes=["test_breaks_graph"])
+    assert result.first_bad_pass == "test_breaks_graph"
+    assert "left a broken graph" in result.failures[0].message
+
+
+def test_only_compiled_code_sees_a_wrong_memory_plan(wrong_passes):
+    def f(x):
+        return (np.exp(x) + 1) * np.sin(x)  # exp+1 and sin alive together: they may not share
+
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)
+    assert bisect(f, x, passes=["test_overlapping_storage"]).ok  # the interpreter has no plan
+    result = bisect(f, x, passes=["test_overlapping_storage"], target="c")
+    assert result.first_bad_pass == "test_overlapping_storage"
+    assert [(s.target, s.ok) for s in result.stages if s.stage == "test_overlapping_storage"] == [
+        ("numpy", True), ("c", False)]
+
+
+def test_a_graph_is_checked_against_the_interpreter(wrong_passes):
+    graph = minicomp.trace(layernorm, *LN_ARGS)
+    result = bisect(graph, passes=["cse", "test_add_to_sub", "fusion", "memory_plan"])
+    assert result.reference == "the unoptimised graph run by the interpreter"
+    assert result.first_bad_pass == "test_add_to_sub"
+    assert bisect(graph, passes=["fusion"]).ok
+
+
+def test_inputs_respect_dtypes():
+    def f(x, n, keep):
+        return np.where(keep, x * n, -x), n + 1
+
+    args = (TensorType((3, 4), "f64"), TensorType((3, 4), "i32"), TensorType((4,), "bool"))
+    result = bisect(f, *args, target="c", trials=3)
+    assert result.ok and result.trials == 3
+    rng = np.random.default_rng(0)
+    for type_ in args:
+        a = random_array(type_, rng)
+        assert a.dtype == type_.dtype and a.shape == type_.shape
+
+
+def test_a_wrong_backend_is_not_blamed_on_a_pass():
+    @register_target("test_off_by_one")
+    def off_by_one(graph, **options):
+        run = minicomp.Interpreter(graph).run
+        return lambda *args: [out + 1 for out in run(*args)]
+
+    try:
+        result = bisect(lambda x: x * 2, TensorType((3,), "f32"), targets=["numpy", "test_off_by_one"])
+    finally:
+        TARGETS.pop("test_off_by_one")
+    assert not result.baseline_ok and result.first_bad_pass is None
+    assert [s.stage for s in result.stages] == [TRACED, TRACED]
+    assert "the traced graph already differs" in str(result)
+
+
+def test_the_result_type():
+    result = bisect(lambda x: np.exp(x), np.zeros(3, np.float32), passes=[])
+    assert isinstance(result, BisectResult) and result.ok and result.passes == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+
+MODEL = '''\
+import numpy as np
+
+
+def f(x, b):
+    return np.tanh(x + b) * 2
+'''
+
+
+def test_cli_bisect_names_the_wrong_pass(wrong_passes, tmp_path, capsys):
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(MODEL))
+    argv = ["bisect", f"{path}:f", "--arg", "x=f32[4,8]", "--arg", "b=f32[8]"]
+    assert main(argv + ["--target", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "no pass changed the results" in out and "numpy" in out and " c" in out
+    assert main(argv + ["--passes", "cse,test_add_to_sub,fusion", "--target", "c"]) == 3
+    out = capsys.readouterr().out
+    assert "first pass that changes the result: test_add_to_sub" in out
+    assert main(argv + ["--passes", "cse,nosuch"]) == 1
+    assert "unknown pass(es) ['nosuch']" in capsys.readouterr().err
+
+
+def test_cli_bisect_a_workload(capsys):
+    assert main(["bisect", "--workload", "softmax", "--size", "tiny", "--disable", "remat"]) == 0
+    out = capsys.readouterr().out
+    assert "bisect softmax:" in out and "remat" not in out.splitlines()[0]
+    assert "NumPy (the function run eagerly)" in out
