@@ -57,8 +57,12 @@ def measure(implementations: dict[str, Callable], args, min_rounds: int, min_sec
 
 
 def bench_workload(workload: Workload, size: str, target: str, min_rounds: int,
-                   min_seconds: float) -> Result:
-    """Compile, check and time one workload against NumPy eager."""
+                   min_seconds: float, without_passes: bool = False) -> Result:
+    """Compile, check and time one workload against NumPy eager.
+
+    ``without_passes`` adds the column ``no passes``: the same target with every graph pass
+    disabled (one kernel per op), to measure what the passes buy.
+    """
     from . import jit
 
     args = workload.inputs(size)
@@ -68,6 +72,10 @@ def bench_workload(workload: Workload, size: str, target: str, min_rounds: int,
     compile_ms = (time.perf_counter() - start) * 1e3
     assert_close(compiled(*args), workload.fn(*args))  # also the warm-up call
     implementations = {"numpy": workload.fn, "minicomp": compiled}
+    if without_passes:
+        unoptimised = jit(workload.fn, target=target, passes=[])
+        assert_close(unoptimised(*args), workload.fn(*args))
+        implementations["no passes"] = unoptimised
     medians, rounds = measure(implementations, args, min_rounds, min_seconds)
     shapes = " ".join("x".join(map(str, s)) for s in workload.shapes[size].values())
     return Result(workload.name, shapes, compile_ms, medians, rounds)
@@ -88,17 +96,22 @@ def machine_description() -> str:
 
 def format_table(results: list[Result]) -> str:
     """The human-readable report: medians, ratios against NumPy, compile times."""
-    lines = [f"{'workload':<14} {'numpy ms':>10} {'minicomp ms':>12} {'ratio':>7} {'compile ms':>11}  rounds",
-             "-" * 66]
+    extra = results and "no passes" in results[0].median_ms
+    head = f"{'workload':<14} {'numpy ms':>10} {'minicomp ms':>12} {'ratio':>7}"
+    head += f" {'no passes ms':>13} {'ratio':>7}" if extra else ""
+    lines = [head + f" {'compile ms':>11}  rounds", "-" * (66 + 22 * bool(extra))]
     for r in results:
-        lines.append(f"{r.workload:<14} {r.median_ms['numpy']:>10.3f} {r.median_ms['minicomp']:>12.3f} "
-                     f"{r.ratio('numpy'):>7.2f} {r.compile_ms:>11.1f}  {r.rounds}")
+        row = f"{r.workload:<14} {r.median_ms['numpy']:>10.3f} {r.median_ms['minicomp']:>12.3f} {r.ratio('numpy'):>7.2f}"
+        if extra:
+            row += f" {r.median_ms['no passes']:>13.3f} {r.ratio('numpy', of='no passes'):>7.2f}"
+        lines.append(row + f" {r.compile_ms:>11.1f}  {r.rounds}")
     lines.append("ratio = minicomp median / numpy median (below 1: minicomp is faster)")
     return "\n".join(lines)
 
 
 def run_bench(names: list[str] | None = None, size: str = "cpu", target: str = "c",
-              min_rounds: int = 10, min_seconds: float = 1.0, as_json: bool = False) -> list[Result]:
+              min_rounds: int = 10, min_seconds: float = 1.0, as_json: bool = False,
+              without_passes: bool = False) -> list[Result]:
     """Benchmark the named workloads (default: all nine) and print the report."""
     unknown = set(names or []) - set(WORKLOADS)
     if unknown:
@@ -107,7 +120,7 @@ def run_bench(names: list[str] | None = None, size: str = "cpu", target: str = "
         raise MinicompError(f"unknown workload(s) {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
     results = []
     for name in names or list(WORKLOADS):
-        results.append(bench_workload(WORKLOADS[name], size, target, min_rounds, min_seconds))
+        results.append(bench_workload(WORKLOADS[name], size, target, min_rounds, min_seconds, without_passes))
         if not as_json:
             print(f"  {name}: done", flush=True)
     if as_json:

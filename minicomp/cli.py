@@ -168,7 +168,8 @@ def cmd_bench(args) -> None:
     from .bench import run_bench
 
     run_bench(args.workloads or None, size=args.size, target=args.target,
-              min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json)
+              min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json,
+              without_passes=args.no_passes_column)
 
 
 def cmd_inspect(args) -> None:
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=10, help="minimum timed rounds (default: 10)")
     bench.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per workload")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--no-passes-column", action="store_true",
+                       help="also time minicomp with every graph pass disabled (one kernel per op)")
     bench.set_defaults(run=cmd_bench)
 
     cache_cmd = sub.add_parser("cache", help="show or clear the compile cache")

@@ -235,3 +235,9 @@ def test_bench_table_and_unknown_workload(capsys):
     assert "layernorm" in out and "ratio = minicomp median / numpy median" in out
     assert main(["bench", "nope"]) == 1
     assert "unknown workload" in capsys.readouterr().err
+
+
+def test_bench_without_passes_column(capsys):
+    assert main(["bench", "softmax", "--size", "tiny", "--rounds", "2", "--seconds", "0",
+                 "--no-passes-column"]) == 0
+    assert "no passes ms" in capsys.readouterr().out

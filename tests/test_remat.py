@@ -70,3 +70,25 @@ def test_results_unchanged_through_c():
 def test_random_graphs_same_with_remat_on_and_off(gen):
     graph, _ = run_pipeline(gen.graph, passes=["remat", "fusion"])
     assert_close(minicomp.interpret(graph, *gen.inputs), gen.expected())
+
+
+def test_a_value_a_matmul_reads_directly_is_not_recomputed():
+    """Fusion never inlines into a matmul's operand: a copy would be stored anyway."""
+    def feeds_matmul(x, y):
+        e = np.exp(x)
+        return e.sum(axis=0), e @ y
+
+    assert plan_remat(minicomp.trace(feeds_matmul, *args())) == []
+
+
+def test_one_copy_per_consumer_kernel_not_per_use():
+    def two_rows(x):
+        e = np.exp(x)
+        return e / e.sum(axis=1, keepdims=True), (e * e).max(axis=0)
+
+    graph, _ = run_pipeline(minicomp.trace(two_rows, args()[0]), passes=["remat", "fusion"])
+    for node in graph.op_nodes():
+        assert node.op == "fused"
+        assert sum(n.op == "exp" for n in node.attrs["body"].op_nodes()) == 1
+    x = args()[0]
+    assert_close(minicomp.compile(minicomp.trace(two_rows, x), target="c")(x), list(two_rows(x)))
