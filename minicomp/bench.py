@@ -2,8 +2,9 @@
 
 Method (BENCHMARKS.md): every implementation of a workload runs in this process on the same
 inputs; compilation and one warm-up call happen before timing and are reported apart; then the
-implementations are timed *interleaved* (one call of each per round, so a noisy neighbour hits
-all of them alike) and the median over rounds is reported, with the ratio
+implementations are timed *interleaved* (one call of each per round, in an order that rotates
+from round to round, so a noisy neighbour hits all of them alike) and the median over rounds
+is reported, with the ratio
 ``minicomp time / peer time`` (below 1 means minicomp is faster).
 """
 
@@ -47,9 +48,12 @@ def measure(implementations: dict[str, Callable], args, min_rounds: int, min_sec
     samples: dict[str, list[float]] = {name: [] for name in implementations}
     start = time.perf_counter()
     rounds = 0
+    names = list(implementations)
     while rounds < min_rounds or time.perf_counter() - start < min_seconds:
-        for name, fn in implementations.items():
-            samples[name].append(_time_once(fn, args))
+        # Rotate who goes first: OpenBLAS threads spin for a while after NumPy's matmul and
+        # slow down whatever runs next, so a fixed order would favour one implementation.
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            samples[name].append(_time_once(implementations[name], args))
         rounds += 1
         if rounds >= 200:
             break
