@@ -200,7 +200,7 @@ def test_demo_checks_every_workload():
 
 def test_demo_shows_the_c_code():
     result = run_module("demo", "--size", "tiny")
-    assert "void k_max(" in result.stdout and "#pragma omp parallel for" in result.stdout
+    assert "void k_fused_div(" in result.stdout and "acc_max" in result.stdout and "#pragma omp parallel for" in result.stdout
 
 
 def test_dump_emits_loops_and_c(capsys):

@@ -156,7 +156,7 @@ def test_cli_dump_exact_passes_and_print_between(capsys, model):
 
 def test_cli_dump_loops_of_the_optimised_graph(capsys):
     code, out, _ = run(capsys, "dump", "--workload", "softmax", "--size", "tiny", "--emit", "loops")
-    assert code == 0 and out.startswith("kernel fused_div(x: f32[13,37])") and "v_max" in out
+    assert code == 0 and out.startswith("# %fused_div = fused row kernel of:") and "\nkernel fused_div(x: f32[13,37])" in out and "v_max" in out
     code, out, _ = run(capsys, "dump", "--workload", "attention", "--size", "tiny", "--emit", "c")
     assert code == 0 and "m_new" in out and "correction" in out
     code, out, _ = run(capsys, "dump", "--workload", "softmax", "--size", "tiny", "--emit", "loops",

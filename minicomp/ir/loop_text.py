@@ -69,6 +69,6 @@ def print_kernel(k: Kernel) -> str:
     """The whole kernel: signature, source comment, body."""
     ins = ", ".join(str(b) for b in dict.fromkeys(k.inputs))
     head = f"kernel {k.name}({ins}) -> {k.output}"
-    if k.source:
-        head += "      # " + "; ".join(k.source)
-    return "\n".join([head] + print_stmt(k.body))
+    if len(k.source) == 1:
+        return "\n".join([f"{head}      # {k.source[0]}"] + print_stmt(k.body))
+    return "\n".join([f"# {line}" for line in k.source] + [head] + print_stmt(k.body))

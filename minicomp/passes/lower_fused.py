@@ -208,7 +208,8 @@ def lower_attention(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
         For(e, head, Store(out, row_out, Binary("/", Load(acc, e), l, dtype))),
     ])
     outer = _loops([*batch, i], pv.shape[:-1])
-    return nest(outer, per_query, parallel=True)
+    work = _work(pv.shape[:-1], qk.shape[-1], qk.operands[0].shape[-1] + head)
+    return nest(outer, per_query, parallel=work >= PARALLEL_MIN_WORK)
 
 
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
