@@ -308,7 +308,7 @@ def test_inspect_shows_graph_loops_and_source():
         assert re.search(rf"\nstatic .*void k_{kernel}\(", shown.source)
     where = f"{Path(__file__).name}:{LAYER_LINE}"
     assert re.search(rf"/\* %exp = exp  at \S*{re.escape(where)} \*/\nstatic .*void k_exp\(", shown.source)
-    assert f"/* %add = add  at " in shown.source and where in shown.source
+    assert "/* %add = add  at " in shown.source and where in shown.source
     assert str(shown).index("== graph ==") < str(shown).index("== loops ==") < str(shown).index("== source ==")
     assert_close(f(x, b), layer(x, b))
 

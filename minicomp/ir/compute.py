@@ -28,7 +28,7 @@ import numpy as np
 from .dtypes import TensorType
 from .loops import (BOOL, INDEX, Binary, Buffer, Call, Cast, Const, Expr, Load, Select, Unary,
                     Var, as_expr, const)
-from .ops import conv2d_dims, ufunc_dtype
+from .ops import conv2d_dims
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
