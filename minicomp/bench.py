@@ -6,6 +6,11 @@ implementations are timed *interleaved* (one call of each per round, in an order
 from round to round, so a noisy neighbour hits all of them alike) and the median over rounds
 is reported, with the ratio
 ``minicomp time / peer time`` (below 1 means minicomp is faster).
+
+Peers besides NumPy come from ``minicomp.peers`` (torch eager and ``torch.compile`` when torch
+imports). Each workload also gets its roofline floor: ``max(FLOPs / peak rate, minimum bytes /
+copy bandwidth)``, from the traced graph (``minicomp.stats``) and the machine's ceilings measured
+once per run (``measure_ceilings``: NumPy copy bandwidth, NumPy float32 matmul 2048³).
 """
 
 from __future__ import annotations
@@ -19,32 +24,91 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import MinicompError
+from .peers import available_peers
 from .testing import assert_close
 from .workloads import WORKLOADS, Workload
 
 
+@dataclass(frozen=True)
+class Ceilings:
+    """The machine's measured ceilings: copy bandwidth (GB/s) and peak sgemm rate (GFLOP/s)."""
+
+    bandwidth_gbs: float
+    peak_gflops: float
+
+    def __str__(self) -> str:
+        return f"copy {self.bandwidth_gbs:.1f} GB/s, sgemm {self.peak_gflops:.1f} GFLOP/s"
+
+
+def _median_seconds(fn: Callable, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_ceilings(copy_elements: int = 1 << 25, n: int = 2048, repeats: int = 5) -> Ceilings:
+    """Copy bandwidth (bytes read + written by ``np.copyto`` of a 128 MB float32 array) and peak
+    sgemm rate (NumPy float32 ``n``³ matmul, ``2n³`` FLOPs), each the median of ``repeats``."""
+    src, dst = np.ones(copy_elements, np.float32), np.zeros(copy_elements, np.float32)
+    copy_s = _median_seconds(lambda: np.copyto(dst, src), repeats)
+    a, b = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
+    out = np.empty((n, n), np.float32)
+    gemm_s = _median_seconds(lambda: np.matmul(a, b, out=out), repeats)
+    return Ceilings(2 * src.nbytes / copy_s / 1e9, 2 * n**3 / gemm_s / 1e9)
+
+
+def roofline_floor_ms(flops: int, nbytes: int, ceilings: Ceilings) -> float:
+    """The roofline floor in ms: ``max(flops / peak rate, bytes / copy bandwidth)``."""
+    return max(flops / (ceilings.peak_gflops * 1e9), nbytes / (ceilings.bandwidth_gbs * 1e9)) * 1e3
+
+
+def workload_cost(workload: Workload, args) -> tuple[int, int]:
+    """FLOPs and minimum bytes (inputs read, outputs written) of the workload's traced graph."""
+    from .frontend import trace
+    from .stats import graph_stats, minimum_bytes
+
+    graph = trace(workload.fn, *args)
+    return graph_stats(graph).flops, minimum_bytes(graph)
+
+
 @dataclass
 class Result:
-    """Timings of one workload: medians in milliseconds per implementation."""
+    """Timings of one workload: medians in milliseconds per implementation, and its roofline."""
 
     workload: str
     shapes: str
     compile_ms: float
     median_ms: dict[str, float] = field(default_factory=dict)
     rounds: int = 0
+    flops: int = 0
+    min_bytes: int = 0
+    floor_ms: float = 0.0
+    peer_compile_ms: dict[str, float] = field(default_factory=dict)
 
     def ratio(self, peer: str, of: str = "minicomp") -> float:
+        """``of`` median / ``peer`` median (below 1: ``of`` is faster)."""
         return self.median_ms[of] / self.median_ms[peer]
 
+    @property
+    def of_floor(self) -> float:
+        """minicomp's fraction of the roofline floor: floor / minicomp time (1 = at the roof)."""
+        return self.floor_ms / self.median_ms["minicomp"]
 
-def _time_once(fn: Callable, args) -> float:
+
+def _time_once(fn: Callable) -> float:
     start = time.perf_counter()
-    fn(*args)
+    fn()
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(implementations: dict[str, Callable], args, min_rounds: int, min_seconds: float) -> tuple[dict, int]:
-    """Interleaved timing: rounds of one call per implementation, until both minimums are met."""
+def measure(implementations: dict[str, Callable], min_rounds: int, min_seconds: float) -> tuple[dict, int]:
+    """Interleaved timing of argument-less calls: rounds of one call per implementation, until
+    both minimums are met (at most 200 rounds); returns medians in ms and the round count."""
     samples: dict[str, list[float]] = {name: [] for name in implementations}
     start = time.perf_counter()
     rounds = 0
@@ -53,19 +117,38 @@ def measure(implementations: dict[str, Callable], args, min_rounds: int, min_sec
         # Rotate who goes first: OpenBLAS threads spin for a while after NumPy's matmul and
         # slow down whatever runs next, so a fixed order would favour one implementation.
         for name in names[rounds % len(names):] + names[:rounds % len(names)]:
-            samples[name].append(_time_once(implementations[name], args))
+            samples[name].append(_time_once(implementations[name]))
         rounds += 1
         if rounds >= 200:
             break
     return {name: statistics.median(times) for name, times in samples.items()}, rounds
 
 
+def _call(fn: Callable, args) -> Callable:
+    return lambda: fn(*args)
+
+
+def prepare_peers(workload: Workload, args, expected, peers) -> tuple[dict[str, Callable], dict[str, float]]:
+    """Prepare each peer, check its result against NumPy's, return timed calls and compile ms."""
+    calls, compile_ms = {}, {}
+    for peer in peers:
+        prepared = peer.prepare(workload, args)
+        if prepared is None:  # the peer has no version of this workload
+            continue
+        assert_close(prepared.to_numpy(prepared.fn(*prepared.args)), expected)
+        calls[peer.name] = _call(prepared.fn, prepared.args)
+        compile_ms[peer.name] = prepared.compile_ms
+    return calls, compile_ms
+
+
 def bench_workload(workload: Workload, size: str, target: str, min_rounds: int,
-                   min_seconds: float, without_passes: bool = False) -> Result:
-    """Compile, check and time one workload against NumPy eager.
+                   min_seconds: float, without_passes: bool = False, peers=(),
+                   ceilings: Ceilings | None = None) -> Result:
+    """Compile, check and time one workload against NumPy eager and ``peers``.
 
     ``without_passes`` adds the column ``no passes``: the same target with every graph pass
-    disabled (one kernel per op), to measure what the passes buy.
+    disabled (one kernel per op), to measure what the passes buy. With ``ceilings`` the result
+    carries the workload's roofline floor.
     """
     from . import jit
 
@@ -74,15 +157,19 @@ def bench_workload(workload: Workload, size: str, target: str, min_rounds: int,
     start = time.perf_counter()
     compiled.compiled_for(*args)  # trace, lower, render, compile (or hit the cache), load
     compile_ms = (time.perf_counter() - start) * 1e3
-    assert_close(compiled(*args), workload.fn(*args))  # also the warm-up call
-    implementations = {"numpy": workload.fn, "minicomp": compiled}
+    expected = workload.fn(*args)
+    assert_close(compiled(*args), expected)  # also the warm-up call
+    calls = {"numpy": _call(workload.fn, args), "minicomp": _call(compiled, args)}
     if without_passes:
         unoptimised = jit(workload.fn, target=target, passes=[])
-        assert_close(unoptimised(*args), workload.fn(*args))
-        implementations["no passes"] = unoptimised
-    medians, rounds = measure(implementations, args, min_rounds, min_seconds)
+        assert_close(unoptimised(*args), expected)
+        calls["no passes"] = _call(unoptimised, args)
+    peer_calls, peer_compile_ms = prepare_peers(workload, args, expected, peers)
+    medians, rounds = measure(calls | peer_calls, min_rounds, min_seconds)
     shapes = " ".join("x".join(map(str, s)) for s in workload.shapes[size].values())
-    return Result(workload.name, shapes, compile_ms, medians, rounds)
+    flops, nbytes = workload_cost(workload, args)
+    floor = roofline_floor_ms(flops, nbytes, ceilings) if ceilings else 0.0
+    return Result(workload.name, shapes, compile_ms, medians, rounds, flops, nbytes, floor, peer_compile_ms)
 
 
 def machine_description() -> str:
@@ -98,39 +185,104 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} cores, NumPy {np.__version__}"
 
 
+def _columns(results: list[Result]) -> list[str]:
+    """Every timed implementation after numpy and minicomp, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in results:
+        seen.update(dict.fromkeys(n for n in r.median_ms if n not in ("numpy", "minicomp")))
+    return list(seen)
+
+
+def _cell(r: Result, name: str, width: int) -> str:
+    if name not in r.median_ms:
+        return f" {'-':>{width}} {'-':>7}"
+    ratio = r.ratio("numpy", of=name) if name == "no passes" else r.ratio(name)
+    return f" {r.median_ms[name]:>{width}.3f} {ratio:>7.2f}"
+
+
 def format_table(results: list[Result]) -> str:
-    """The human-readable report: medians, ratios against NumPy, compile times."""
-    extra = results and "no passes" in results[0].median_ms
+    """The human-readable report: medians, ratios, roofline floor, compile times."""
+    extra = _columns(results)
     head = f"{'workload':<14} {'numpy ms':>10} {'minicomp ms':>12} {'ratio':>7}"
-    head += f" {'no passes ms':>13} {'ratio':>7}" if extra else ""
-    lines = [head + f" {'compile ms':>11}  rounds", "-" * (66 + 22 * bool(extra))]
+    head += "".join(f" {name + ' ms':>{max(len(name) + 3, 10)}} {'ratio':>7}" for name in extra)
+    head += f" {'floor ms':>10} {'of roof':>8} {'compile ms':>11}  rounds"
+    lines = [head, "-" * len(head)]
     for r in results:
         row = f"{r.workload:<14} {r.median_ms['numpy']:>10.3f} {r.median_ms['minicomp']:>12.3f} {r.ratio('numpy'):>7.2f}"
-        if extra:
-            row += f" {r.median_ms['no passes']:>13.3f} {r.ratio('numpy', of='no passes'):>7.2f}"
-        lines.append(row + f" {r.compile_ms:>11.1f}  {r.rounds}")
+        row += "".join(_cell(r, name, max(len(name) + 3, 10)) for name in extra)
+        row += f" {r.floor_ms:>10.3f} {r.of_floor:>8.1%} {r.compile_ms:>11.1f}  {r.rounds}"
+        lines.append(row)
     lines.append("ratio = minicomp median / numpy median (below 1: minicomp is faster)")
+    if "no passes" in extra:
+        lines.append("no passes ratio = no-passes median / numpy median")
+    if set(extra) - {"no passes"}:
+        lines.append("peer ratio = minicomp median / peer median; peer compile time excluded:")
+        lines += [f"  {r.workload}: " + ", ".join(f"{n} {ms:.0f} ms" for n, ms in r.peer_compile_ms.items() if ms)
+                  for r in results if any(r.peer_compile_ms.values())]
+    lines.append("floor = max(FLOPs / peak sgemm, minimum bytes / copy bandwidth); "
+                 "of roof = floor / minicomp median")
     return "\n".join(lines)
+
+
+def plot_roofline(results: list[Result], ceilings: Ceilings, path: str) -> None:
+    """Write a log-log roofline chart to ``path``: arithmetic intensity (FLOPs / minimum byte) on
+    x, GFLOP/s on y, the two ceilings as lines, one point per workload per implementation."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter
+    except ImportError:
+        raise MinicompError("--plot needs matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(8, 6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    points = [(r.flops / r.min_bytes, r) for r in results if r.flops and r.min_bytes]
+    xs = [x for x, _ in points] + [ceilings.peak_gflops / ceilings.bandwidth_gbs]  # + the ridge
+    x = np.geomspace(min(xs) / 4, max(xs) * 4, 200)
+    ax.plot(x, np.minimum(ceilings.bandwidth_gbs * x, ceilings.peak_gflops), "k-", lw=3, alpha=0.3,
+            label="roofline")
+    ax.axhline(ceilings.peak_gflops, color="grey", ls=":", label=f"sgemm {ceilings.peak_gflops:.0f} GFLOP/s")
+    ax.plot(x, ceilings.bandwidth_gbs * x, color="grey", ls="--", label=f"copy {ceilings.bandwidth_gbs:.0f} GB/s")
+    markers = dict(zip(["numpy", "minicomp", *_columns(results)], "os^vDP*Xh"))
+    for name, marker in markers.items():
+        pts = [(xi, r.flops / r.median_ms[name] / 1e6) for xi, r in points if name in r.median_ms]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, label=name)
+    for xi, r in points:
+        ax.annotate(r.workload, (xi, r.flops / r.median_ms["minicomp"] / 1e6), fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)", ylabel="GFLOP/s",
+           title="minicomp bench roofline")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
 
 
 def run_bench(names: list[str] | None = None, size: str = "cpu", target: str = "c",
               min_rounds: int = 10, min_seconds: float = 1.0, as_json: bool = False,
-              without_passes: bool = False) -> list[Result]:
-    """Benchmark the named workloads (default: all nine) and print the report."""
+              without_passes: bool = False, plot: str | None = None,
+              ceilings: Ceilings | None = None) -> list[Result]:
+    """Benchmark the named workloads (default: all nine) against NumPy and every available peer,
+    print the report (or JSON) and, with ``plot``, write the roofline chart there. ``ceilings``
+    defaults to ``measure_ceilings()``, run once here."""
     unknown = set(names or []) - set(WORKLOADS)
     if unknown:
-        from .errors import MinicompError
-
         raise MinicompError(f"unknown workload(s) {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    ceilings = ceilings or measure_ceilings()
+    peers, notes = available_peers()
     results = []
     for name in names or list(WORKLOADS):
-        results.append(bench_workload(WORKLOADS[name], size, target, min_rounds, min_seconds, without_passes))
+        results.append(bench_workload(WORKLOADS[name], size, target, min_rounds, min_seconds,
+                                      without_passes, peers, ceilings))
         if not as_json:
             print(f"  {name}: done", flush=True)
     if as_json:
         print(json.dumps({"machine": machine_description(), "size": size, "target": target,
-                          "results": [asdict(r) for r in results]}, indent=2))
+                          "ceilings": asdict(ceilings), "peers": [p.name for p in peers], "notes": notes,
+                          "results": [asdict(r) | {"of_floor": r.of_floor} for r in results]}, indent=2))
     else:
         print(f"\nminicomp bench: {size} sizes, target {target}, on {machine_description()}")
+        print(f"ceilings: {ceilings}" + "".join(f"; {note}" for note in notes))
         print(format_table(results))
+    if plot:
+        plot_roofline(results, ceilings, plot)
     return results

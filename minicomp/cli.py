@@ -9,7 +9,7 @@
     minicomp explain --workload block --size cpu           why each op was fused or not; kernels,
                                                            bytes moved and memory before/after
     minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
-    minicomp bench [WORKLOAD ...] [--json]                 time workloads against NumPy
+    minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp cache info|clear                              the on-disk compile cache
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
@@ -169,7 +169,7 @@ def cmd_bench(args) -> None:
 
     run_bench(args.workloads or None, size=args.size, target=args.target,
               min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json,
-              without_passes=args.no_passes_column)
+              without_passes=args.no_passes_column, plot=args.plot)
 
 
 def cmd_inspect(args) -> None:
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-passes-column", action="store_true",
                        help="also time minicomp with every graph pass disabled (one kernel per op)")
+    bench.add_argument("--plot", metavar="FILE.png", help="write a roofline chart (needs matplotlib)")
     bench.set_defaults(run=cmd_bench)
 
     cache_cmd = sub.add_parser("cache", help="show or clear the compile cache")

@@ -225,7 +225,7 @@ def test_bench_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert [r["workload"] for r in report["results"]] == ["softmax", "matmul"]
     for result in report["results"]:
-        assert result["rounds"] >= 3 and set(result["median_ms"]) == {"numpy", "minicomp"}
+        assert result["rounds"] >= 3 and {"numpy", "minicomp"} <= set(result["median_ms"])
         assert all(t > 0 for t in result["median_ms"].values())
 
 
