@@ -21,7 +21,8 @@ Semantics are NumPy's, not C's, wherever the two differ: integer floor division 
 (``mc_floordiv``/``mc_mod``, zero divisors give 0), NaN-propagating ``maximum``/``minimum``,
 float-to-int casts that never hit C's undefined behaviour, signed overflow that wraps
 (``-fwrapv``), float16 arithmetic done in float32 and rounded once per op. Floats are written
-as the shortest decimal that reads back to the same value, so constants are exact. Every index is an ``int64_t``. ``restrict`` is
+as the shortest decimal that reads back to the same value, so constants are exact.
+float32 exp, tanh, erf and log use the vectorisable implementations of ``codegen/vmath.py``. Every index is an ``int64_t``. ``restrict`` is
 used because lowering never lets two parameters of a kernel share memory unless both are only
 read, or the kernel lists them in ``Kernel.aliases`` (an op computed in place of its operand,
 see ``minicomp.passes.memory``): those two are rendered without ``restrict``.
@@ -38,6 +39,8 @@ import numpy as np
 
 from ..ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
+from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
+from .vmath import source as vector_math_source
 
 C_TYPES = {
     np.dtype(np.float16): "_Float16", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
@@ -125,7 +128,7 @@ STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed."}
 
 def prelude() -> str:
     """The helper functions every generated file starts with."""
-    parts = [PRELUDE]
+    parts = [PRELUDE, vector_math_source()]
     parts.append(_FLOAT_HELPERS.substitute(T="float", S="f32", F="f"))
     parts.append(_FLOAT_HELPERS.substitute(T="double", S="f64", F=""))
     parts.append(_INT_HELPERS.substitute(T="int32_t", S="i32", LIMIT="2147483648.0", MAX="INT32_MAX"))
@@ -188,7 +191,11 @@ class CRenderer:
         """``exp`` -> ``expf`` for float32; ``mc_maximum`` -> ``mc_maximum_f32``."""
         if call.fn.startswith("mc_"):
             return f"{call.fn}_{_SUFFIX[call.dtype]}"
-        return _MATH_F32[call.fn] if call.dtype == np.float32 else call.fn
+        if call.dtype != np.float32:
+            return call.fn
+        # float32 exp, tanh, erf, log: minicomp's branch-free versions (<= 2 ulp), which gcc
+        # vectorises; libm's expf/tanhf are opaque calls that keep the loop scalar.
+        return VECTOR_MATH_F32.get(call.fn, _MATH_F32[call.fn])
 
     def cast(self, e: Cast) -> str:
         src, dst, inner = e.a.dtype, e.dtype, self.expr(e.a)
