@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
+from .lower import accumulates_in_output
 from .pipeline import register_pass
 
 INLINABLE = (Kind.ELEMWISE, Kind.BROADCAST, Kind.INJECTIVE)
@@ -184,7 +185,9 @@ def _anchor_refusal(group: Group, node: Node) -> str | None:
     root = group.root
     if group.reductions or group.anchor is not None:
         return "an epilogue kernel holds one matmul/conv2d and no reductions"
-    if node.shape != root.shape or node.dtype != root.dtype or not node.shape or node.shape[-1] < 2:
+    if not accumulates_in_output(node):
+        return "its rows cannot be accumulated in place (float16/bool result, or rows of length 1)"
+    if node.shape != root.shape or node.dtype != root.dtype:
         return "the epilogue's output differs in shape or dtype from the matmul/conv2d result"
     on_path = [n for n in group.nodes if _depends_on(n, node)]
     if any(n.kind not in (Kind.ELEMWISE, Kind.BROADCAST) or n.shape != root.shape for n in on_path):

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.compute import Reduce, Tensor, compute, linear_index
+from ..ir.compute import Tensor, arith_dtype, linear_index
 from ..ir.graph import Graph, Node
-from ..ir.loops import (BOOL, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
-                        Load, Stmt, Store, Var, const)
+from ..ir.loops import BOOL, Binary, Buffer, Call, Const, For, Kernel, Stmt, Store, Var, const
 from ..ir.ops import Kind
 
 PARALLEL_MIN_WORK = 1 << 15  # elements x reduction length below which threads cost more than they give
@@ -145,65 +144,34 @@ def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
 
 
 def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
-    """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers."""
-    if node.op == "fused":
-        from .lower_fused import lower_fused
+    """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers.
 
-        return lower_fused(node, buffers, lambda operand: _operand_tensor(operand, buffers))
-    out = buffers[node]
-    idx = output_index(node.shape)
-    operands = [_operand_tensor(o, buffers) for o in node.operands]
-    value = compute(node, idx, operands)
-    store_at = linear_index(idx, node.shape)
-    loops = [(i, extent) for i, extent in zip(idx, node.shape) if isinstance(i, Var)]
-    work = node.type.size
-    if isinstance(value, Reduce):
-        work *= int(np.prod([d for _, d in value.axes], dtype=np.int64))
-    parallel = work >= PARALLEL_MIN_WORK
-    if isinstance(value, Reduce) and accumulates_in_output(node, value):
-        body = _row_accumulation(loops, value, out, store_at, parallel)
-    elif isinstance(value, Reduce):
-        body = nest(loops, _reduction_body(value, out, store_at), parallel)
-    else:
-        body = nest(loops, Store(out, store_at, value), parallel)
-    inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
-    source = [f"%{node.name} = {node.op}" + (f"  at {node.loc}" if node.loc else "")]
-    return Kernel(out.name, inputs, out, body, source)
+    A single op is a fusion group of one: both go through ``lower_fused``'s pattern lowerings.
+    """
+    from .lower_fused import lower_fused, lower_single
+
+    lower_group = lower_fused if node.op == "fused" else lower_single
+    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers))
 
 
-def accumulates_in_output(node: Node, r: Reduce) -> bool:
+def accumulates_in_output(node: Node) -> bool:
     """Whether a matmul/conv2d sums into its output row instead of a scalar accumulator.
 
     With a scalar accumulator, ``out[i, j] = sum_k a[i, k] * b[k, j]`` walks ``b`` down a
     column (stride N) in its innermost loop, which misses the cache on every step. Moving the
     reduction loop outside the last output axis (the i-k-j order) makes the innermost loop run
     along rows of ``b`` and ``out``: unit stride, which the C compiler vectorises. This needs
-    the output to hold the accumulator exactly (same dtype) and a last axis longer than 1.
+    the output to hold the accumulator exactly (same dtype as the sum: not bool or float16)
+    and a last axis longer than 1.
     """
-    return (node.op in ("matmul", "conv2d") and r.combiner == "sum" and r.dtype == node.dtype
+    accumulator = arith_dtype(node.dtype)
+    return (node.op in ("matmul", "conv2d") and accumulator == node.dtype and node.dtype != BOOL
             and len(node.shape) >= 1 and node.shape[-1] > 1)
 
 
 def output_index(shape: tuple[int, ...]) -> list:
     """One loop variable ``i<axis>`` per output axis; axes of extent 1 are just index 0."""
     return [Const(0) if extent == 1 else Var(f"i{axis}") for axis, extent in enumerate(shape)]
-
-
-def _row_accumulation(loops: list[tuple[Var, int]], r: Reduce, out: Buffer, at, parallel: bool) -> Stmt:
-    """``for outer: out[.., :] = 0; for k: for j: out[.., j] += body`` (see accumulates_in_output)."""
-    j, extent = loops[-1]
-    accumulate = Store(out, at, combine(r.combiner, Load(out, at), r.body))
-    row = Block([For(j, extent, Store(out, at, reduction_init(r.combiner, r.dtype))),
-                 nest(r.axes, For(j, extent, accumulate), parallel=False)])
-    return nest(loops[:-1], row, parallel)
-
-
-def _reduction_body(r: Reduce, out: Buffer, store_at) -> Stmt:
-    acc = Var("acc", r.dtype)
-    update = Assign(acc, combine(r.combiner, acc, r.body))
-    return Block([Declare(acc, reduction_init(r.combiner, r.dtype)),
-                  nest(r.axes, update, parallel=False),
-                  Store(out, store_at, r.finish(acc))])
 
 
 def combine(combiner: str, acc, value):

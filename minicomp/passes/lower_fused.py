@@ -37,8 +37,8 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
                         Load, Select, Stmt, Store, Var, const)
 from ..ir.ops import Kind
-from .lower import (PARALLEL_MIN_WORK, combine, is_inline_constant, nest, output_index,
-                    reduction_init)
+from .lower import (PARALLEL_MIN_WORK, accumulates_in_output, combine, is_inline_constant, nest,
+                    output_index, reduction_init)
 
 
 def _ident(name: str) -> str:
@@ -91,15 +91,15 @@ def reduce_into(acc: Var, r: Reduce) -> list[Stmt]:
 # ----------------------------------------------------------------------------------------------
 
 
-def lower_elemwise(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
-    root = body.outputs[0]
+def lower_elemwise(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    root = nodes[-1]
     idx = output_index(root.shape)
     store = Store(out, linear_index(idx, root.shape), inline.tensor(root)[idx])
     return nest(_loops(idx, root.shape), store, parallel=_work(root.shape) >= PARALLEL_MIN_WORK)
 
 
-def lower_reduce(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
-    root = body.outputs[0]
+def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    root = nodes[-1]
     idx = output_index(root.shape)
     r = compute(root, idx, [inline.tensor(o) for o in root.operands])
     acc = Var("acc", r.dtype)
@@ -108,16 +108,16 @@ def lower_reduce(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
     return nest(_loops(idx, root.shape), Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
 
 
-def lower_row(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
-    root = body.outputs[0]
-    reductions = [n for n in body.nodes() if n.kind is Kind.REDUCTION]
+def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    root = nodes[-1]
+    reductions = [n for n in nodes if n.kind is Kind.REDUCTION]
     shape, axes = reductions[0].operands[0].shape, reductions[0].attrs["axes"]
     full = output_index(shape)
     row = [Const(0) if axis in axes else i for axis, i in enumerate(full)]
     row_shape = tuple(1 if axis in axes else d for axis, d in enumerate(shape))
     outer = [(i, d) for axis, (i, d) in enumerate(zip(full, shape)) if axis not in axes and isinstance(i, Var)]
     stmts: list[Stmt] = []
-    for node in body.nodes():
+    for node in nodes:
         if node.kind is Kind.REDUCTION:
             at = row if node.attrs["keepdims"] else [i for axis, i in enumerate(full) if axis not in axes]
             r = compute(node, at, [inline.tensor(o) for o in node.operands])
@@ -150,9 +150,9 @@ def _after_reduction(node: Node) -> bool:
     return False
 
 
-def lower_epilogue(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
-    root = body.outputs[0]
-    anchor = next(n for n in body.nodes() if n.kind is Kind.OUT_EW_FUSABLE)
+def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    root = nodes[-1]
+    anchor = next(n for n in nodes if n.kind is Kind.OUT_EW_FUSABLE)
     idx = output_index(root.shape)
     loops = _loops(idx, root.shape)
     (j, extent), at = loops[-1], linear_index(idx, root.shape)
@@ -160,14 +160,15 @@ def lower_epilogue(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
     inline.bind(anchor, lambda i: Load(out, linear_index(i, root.shape)))
     accumulate = Store(out, at, combine(r.combiner, Load(out, at), r.body))
     row = Block([For(j, extent, Store(out, at, reduction_init(r.combiner, r.dtype))),
-                 nest(r.axes, For(j, extent, accumulate), parallel=False),
-                 For(j, extent, Store(out, at, inline.tensor(root)[idx]))])
+                 nest(r.axes, For(j, extent, accumulate), parallel=False)])
+    if root is not anchor:  # the epilogue finishes the row while it is in cache
+        row.stmts.append(For(j, extent, Store(out, at, inline.tensor(root)[idx])))
     work = _work(root.shape, *[e for _, e in r.axes])
     return nest(loops[:-1], row, parallel=work >= PARALLEL_MIN_WORK)
 
 
-def lower_attention(body: Graph, inline: Inliner, out: Buffer) -> Stmt:
-    pv = body.outputs[0]
+def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    pv = nodes[-1]
     scores = pv.operands[0].operands[0].operands[0].operands[0]  # div <- exp <- sub <- scores
     qk = scores
     while qk.op != "matmul":
@@ -216,11 +217,26 @@ LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_ro
              "epilogue": lower_epilogue, "attention": lower_attention}
 
 
+def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
+    """The kernel of one op: a group of one, lowered by the same pattern lowerings."""
+    inline = Inliner({o: operand_tensor(o) for o in node.operands})
+    if node.kind is Kind.OUT_EW_FUSABLE and accumulates_in_output(node):
+        pattern = "epilogue"  # the i-k-j order: see accumulates_in_output
+    elif node.kind in (Kind.REDUCTION, Kind.OUT_EW_FUSABLE):
+        pattern = "reduce"
+    else:
+        pattern = "elemwise"
+    statement = LOWERINGS[pattern]([node], inline, buffers[node])
+    inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
+    source = [f"%{node.name} = {node.op}" + (f"  at {node.loc}" if node.loc else "")]
+    return Kernel(buffers[node].name, inputs, buffers[node], statement, source)
+
+
 def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
     """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
     body: Graph = node.attrs["body"]
     inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
-    statement = LOWERINGS[node.attrs["pattern"]](body, inline, buffers[node])
+    statement = LOWERINGS[node.attrs["pattern"]](body.nodes(), inline, buffers[node])
     inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
     source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]
     source += [f"  %{n.name} = {n.op}" + (f"  at {n.loc}" if n.loc else "")
