@@ -37,7 +37,7 @@ from string import Template
 
 import numpy as np
 
-from ..ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
+from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -164,6 +164,8 @@ class CRenderer:
             return self.cast(e)
         if isinstance(e, Select):
             return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
+        if isinstance(e, Address):
+            return f"&{self.name(e.buffer)}[{self.expr(e.index)}]"
         raise TypeError(f"cannot render {e!r}")
 
     def literal(self, value, dtype: np.dtype) -> str:
@@ -220,7 +222,15 @@ class CRenderer:
         if isinstance(s, Block):
             return [line for sub in s.stmts for line in self.stmt(sub, depth)]
         if isinstance(s, Allocate):
-            return [f"{pad}{C_TYPES[s.buffer.dtype]} {self.name(s.buffer)}[{s.buffer.size}];"]
+            ctype = C_TYPES[s.buffer.dtype]
+            return [f"{pad}{ctype} {self.name(s.buffer)}[{s.buffer.size}] __attribute__((aligned(64)));"]
+        if isinstance(s, If):
+            lines = [f"{pad}if ({self.expr(s.cond)}) {{"] + self.stmt(s.then, depth + 1)
+            if s.otherwise is not None:
+                lines += [f"{pad}}} else {{"] + self.stmt(s.otherwise, depth + 1)
+            return lines + [pad + "}"]
+        if isinstance(s, Intrinsic):
+            return [f"{pad}{s.fn}({', '.join(self.expr(a) for a in s.args)});"]
         raise TypeError(f"cannot render {s!r}")
 
     def loop_header(self, loop: For, depth: int) -> list[str]:
@@ -231,6 +241,10 @@ class CRenderer:
             if loop.extent < 64 and isinstance(loop.body, For):
                 collapse = " collapse(2)"
             lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse}")
+        elif loop.kind == "vectorized":
+            lines.append(f"{pad}#pragma omp simd")
+        elif loop.kind == "unrolled":
+            lines.append(f"{pad}#pragma GCC unroll {min(loop.extent, 64)}")
         v = loop.var.name
         lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.literal(loop.extent, INDEX)}; ++{v}) {{")
         return lines
@@ -249,7 +263,8 @@ class CRenderer:
 
     def kernel(self, k: Kernel) -> str:
         """One kernel as a static C function with its source comment."""
-        params = [self.param(b, written=b is k.output, aliased=b in k.aliases) for b in k.params]
+        params = [self.param(b, written=b is k.output or b in k.scratch, aliased=b in k.aliases)
+                  for b in k.params]
         lines = [f"/* {line} */" for line in k.source]
         # noinline: GCC 12 at -O3 miscompiles some kernels once inlined into the entry point
         # (restrict pointers of two kernels into one workspace, vectorised: wrong values)

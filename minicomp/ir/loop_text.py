@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dtypes import short_name
-from .loops import (Allocate, Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
+from .loops import (Address, Allocate, If, Intrinsic, Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
                     Select, Stmt, Store, Unary, Var)
 
 
@@ -33,6 +33,8 @@ def print_expr(e: Expr) -> str:
         return f"{e.fn}({', '.join(print_expr(a) for a in e.args)})"
     if isinstance(e, Cast):
         return f"{short_name(e.dtype)}({print_expr(e.a)})"
+    if isinstance(e, Address):
+        return f"&{e.buffer.name}[{_strip(print_expr(e.index))}]"
     if isinstance(e, Select):
         return f"select({print_expr(e.cond)}, {print_expr(e.a)}, {print_expr(e.b)})"
     raise TypeError(f"unknown expression {e!r}")
@@ -62,13 +64,23 @@ def print_stmt(s: Stmt, indent: int = 1) -> list[str]:
         return [line for stmt in s.stmts for line in print_stmt(stmt, indent)]
     if isinstance(s, Allocate):
         return [f"{pad}local {s.buffer}"]
+    if isinstance(s, If):
+        lines = [f"{pad}if {_strip(print_expr(s.cond))}:"] + print_stmt(s.then, indent + 1)
+        if s.otherwise is not None:
+            lines += [f"{pad}else:"] + print_stmt(s.otherwise, indent + 1)
+        return lines
+    if isinstance(s, Intrinsic):
+        return [f"{pad}{s.fn}({', '.join(_strip(print_expr(a)) for a in s.args)})"]
     raise TypeError(f"unknown statement {s!r}")
 
 
 def print_kernel(k: Kernel) -> str:
-    """The whole kernel: signature, source comment, body."""
+    """The whole kernel: signature, source comment, schedule, body."""
     ins = ", ".join(str(b) for b in dict.fromkeys(k.inputs))
     head = f"kernel {k.name}({ins}) -> {k.output}"
+    if k.scratch:
+        head += f"  scratch {', '.join(str(b) for b in k.scratch)}"
+    schedule = [f"  # schedule: {step}" for step in k.schedule]
     if len(k.source) == 1:
-        return "\n".join([f"{head}      # {k.source[0]}"] + print_stmt(k.body))
-    return "\n".join([f"# {line}" for line in k.source] + [head] + print_stmt(k.body))
+        return "\n".join([f"{head}      # {k.source[0]}"] + schedule + print_stmt(k.body))
+    return "\n".join([f"# {line}" for line in k.source] + [head] + schedule + print_stmt(k.body))

@@ -9,8 +9,11 @@ reads input buffers and writes an output buffer element by element. Everything i
           out[i0*8 + i1] = x[i0*8 + i1] + y[i1]
 
 Expressions are immutable trees with a dtype (``Const``, ``Var``, ``Load``, ``Binary``,
-``Unary``, ``Call``, ``Cast``, ``Select``); statements are ``For``, ``Store``, ``Block``,
-``Declare`` and ``Assign`` (local scalars, e.g. reduction accumulators). Buffers are flat and
+``Unary``, ``Call``, ``Cast``, ``Select``, and ``Address``: a pointer into a buffer);
+statements are ``For``, ``Store``, ``Block``, ``If``, ``Declare`` and ``Assign`` (local
+scalars, e.g. reduction accumulators), ``Allocate`` (small local arrays) and ``Intrinsic``: a
+call of a hand-written routine that replaces a whole loop nest (TVM's *tensorize*; minicomp's
+register-blocked matmul micro-kernel is one). Buffers are flat and
 row-major: a ``Load`` takes one linear index expression. Index arithmetic is in int64.
 
 Binary operators keep C's meaning here (``/`` on integers truncates); NumPy's meanings that C
@@ -185,6 +188,21 @@ class Select(Expr):
         return (self.cond, self.a, self.b)
 
 
+@dataclass(frozen=True, eq=False)
+class Address(Expr):
+    """``&buffer[index]``: where an intrinsic reads or writes a block of ``buffer``."""
+
+    buffer: Buffer
+    index: Expr
+
+    @property
+    def dtype(self):
+        return self.buffer.dtype
+
+    def children(self):
+        return (self.index,)
+
+
 def as_expr(value) -> Expr:
     """Python ints become index constants; expressions pass through."""
     if isinstance(value, Expr):
@@ -278,6 +296,27 @@ class Allocate(Stmt):
 
 
 @dataclass(eq=False)
+class If(Stmt):
+    """``if cond: then else: otherwise`` (``otherwise`` may be None)."""
+
+    cond: Expr
+    then: Stmt
+    otherwise: Stmt | None = None
+
+
+@dataclass(eq=False)
+class Intrinsic(Stmt):
+    """A call of a hand-written routine, e.g. ``mc_gemm_6x64_f32(kc, &a[..], &b[..], &c[..], ldc, 1)``.
+
+    ``fn`` names a function the renderer defines (see ``codegen/gemm.py``); ``args`` are
+    expressions, pointers given as ``Address``.
+    """
+
+    fn: str
+    args: tuple[Expr, ...]
+
+
+@dataclass(eq=False)
 class Block(Stmt):
     """Statements in order."""
 
@@ -291,6 +330,10 @@ class Kernel:
     ``source`` names the graph nodes the kernel computes and their user source lines.
     ``aliases`` holds the parameters that share memory with another parameter (an op computed
     in place of its operand): renderers must not declare those ``restrict``.
+    ``scratch`` holds buffers the kernel needs only while it runs (packed matmul panels): they
+    are extra parameters placed in the workspace, shared by all kernels since kernels run one
+    after another. ``schedule`` is the list of schedule steps that shaped the loop nest
+    (``minicomp.ir.schedule``), printed with the kernel.
     """
 
     name: str
@@ -299,12 +342,14 @@ class Kernel:
     body: Stmt
     source: list[str] = field(default_factory=list)
     aliases: frozenset = frozenset()
+    scratch: list[Buffer] = field(default_factory=list)
+    schedule: list = field(default_factory=list)
 
     @property
     def params(self) -> list[Buffer]:
-        """Inputs (without repeats) then the output: the kernel's parameter list."""
+        """Inputs (without repeats), the output, then scratch: the kernel's parameter list."""
         unique = list(dict.fromkeys(self.inputs))
-        return unique + [self.output]
+        return unique + [self.output] + list(self.scratch)
 
     def __str__(self) -> str:
         from .loop_text import print_kernel

@@ -91,7 +91,22 @@ def lower(graph: Graph) -> Program:
     program.output_nodes = outputs
     for kernel in program.kernels:
         kernel.aliases = _overlapping_params(kernel, program.workspace)
+    _place_scratch(program)
     return program
+
+
+def _place_scratch(program: Program) -> None:
+    """Put every kernel's scratch buffers after the planned values, all kernels sharing one region.
+
+    Kernels run one after another, so kernel 2's packed panels may reuse kernel 1's bytes.
+    """
+    base = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
+    for kernel in program.kernels:
+        offset = base
+        for buffer in kernel.scratch:
+            program.workspace[buffer] = offset
+            offset += -(-buffer.size * buffer.dtype.itemsize // ALIGNMENT) * ALIGNMENT
+        program.workspace_bytes = max(program.workspace_bytes, offset)
 
 
 def _buffer_namer():
