@@ -100,6 +100,8 @@ def _place_scratch(program: Program) -> None:
 
     Kernels run one after another, so kernel 2's packed panels may reuse kernel 1's bytes.
     """
+    if not any(kernel.scratch for kernel in program.kernels):
+        return
     base = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
     for kernel in program.kernels:
         offset = base

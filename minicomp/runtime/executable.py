@@ -4,12 +4,16 @@ An ``Executable`` owns the loaded library, the constants it reads and the buffer
 
 1. checks the arguments (count, shape, dtype) and names the first one that does not fit;
 2. makes each argument C-contiguous, aligned and native-endian (copying only when it is not);
-3. allocates fresh outputs and one workspace for the intermediates (offsets fixed at compile
-   time), and calls the entry point once: the kernels run in order inside C;
+3. allocates fresh outputs, takes the workspace for the intermediates and packed panels
+   (offsets fixed at compile time; one per calling thread, allocated on its first call and
+   reused, so big workspaces do not pay page faults on every call), and calls the entry
+   point once: the kernels run in order inside C;
 4. returns the outputs. Inputs are never written: kernels receive them as ``const``.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -45,13 +49,21 @@ class Executable:
         self._ffi, self._lib = load_library(self.library_path)
         self._constants = [prepare_argument(value, value.dtype) for _, value in program.constants]
         self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
+        self._per_thread = threading.local()
+
+    def _workspace(self) -> np.ndarray:
+        """This thread's workspace (concurrent calls from two threads never share one)."""
+        workspace = getattr(self._per_thread, "workspace", None)
+        if workspace is None:
+            workspace = self._per_thread.workspace = aligned_empty(self.program.workspace_bytes)
+        return workspace
 
     def __call__(self, *args) -> list[np.ndarray]:
         graph = self.program.graph
         arrays = [prepare_argument(a, node.dtype)
                   for a, node in zip(check_arguments(graph, args), graph.inputs)]
         outputs = [np.empty(b.shape, b.dtype) for b in self.program.outputs]
-        workspace = aligned_empty(self.program.workspace_bytes)
+        workspace = self._workspace()
         pointers = [self._ffi.cast("void *", a.ctypes.data)
                     for a in arrays + self._constants + outputs + [workspace]]
         status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))

@@ -1,0 +1,133 @@
+"""The register-blocked matmul micro-kernel: the one routine minicomp writes by hand.
+
+Every fast matmul on a CPU (OpenBLAS, BLIS, oneDNN, TVM's tensorized schedules) ends in the
+same inner routine: keep an ``MR x NR`` tile of C in vector registers, and for each step ``k``
+of the reduction load ``NR`` values of B (a few vectors), broadcast each of the ``MR`` values
+of A in turn and do one fused multiply-add per vector::
+
+    for k in 0..kc:                      # acc: MR x (NR / VL) vector registers
+        b[0..NV] = Bpanel[k, 0..NR]      # NV vector loads
+        for r in 0..MR:                  # MR broadcasts, MR*NV FMAs
+            acc[r][:] += Apanel[k, r] * b[:]
+    C[0..MR, 0..NR] (+)= acc
+
+With AVX-512 (16 floats per register) a 6 x 64 tile uses 24 of the 32 registers for C, 4 for
+B and one for the broadcast: 24 FMAs for every 4 loads, so the loop runs at the FMA units'
+speed. A and B must be *packed* first (``passes/lower_matmul.py``): A in panels of ``MR`` rows
+stored k-major, B in panels of ``NR`` columns stored k-major, so both streams are contiguous.
+
+The code is written with GCC's vector extensions (``vector_size``), not intrinsics, so the
+same source compiles to AVX-512, AVX2 or SSE: ``vector_bytes()`` asks the compiler which
+width ``-march=native`` (or ``MINICOMP_CFLAGS``) gives, and lowering picks ``NR`` from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+
+import numpy as np
+
+from .compiler import cflags, compiler
+
+MR = 6  # rows of C per micro-kernel call: 6 x NV accumulators fit the register file
+
+_C_TYPES = {np.dtype(np.float32): ("float", "f32"), np.dtype(np.float64): ("double", "f64")}
+
+
+@functools.lru_cache(maxsize=None)
+def _vector_bytes_for(cc: str, flags: tuple[str, ...]) -> int:
+    try:
+        out = subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", "/dev/null"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 16
+    if "__AVX512F__" in out:
+        return 64
+    if "__AVX__" in out:
+        return 32
+    return 16
+
+
+def vector_bytes() -> int:
+    """Width of the widest SIMD register the C compiler targets with minicomp's flags (16/32/64)."""
+    flags = tuple(f for f in cflags() if f.startswith(("-m", "-O")))
+    return _vector_bytes_for(compiler(), flags)
+
+
+def vectors_per_row() -> int:
+    """NV: vectors of C per micro-kernel row (4 with 32 registers, 2 with 16)."""
+    return 4 if vector_bytes() == 64 else 2
+
+
+def tile_shape(dtype) -> tuple[int, int]:
+    """``(MR, NR)`` of the micro-kernel for ``dtype`` on this machine."""
+    lanes = vector_bytes() // np.dtype(dtype).itemsize
+    return MR, lanes * vectors_per_row()
+
+
+def supported(dtype) -> bool:
+    """Whether a micro-kernel exists for accumulating in ``dtype`` (float32 and float64)."""
+    return np.dtype(dtype) in _C_TYPES
+
+
+def kernel_name(dtype) -> str:
+    """``mc_gemm_6x64_f32``: the micro-kernel for ``dtype``'s tile on this machine."""
+    mr, nr = tile_shape(dtype)
+    return f"mc_gemm_{mr}x{nr}_{_C_TYPES[np.dtype(dtype)][1]}"
+
+
+_NAME = re.compile(r"mc_gemm_(\d+)x(\d+)_(f32|f64)$")
+
+_TEMPLATE = """\
+/* C[0:{mr}, 0:{nr}] (+)= Apanel[0:kc, 0:{mr}]^T . Bpanel[0:kc, 0:{nr}], C row stride ldc.
+   {mr}x{nv} accumulators of {lanes} {ctype}s stay in registers for the whole k loop. */
+typedef {ctype} mc_vec_{s} __attribute__((vector_size({vbytes})));
+typedef {ctype} mc_vec_{s}_u __attribute__((vector_size({vbytes}), aligned(sizeof({ctype}))));
+static inline void {name}(int64_t kc, const {ctype} *restrict ap, const {ctype} *restrict bp,
+                          {ctype} *restrict c, int64_t ldc, int accumulate) {{
+  mc_vec_{s} acc[{mr}][{nv}];
+  #pragma GCC unroll {mr}
+  for (int r = 0; r < {mr}; ++r)
+    #pragma GCC unroll {nv}
+    for (int v = 0; v < {nv}; ++v) acc[r][v] = (mc_vec_{s}){{0}};
+  for (int64_t k = 0; k < kc; ++k) {{
+    mc_vec_{s} b[{nv}];
+    #pragma GCC unroll {nv}
+    for (int v = 0; v < {nv}; ++v) b[v] = *(const mc_vec_{s}_u *)(bp + k * {nr} + v * {lanes});
+    #pragma GCC unroll {mr}
+    for (int r = 0; r < {mr}; ++r) {{
+      {ctype} a = ap[k * {mr} + r];
+      #pragma GCC unroll {nv}
+      for (int v = 0; v < {nv}; ++v) acc[r][v] += a * b[v];
+    }}
+  }}
+  #pragma GCC unroll {mr}
+  for (int r = 0; r < {mr}; ++r)
+    #pragma GCC unroll {nv}
+    for (int v = 0; v < {nv}; ++v) {{
+      mc_vec_{s}_u *out = (mc_vec_{s}_u *)(c + r * ldc + v * {lanes});
+      *out = accumulate ? *out + acc[r][v] : acc[r][v];
+    }}
+}}
+"""
+
+
+def source(name: str) -> str:
+    """The C definition of micro-kernel ``name`` (as made by ``kernel_name``)."""
+    match = _NAME.match(name)
+    if match is None:
+        raise ValueError(f"not a micro-kernel name: {name}")
+    mr, nr, suffix = int(match[1]), int(match[2]), match[3]
+    ctype = "float" if suffix == "f32" else "double"
+    itemsize = 4 if suffix == "f32" else 8
+    vbytes = vector_bytes()
+    lanes = vbytes // itemsize
+    return _TEMPLATE.format(mr=mr, nr=nr, nv=nr // lanes, lanes=lanes, ctype=ctype, s=suffix,
+                            vbytes=vbytes, name=name)
+
+
+def is_micro_kernel(name: str) -> bool:
+    """Whether ``name`` is a micro-kernel this module defines."""
+    return _NAME.match(name) is not None

@@ -1,0 +1,221 @@
+"""FlashAttention on a CPU: fused attention in tiles, with both matmuls on the micro-kernel.
+
+``softmax(f(q @ k^T)) @ v`` is lowered so that the ``Sq x Sk`` score matrix never exists.
+Queries are taken ``BQ`` rows at a time; for each block of ``BK`` keys::
+
+    S[BQ, BK]  = Qblock @ Kblock^T                 # micro-kernel, Q panel packed once per task
+    S          = f(S)   (scale, causal mask ...)   # the fused score expression, in L1
+    m_new      = max(m, rowmax(S)); c = exp(m - m_new)
+    P          = exp(S - m_new); l = l*c + rowsum(P)
+    O[BQ, D]   = O * c + P @ Vblock                 # micro-kernel again
+    out        = O / l   (after the last key block)
+
+``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
+over (batch, query block) tasks. Every row statistic is kept per query row, exactly as the
+untiled online softmax in ``lower_fused.lower_attention`` (which small or integer cases
+still use); row max and row sum run over ``LANES`` partial results so that they vectorise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..codegen import gemm
+from ..ir.compute import _batch_index, compute, linear_index
+from ..ir.graph import Node
+from ..ir.loops import (BOOL, Address, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If,
+                        Intrinsic, Load, Select, Stmt, Store, Var, const)
+from .lower_matmul import MIN_WORK, _declare_rows, _i, _op, _uses
+
+LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
+
+
+def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer):
+    """The tiled nest for an attention group, or None where it does not apply (see module doc)."""
+    dtype = pv.dtype
+    if not gemm.supported(dtype) or qk.dtype != dtype or scores.dtype != dtype:
+        return None
+    idx = [Var(f"i{a}") for a in range(len(pv.shape))]
+    *batch, i, e = idx
+    sq, sk, head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
+    j = Var("j")
+    r = compute(qk, [*batch, i, j], [inline.tensor(o) for o in qk.operands])
+    body = r.body
+    if r.combiner != "sum" or r.dtype != dtype or not (isinstance(body, Binary) and body.op == "*"):
+        return None
+    q_expr, k_expr = (body.b, body.a) if _uses(body.a, j) else (body.a, body.b)
+    if _uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < MIN_WORK:
+        return None
+    return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
+
+
+class _Tiled:
+    def __init__(self, pv, qk, scores, inline, out, idx, j, q_expr, k_expr, red):
+        self.pv, self.qk, self.scores, self.inline, self.out = pv, qk, scores, inline, out
+        self.idx, self.j, self.q_expr, self.k_expr = idx, j, q_expr, k_expr
+        (self.d, self.depth) = red
+        self.dtype = pv.dtype
+        self.mr, self.nr = gemm.tile_shape(self.dtype)
+        self.ukernel = gemm.kernel_name(self.dtype)
+        *self.batch, self.i, self.e = idx
+        self.batch_shape = pv.shape[:-2]
+        self.nbatch = int(np.prod(self.batch_shape, dtype=np.int64))
+        self.sq, self.sk, self.head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
+        self.bq = min(8 * self.mr, -(-self.sq // self.mr) * self.mr)
+        self.bk = self.nr
+        self.nqb, self.nkb = -(-self.sq // self.bq), -(-self.sk // self.bk)
+        self.dp = -(-self.head // self.nr) * self.nr  # head size padded to whole panels
+        self.neb = self.dp // self.nr
+        self.kpack = Buffer(f"{out.name}_kpack", self.dtype, (self.nbatch * self.nkb * self.depth * self.bk,))
+        self.vpack = Buffer(f"{out.name}_vpack", self.dtype, (self.nbatch * self.neb * self.nkb * self.bk * self.nr,))
+
+    def nest(self):
+        from .lower_fused import Nest
+        body = Block([self.pack_kv(), self.tasks()])
+        return Nest(body, [self.kpack, self.vpack], [self])
+
+    def __str__(self) -> str:
+        return (f"flash_attention(bq={self.bq}, bk={self.bk}): pack K^T and V panels, parallel over "
+                f"(batch, query block), online softmax per row, tensorize {self.ukernel} for QK^T and PV")
+
+    def _batch_decls(self, flat: Var) -> list:
+        pairs = [(v, d) for v, d in zip(self.batch, self.batch_shape)]
+        return _declare_rows(pairs, flat) if pairs else []
+
+    def pack_kv(self) -> Stmt:
+        """kpack[b][kb][d][c] = k[b, kb*BK + c, d]; vpack[b][eb][key][jj] = v[b, key, eb*NR + jj]."""
+        bf, kb, c, jj, eb = Var("bf"), Var("kb"), Var("c"), Var("jj"), Var("eb")
+        zero = const(0, self.dtype)
+        k_at = _op("+", _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.depth), self.d), self.bk), c)
+        k_store = Block([Declare(self.j, _op("+", _op("*", kb, self.bk), c)),
+                         Store(self.kpack, k_at, Select(_op("<", self.j, self.sk), self.k_expr, zero))])
+        v = self.inline.tensor(self.pv.operands[1])
+        key = _op("+", _op("*", kb, self.bk), c)
+        v_col = _op("+", _op("*", eb, self.nr), jj)
+        v_idx = _batch_index(list(self.batch), v.shape[:-2]) + [self.j, self.e]
+        v_at = _op("+", _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.neb), eb), self.nkb * self.bk), key), self.nr), jj)
+        inside = _op("&&", _op("<", self.j, self.sk), _op("<", self.e, self.head))
+        v_store = Block([Declare(self.j, key), Declare(self.e, v_col),
+                         Store(self.vpack, v_at, Select(inside, v[v_idx], zero))])
+        per_block = Block(self._batch_decls(bf) + [
+            For(self.d, self.depth, For(c, self.bk, k_store)),
+            For(eb, self.neb, For(c, self.bk, For(jj, self.nr, v_store)))])
+        task = Var("t_pack")
+        return For(task, self.nbatch * self.nkb,
+                   Block([Declare(bf, _op("/", task, self.nkb)), Declare(kb, _op("%", task, self.nkb)), per_block]),
+                   "parallel")
+
+    def tasks(self) -> Stmt:
+        """One task per (batch, query block): Q panel, then the loop over key blocks, then O / l."""
+        t, bf, qb, q0 = Var("t"), Var("bf"), Var("qb"), Var("q0")
+        self.qpanel = Buffer("qpanel", self.dtype, (self.bq * self.depth,))
+        self.s = Buffer("s", self.dtype, (self.bq * self.bk,))
+        self.ppanel = Buffer("ppanel", self.dtype, (self.bq * self.bk,))
+        self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
+        self.m = Buffer("row_max", self.dtype, (self.bq,))
+        self.l = Buffer("row_sum", self.dtype, (self.bq,))
+        kb = Var("kb")
+        stmts = [Declare(bf, _op("/", t, self.nqb)), Declare(qb, _op("%", t, self.nqb)),
+                 Declare(q0, _op("*", qb, self.bq))] + self._batch_decls(bf)
+        stmts += [Allocate(b) for b in (self.qpanel, self.s, self.ppanel, self.o, self.m, self.l)]
+        stmts += [self.pack_q(q0), self.init_rows(),
+                  For(kb, self.nkb, Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb),
+                                           self.accumulate_pv(bf, kb)])),
+                  self.store_out(q0)]
+        return For(t, self.nbatch * self.nqb, Block(stmts), "parallel")
+
+    def pack_q(self, q0) -> Stmt:
+        """qpanel[r / MR][d][r % MR] = q[b, q0 + r, d] (0 past the last query)."""
+        row = Var("row")
+        at = _op("+", _op("*", _op("+", _op("*", _op("/", row, self.mr), self.depth), self.d), self.mr),
+                 _op("%", row, self.mr))
+        value = Select(_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
+        return For(row, self.bq, Block([Declare(self.i, _op("+", q0, row)),
+                                        For(self.d, self.depth, Store(self.qpanel, at, value))]))
+
+    def init_rows(self) -> Stmt:
+        row, x = Var("row"), Var("x")
+        return Block([For(x, self.bq * self.dp, Store(self.o, x, const(0, self.dtype))),
+                      For(row, self.bq, Block([Store(self.m, row, const(-np.inf, self.dtype)),
+                                               Store(self.l, row, const(0, self.dtype))]))])
+
+    def scores_tile(self, bf, kb) -> Stmt:
+        """S = Qblock @ Kblock^T: one micro-kernel call per MR query rows."""
+        p = Var("p")
+        k_panel = Address(self.kpack, _op("*", _op("+", _op("*", bf, self.nkb), kb), self.depth * self.bk))
+        call = Intrinsic(self.ukernel, (_i(self.depth), Address(self.qpanel, _op("*", p, self.mr * self.depth)),
+                                        k_panel, Address(self.s, _op("*", p, self.mr * self.bk)), _i(self.bk), _i(0)))
+        return For(p, self.bq // self.mr, call)
+
+    def softmax_rows(self, q0, kb) -> Stmt:
+        """Per query row: the score expression, the online max/sum update, P into A-panel layout."""
+        row, c = Var("row"), Var("c")
+        dt = self.dtype
+        at = _op("+", _op("*", row, self.bk), c)
+        self.inline.bind(self.qk, Load(self.s, at))
+        score = self.inline.tensor(self.scores)[[*self.batch, self.i, self.j]]
+        neg_inf = const(-np.inf, dt)
+        exists = _op("&&", _op("<", self.i, self.sq), _op("<", self.j, self.sk))  # not padding
+        apply_f = For(c, self.bk, Block([Declare(self.j, _op("+", _op("*", kb, self.bk), c)),
+                                         Store(self.s, at, Select(exists, score, neg_inf))]))
+        m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
+        s_val = Load(self.s, at)
+        p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
+        p_at = _op("+", _op("*", _op("+", _op("*", _op("/", row, self.mr), self.bk), c), self.mr), _op("%", row, self.mr))
+        row_value = lambda cc: Load(self.s, _op("+", _op("*", row, self.bk), cc))  # noqa: E731
+        row_max = self._lanes("mc_maximum", neg_inf, row_value, "mx")
+        exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
+        row_sum = self._lanes("+", const(0, dt), row_value, "sum")
+        to_panel = For(c, self.bk, Store(self.ppanel, p_at, s_val))
+        x = Var("x")
+        o_at = _op("+", _op("*", row, self.dp), x)
+        stmts = [Declare(self.i, _op("+", q0, row)), apply_f, Declare(m_old, Load(self.m, row))]
+        stmts += row_max[0]
+        stmts += [Declare(m_new, Call("mc_maximum", (m_old, row_max[1]), dt)),
+                  # all scores so far -inf (masked): shift by 0 so exp(-inf - 0) = 0, not NaN
+                  Declare(shift, Select(Binary("==", m_new, neg_inf, BOOL), const(0, dt), m_new)),
+                  Declare(corr, Call("exp", (Binary("-", m_old, shift, dt),), dt)),
+                  exps]
+        stmts += row_sum[0] + [to_panel]
+        stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), row_sum[1], dt)),
+                  Store(self.m, row, m_new),
+                  For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]
+        return For(row, self.bq, Block(stmts))
+
+    def _lanes(self, combiner: str, init, load, name: str):
+        """Reduce one row of BK values over LANES partial results (vectorisable), then combine them."""
+        dt = self.dtype
+        n = math.gcd(LANES, self.bk)
+        lanes = Buffer(f"{name}_lanes", dt, (n,))
+        c0, lane, total = Var("c0"), Var("lane"), Var(name, dt)
+
+        def comb(a, b):
+            return Binary("+", a, b, dt) if combiner == "+" else Call(combiner, (a, b), dt)
+
+        step = Store(lanes, lane, comb(Load(lanes, lane), load(_op("+", _op("*", c0, n), lane))))
+        stmts = [Allocate(lanes), For(lane, n, Store(lanes, lane, init)),
+                 For(c0, self.bk // n, For(lane, n, step, "vectorized")),
+                 Declare(total, init), For(lane, n, Assign(total, comb(total, Load(lanes, lane))))]
+        return stmts, total
+
+    def accumulate_pv(self, bf, kb) -> Stmt:
+        """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns)."""
+        p, eb = Var("p"), Var("eb")
+        v_panel = Address(self.vpack, _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.neb), eb), self.nkb * self.bk),
+                                                   _op("*", kb, self.bk)), self.nr))
+        call = Intrinsic(self.ukernel, (_i(self.bk), Address(self.ppanel, _op("*", p, self.mr * self.bk)), v_panel,
+                                        Address(self.o, _op("+", _op("*", p, self.mr * self.dp), _op("*", eb, self.nr))),
+                                        _i(self.dp), _i(1)))
+        return For(p, self.bq // self.mr, For(eb, self.neb, call))
+
+    def store_out(self, q0) -> Stmt:
+        """out[b, q0 + row, e] = O[row, e] / l[row] for the rows that exist."""
+        row = Var("row")
+        value = Binary("/", Load(self.o, _op("+", _op("*", row, self.dp), self.e)), Load(self.l, row), self.dtype)
+        store = Store(self.out, linear_index(self.idx, self.pv.shape), value)
+        return For(row, self.bq, Block([Declare(self.i, _op("+", q0, row)),
+                                        If(_op("<", self.i, self.sq), For(self.e, self.head, store))]))
+
+

@@ -1,0 +1,341 @@
+"""Lowering matmul and conv2d (with a fused epilogue) to packed, blocked loops around a micro-kernel.
+
+The naive loop nest of ``C = A @ B`` does 2 FLOPs per value it loads; a CPU needs about 20
+to run at its FMA rate. The schedule OpenBLAS and BLIS use (Goto's algorithm), which this
+module builds, reaches that by reusing every loaded value from registers and cache::
+
+    for jc in N by NC:                      # a block of columns of B, sized for the L2/L3 cache
+      for pc in K by KC:                    # a block of the reduction
+        parallel for jb: pack B[pc.., jc..]    into panels of NR columns, k-major   (cache_read)
+        parallel for ib: pack A[.., pc..]      into panels of MR rows, k-major      (cache_read)
+        parallel for (ic, jb):              # MC rows x one NR panel per task: both threads busy
+          for ir in MC by MR:
+            mc_gemm_MRxNR(kc, Apanel, Bpanel, C tile)   # register-blocked micro-kernel (tensorize)
+            if pc is the last block: epilogue over the MR x NR tile, while it is in L1
+
+Edge tiles (``M`` or ``N`` not a multiple of the tile) run the same micro-kernel into a local
+tile and copy the valid part out, so the packed panels are zero-padded and never overrun.
+
+The matmul is found *in the compute rule*, not by op name: the reduction body is
+``a_expr * b_expr`` where ``b_expr`` uses the output's last axis ``j`` and ``a_expr`` does not.
+Output axes that ``b_expr`` also uses are batch loops; the others are flattened into the rows
+``M``. So conv2d in NHWC, whose ``a_expr`` reads the input through the window arithmetic, is an
+implicit GEMM: packing A *is* im2col, done one panel at a time. Several reduction axes
+(conv's ``r, s, c``) are packed in the order of A's memory strides, blocked on the outermost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codegen import gemm
+from ..ir.compute import Reduce, linear_index
+from ..ir.graph import Node
+from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
+                        If, Intrinsic, Load, Select, Stmt, Store, Var, const, simplify_binary, walk)
+from .lower import output_index
+
+MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
+PARALLEL_WORK = 1 << 20
+
+
+@dataclass(frozen=True)
+class GemmTiling:
+    """The schedule of a packed matmul: tile sizes, printed with the kernel and replayable.
+
+    ``mr x nr`` is the micro-kernel's register tile; ``kc`` the reduction block (A and B
+    panels of ``kc`` rows stay in L1/L2), ``mc`` the rows one task computes, ``nc`` the columns
+    of B packed at once. Equivalent to split(i, mc, mr), split(j, nc, nr), split(k, kc),
+    reorder, cache_read of A and B with packed layouts, parallel over (mc, nr) tiles and
+    tensorize of the ``mr x nr x kc`` block.
+    """
+
+    mr: int
+    nr: int
+    kc: int
+    mc: int
+    nc: int
+    micro_kernel: str
+
+    def __str__(self) -> str:
+        return (f"gemm(mr={self.mr}, nr={self.nr}, kc={self.kc}, mc={self.mc}, nc={self.nc}): "
+                f"pack A and B panels, parallel over mc x nr tiles, tensorize {self.micro_kernel}")
+
+
+def default_tiling(dtype: np.dtype) -> GemmTiling:
+    """Tile sizes for this machine: the micro-kernel's tile, cache blocks for ~1 MiB of L2."""
+    mr, nr = gemm.tile_shape(dtype)
+    itemsize = np.dtype(dtype).itemsize  # blocks are sized in bytes: float64 ones hold half the values
+    return GemmTiling(mr, nr, kc=1536 // itemsize, mc=24 * mr, nc=max(nr, 4096 // itemsize // nr * nr),
+                      micro_kernel=gemm.kernel_name(dtype))
+
+
+@dataclass
+class MatmulShape:
+    """The matmul inside a compute rule: ``out[batch, rows, col] = sum_red a_expr * b_expr``."""
+
+    batch: list[tuple[Var, int]]
+    rows: list[tuple[Var, int]]
+    col: tuple[Var, int]
+    red: list[tuple[Var, int]]
+    a_expr: Expr
+    b_expr: Expr
+
+    @property
+    def m(self) -> int:
+        return int(np.prod([e for _, e in self.rows], dtype=np.int64))
+
+    @property
+    def n(self) -> int:
+        return self.col[1]
+
+    @property
+    def k(self) -> int:
+        return int(np.prod([e for _, e in self.red], dtype=np.int64))
+
+
+def _uses(expr: Expr, var: Var) -> bool:
+    return any(e is var for e in walk(expr))
+
+
+def find_matmul(anchor: Node, idx: list, r: Reduce) -> MatmulShape | None:
+    """Split ``r`` (the anchor's reduction at output index ``idx``) into A and B, or None."""
+    if r.combiner != "sum" or not gemm.supported(r.dtype) or r.dtype != anchor.dtype:
+        return None
+    shape = anchor.shape
+    if len(shape) < 2 or not isinstance(idx[-1], Var) or min(shape) == 0:
+        return None
+    body, cond = r.body, None
+    if isinstance(body, Select) and isinstance(body.b, Const) and body.b.value == 0:
+        body, cond = body.a, body.cond
+    if not (isinstance(body, Binary) and body.op == "*"):
+        return None
+    j = idx[-1]
+    a_expr, b_expr = (body.b, body.a) if _uses(body.a, j) else (body.a, body.b)
+    if _uses(a_expr, j) or not _uses(b_expr, j) or (cond is not None and _uses(cond, j)):
+        return None
+    if cond is not None:
+        a_expr = Select(cond, a_expr, const(0, a_expr.dtype))
+    axes = [(v, e) for v, e in zip(idx[:-1], shape[:-1]) if isinstance(v, Var)]
+    last_batch = max((n for n, (v, _) in enumerate(axes) if _uses(b_expr, v)), default=-1)
+    batch, rows = axes[:last_batch + 1], axes[last_batch + 1:]
+    red = _order_by_stride(list(r.axes), a_expr)
+    return MatmulShape(batch, rows, (j, shape[-1]), red, a_expr, b_expr)
+
+
+def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var, int]]:
+    """Reduction axes, largest stride in A first, so packing A reads memory in order."""
+    loads = [e for e in walk(a_expr) if isinstance(e, Load)]
+    if len(red) < 2 or not loads:
+        return red
+
+    def stride(var: Var) -> int:
+        index = loads[0].index
+        return abs(_eval_index(index, {var: 1}) - _eval_index(index, {}))
+
+    return sorted(red, key=stride, reverse=True)
+
+
+def _eval_index(e: Expr, env: dict) -> int:
+    """Value of an index expression with the vars of ``env`` set (others are 0)."""
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return env.get(e, 0)
+    if isinstance(e, Binary) and e.op in "+-*":
+        a, b = _eval_index(e.a, env), _eval_index(e.b, env)
+        return a + b if e.op == "+" else a - b if e.op == "-" else a * b
+    if isinstance(e, Binary) and e.op in ("/", "%"):
+        a, b = _eval_index(e.a, env), _eval_index(e.b, env)
+        return 0 if b == 0 else (a // b if e.op == "/" else a % b)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the loop nest
+# ----------------------------------------------------------------------------------------------
+
+
+def _i(value) -> Expr:
+    return Const(int(value), INDEX) if isinstance(value, (int, np.integer)) else value
+
+
+def _op(op: str, a, b) -> Expr:
+    if op in ("+", "-", "*"):
+        return simplify_binary(op, _i(a), _i(b))
+    return Binary(op, _i(a), _i(b), BOOL if op in ("<", "<=", "==", "&&", ">", ">=") else INDEX)
+
+
+def _min(a, b) -> Expr:
+    return Select(_op("<", a, b), _i(a), _i(b))
+
+
+def _declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
+    """Declare each row variable from the flat row number ``m`` (last axis fastest)."""
+    stmts: list[Stmt] = []
+    for n, (var, extent) in enumerate(reversed(rows)):
+        rest = m if n == 0 else _op("/", m, int(np.prod([e for _, e in rows[len(rows) - n:]])))
+        stmts.append(Declare(var, rest if n == len(rows) - 1 else _op("%", rest, extent)))
+    return stmts
+
+
+class GemmBuilder:
+    """Builds the kernel body for one ``MatmulShape``; see the module docstring for the nest."""
+
+    def __init__(self, shape: MatmulShape, out: Buffer, out_shape, tiling: GemmTiling, name: str):
+        self.s, self.out, self.out_shape, self.t = shape, out, out_shape, tiling
+        self.dtype = out.dtype
+        self.k0, self.inner = shape.red[0][1], int(np.prod([e for _, e in shape.red[1:]], dtype=np.int64))
+        self.chunk = max(1, min(self.k0, tiling.kc // max(self.inner, 1)))
+        self.kce = self.chunk * self.inner
+        self.nce = min(tiling.nc, -(-shape.n // tiling.nr) * tiling.nr)
+        self.mp = -(-shape.m // tiling.mr) * tiling.mr
+        self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
+        self.b_pack = Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
+        self.jc, self.pc = Var("jc"), Var("pc")
+        self.nc_now, self.kc_now = Var("nc"), Var("kc")
+        self.parallel = "parallel" if shape.m * shape.n * shape.k >= PARALLEL_WORK else "serial"
+
+    @property
+    def n_jc(self) -> int:
+        return -(-self.s.n // self.t.nc)
+
+    @property
+    def n_pc(self) -> int:
+        return -(-self.k0 // self.chunk)
+
+    def body(self, epilogue) -> Stmt:
+        """The whole nest; ``epilogue(m, n0, full)`` finishes a tile after the last k block."""
+        block = Block([
+            Declare(self.nc_now, _min(self.t.nc, _op("-", self.s.n, _op("*", self.jc, self.t.nc)))),
+            Declare(self.kc_now, _op("*", _min(self.chunk, _op("-", self.k0, _op("*", self.pc, self.chunk))),
+                                     self.inner)),
+            self.pack_b(), self.pack_a(), self.compute(epilogue)])
+        nest: Stmt = For(self.jc, self.n_jc, For(self.pc, self.n_pc, block))
+        for var, extent in reversed(self.s.batch):
+            nest = For(var, extent, nest)
+        return nest
+
+    def _reduction_loops(self, leaf_for_kk) -> Stmt:
+        """Loops over the current k block; ``leaf_for_kk(kk)`` is the statement at packed row ``kk``."""
+        (k0var, _), inner = self.s.red[0], self.s.red[1:]
+        k0l = Var("k0l")
+        kk: Expr = k0l
+        for var, extent in inner:
+            kk = _op("+", _op("*", kk, extent), var)
+        stmt: Stmt = leaf_for_kk(kk)
+        for var, extent in reversed(inner):
+            stmt = For(var, extent, stmt)
+        start = Declare(k0var, _op("+", _op("*", self.pc, self.chunk), k0l))
+        guard = _op("<", _op("+", _op("*", self.pc, self.chunk), k0l), self.k0)
+        return For(k0l, self.chunk, If(guard, Block([start, stmt])))
+
+    def _col(self, jb: Expr, jj: Expr) -> Expr:
+        return _op("+", _op("+", _op("*", self.jc, self.t.nc), _op("*", jb, self.t.nr)), jj)
+
+    def pack_b(self) -> Stmt:
+        """``bpack[jb][kk][jj] = B[k, jc*NC + jb*NR + jj]`` (0 past the last column)."""
+        jb, jj = Var("jb"), Var("jj")
+        j = self.s.col[0]
+        zero = const(0, self.dtype)
+
+        def leaf(kk):
+            at = _op("+", _op("*", _op("+", _op("*", jb, self.kce), kk), self.t.nr), jj)
+            value = Select(_op("<", j, self.s.n), self.s.b_expr, zero)
+            return For(jj, self.t.nr, Block([Declare(j, self._col(jb, jj)), Store(self.b_pack, at, value)]))
+
+        panels = -(-self.nce // self.t.nr)
+        return For(jb, panels, If(_op("<", _op("*", jb, self.t.nr), self.nc_now), self._reduction_loops(leaf)),
+                   self.parallel)
+
+    def pack_a(self) -> Stmt:
+        """``apack[ib][kk][r] = A[ib*MR + r, k]`` (0 past the last row)."""
+        ib, r, m = Var("ib"), Var("r"), Var("m")
+        mr = self.t.mr
+
+        def leaf(kk):
+            at = _op("+", _op("*", _op("+", _op("*", ib, self.kce), kk), mr), r)
+            return Store(self.a_pack, at, self.s.a_expr)
+
+        def zero(kk):
+            at = _op("+", _op("*", _op("+", _op("*", ib, self.kce), kk), mr), r)
+            return Store(self.a_pack, at, const(0, self.dtype))
+
+        row = Block([Declare(m, _op("+", _op("*", ib, mr), r)),
+                     If(_op("<", m, self.s.m),
+                        Block(_declare_rows(self.s.rows, m) + [self._reduction_loops(leaf)]),
+                        self._reduction_loops(zero))])
+        return For(ib, self.mp // mr, For(r, mr, row), self.parallel)
+
+    def _c_offset(self, m: Expr, n0: Expr) -> Expr:
+        batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
+        return _op("+", _op("*", _op("+", _op("*", batch, self.s.m), m), self.s.n), n0)
+
+    def compute(self, epilogue) -> Stmt:
+        """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile."""
+        t, ic, jb, ir = Var("t"), Var("ic"), Var("jb"), Var("ir")
+        m0, n0 = Var("m0"), Var("n0")
+        n_jb = -(-self.nce // self.t.nr)
+        n_ic = -(-self.s.m // self.t.mc)
+        accumulate = _op(">", self.pc, 0)
+        a_panel = Address(self.a_pack, _op("*", m0, self.kce))
+        b_panel = Address(self.b_pack, _op("*", _op("*", jb, self.kce), self.t.nr))
+        out_at = Address(self.out, self._c_offset(m0, n0))
+        direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, out_at, _i(self.s.n), accumulate))
+        last = _op("==", self.pc, self.n_pc - 1)
+        full = _op("&&", _op("<=", _op("+", m0, self.t.mr), self.s.m),
+                   _op("<=", _op("+", _op("*", jb, self.t.nr), self.t.nr), self.nc_now))
+        tile_case = Block([Block([direct]), If(last, epilogue(m0, n0, True))])
+        edge_case = Block([self._edge_tile(m0, n0, a_panel, b_panel, accumulate), If(last, epilogue(m0, n0, False))])
+        per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
+                          If(_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)),
+                                                            If(full, tile_case, edge_case)]))])
+        task = Block([Declare(ic, _op("/", t, n_jb)), Declare(jb, _op("%", t, n_jb)),
+                      If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
+        return For(t, n_ic * n_jb, task, self.parallel)
+
+    def _edge_tile(self, m0, n0, a_panel, b_panel, accumulate) -> Stmt:
+        """Micro-kernel into a local tile, then add the rows and columns that exist into C."""
+        mr, nr = self.t.mr, self.t.nr
+        tile = Buffer("tile", self.dtype, (mr * nr,))
+        r, jj = Var("r"), Var("jj")
+        at = _op("+", self._c_offset(_op("+", m0, r), n0), jj)
+        old = Select(accumulate, Load(self.out, at), const(0, self.dtype))
+        add = Store(self.out, at, Binary("+", old, Load(tile, _op("+", _op("*", r, nr), jj)), self.dtype))
+        inside = _op("&&", _op("<", _op("+", m0, r), self.s.m), _op("<", _op("+", n0, jj), self.s.n))
+        return Block([Allocate(tile),
+                      Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, Address(tile, Const(0)), _i(nr), _i(0))),
+                      For(r, mr, For(jj, nr, If(inside, add)))])
+
+    def tile_epilogue(self, m0, n0, full: bool, value_at) -> Stmt:
+        """``out[m, j] = value_at(idx)`` over one MR x NR tile (guarded at the edges)."""
+        r, jj, m = Var("r"), Var("jj"), Var("m")
+        j = self.s.col[0]
+        idx = self.out_index
+        store = Store(self.out, linear_index(idx, self.out_shape), value_at(idx))
+        col = Block([Declare(j, _op("+", n0, jj)), store if full else If(_op("<", j, self.s.n), store)])
+        row = Block([Declare(m, _op("+", m0, r))] + _declare_rows(self.s.rows, m) + [For(jj, self.t.nr, col)])
+        return For(r, self.t.mr, row if full else If(_op("<", _op("+", m0, r), self.s.m), row))
+
+
+def lower_gemm(anchor: Node, root: Node, idx: list, r: Reduce, out: Buffer, inline) -> tuple[Stmt, list[Buffer], GemmTiling] | None:
+    """The packed nest computing ``root`` (``anchor`` plus epilogue) into ``out``, or None.
+
+    None when the anchor is not a float matmul-like reduction big enough to pay for packing.
+    Returns the statement, the scratch buffers (packed panels) and the tiling used.
+    """
+    shape = find_matmul(anchor, idx, r)
+    if shape is None or shape.m * shape.n * shape.k < MIN_WORK:
+        return None
+    tiling = default_tiling(out.dtype)
+    builder = GemmBuilder(shape, out, root.shape, tiling, out.name)
+    builder.out_index = idx
+    if root is anchor:
+        def epilogue(m0, n0, full):
+            return Block([])
+    else:
+        def epilogue(m0, n0, full):
+            return builder.tile_epilogue(m0, n0, full, lambda i: inline.tensor(root)[i])
+    return builder.body(epilogue), [builder.a_pack, builder.b_pack], tiling
