@@ -27,7 +27,8 @@ from ..ir.compute import _batch_index, compute, linear_index
 from ..ir.graph import Node
 from ..ir.loops import (BOOL, Address, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If,
                         Intrinsic, Load, Select, Stmt, Store, Var, const)
-from .lower_matmul import MIN_WORK, _declare_rows, _i, _op, _uses
+from . import lower_matmul
+from .lower_matmul import _declare_rows, _i, _op, _uses
 
 LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
 
@@ -46,7 +47,7 @@ def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer)
     if r.combiner != "sum" or r.dtype != dtype or not (isinstance(body, Binary) and body.op == "*"):
         return None
     q_expr, k_expr = (body.b, body.a) if _uses(body.a, j) else (body.a, body.b)
-    if _uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < MIN_WORK:
+    if _uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < lower_matmul.MIN_WORK:
         return None
     return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
 

@@ -39,6 +39,7 @@ from .lower import output_index
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 PARALLEL_WORK = 1 << 20
+A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var
         index = loads[0].index
         return abs(_eval_index(index, {var: 1}) - _eval_index(index, {}))
 
-    return sorted(red, key=stride, reverse=True)
+    return sorted(red, key=lambda axis: stride(axis[0]), reverse=True)
 
 
 def _eval_index(e: Expr, env: dict) -> int:
@@ -193,6 +194,7 @@ class GemmBuilder:
         self.nce = min(tiling.nc, -(-shape.n // tiling.nr) * tiling.nr)
         self.mp = -(-shape.m // tiling.mr) * tiling.mr
         self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
+        self.a_per_task = self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
         self.b_pack = Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
@@ -208,11 +210,15 @@ class GemmBuilder:
 
     def body(self, epilogue) -> Stmt:
         """The whole nest; ``epilogue(m, n0, full)`` finishes a tile after the last k block."""
+        if self.a_per_task:  # A is too big to pack at once: each task packs its MC rows
+            work = [self.pack_b(), self.compute_per_row_block(epilogue)]
+        else:
+            work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
+                    self.compute(epilogue)]
         block = Block([
             Declare(self.nc_now, _min(self.t.nc, _op("-", self.s.n, _op("*", self.jc, self.t.nc)))),
             Declare(self.kc_now, _op("*", _min(self.chunk, _op("-", self.k0, _op("*", self.pc, self.chunk))),
-                                     self.inner)),
-            self.pack_b(), self.pack_a(), self.compute(epilogue)])
+                                     self.inner))] + work)
         nest: Stmt = For(self.jc, self.n_jc, For(self.pc, self.n_pc, block))
         for var, extent in reversed(self.s.batch):
             nest = For(var, extent, nest)
@@ -250,51 +256,63 @@ class GemmBuilder:
         return For(jb, panels, If(_op("<", _op("*", jb, self.t.nr), self.nc_now), self._reduction_loops(leaf)),
                    self.parallel)
 
-    def pack_a(self) -> Stmt:
-        """``apack[ib][kk][r] = A[ib*MR + r, k]`` (0 past the last row)."""
-        ib, r, m = Var("ib"), Var("r"), Var("m")
+    def pack_a(self, into: Buffer, first_panel: Expr, panels: int, kind: str) -> Stmt:
+        """``into[p][kk][r] = A[(first_panel + p)*MR + r, k]`` for ``panels`` panels (0 past the last row)."""
+        p, r, m = Var("p"), Var("r"), Var("m")
         mr = self.t.mr
 
-        def leaf(kk):
-            at = _op("+", _op("*", _op("+", _op("*", ib, self.kce), kk), mr), r)
-            return Store(self.a_pack, at, self.s.a_expr)
+        def store(value):
+            return lambda kk: Store(into, _op("+", _op("*", _op("+", _op("*", p, self.kce), kk), mr), r), value)
 
-        def zero(kk):
-            at = _op("+", _op("*", _op("+", _op("*", ib, self.kce), kk), mr), r)
-            return Store(self.a_pack, at, const(0, self.dtype))
-
-        row = Block([Declare(m, _op("+", _op("*", ib, mr), r)),
+        row = Block([Declare(m, _op("+", _op("*", _op("+", first_panel, p), mr), r)),
                      If(_op("<", m, self.s.m),
-                        Block(_declare_rows(self.s.rows, m) + [self._reduction_loops(leaf)]),
-                        self._reduction_loops(zero))])
-        return For(ib, self.mp // mr, For(r, mr, row), self.parallel)
+                        Block(_declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
+                        self._reduction_loops(store(const(0, self.dtype))))])
+        return For(p, panels, For(r, mr, row), kind)
 
     def _c_offset(self, m: Expr, n0: Expr) -> Expr:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
         return _op("+", _op("*", _op("+", _op("*", batch, self.s.m), m), self.s.n), n0)
 
-    def compute(self, epilogue) -> Stmt:
-        """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile."""
-        t, ic, jb, ir = Var("t"), Var("ic"), Var("jb"), Var("ir")
-        m0, n0 = Var("m0"), Var("n0")
-        n_jb = -(-self.nce // self.t.nr)
-        n_ic = -(-self.s.m // self.t.mc)
+    def _tile(self, epilogue, m0: Var, jb: Expr, a_panel: Expr) -> Stmt:
+        """One MR x NR tile at rows ``m0``, panel ``jb``: micro-kernel, then the epilogue if last."""
+        n0 = Var("n0")
         accumulate = _op(">", self.pc, 0)
-        a_panel = Address(self.a_pack, _op("*", m0, self.kce))
         b_panel = Address(self.b_pack, _op("*", _op("*", jb, self.kce), self.t.nr))
         out_at = Address(self.out, self._c_offset(m0, n0))
         direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, out_at, _i(self.s.n), accumulate))
         last = _op("==", self.pc, self.n_pc - 1)
         full = _op("&&", _op("<=", _op("+", m0, self.t.mr), self.s.m),
                    _op("<=", _op("+", _op("*", jb, self.t.nr), self.t.nr), self.nc_now))
-        tile_case = Block([Block([direct]), If(last, epilogue(m0, n0, True))])
+        tile_case = Block([direct, If(last, epilogue(m0, n0, True))])
         edge_case = Block([self._edge_tile(m0, n0, a_panel, b_panel, accumulate), If(last, epilogue(m0, n0, False))])
+        return If(_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
+
+    def compute(self, epilogue) -> Stmt:
+        """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile."""
+        t, ic, jb, ir, m0 = Var("t"), Var("ic"), Var("jb"), Var("ir"), Var("m0")
+        n_jb = -(-self.nce // self.t.nr)
+        n_ic = -(-self.s.m // self.t.mc)
+        a_panel = Address(self.a_pack, _op("*", m0, self.kce))
         per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
-                          If(_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)),
-                                                            If(full, tile_case, edge_case)]))])
+                          self._tile(epilogue, m0, jb, a_panel)])
         task = Block([Declare(ic, _op("/", t, n_jb)), Declare(jb, _op("%", t, n_jb)),
                       If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
         return For(t, n_ic * n_jb, task, self.parallel)
+
+    def compute_per_row_block(self, epilogue) -> Stmt:
+        """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
+        ic, jb, ir, m0 = Var("ic"), Var("jb"), Var("ir"), Var("m0")
+        n_jb = -(-self.nce // self.t.nr)
+        n_ic = -(-self.s.m // self.t.mc)
+        panels = self.t.mc // self.t.mr
+        block = Buffer("a_block", self.dtype, (self.t.mc * self.kce,))
+        a_panel = Address(block, _op("*", _op("*", ir, self.t.mr), self.kce))
+        per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
+                          self._tile(epilogue, m0, jb, a_panel)])
+        sweep = For(jb, n_jb, If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
+        return For(ic, n_ic, Block([Allocate(block), self.pack_a(block, _op("*", ic, panels), panels, "serial"),
+                                    sweep]), self.parallel)
 
     def _edge_tile(self, m0, n0, a_panel, b_panel, accumulate) -> Stmt:
         """Micro-kernel into a local tile, then add the rows and columns that exist into C."""
@@ -338,4 +356,5 @@ def lower_gemm(anchor: Node, root: Node, idx: list, r: Reduce, out: Buffer, inli
     else:
         def epilogue(m0, n0, full):
             return builder.tile_epilogue(m0, n0, full, lambda i: inline.tensor(root)[i])
-    return builder.body(epilogue), [builder.a_pack, builder.b_pack], tiling
+    scratch = [builder.b_pack] if builder.a_per_task else [builder.a_pack, builder.b_pack]
+    return builder.body(epilogue), scratch, tiling

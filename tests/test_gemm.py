@@ -1,0 +1,205 @@
+"""The packed matmul (``passes/lower_matmul.py``) and tiled attention (``passes/lower_attention.py``).
+
+Both paths only start above a work threshold (``lower_matmul.MIN_WORK``); the tests lower it to
+0 where they need the packed path on small, awkward shapes, and check through the kernel's
+printed schedule that the path they test really ran.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicomp
+from minicomp import nn
+from minicomp.codegen import gemm
+from minicomp.frontend.jit import jit
+from minicomp.passes import lower_matmul
+from minicomp.passes.lower import lower
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.testing import assert_close
+
+F32, F64 = np.float32, np.float64
+
+
+@pytest.fixture
+def always_packed(monkeypatch):
+    monkeypatch.setattr(lower_matmul, "MIN_WORK", 0)
+
+
+def schedules(fn, *args) -> list[str]:
+    """The printed schedule steps of every kernel ``fn`` compiles to for ``args``."""
+    program = lower(run_pipeline(minicomp.trace(fn, *args))[0])
+    return [str(step) for kernel in program.kernels for step in kernel.schedule]
+
+
+def randn(rng, shape, dtype=F32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def matmul(a, b):
+    return a @ b
+
+
+def test_micro_kernel_tile_fits_the_vector_width():
+    mr, nr = gemm.tile_shape(F32)
+    lanes = gemm.vector_bytes() // 4
+    assert nr % lanes == 0 and nr // lanes == gemm.vectors_per_row()
+    assert gemm.tile_shape(F64)[1] * 2 == nr
+    source = gemm.source(gemm.kernel_name(F32))
+    assert f"vector_size({gemm.vector_bytes()})" in source and "acc[r][v] += a * b[v]" in source
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 80), k=st.integers(1, 70), n=st.integers(2, 150), f64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
+    lower_matmul.MIN_WORK, saved = 0, lower_matmul.MIN_WORK
+    try:
+        rng = np.random.default_rng(seed)
+        dtype = F64 if f64 else F32
+        a, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
+        assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+        assert_close(jit(matmul)(a, b), a @ b)
+    finally:
+        lower_matmul.MIN_WORK = saved
+
+
+@pytest.mark.parametrize("m, k, n", [(1024 // 4, 400, 1030), (7, 1000, 130), (145, 385, 65)])
+def test_packed_matmul_across_cache_blocks(m, k, n):
+    """Sizes that cross the kc, mc and nc blocks, with a partial last block of each."""
+    rng = np.random.default_rng(1)
+    a, b = randn(rng, (m, k)), randn(rng, (k, n))
+    assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+    assert_close(jit(matmul)(a, b), a @ b)
+
+
+@pytest.mark.parametrize("shapes", [((3, 20, 30), (30, 40)), ((3, 20, 30), (3, 30, 40)),
+                                    ((1, 20, 30), (4, 30, 40)), ((2, 1, 9, 30), (3, 30, 17))],
+                         ids=["weights shared", "batched", "broadcast a", "broadcast both"])
+def test_packed_batched_matmul(always_packed, shapes):
+    rng = np.random.default_rng(2)
+    a, b = randn(rng, shapes[0]), randn(rng, shapes[1])
+    assert_close(jit(matmul)(a, b), a @ b)
+
+
+def test_packed_matmul_reads_transposed_and_non_contiguous_operands(always_packed):
+    rng = np.random.default_rng(3)
+    a, b = randn(rng, (40, 33)), randn(rng, (50, 40))
+    fn = lambda a, b: a.T @ b.T  # noqa: E731  transposes are read by the packing loops
+    assert_close(jit(fn)(a, b), a.T @ b.T)
+    strided = randn(rng, (66, 80))[::2, ::2]
+    assert_close(jit(matmul)(strided, b.T[:40, :33].T.copy().T), strided @ b.T[:40, :33].T.copy().T)
+
+
+def test_packed_matmul_propagates_nan_and_inf(always_packed):
+    a, b = np.ones((13, 9), F32), np.ones((9, 70), F32)
+    a[2, 3], b[4, 5] = np.nan, np.inf
+    assert_close(jit(matmul)(a, b), a @ b)
+
+
+def gelu(v):
+    return 0.5 * v * (1 + np.tanh(0.7978845608 * (v + 0.044715 * v * v * v)))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("m, k, n", [(5, 17, 70), (64, 64, 128), (200, 500, 77)])
+def test_epilogue_runs_on_each_tile(always_packed, dtype, m, k, n):
+    rng = np.random.default_rng(4)
+    x, w, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
+    steps = schedules(fn, x, w, b)
+    assert len(steps) == 1 and steps[0].startswith("gemm(")  # one kernel: the epilogue is fused
+    assert_close(jit(fn)(x, w, b), fn(x, w, b))
+    relu = lambda x, w: np.maximum(x @ w, 0) * 2  # noqa: E731
+    assert_close(jit(relu)(x, w), relu(x, w))
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2), (3, (1, 0, 2, 1), 1)])
+def test_nhwc_conv_is_an_implicit_gemm(always_packed, stride, padding, dilation):
+    rng = np.random.default_rng(5)
+    x, w = randn(rng, (2, 11, 13, 5)), randn(rng, (3, 3, 5, 7))
+
+    def conv(x, w):
+        return nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, layout="NHWC")
+
+    assert any(s.startswith("gemm(") for s in schedules(conv, x, w))
+    assert_close(jit(conv)(x, w), jit(conv, target="numpy")(x, w))
+
+
+def test_conv_bn_relu_workload_takes_the_gemm_path():
+    workload = minicomp.workloads.WORKLOADS["conv_bn_relu"]
+    args = workload.inputs("cpu")
+    assert any(s.startswith("gemm(") for s in schedules(workload.fn, *args))
+    assert_close(jit(workload.fn)(*args), workload.fn(*args))
+
+
+# -- tiled attention ----------------------------------------------------------------------------
+
+
+def attention_cases():
+    from tests.test_fusion import ATTENTION
+    return ATTENTION
+
+
+@pytest.mark.parametrize("case", list(attention_cases()))
+def test_tiled_attention_variants(always_packed, case):
+    options, q, k, v = attention_cases()[case]
+
+    def attention(q, k, v):
+        return nn.scaled_dot_product_attention(q, k, v, **options)
+
+    assert any(s.startswith("flash_attention(") for s in schedules(attention, q, k, v))
+    assert_close(jit(attention)(q, k, v), attention(q, k, v))
+
+
+@pytest.mark.parametrize("b, sq, sk, d, dv", [(3, 37, 70, 24, 24), (2, 100, 130, 80, 80), (1, 65, 64, 64, 130)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiled_attention_odd_tiles(b, sq, sk, d, dv, causal):
+    rng = np.random.default_rng(6)
+    q, k, v = randn(rng, (b, sq, d)), randn(rng, (b, sk, d)), randn(rng, (b, sk, dv))
+
+    def attention(q, k, v):
+        return nn.scaled_dot_product_attention(q, k, v, causal=causal)
+
+    assert any(s.startswith("flash_attention(") for s in schedules(attention, q, k, v))
+    assert_close(jit(attention)(q, k, v), attention(q, k, v))
+
+
+def allocations(stmt):
+    from minicomp.ir.loops import Allocate, Block, For, If
+    if isinstance(stmt, Allocate):
+        yield stmt
+    children = ([stmt.body] if isinstance(stmt, For) else stmt.stmts if isinstance(stmt, Block)
+                else [stmt.then, stmt.otherwise] if isinstance(stmt, If) else [])
+    for child in children:
+        if child is not None:
+            yield from allocations(child)
+
+
+def test_tiled_attention_stores_no_score_matrix():
+    rng = np.random.default_rng(8)
+    sq = sk = 256
+    q, k, v = (randn(rng, (4, sq, 64)) for _ in range(3))
+    graph = run_pipeline(minicomp.trace(lambda q, k, v: nn.scaled_dot_product_attention(q, k, v), q, k, v))[0]
+    program = lower(graph)
+    [kernel] = program.kernels
+    assert "flash_attention(" in str(kernel)
+    # the workspace holds the packed K^T and V panels only: 2 x 4 x 256 x 64 floats, less than
+    # the 4 x 256 x 256 scores; the per-task tiles are small locals
+    assert program.workspace_bytes == 2 * 4 * sq * 64 * 4 < 4 * sq * sk * 4
+    assert max(a.buffer.size for a in allocations(kernel.body)) <= 64 * 64
+
+
+@pytest.mark.parametrize("m, k, n", [(300, 50, 70), (7, 20, 200)])
+def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, n):
+    """Big A (here: any A) is packed by each task for its own MC rows, not all at once."""
+    monkeypatch.setattr(lower_matmul, "A_PACK_BYTES", 0)
+    rng = np.random.default_rng(9)
+    a, b = randn(rng, (m, k)), randn(rng, (k, n))
+    program = lower(run_pipeline(minicomp.trace(matmul, a, b))[0])
+    assert "a_block" in str(program.kernels[0]) and len(program.kernels[0].scratch) == 1
+    assert_close(jit(matmul)(a, b), a @ b)
+    fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
+    bias = randn(rng, (n,))
+    assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
