@@ -203,3 +203,26 @@ def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, 
     fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
     bias = randn(rng, (n,))
     assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
+
+
+@pytest.mark.parametrize("m, k, n", [(3, 4, 5), (70, 90, 130)])  # the naive and the packed path
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_epilogue_ending_in_a_transpose_writes_each_tile_moved(m, k, n, dtype):
+    rng = np.random.default_rng(10)
+    x, w, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    fn = lambda x, w, b: np.maximum(x @ w + b, 0).T  # noqa: E731
+    graph = run_pipeline(minicomp.trace(fn, x, w, b))[0]
+    assert [node.attrs.get("pattern") for node in graph.op_nodes()] == ["epilogue"]
+    assert_close(jit(fn)(x, w, b), fn(x, w, b))
+    batched = lambda x, w: (x @ w * 2).transpose(2, 0, 1)  # noqa: E731
+    xb = randn(rng, (2, m, k), dtype)
+    assert_close(jit(batched)(xb, w), batched(xb, w))
+
+
+def test_conv_bn_relu_is_one_kernel_at_cpu_size():
+    workload = minicomp.workloads.WORKLOADS["conv_bn_relu"]
+    args = workload.inputs("cpu")
+    graph = run_pipeline(minicomp.trace(workload.fn, *args))[0]
+    fused = [n for n in graph.op_nodes() if n.op == "fused"]
+    assert [n.attrs["pattern"] for n in fused] == ["epilogue"]  # conv + BN + ReLU + back to NCHW
+    assert fused[0].attrs["body"].nodes()[-1].op == "transpose"

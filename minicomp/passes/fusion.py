@@ -17,8 +17,10 @@ each op's *pattern kind* (the op table's ``kind``), as TVM's FuseOps does. The r
 4. **Epilogues of matmul and conv2d** (``epilogue``): elementwise ops that consume a matmul or
    conv2d result of the same shape and dtype fuse after it: each output row is accumulated and
    then finished (bias, GELU, ReLU, residual) while it is still in cache: matmul + bias + GELU
-   is one kernel, as in the seed article. Producers of a matmul's *inputs* never fuse into it
-   (they would be recomputed for every use inside the product).
+   is one kernel, as in the seed article. The kernel may end in one transpose (the NHWC conv
+   chain's way back to NCHW): the finished values are then written transposed. Producers of
+   a matmul's *inputs* never fuse into it (they would be recomputed for every use inside the
+   product).
 5. **Attention** (``attention``): ``matmul -> elementwise (scale, mask) -> softmax -> matmul``
    over the last axis becomes one FlashAttention-style kernel with an online softmax: the
    S x S score matrix is never stored. Data movement (slice, reshape, transpose) producing
@@ -187,10 +189,12 @@ def _anchor_refusal(group: Group, node: Node) -> str | None:
         return "an epilogue kernel holds one matmul/conv2d and no reductions"
     if not accumulates_in_output(node):
         return "its rows cannot be accumulated in place (float16/bool result, or rows of length 1)"
-    if node.shape != root.shape or node.dtype != root.dtype:
+    moved = root.op == "transpose"  # one transpose at the very end: each tile is written moved
+    result = root.operands[0] if moved else root
+    if node.shape != result.shape or node.dtype != root.dtype:
         return "the epilogue's output differs in shape or dtype from the matmul/conv2d result"
-    on_path = [n for n in group.nodes if _depends_on(n, node)]
-    if any(n.kind not in (Kind.ELEMWISE, Kind.BROADCAST) or n.shape != root.shape for n in on_path):
+    on_path = [n for n in group.nodes if _depends_on(n, node) and not (moved and n is root)]
+    if any(n.kind not in (Kind.ELEMWISE, Kind.BROADCAST) or n.shape != result.shape for n in on_path):
         return "the epilogue moves or broadcasts the result: it cannot finish the rows in place"
     return None
 

@@ -327,34 +327,39 @@ class GemmBuilder:
                       Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, Address(tile, Const(0)), _i(nr), _i(0))),
                       For(r, mr, For(jj, nr, If(inside, add)))])
 
-    def tile_epilogue(self, m0, n0, full: bool, value_at) -> Stmt:
-        """``out[m, j] = value_at(idx)`` over one MR x NR tile (guarded at the edges)."""
+    def tile_epilogue(self, m0, n0, full: bool, value_at, store_at) -> Stmt:
+        """``store_at(idx) = value_at(idx)`` over one MR x NR tile (guarded at the edges)."""
         r, jj, m = Var("r"), Var("jj"), Var("m")
         j = self.s.col[0]
         idx = self.out_index
-        store = Store(self.out, linear_index(idx, self.out_shape), value_at(idx))
+        buffer, index = store_at(idx)
+        store = Store(buffer, index, value_at(idx))
         col = Block([Declare(j, _op("+", n0, jj)), store if full else If(_op("<", j, self.s.n), store)])
         row = Block([Declare(m, _op("+", m0, r))] + _declare_rows(self.s.rows, m) + [For(jj, self.t.nr, col)])
         return For(r, self.t.mr, row if full else If(_op("<", _op("+", m0, r), self.s.m), row))
 
 
-def lower_gemm(anchor: Node, root: Node, idx: list, r: Reduce, out: Buffer, inline) -> tuple[Stmt, list[Buffer], GemmTiling] | None:
-    """The packed nest computing ``root`` (``anchor`` plus epilogue) into ``out``, or None.
+def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
+               store_at=None) -> tuple[Stmt, list[Buffer], GemmTiling] | None:
+    """The packed nest accumulating ``anchor`` into ``acc`` (its shape, row-major), or None.
 
-    None when the anchor is not a float matmul-like reduction big enough to pay for packing.
-    Returns the statement, the scratch buffers (packed panels) and the tiling used.
+    With ``value_at(idx)`` (the epilogue's value at an output index) every finished tile is
+    also written through ``store_at(idx) -> (buffer, linear index)``: in place in ``acc``, or
+    elsewhere when the epilogue ends in a transpose. None when the anchor is not a float
+    matmul-like reduction big enough to pay for packing. Returns the statement, the scratch
+    buffers (packed panels) and the tiling used.
     """
     shape = find_matmul(anchor, idx, r)
     if shape is None or shape.m * shape.n * shape.k < MIN_WORK:
         return None
-    tiling = default_tiling(out.dtype)
-    builder = GemmBuilder(shape, out, root.shape, tiling, out.name)
+    tiling = default_tiling(acc.dtype)
+    builder = GemmBuilder(shape, acc, anchor.shape, tiling, acc.name)
     builder.out_index = idx
-    if root is anchor:
-        def epilogue(m0, n0, full):
+
+    def epilogue(m0, n0, full):
+        if value_at is None:
             return Block([])
-    else:
-        def epilogue(m0, n0, full):
-            return builder.tile_epilogue(m0, n0, full, lambda i: inline.tensor(root)[i])
+        return builder.tile_epilogue(m0, n0, full, value_at, store_at)
+
     scratch = [builder.b_pack] if builder.a_per_task else [builder.a_pack, builder.b_pack]
     return builder.body(epilogue), scratch, tiling
