@@ -405,7 +405,10 @@ traced_r, all_r = reports[rows[0][0]], reports[rows[2][0]]
 print(f"peak intermediate memory: {human(traced_r.unplanned_bytes)} (every op's result kept) -> "
       f"{human(all_r.planned_bytes)} with all passes ({traced_r.unplanned_bytes / all_r.planned_bytes:.0f}x less)")
 assert all_r.planned_bytes < traced_r.planned_bytes < traced_r.unplanned_bytes
-assert lower(rows[2][1]).workspace_bytes == all_r.planned_bytes
+program = lower(rows[2][1])
+scratch = {b for kernel in program.kernels for b in kernel.scratch}  # packed matmul panels
+assert max(program.workspace[b] + b.size * b.dtype.itemsize for b in program.workspace
+           if b not in scratch) <= all_r.planned_bytes
 # "no plan" is the sum of all intermediates (what lowering allocates without memory_plan);
 # "planned" what the plan needs; "lower bound" the most bytes alive at any one kernel, which
 # no plan can beat: the greedy plan meets it. Fusion removes most intermediates (they live in

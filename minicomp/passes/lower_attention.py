@@ -129,12 +129,16 @@ class _Tiled:
 
     def pack_q(self, q0) -> Stmt:
         """qpanel[r / MR][d][r % MR] = q[b, q0 + r, d] (0 past the last query)."""
-        row = Var("row")
-        at = _op("+", _op("*", _op("+", _op("*", _op("/", row, self.mr), self.depth), self.d), self.mr),
-                 _op("%", row, self.mr))
+        panel, r = Var("panel"), Var("r")
+        at = _op("+", _op("*", _op("+", _op("*", panel, self.depth), self.d), self.mr), r)
         value = Select(_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
-        return For(row, self.bq, Block([Declare(self.i, _op("+", q0, row)),
-                                        For(self.d, self.depth, Store(self.qpanel, at, value))]))
+        row = Block([Declare(self.i, _op("+", q0, _op("+", _op("*", panel, self.mr), r))),
+                     For(self.d, self.depth, Store(self.qpanel, at, value))])
+        return self._rows(panel, r, row)
+
+    def _rows(self, panel: Var, r: Var, body: Stmt) -> Stmt:
+        """``for panel, r: body`` over the BQ rows of a task, MR rows per micro-kernel panel."""
+        return For(panel, self.bq // self.mr, For(r, self.mr, body))
 
     def init_rows(self) -> Stmt:
         row, x = Var("row"), Var("x")
@@ -152,7 +156,8 @@ class _Tiled:
 
     def softmax_rows(self, q0, kb) -> Stmt:
         """Per query row: the score expression, the online max/sum update, P into A-panel layout."""
-        row, c = Var("row"), Var("c")
+        panel, r, c = Var("panel"), Var("r"), Var("c")
+        row = Var("row")
         dt = self.dtype
         at = _op("+", _op("*", row, self.bk), c)
         self.inline.bind(self.qk, Load(self.s, at))
@@ -164,7 +169,7 @@ class _Tiled:
         m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
-        p_at = _op("+", _op("*", _op("+", _op("*", _op("/", row, self.mr), self.bk), c), self.mr), _op("%", row, self.mr))
+        p_at = _op("+", _op("*", _op("+", _op("*", panel, self.bk), c), self.mr), r)
         row_value = lambda cc: Load(self.s, _op("+", _op("*", row, self.bk), cc))  # noqa: E731
         row_max = self._lanes("mc_maximum", neg_inf, row_value, "mx")
         exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
@@ -172,7 +177,8 @@ class _Tiled:
         to_panel = For(c, self.bk, Store(self.ppanel, p_at, s_val))
         x = Var("x")
         o_at = _op("+", _op("*", row, self.dp), x)
-        stmts = [Declare(self.i, _op("+", q0, row)), apply_f, Declare(m_old, Load(self.m, row))]
+        stmts = [Declare(row, _op("+", _op("*", panel, self.mr), r)), Declare(self.i, _op("+", q0, row)),
+                 apply_f, Declare(m_old, Load(self.m, row))]
         stmts += row_max[0]
         stmts += [Declare(m_new, Call("mc_maximum", (m_old, row_max[1]), dt)),
                   # all scores so far -inf (masked): shift by 0 so exp(-inf - 0) = 0, not NaN
@@ -183,7 +189,7 @@ class _Tiled:
         stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), row_sum[1], dt)),
                   Store(self.m, row, m_new),
                   For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]
-        return For(row, self.bq, Block(stmts))
+        return self._rows(panel, r, Block(stmts))
 
     def _lanes(self, combiner: str, init, load, name: str):
         """Reduce one row of BK values over LANES partial results (vectorisable), then combine them."""
