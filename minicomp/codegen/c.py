@@ -239,7 +239,7 @@ class CRenderer:
         lines = []
         if loop.kind == "parallel":
             collapse = ""
-            if loop.extent < 64 and isinstance(loop.body, For):
+            if loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
                 collapse = " collapse(2)"
             lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse}")
         elif loop.kind == "vectorized":
