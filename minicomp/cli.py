@@ -5,6 +5,7 @@
     minicomp inspect model.py:mlp --arg x=f32[256,1024]    the graph with FLOPs and bytes
     minicomp dump --workload softmax --size cpu            the same for a built-in workload
     minicomp dump --workload softmax --emit loops          the loop IR (--emit c: the C source)
+    minicomp dump --workload softmax --emit asm            gcc's assembly, SIMD instructions counted
     minicomp dump ... --disable fusion --print-between-passes   the graph after each pass
     minicomp explain --workload block --size cpu           why each op was fused or not; kernels,
                                                            bytes moved and memory before/after
@@ -151,6 +152,15 @@ def cmd_dump(args) -> None:
     from .passes.lower import lower
 
     program = lower(graph)
+    if args.emit == "asm":
+        from .codegen.asm import assembly, format_summary, simd_summary
+
+        text = assembly(program, args.kernel)
+        print(f"# SIMD evidence: vector instructions by register width\n{format_summary(simd_summary(text))}\n")
+        print(text)
+        return
+    if args.kernel:
+        raise MinicompError("--kernel only applies to --emit asm")
     print(str(program) if args.emit == "loops" else render_c(program))
 
 
@@ -230,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump = sub.add_parser("dump", help="print the graph after the passes (or as traced: --passes none)")
     add_function_args(dump)
     add_pass_args(dump)
-    dump.add_argument("--emit", default="graph", choices=["graph", "loops", "c"],
-                      help="which stage to print: the graph, the loop IR or the generated C")
+    dump.add_argument("--emit", default="graph", choices=["graph", "loops", "c", "asm"],
+                      help="which stage to print: the graph, the loop IR, the generated C, or the "
+                           "assembly gcc makes of it (with a count of SIMD instructions per kernel)")
+    dump.add_argument("--kernel", metavar="NAME", help="with --emit asm: only this kernel (k_NAME)")
     dump.add_argument("--format", default="text", choices=["text", "dot"])
     dump.add_argument("--full-constants", action="store_true", help="print large constants too")
     dump.set_defaults(run=cmd_dump)

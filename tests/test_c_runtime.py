@@ -341,9 +341,10 @@ def test_generated_c_uses_int64_indices_restrict_and_openmp():
         assert not re.search(r"for \((int|unsigned|long|size_t) ", source)
         assert "void k_add(const float *restrict b_x, const float *restrict b_y, " \
                "float *restrict b_add)" in source
-    # 65536 elements: the outer loop is shared among threads; 32 elements: not worth it
+    # 65536 elements: the outer loop is shared among threads; 32 elements: not worth it (the
+    # default schedule still marks the inner loop for SIMD)
     assert re.search(r"#pragma omp parallel for[^\n]*\n\s*for \(int64_t i0 = 0; i0 < 256;", large)
-    assert "#pragma omp" not in small
+    assert "#pragma omp parallel" not in small and "#pragma omp simd" in small
 
 
 def test_flags_are_safe_and_overridable(monkeypatch):

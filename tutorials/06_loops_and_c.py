@@ -60,7 +60,7 @@ from minicomp.codegen.c import CRenderer, prelude, render_c
 from minicomp.codegen.compiler import cflags, compile_c, compiler, compiler_version, load_library
 from minicomp.ir.compute import RULES, Reduce, Tensor, compute, linear_index
 from minicomp.ir.loop_text import print_expr
-from minicomp.ir.loops import (Assign, Block, Buffer, Const, Declare, For, Kernel, Load,
+from minicomp.ir.loops import (Allocate, Assign, Block, Buffer, Const, Declare, For, Kernel, Load,
                                Stmt, Store, Var, walk)
 from minicomp.passes.lower import combine, lower, nest, reduction_init
 from minicomp.runtime import cache
@@ -150,7 +150,9 @@ step("Step 3: lower the graph to loops, one kernel per op")
 # ----------------------------------------------------------------------------------------------
 # lower(graph) applies each node's rule at (i0, i1, ...) and wraps it in one loop per output
 # axis: a Kernel. A reduction also declares an accumulator `acc`, loops over the reduced axis
-# and stores the result. The outer loop of a kernel with enough work is marked `parallel`.
+# and stores the result (a float reduction keeps 16 partial accumulators, `acc_lanes`, one
+# per SIMD lane: minicomp/passes/reductions.py says why). The outer loop of a kernel with
+# enough work is marked `parallel`.
 # Text form: `buffer[linear index]` is a load or (left of `=`) a store.
 program = lower(graph)
 print(program)
@@ -173,6 +175,8 @@ def count_accesses(stmt: Stmt, times: int = 1, counts: Counter | None = None) ->
         for sub in stmt.stmts:
             count_accesses(sub, times, counts)
         return counts
+    if isinstance(stmt, Allocate):  # a small local array: no memory access by itself
+        return counts
     if isinstance(stmt, Store):
         counts[stmt.buffer, "store"] += times
         exprs = [stmt.index, stmt.value]
@@ -193,7 +197,8 @@ def traffic_table(kernels: list[Kernel]) -> dict:
     for k in kernels:
         row = Counter()
         for (buffer, access), n in count_accesses(k.body).items():
-            row[access, buffer in intermediates] += n
+            if buffer in k.params:  # not a local array (the SIMD lanes of an accumulator: registers)
+                row[access, buffer in intermediates] += n
         totals.update(row)
         print(f"{k.name:<15}{row['load', False]:>14}{row['load', True]:>15}"
               f"{row['store', True]:>16}{row['store', False]:>12}")
@@ -467,17 +472,20 @@ for threads, column in [(1, 0), (all_threads, 1)]:
 #  * One thread against one thread, the one-kernel-per-op rows make the same passes over memory
 #    as NumPy, and at best they tie. NumPy's inner loops are hand-vectorised (AVX2/AVX-512,
 #    with SIMD exp and tanh); ours are plain scalar C that gcc vectorises only where the C's
-#    meaning allows. It cannot for calls to expf/tanhf (the gelu chain calls tanhf once per
-#    element: the slowest row), nor split the max and sum reductions across SIMD lanes (the C
-#    fixes the order of the float additions; another order rounds differently).
+#    meaning allows. It cannot for calls to libm's expf/tanhf (minicomp calls its own
+#    vectorisable versions instead: minicomp/codegen/vmath.py), nor split a float max or sum
+#    across SIMD lanes by itself (the C fixes the order of the float additions; another order
+#    rounds differently): lowering writes the lanes out explicitly (`acc_lanes` above,
+#    minicomp/passes/reductions.py), so the reductions vectorise too.
 #  * On all cores C can come out ahead, but that is parallelism, not better code: NumPy runs
 #    these ops on one core. Threads pay only on an idle machine: every kernel ends with each
 #    thread waiting for the slowest, and if other processes hold the cores (load average
 #    above the core count), that wait is long and threads make it slower instead.
 #  * The last row previews fusion: one kernel, nothing in the workspace. It saves time where
 #    memory traffic was the bottleneck, typically with many threads, whose cores together
-#    outrun memory; on one thread its time goes into the same scalar expf calls one element at
-#    a time, and a large cache may hold the 4 MiB intermediates anyway: little or no gain.
+#    outrun memory; but the hand-written kernel keeps step 3's plain reductions (one scalar
+#    accumulator, no SIMD lanes), and a large cache may hold the 4 MiB intermediates anyway:
+#    little gain, or a loss against the lane-split kernels. Automatic fusion has both.
 # That is where the next issues come in: automatic fusion (issue 4, tutorial 04) removes the
 # round trips, and schedules (tiling, unrolling, vectorisation: issue 5, tutorials 07 and 08)
 # make each remaining kernel fast. Together they are how compiled code beats eager NumPy;

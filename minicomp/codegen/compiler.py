@@ -93,6 +93,30 @@ def compile_c(source: str, name: str = "graph") -> Path:
         return cache.store(key, output, name)
 
 
+def compile_assembly(source: str, flags: list[str] | None = None) -> str:
+    """The assembly ``cc`` makes of ``source``: the build's flags (or ``flags``) plus ``-S``.
+
+    Not cached: it is for reading (``minicomp dump --emit asm``), see ``codegen/asm.py``.
+    """
+    cc = compiler()
+    command = [*shlex.split(cc), *(cflags() if flags is None else flags), "-S", "-o", "-", "-x", "c", "-"]
+    result = subprocess.run(command, input=source, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"{cc} -S failed:\n{' '.join(command)}\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def predefined_macros(flags: list[str] | None = None) -> set[str]:
+    """The macro names ``cc`` predefines under the build's flags (or ``flags``), e.g.
+    ``__AVX512F__`` when ``-march=native`` targets a CPU with AVX-512."""
+    cc = compiler()
+    command = [*shlex.split(cc), *(cflags() if flags is None else flags), "-dM", "-E", "-x", "c", "-"]
+    result = subprocess.run(command, input="", capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"{cc} -dM -E failed:\n{' '.join(command)}\n{result.stderr[-4000:]}")
+    return {line.split()[1] for line in result.stdout.splitlines() if line.startswith("#define ")}
+
+
 _ffi_lock = threading.Lock()
 _ffi = None
 

@@ -62,8 +62,12 @@ def is_inline_constant(node: Node) -> bool:
     return node.op == "constant" and node.type.size == 1
 
 
-def lower(graph: Graph) -> Program:
-    """Lower every computing node of ``graph`` to a kernel; see the module docstring."""
+def lower(graph: Graph, schedules: bool = True) -> Program:
+    """Lower every computing node of ``graph`` to a kernel; see the module docstring.
+
+    ``schedules=False`` leaves out the default schedules (``minicomp.passes.schedules``):
+    the plain loop nests, e.g. to schedule them by hand.
+    """
     buffers: dict[Node, Buffer] = {}
     program = Program(graph, [], [], [], [])
     new_buffer = _buffer_namer()
@@ -81,7 +85,7 @@ def lower(graph: Graph) -> Program:
             buffers[node] = new_buffer(node.name, node)
             if node not in outputs:
                 program.workspace[buffers[node]] = _place(program, buffers[node], plan.get(node))
-            program.kernels.append(lower_node(node, buffers))
+            program.kernels.append(lower_node(node, buffers, schedules))
     for node in outputs:
         if node.kind is Kind.SOURCE:  # an input or constant returned as is: copy it out
             copy = new_buffer(f"{node.name}_out", node)
@@ -160,7 +164,7 @@ def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
     return Tensor.of_buffer(buffers[operand])
 
 
-def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
+def lower_node(node: Node, buffers: dict[Node, Buffer], schedule: bool = True) -> Kernel:
     """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers.
 
     A single op is a fusion group of one: both go through ``lower_fused``'s pattern lowerings.
@@ -168,7 +172,7 @@ def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
     from .lower_fused import lower_fused, lower_single
 
     lower_group = lower_fused if node.op == "fused" else lower_single
-    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers))
+    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers), schedule)
 
 
 def accumulates_in_output(node: Node) -> bool:

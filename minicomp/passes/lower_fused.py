@@ -28,6 +28,7 @@ One lowering per fusion pattern (``minicomp.passes.fusion``):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
                         Load, Select, Stmt, Store, Var, const)
 from ..ir.ops import Kind
+from .lower_attention import lower_tiled_attention
+from .schedules import apply_default_schedule
+from .lower_matmul import lower_gemm
 from .lower import (PARALLEL_MIN_WORK, accumulates_in_output, combine, is_inline_constant, nest,
                     output_index, reduction_init)
 
@@ -95,20 +99,32 @@ def lower_elemwise(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     root = nodes[-1]
     idx = output_index(root.shape)
     store = Store(out, linear_index(idx, root.shape), inline.tensor(root)[idx])
-    return nest(_loops(idx, root.shape), store, parallel=_work(root.shape) >= PARALLEL_MIN_WORK)
+    return nest(_loops(idx, root.shape), store, parallel=False)  # parallel: the default schedule
 
 
 def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """One accumulator per output element, split into SIMD lanes; or, for a reduction that
+    keeps the last axis, the column order that accumulates into the output row (see
+    ``minicomp.passes.reductions``)."""
+    from .reductions import reduce_columns, reduce_into_lanes, reduces_columns
+
     root = nodes[-1]
     idx = output_index(root.shape)
     r = compute(root, idx, [inline.tensor(o) for o in root.operands])
-    acc = Var("acc", r.dtype)
-    stmts = reduce_into(acc, r) + [Store(out, linear_index(idx, root.shape), r.finish(acc))]
     work = _work(root.shape, *[e for _, e in r.axes])
+    if reduces_columns(root, r):
+        return reduce_columns(r, out, idx, root.shape, parallel=work >= PARALLEL_MIN_WORK)
+    acc = Var("acc", r.dtype)
+    stmts = reduce_into_lanes(acc, r) + [Store(out, linear_index(idx, root.shape), r.finish(acc))]
     return nest(_loops(idx, root.shape), Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
 
 
 def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """Per row: each reduction (split into SIMD lanes) and per-row value into a local, then
+    the epilogue over the row. The last reduction may keep its operand in the output row
+    for the epilogue (softmax's ``exp``, computed once): ``minicomp.passes.reductions``."""
+    from .reductions import keeps_operand, reduce_into_lanes, reduce_keeping_operand
+
     root = nodes[-1]
     reductions = [n for n in nodes if n.kind is Kind.REDUCTION]
     shape, axes = reductions[0].operands[0].shape, reductions[0].attrs["axes"]
@@ -122,7 +138,11 @@ def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
             at = row if node.attrs["keepdims"] else [i for axis, i in enumerate(full) if axis not in axes]
             r = compute(node, at, [inline.tensor(o) for o in node.operands])
             acc, value = Var(f"acc_{_ident(node.name)}", r.dtype), Var(f"v_{_ident(node.name)}", node.dtype)
-            stmts += reduce_into(acc, r) + [Declare(value, r.finish(acc))]
+            if node is reductions[-1] and keeps_operand(node, root, out, inline):
+                stmts += reduce_keeping_operand(node, at, acc, inline, out)
+            else:
+                stmts += reduce_into_lanes(acc, r)
+            stmts.append(Declare(value, r.finish(acc)))
         elif node.shape == row_shape and node.kind is not Kind.SOURCE and _after_reduction(node):
             value = Var(f"v_{_ident(node.name)}", node.dtype)
             stmts.append(Declare(value, inline.tensor(node)[row]))
@@ -150,21 +170,40 @@ def _after_reduction(node: Node) -> bool:
     return False
 
 
-def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> "Stmt | Nest":
     root = nodes[-1]
     anchor = next(n for n in nodes if n.kind is Kind.OUT_EW_FUSABLE)
-    idx = output_index(root.shape)
-    loops = _loops(idx, root.shape)
-    (j, extent), at = loops[-1], linear_index(idx, root.shape)
+    moved = root.op == "transpose" and root is not anchor  # the epilogue ends in one transpose
+    result = root.operands[0] if moved else root
+    idx = output_index(result.shape)
+    # the matmul accumulates in the output, or (when the output is transposed) in a scratch
+    # buffer of its own layout that each tile is read back from while it is in cache
+    acc = Buffer(f"{out.name}_acc", out.dtype, result.shape) if moved else out
+    scratch = [acc] if moved else []
+
+    def store_at(i):
+        if not moved:
+            return out, linear_index(i, result.shape)
+        perm = root.attrs["perm"]
+        return out, linear_index([i[perm[axis]] for axis in range(len(perm))], root.shape)
+
     r = compute(anchor, idx, [inline.tensor(o) for o in anchor.operands])
-    inline.bind(anchor, lambda i: Load(out, linear_index(i, root.shape)))
-    accumulate = Store(out, at, combine(r.combiner, Load(out, at), r.body))
-    row = Block([For(j, extent, Store(out, at, reduction_init(r.combiner, r.dtype))),
+    inline.bind(anchor, lambda i: Load(acc, linear_index(i, result.shape)))
+    value_at = None if result is anchor and not moved else (lambda i: inline.tensor(result)[i])
+    packed = lower_gemm(anchor, idx, r, acc, value_at, store_at)
+    if packed is not None:  # a float matmul or NHWC conv big enough: packed panels + micro-kernel
+        body, panels, tiling = packed
+        return Nest(body, scratch + panels, [tiling])
+    loops = _loops(idx, result.shape)
+    (j, extent), at = loops[-1], linear_index(idx, result.shape)
+    accumulate = Store(acc, at, combine(r.combiner, Load(acc, at), r.body))
+    row = Block([For(j, extent, Store(acc, at, reduction_init(r.combiner, r.dtype))),
                  nest(r.axes, For(j, extent, accumulate), parallel=False)])
-    if root is not anchor:  # the epilogue finishes the row while it is in cache
-        row.stmts.append(For(j, extent, Store(out, at, inline.tensor(root)[idx])))
-    work = _work(root.shape, *[e for _, e in r.axes])
-    return nest(loops[:-1], row, parallel=work >= PARALLEL_MIN_WORK)
+    if value_at is not None:  # the epilogue finishes the row while it is in cache
+        buffer, index = store_at(idx)
+        row.stmts.append(For(j, extent, Store(buffer, index, value_at(idx))))
+    work = _work(result.shape, *[e for _, e in r.axes])
+    return Nest(nest(loops[:-1], row, parallel=work >= PARALLEL_MIN_WORK), scratch)
 
 
 def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
@@ -173,6 +212,9 @@ def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     qk = scores
     while qk.op != "matmul":
         qk = next(o for o in qk.operands if o.shape == qk.shape and o.kind is not Kind.SOURCE)
+    tiled = lower_tiled_attention(pv, qk, scores, inline, out)
+    if tiled is not None:  # float and big enough: FlashAttention tiles on the micro-kernel
+        return tiled
     idx = output_index(pv.shape)
     *batch, i, e_idx = idx
     dtype, head = pv.dtype, pv.shape[-1]
@@ -213,11 +255,28 @@ def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     return nest(outer, per_query, parallel=work >= PARALLEL_MIN_WORK)
 
 
+@dataclass
+class Nest:
+    """A lowering's result when it needs more than a statement: scratch buffers and its schedule."""
+
+    body: Stmt
+    scratch: list[Buffer] = field(default_factory=list)
+    schedule: list = field(default_factory=list)
+
+
+def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[str],
+            pattern: str | None) -> Kernel:
+    """The kernel of a lowering's result, shaped by the default schedule of ``pattern`` (None: plain)."""
+    nest_ = lowered if isinstance(lowered, Nest) else Nest(lowered)
+    kernel = Kernel(name, inputs, out, nest_.body, source, scratch=nest_.scratch, schedule=nest_.schedule)
+    return kernel if pattern is None else apply_default_schedule(kernel, pattern)
+
+
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
              "epilogue": lower_epilogue, "attention": lower_attention}
 
 
-def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
+def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedule: bool = True) -> Kernel:
     """The kernel of one op: a group of one, lowered by the same pattern lowerings."""
     inline = Inliner({o: operand_tensor(o) for o in node.operands})
     if node.kind is Kind.OUT_EW_FUSABLE and accumulates_in_output(node):
@@ -229,10 +288,10 @@ def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Ker
     statement = LOWERINGS[pattern]([node], inline, buffers[node])
     inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
     source = [f"%{node.name} = {node.op}" + (f"  at {node.loc}" if node.loc else "")]
-    return Kernel(buffers[node].name, inputs, buffers[node], statement, source)
+    return _kernel(buffers[node].name, inputs, buffers[node], statement, source, pattern if schedule else None)
 
 
-def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
+def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedule: bool = True) -> Kernel:
     """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
     body: Graph = node.attrs["body"]
     inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
@@ -241,4 +300,5 @@ def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kern
     source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]
     source += [f"  %{n.name} = {n.op}" + (f"  at {n.loc}" if n.loc else "")
                for n in body.op_nodes()]
-    return Kernel(buffers[node].name, inputs, buffers[node], statement, source)
+    return _kernel(buffers[node].name, inputs, buffers[node], statement, source,
+                   node.attrs["pattern"] if schedule else None)

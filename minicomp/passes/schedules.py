@@ -1,0 +1,120 @@
+"""Default schedules: how each kind of kernel is shaped before it becomes C.
+
+Lowering writes the plainest loop nest that computes a kernel; the schedule then decides how
+it runs on the machine. Every step is a schedule primitive (``minicomp.ir.schedule``), so the
+printed kernel lists what was done (``# schedule: ...``) and every step was legality-checked.
+
+* **elementwise** (and broadcast): the outermost loop runs on all cores (``parallel``) once
+  there is enough work, and the innermost loop is marked ``vectorized`` when every input is
+  read contiguously along it (a strided read would become a slow gather)::
+
+      for i0 in 0..4096:                # schedule: parallel(i0), vectorize(i1)
+        for i1 in 0..1024:              parallel for i0 in 0..4096:
+          y[i0*1024 + i1] = ...    ->     vectorized for i1 in 0..1024: ...
+
+* **elementwise that transposes** (an input read with a large stride along the innermost
+  loop, and unit stride along another, e.g. NHWC -> NCHW): the two loops are tiled 16 x 16
+  so both the reads and the writes of a tile stay within a few cache lines::
+
+      for c in 0..64:                   # schedule: reorder(h, c, w), tile(c, w, 16, 16), parallel(h)
+        for h in 0..56:
+          for w in 0..56:
+            y[c, h, w] = x[h, w, c]      (x read with stride 64 along w)
+
+* **rows** (softmax, layer norm) and **reductions** keep the order lowering gives them
+  (``minicomp.passes.reductions``: accumulators split into SIMD lanes);
+* **matmul, conv2d** and **attention** are built tile by tile by their own lowerings
+  (``lower_matmul``, ``lower_attention``), which record their tiling as a schedule step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.affine import affine
+from ..ir.loops import Block, For, Kernel, Load, Store, walk
+from ..ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
+
+PARALLEL_MIN_WORK = 1 << 15  # elements below which threads cost more than they give
+TILE = 16                    # transposing tiles: 16 x 16 float32 = 16 cache lines per side
+VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def perfect_nest(kernel: Kernel) -> tuple[list[For], Store] | None:
+    """The loops of a kernel that is one perfect nest around a single store, or None."""
+    chain, stmt = [], kernel.body
+    while isinstance(stmt, For):
+        chain.append(stmt)
+        stmt = stmt.body
+    if isinstance(stmt, Block) and len(stmt.stmts) == 1:
+        stmt = stmt.stmts[0]
+    return (chain, stmt) if isinstance(stmt, Store) and chain else None
+
+
+def transposed_loop(chain: list[For], store: Store) -> str | None:
+    """A loop along which some input is read with unit stride while the innermost is not."""
+    inner = chain[-1].var.name
+    names = {loop.var.name for loop in chain}
+    for load in (e for e in walk(store.value) if isinstance(e, Load)):
+        form = affine(load.index)
+        if form is None:
+            continue
+        coefficients = {atom: c for atom, c in form.terms if isinstance(atom, str)}
+        if abs(coefficients.get(inner, 0)) <= 1:
+            continue
+        unit = [name for name, c in coefficients.items() if c == 1 and name in names and name != inner]
+        if unit and next(loop for loop in chain if loop.var.name == unit[0]).extent >= TILE:
+            return unit[0]
+    return None
+
+
+def unit_stride(chain: list[For], store: Store) -> bool:
+    """Whether every load walks memory contiguously (or stays put) along the innermost loop."""
+    inner = chain[-1].var.name
+    for load in (e for e in walk(store.value) if isinstance(e, Load)):
+        form = affine(load.index)
+        if form is None or abs(dict((a, c) for a, c in form.terms if isinstance(a, str)).get(inner, 0)) > 1:
+            return False
+    return True
+
+
+def elementwise_steps(kernel: Kernel) -> list[Primitive]:
+    """The default steps for an elementwise kernel (see the module docstring)."""
+    nest = perfect_nest(kernel)
+    if nest is None:
+        return []
+    chain, store = nest
+    work = int(np.prod([loop.extent for loop in chain], dtype=np.int64))
+    inner = chain[-1]
+    steps: list[Primitive] = []
+    moved = transposed_loop(chain, store) if inner.extent >= TILE else None
+    if moved is not None:
+        order = [loop.var.name for loop in chain if loop.var.name not in (moved, inner.var.name)]
+        order += [moved, inner.var.name]
+        if order != [loop.var.name for loop in chain]:
+            steps.append(Reorder(*order))
+        steps.append(Tile(moved, inner.var.name, TILE, TILE))
+        outermost = order[0] if len(order) > 2 else f"{moved}_o"
+    else:
+        outermost = chain[0].var.name
+        if store.buffer.dtype in VECTOR_DTYPES and inner.extent >= 8 and unit_stride(chain, store):
+            steps.append(Vectorize(inner.var.name))
+    if work >= PARALLEL_MIN_WORK:
+        steps.append(Parallel(outermost))
+    return steps
+
+
+def apply_default_schedule(kernel: Kernel, pattern: str) -> Kernel:
+    """``kernel`` shaped by the default steps for its pattern; a step that is refused is skipped.
+
+    Skipping is safe: every step checks its own legality, and a refused step leaves the
+    kernel as it was (the plain nest lowering wrote is always correct).
+    """
+    if pattern != "elemwise":
+        return kernel
+    for step in elementwise_steps(kernel):
+        try:
+            kernel = step.apply(kernel)
+        except ScheduleError:
+            continue
+    return kernel

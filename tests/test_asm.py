@@ -1,0 +1,109 @@
+"""``minicomp dump --emit asm``: gcc's assembly of the generated C and its SIMD evidence.
+
+The elementwise kernel of ``ew_chain`` must compile to packed SIMD instructions of the widest
+width the target has (``zmm`` with AVX-512, ``ymm`` with AVX2, else ``xmm``), with minicomp's
+default flags whatever ``MINICOMP_CFLAGS`` says in this environment (as ``test_vmath.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import minicomp
+from minicomp.cli import main
+from minicomp.codegen.asm import (assembly, instruction_width, kernel_sections, simd_summary,
+                                  widest_vector_register)
+from minicomp.codegen.compiler import DEFAULT_OPT_FLAGS, REQUIRED_FLAGS, compile_assembly
+from minicomp.ir.dtypes import TensorType
+from minicomp.passes.lower import lower
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.workloads import WORKLOADS
+
+DEFAULT_FLAGS = REQUIRED_FLAGS + DEFAULT_OPT_FLAGS
+
+PLAIN_LOOP = ("void f(float *restrict a, const float *restrict b, int n) "
+              "{ for (int i = 0; i < n; i++) a[i] = b[i] * 2.0f; }")
+
+
+def workload_program(name: str, size: str = "tiny"):
+    workload = WORKLOADS[name]
+    graph = minicomp.trace(workload.fn, *[TensorType(s, "f32") for s in workload.shapes[size].values()])
+    return lower(run_pipeline(graph)[0])
+
+
+def expected_width() -> str:
+    """The widest vector register of the target (from gcc's macros) -- unless gcc's tuning for
+    this CPU prefers narrower vectors even for the plainest loop (some AVX-512 CPUs prefer ymm)."""
+    widest = widest_vector_register(DEFAULT_FLAGS)
+    plain = compile_assembly(PLAIN_LOOP, DEFAULT_FLAGS)
+    used = next((w for w in ("zmm", "ymm", "xmm") if f"%{w}" in plain), "xmm")
+    return used if ("zmm", "ymm", "xmm").index(used) > ("zmm", "ymm", "xmm").index(widest) else widest
+
+
+@pytest.mark.parametrize("size", ["tiny", "cpu"])
+def test_elementwise_kernel_uses_the_widest_simd(size):
+    program = workload_program("ew_chain", size)
+    [kernel] = program.kernels
+    counts = simd_summary(assembly(program, flags=DEFAULT_FLAGS))[kernel.name]
+    width = expected_width()
+    assert counts[width] >= 10, counts  # the gelu chain: fma, mul, add ... on full registers
+
+
+def test_row_reductions_use_simd():
+    """softmax's max and sum passes are split into lanes: packed compares/adds, full width."""
+    program = workload_program("softmax", "cpu")
+    counts = simd_summary(assembly(program, flags=DEFAULT_FLAGS))
+    assert counts[program.kernels[0].name][expected_width()] >= 20, counts
+
+
+def test_assembly_of_one_kernel_and_its_outlined_parallel_body():
+    program = workload_program("softmax", "cpu")  # large enough for an omp parallel loop
+    name = program.kernels[0].name
+    text = assembly(program, kernel=f"k_{name}", flags=DEFAULT_FLAGS)
+    assert text.startswith(f"k_{name}:")
+    assert f"k_{name}._omp_fn.0:" in text
+    assert ".cfi_" not in text and "minicomp_entry" not in text
+    with pytest.raises(minicomp.MinicompError, match="no kernel 'nope'"):
+        assembly(program, kernel="nope", flags=DEFAULT_FLAGS)
+
+
+def test_instruction_widths():
+    assert instruction_width("vfmadd231ps\t%zmm1, %zmm2, %zmm0") == "zmm"
+    assert instruction_width("vaddps\t(%rax), %ymm3, %ymm3") == "ymm"
+    assert instruction_width("vcvtps2pd\t%ymm1, %zmm2") == "zmm"  # the widest register counts
+    assert instruction_width("vpaddd\t%xmm1, %xmm2, %xmm0") == "xmm"
+    assert instruction_width("vbroadcastss\t%xmm0, %zmm0") == "zmm"  # a broadcast fills a vector
+    for scalar in ("vaddss\t%xmm1, %xmm0, %xmm0", "vmovsd\t(%rax), %xmm1", "vmovd\t%xmm0, %eax",
+                   "vcvttss2si\t%xmm0, %eax", "vcvtsi2ssl\t%eax, %xmm0, %xmm0"):
+        assert instruction_width(scalar) == "scalar", scalar
+    assert instruction_width("addq\t$64, %rax") is None
+    assert instruction_width("vzeroupper") is None
+
+
+def test_sections_and_summary_of_a_listing():
+    listing = "\n".join([
+        "\t.type\tk_add, @function", "k_add:", ".LFB1:", "\t.cfi_startproc",
+        "\tvaddps\t%zmm0, %zmm1, %zmm2", "\tvaddss\t%xmm0, %xmm1, %xmm2", "\tret",
+        "\t.size\tk_add, .-k_add",
+        "k_add._omp_fn.0:", "\tvmulps\t%ymm0, %ymm1, %ymm2", "\t.size\tk_add._omp_fn.0, .-k_add._omp_fn.0",
+        "k_add_1:", "\tvmulps\t%xmm0, %xmm1, %xmm2", "\t.size\tk_add_1, .-k_add_1",
+        "minicomp_entry:", "\tvaddps\t%zmm0, %zmm1, %zmm2", "\t.size\tminicomp_entry, .-minicomp_entry",
+    ])
+    sections = kernel_sections(listing)
+    assert list(sections) == ["add", "add_1"]
+    assert not any(".cfi" in line for line in sections["add"])
+    assert simd_summary(listing) == {"add": {"zmm": 1, "ymm": 1, "xmm": 0, "scalar": 1},
+                                     "add_1": {"zmm": 0, "ymm": 0, "xmm": 1, "scalar": 0}}
+
+
+def test_cli_dump_emit_asm(capsys):
+    assert main(["dump", "--workload", "ew_chain", "--size", "tiny", "--emit", "asm"]) == 0
+    out = capsys.readouterr().out
+    assert "# SIMD evidence" in out and "# k_fused_" in out and "packed zmm" in out
+    kernel = out.split("# k_", 1)[1].split(":", 1)[0]
+    assert main(["dump", "--workload", "ew_chain", "--size", "tiny", "--emit", "asm", "--kernel", kernel]) == 0
+    assert f"\nk_{kernel}:" in capsys.readouterr().out
+    assert main(["dump", "--workload", "ew_chain", "--size", "tiny", "--emit", "asm", "--kernel", "nope"]) == 1
+    assert "no kernel 'nope'" in capsys.readouterr().err
+    assert main(["dump", "--workload", "ew_chain", "--size", "tiny", "--emit", "c", "--kernel", kernel]) == 1
+    assert "only applies to --emit asm" in capsys.readouterr().err

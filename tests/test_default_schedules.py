@@ -1,0 +1,57 @@
+"""Default schedules (``passes/schedules.py``): each kernel kind shaped by legality-checked steps."""
+
+import numpy as np
+import pytest
+
+import minicomp
+from minicomp.frontend.jit import jit
+from minicomp.passes.lower import lower
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.testing import assert_close
+
+
+def program_of(fn, *args, schedules=True):
+    return lower(run_pipeline(minicomp.trace(fn, *args))[0], schedules=schedules)
+
+
+def steps(kernel) -> list[str]:
+    return [str(step) for step in kernel.schedule]
+
+
+def test_elementwise_is_parallel_and_vectorized():
+    x = np.ones((256, 512), np.float32)
+    [kernel] = program_of(lambda x: np.tanh(x) * 2 + 1, x).kernels
+    assert steps(kernel) == ["vectorize(i1)", "parallel(i0)"]
+    text = str(kernel)
+    assert "# schedule: vectorize(i1)" in text and "parallel for i0" in text and "vectorized for i1" in text
+    [plain] = program_of(lambda x: np.tanh(x) * 2 + 1, x, schedules=False).kernels
+    assert plain.schedule == [] and "parallel" not in str(plain) and "vectorized" not in str(plain)
+
+
+def test_small_elementwise_stays_on_one_thread():
+    [kernel] = program_of(lambda x: x * 2, np.ones((4, 9), np.float32)).kernels
+    assert steps(kernel) == ["vectorize(i1)"]
+
+
+@pytest.mark.parametrize("shape, perm", [((64, 56, 56), (1, 2, 0)), ((1, 33, 47, 20), (0, 3, 1, 2)),
+                                         ((17, 300), (1, 0)), ((40, 3, 50), (2, 1, 0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_transposing_kernels_are_tiled_and_correct(shape, perm, dtype):
+    x = (np.random.default_rng(0).standard_normal(shape) * 10).astype(dtype)
+
+    def fn(x):
+        return np.maximum(x.transpose(perm), 0) * 3
+
+    [kernel] = program_of(fn, x).kernels
+    assert any(step.startswith("tile(") for step in steps(kernel)), steps(kernel)
+    assert_close(jit(fn)(x), fn(x))
+
+
+def test_gemm_and_attention_kernels_record_their_tiling():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((64, 80), np.float32), rng.standard_normal((80, 96), np.float32)
+    [kernel] = program_of(lambda a, b: a @ b, a, b).kernels
+    assert steps(kernel)[0].startswith("gemm(mr=") and "# schedule: gemm(" in str(kernel)
+    q = rng.standard_normal((2, 64, 32), np.float32)
+    [kernel] = program_of(lambda q, k, v: minicomp.nn.scaled_dot_product_attention(q, k, v), q, q, q).kernels
+    assert steps(kernel)[0].startswith("flash_attention(")
