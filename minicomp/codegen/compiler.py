@@ -10,7 +10,9 @@ Flags live here and nowhere else. ``REQUIRED_FLAGS`` give the generated code its
 (``-fwrapv``: signed overflow wraps as in NumPy) and are always used; ``DEFAULT_OPT_FLAGS``
 can be replaced with the environment variable ``MINICOMP_CFLAGS``. ``MINICOMP_SANITIZE=1``
 adds AddressSanitizer and UBSan (the loading process must preload libasan, see the tests).
-``CC`` picks the compiler (default: gcc, else cc).
+``CC`` picks the compiler (default: gcc, else cc). Where the target has AVX512-FP16,
+``-mno-avx512fp16`` is added: minicomp computes float16 in float32 anyway, and GCC 12 emits
+masked ``vmovsh`` stores for float16 selects that binutils 2.40 refuses to assemble.
 """
 
 from __future__ import annotations
@@ -61,10 +63,22 @@ def sanitizing() -> bool:
 
 
 def cflags() -> list[str]:
-    """All flags for the next compilation (required + optimisation + sanitizer)."""
+    """All flags for the next compilation (required + optimisation + workarounds + sanitizer)."""
     opt = os.environ.get("MINICOMP_CFLAGS")
     flags = REQUIRED_FLAGS + (shlex.split(opt) if opt is not None else DEFAULT_OPT_FLAGS)
+    flags = flags + _workarounds(compiler(), tuple(flags))
     return flags + (SANITIZE_FLAGS if sanitizing() else [])
+
+
+@functools.lru_cache(maxsize=None)
+def _workarounds(cc: str, flags: tuple[str, ...]) -> list[str]:
+    """Flags that keep this compiler away from code its assembler rejects (see the module doc)."""
+    command = [*shlex.split(cc), *flags, "-dM", "-E", "-x", "c", "-"]
+    try:
+        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["-mno-avx512fp16"] if "__AVX512FP16__" in result.stdout else []
 
 
 def compile_c(source: str, name: str = "graph") -> Path:
