@@ -2,9 +2,9 @@
 
 Method (BENCHMARKS.md): every implementation of a workload runs in this process on the same
 inputs; compilation and one warm-up call happen before timing and are reported apart; then the
-implementations are timed *interleaved* (one call of each per round, in an order that rotates
-from round to round, so a noisy neighbour hits all of them alike) and the median over rounds
-is reported, with the ratio
+implementations are timed *interleaved in short blocks* (a few calls of each per round, in an
+order that rotates from round to round, so a noisy neighbour hits all of them alike) and the
+median over all timed calls is reported, with the ratio
 ``minicomp time / peer time`` (below 1 means minicomp is faster).
 
 Peers besides NumPy come from ``minicomp.peers`` (torch eager and ``torch.compile`` when torch
@@ -106,22 +106,32 @@ def _time_once(fn: Callable) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+SETTLE_S = 0.2      # OpenBLAS's idle threads keep spinning ~0.1-0.2 s after a NumPy matmul
+CALLS_PER_BLOCK = 3
+
+
 def measure(implementations: dict[str, Callable], min_rounds: int, min_seconds: float) -> tuple[dict, int]:
-    """Interleaved timing of argument-less calls: rounds of one call per implementation, until
-    both minimums are met (at most 200 rounds); returns medians in ms and the round count."""
+    """Timing of argument-less calls in interleaved blocks, until both minimums are met (at
+    most 200 timed calls each); returns medians in ms and the number of timed calls each.
+
+    A block is: wait ``SETTLE_S``, one untimed call, ``CALLS_PER_BLOCK`` timed calls. The wait
+    matters: after NumPy's matmul, OpenBLAS's worker threads spin (yielding) for about 0.1 s
+    and halve the speed of any multi-threaded code that runs next on a 2-core machine, so
+    timing calls back to back measures the neighbour, not the implementation.
+    """
     samples: dict[str, list[float]] = {name: [] for name in implementations}
     start = time.perf_counter()
-    rounds = 0
+    blocks = 0
     names = list(implementations)
-    while rounds < min_rounds or time.perf_counter() - start < min_seconds:
-        # Rotate who goes first: OpenBLAS threads spin for a while after NumPy's matmul and
-        # slow down whatever runs next, so a fixed order would favour one implementation.
-        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
-            samples[name].append(_time_once(implementations[name]))
-        rounds += 1
-        if rounds >= 200:
+    while blocks * CALLS_PER_BLOCK < min_rounds or time.perf_counter() - start < min_seconds:
+        for name in names[blocks % len(names):] + names[:blocks % len(names)]:  # rotate who goes first
+            time.sleep(SETTLE_S)
+            implementations[name]()
+            samples[name] += [_time_once(implementations[name]) for _ in range(CALLS_PER_BLOCK)]
+        blocks += 1
+        if blocks * CALLS_PER_BLOCK >= 200:
             break
-    return {name: statistics.median(times) for name, times in samples.items()}, rounds
+    return {name: statistics.median(times) for name, times in samples.items()}, blocks * CALLS_PER_BLOCK
 
 
 def _call(fn: Callable, args) -> Callable:
@@ -205,7 +215,7 @@ def format_table(results: list[Result]) -> str:
     extra = _columns(results)
     head = f"{'workload':<14} {'numpy ms':>10} {'minicomp ms':>12} {'ratio':>7}"
     head += "".join(f" {name + ' ms':>{max(len(name) + 3, 10)}} {'ratio':>7}" for name in extra)
-    head += f" {'floor ms':>10} {'of roof':>8} {'compile ms':>11}  rounds"
+    head += f" {'floor ms':>10} {'of roof':>8} {'compile ms':>11}  calls"
     lines = [head, "-" * len(head)]
     for r in results:
         row = f"{r.workload:<14} {r.median_ms['numpy']:>10.3f} {r.median_ms['minicomp']:>12.3f} {r.ratio('numpy'):>7.2f}"

@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("workloads", nargs="*", help="workload names (default: all nine)")
     bench.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"])
     bench.add_argument("--target", default="c", help="minicomp target (default: c)")
-    bench.add_argument("--rounds", type=int, default=10, help="minimum timed rounds (default: 10)")
+    bench.add_argument("--rounds", type=int, default=10, help="minimum timed calls per implementation (default: 10)")
     bench.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per workload")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--no-passes-column", action="store_true",
