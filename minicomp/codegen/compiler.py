@@ -48,13 +48,45 @@ def compiler() -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def probe(cc: str, args: tuple[str, ...]) -> str:
+    """The output of ``cc args`` (stdin empty), remembered on disk next to the compile cache.
+
+    Asking the compiler what it is and what ``-march=native`` means costs a process start
+    (~10 ms) each time; the answer only changes with the compiler binary, which is part of the
+    key (path, size, modification time). A failing probe raises ``CompileError``.
+    """
+    command = [*shlex.split(cc), *args]
+    binary = shutil.which(command[0]) or command[0]
+    try:
+        stat = os.stat(binary)
+        identity = f"{os.path.realpath(binary)}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        identity = binary
+    path = cache.cache_dir() / f"probe-{cache.cache_key(identity, *args)[:32]}.txt"
+    if path.exists():
+        return path.read_text()
+    try:
+        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CompileError(f"cannot run the C compiler {cc!r}: {exc}") from None
+    temporary = cache.temporary_path()
+    temporary.write_text(result.stdout)
+    os.replace(temporary, path)
+    return result.stdout
+
+
 def compiler_version(cc: str) -> str:
     """The first line of ``cc --version`` (part of the cache key)."""
+    out = probe(cc, ("--version",))
+    return out.splitlines()[0] if out else cc
+
+
+def target_macros(flags: tuple[str, ...]) -> str:
+    """``cc -dM -E`` under ``flags``: the macros that tell what the target CPU has (``__AVX512F__`` ...)."""
     try:
-        result = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise CompileError(f"cannot run the C compiler {cc!r}: {exc}") from None
-    return result.stdout.splitlines()[0] if result.stdout else cc
+        return probe(compiler(), (*flags, "-dM", "-E", "-x", "c", "-"))
+    except CompileError:
+        return ""
 
 
 def sanitizing() -> bool:
@@ -66,19 +98,13 @@ def cflags() -> list[str]:
     """All flags for the next compilation (required + optimisation + workarounds + sanitizer)."""
     opt = os.environ.get("MINICOMP_CFLAGS")
     flags = REQUIRED_FLAGS + (shlex.split(opt) if opt is not None else DEFAULT_OPT_FLAGS)
-    flags = flags + _workarounds(compiler(), tuple(flags))
+    flags = flags + _workarounds(tuple(flags))
     return flags + (SANITIZE_FLAGS if sanitizing() else [])
 
 
-@functools.lru_cache(maxsize=None)
-def _workarounds(cc: str, flags: tuple[str, ...]) -> list[str]:
+def _workarounds(flags: tuple[str, ...]) -> list[str]:
     """Flags that keep this compiler away from code its assembler rejects (see the module doc)."""
-    command = [*shlex.split(cc), *flags, "-dM", "-E", "-x", "c", "-"]
-    try:
-        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return ["-mno-avx512fp16"] if "__AVX512FP16__" in result.stdout else []
+    return ["-mno-avx512fp16"] if "__AVX512FP16__" in target_macros(flags) else []
 
 
 def compile_c(source: str, name: str = "graph") -> Path:

@@ -23,37 +23,25 @@ width ``-march=native`` (or ``MINICOMP_CFLAGS``) gives, and lowering picks ``NR`
 
 from __future__ import annotations
 
-import functools
 import re
-import subprocess
 
 import numpy as np
 
-from .compiler import cflags, compiler
+from .compiler import cflags, target_macros
 
 MR = 6  # rows of C per micro-kernel call: 6 x NV accumulators fit the register file
 
 _C_TYPES = {np.dtype(np.float32): ("float", "f32"), np.dtype(np.float64): ("double", "f64")}
 
 
-@functools.lru_cache(maxsize=None)
-def _vector_bytes_for(cc: str, flags: tuple[str, ...]) -> int:
-    try:
-        out = subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", "/dev/null"],
-                             capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 16
-    if "__AVX512F__" in out:
-        return 64
-    if "__AVX__" in out:
-        return 32
-    return 16
-
-
 def vector_bytes() -> int:
     """Width of the widest SIMD register the C compiler targets with minicomp's flags (16/32/64)."""
-    flags = tuple(f for f in cflags() if f.startswith(("-m", "-O")))
-    return _vector_bytes_for(compiler(), flags)
+    macros = target_macros(tuple(f for f in cflags() if f.startswith(("-m", "-O"))))
+    if "__AVX512F__" in macros:
+        return 64
+    if "__AVX__" in macros:
+        return 32
+    return 16
 
 
 def vectors_per_row() -> int:
