@@ -106,6 +106,7 @@ class Graph:
         self.outputs: list[Node] = []
         self._counter = itertools.count()
         self._names: set[str] = set()
+        self._order: list[Node] | None = None  # topological order, until the next edit
 
     # -- building -------------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Graph:
         node = self._new_node(op, full_attrs, out_type, name or op, loc)
         for index, operand in enumerate(operands):
             self.nx.add_edge(operand, node, key=index)
+        self._order = None
         return node
 
     def set_outputs(self, outputs: Iterable[Node]) -> None:
@@ -159,6 +161,7 @@ class Graph:
     def _new_node(self, op, attrs, type, name, loc) -> Node:
         node = Node(self, op, attrs, type, self._unique_name(name), loc, next(self._counter))
         self.nx.add_node(node)
+        self._order = None
         return node
 
     def _unique_name(self, base: str) -> str:
@@ -181,6 +184,7 @@ class Graph:
             )
         self.nx.remove_edge(old, user, key=index)
         self.nx.add_edge(new, user, key=index)
+        self._order = None
 
     def replace_all_uses(self, old: Node, new: Node) -> None:
         """Every use of ``old``, as an operand or an output, becomes a use of ``new``."""
@@ -206,15 +210,22 @@ class Graph:
             raise GraphError(f"cannot erase {node.describe()}: it is a graph input")
         self.nx.remove_node(node)
         self._names.discard(node.name)
+        self._order = None
 
     # -- reading --------------------------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
-        """All nodes in topological order (ties broken by creation order, so it is stable)."""
-        try:
-            return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n.index))
-        except nx.NetworkXUnfeasible:
-            raise GraphError(f"graph {self.name!r} has a cycle") from None
+        """All nodes in topological order (ties broken by creation order, so it is stable).
+
+        The order is computed once and kept until the graph is edited (every edit goes
+        through this class, which forgets it).
+        """
+        if self._order is None:
+            try:
+                self._order = list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n.index))
+            except nx.NetworkXUnfeasible:
+                raise GraphError(f"graph {self.name!r} has a cycle") from None
+        return list(self._order)
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes())
@@ -240,6 +251,7 @@ class Graph:
         """Check every invariant; raise ``GraphError`` listing all problems, or return ``self``."""
         from .verify import verify
 
+        self._order = None  # recompute: a test may have broken the graph through .nx directly
         verify(self)
         return self
 
