@@ -188,7 +188,7 @@ def test_tiled_attention_stores_no_score_matrix():
     # the workspace holds the packed K^T and V panels only: 2 x 4 x 256 x 64 floats, less than
     # the 4 x 256 x 256 scores; the per-task tiles are small locals
     assert program.workspace_bytes == 2 * 4 * sq * 64 * 4 < 4 * sq * sk * 4
-    assert max(a.buffer.size for a in allocations(kernel.body)) <= 64 * 64
+    assert max(a.buffer.size for a in allocations(kernel.body)) < sq * sk // 8  # tiles, not rows of S
 
 
 @pytest.mark.parametrize("m, k, n", [(300, 50, 70), (7, 20, 200)])

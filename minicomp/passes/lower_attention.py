@@ -31,6 +31,7 @@ from . import lower_matmul
 from .lower_matmul import _declare_rows, _i, _op, _uses
 
 LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
+KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
 
 
 def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer):
@@ -65,7 +66,8 @@ class _Tiled:
         self.nbatch = int(np.prod(self.batch_shape, dtype=np.int64))
         self.sq, self.sk, self.head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
         self.bq = min(8 * self.mr, -(-self.sq // self.mr) * self.mr)
-        self.bk = self.nr
+        self.halves = KEY_PANELS if qk.shape[-1] > self.nr else 1  # NR-wide panels of keys per block
+        self.bk = self.nr * self.halves
         self.nqb, self.nkb = -(-self.sq // self.bq), -(-self.sk // self.bk)
         self.dp = -(-self.head // self.nr) * self.nr  # head size padded to whole panels
         self.neb = self.dp // self.nr
@@ -89,8 +91,10 @@ class _Tiled:
         """kpack[b][kb][d][c] = k[b, kb*BK + c, d]; vpack[b][eb][key][jj] = v[b, key, eb*NR + jj]."""
         bf, kb, c, jj, eb = Var("bf"), Var("kb"), Var("c"), Var("jj"), Var("eb")
         zero = const(0, self.dtype)
-        k_at = _op("+", _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.depth), self.d), self.bk), c)
-        k_store = Block([Declare(self.j, _op("+", _op("*", kb, self.bk), c)),
+        h, c2 = Var("h"), Var("c2")
+        k_panel = _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.halves), h)
+        k_at = _op("+", _op("*", _op("+", _op("*", k_panel, self.depth), self.d), self.nr), c2)
+        k_store = Block([Declare(self.j, _op("+", _op("*", kb, self.bk), _op("+", _op("*", h, self.nr), c2))),
                          Store(self.kpack, k_at, Select(_op("<", self.j, self.sk), self.k_expr, zero))])
         v = self.inline.tensor(self.pv.operands[1])
         key = _op("+", _op("*", kb, self.bk), c)
@@ -101,7 +105,7 @@ class _Tiled:
         v_store = Block([Declare(self.j, key), Declare(self.e, v_col),
                          Store(self.vpack, v_at, Select(inside, v[v_idx], zero))])
         per_block = Block(self._batch_decls(bf) + [
-            For(self.d, self.depth, For(c, self.bk, k_store)),
+            For(h, self.halves, For(self.d, self.depth, For(c2, self.nr, k_store))),
             For(eb, self.neb, For(c, self.bk, For(jj, self.nr, v_store)))])
         task = Var("t_pack")
         return For(task, self.nbatch * self.nkb,
@@ -148,11 +152,13 @@ class _Tiled:
 
     def scores_tile(self, bf, kb) -> Stmt:
         """S = Qblock @ Kblock^T: one micro-kernel call per MR query rows."""
-        p = Var("p")
-        k_panel = Address(self.kpack, _op("*", _op("+", _op("*", bf, self.nkb), kb), self.depth * self.bk))
+        p, h = Var("p"), Var("h")
+        panel = _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.halves), h)
+        k_panel = Address(self.kpack, _op("*", panel, self.depth * self.nr))
+        s_at = Address(self.s, _op("+", _op("*", p, self.mr * self.bk), _op("*", h, self.nr)))
         call = Intrinsic(self.ukernel, (_i(self.depth), Address(self.qpanel, _op("*", p, self.mr * self.depth)),
-                                        k_panel, Address(self.s, _op("*", p, self.mr * self.bk)), _i(self.bk), _i(0)))
-        return For(p, self.bq // self.mr, call)
+                                        k_panel, s_at, _i(self.bk), _i(0)))
+        return For(p, self.bq // self.mr, For(h, self.halves, call))
 
     def softmax_rows(self, q0, kb) -> Stmt:
         """Per query row: the score expression, the online max/sum update, P into A-panel layout."""
