@@ -26,7 +26,7 @@ implicit GEMM: packing A *is* im2col, done one panel at a time. Several reductio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -71,6 +71,13 @@ def default_tiling(dtype: np.dtype) -> GemmTiling:
     itemsize = np.dtype(dtype).itemsize  # blocks are sized in bytes: float64 ones hold half the values
     return GemmTiling(mr, nr, kc=1536 // itemsize, mc=24 * mr, nc=max(nr, 4096 // itemsize // nr * nr),
                       micro_kernel=gemm.kernel_name(dtype))
+
+
+def balanced(tiling: GemmTiling, m: int) -> GemmTiling:
+    """``tiling`` with MC shrunk so that M splits into equal row blocks (256 rows: 2 x 132, not 144 + 112)."""
+    blocks = -(-m // tiling.mc)
+    rows = -(-m // blocks)
+    return replace(tiling, mc=min(tiling.mc, -(-rows // tiling.mr) * tiling.mr))
 
 
 @dataclass
@@ -289,14 +296,18 @@ class GemmBuilder:
         return If(_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
 
     def compute(self, epilogue) -> Stmt:
-        """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile."""
+        """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile.
+
+        Tasks are numbered panel-major (all row blocks of panel 0, then of panel 1 ...), so the
+        contiguous share of tasks each thread gets covers every row block equally.
+        """
         t, ic, jb, ir, m0 = Var("t"), Var("ic"), Var("jb"), Var("ir"), Var("m0")
         n_jb = -(-self.nce // self.t.nr)
         n_ic = -(-self.s.m // self.t.mc)
         a_panel = Address(self.a_pack, _op("*", m0, self.kce))
         per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
                           self._tile(epilogue, m0, jb, a_panel)])
-        task = Block([Declare(ic, _op("/", t, n_jb)), Declare(jb, _op("%", t, n_jb)),
+        task = Block([Declare(jb, _op("/", t, n_ic)), Declare(ic, _op("%", t, n_ic)),
                       If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
         return For(t, n_ic * n_jb, task, self.parallel)
 
@@ -352,7 +363,7 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
     shape = find_matmul(anchor, idx, r)
     if shape is None or shape.m * shape.n * shape.k < MIN_WORK:
         return None
-    tiling = default_tiling(acc.dtype)
+    tiling = balanced(default_tiling(acc.dtype), shape.m)
     builder = GemmBuilder(shape, acc, anchor.shape, tiling, acc.name)
     builder.out_index = idx
 
