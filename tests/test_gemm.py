@@ -226,3 +226,30 @@ def test_conv_bn_relu_is_one_kernel_at_cpu_size():
     fused = [n for n in graph.op_nodes() if n.op == "fused"]
     assert [n.attrs["pattern"] for n in fused] == ["epilogue"]  # conv + BN + ReLU + back to NCHW
     assert fused[0].attrs["body"].nodes()[-1].op == "transpose"
+
+
+@pytest.mark.parametrize("sq, sk", [(300, 300), (130, 400), (400, 130)])
+def test_causal_attention_skips_hidden_key_blocks(sq, sk):
+    rng = np.random.default_rng(11)
+    q, k, v = randn(rng, (2, sq, 32)), randn(rng, (2, sk, 32)), randn(rng, (2, sk, 32))
+
+    def causal(q, k, v):
+        return nn.scaled_dot_product_attention(q, k, v, causal=True)
+
+    program = lower(run_pipeline(minicomp.trace(causal, q, k, v))[0])
+    assert "if kb < select((qb ==" in str(program.kernels[0])  # blocks above the diagonal skipped
+    assert_close(jit(causal)(q, k, v), causal(q, k, v))
+
+
+def test_masks_that_hide_no_whole_block_or_vary_by_batch_are_not_skipped():
+    rng = np.random.default_rng(12)
+    q = randn(rng, (2, 200, 16))
+    stripes = np.ones((200, 200), bool)
+    stripes[:, 64:128] = False  # the middle key block hidden: visible blocks are not one range
+    per_batch = rng.random((2, 1, 200)) > 0.5
+    for mask in (stripes, per_batch):
+        def masked(q, k, v, mask=mask):
+            return nn.scaled_dot_product_attention(q, k, v, mask=mask)
+        program = lower(run_pipeline(minicomp.trace(masked, q, q, q))[0])
+        assert "if kb <" not in str(program.kernels[0])
+        assert_close(jit(masked)(q, q, q), masked(q, q, q))

@@ -53,6 +53,45 @@ def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer)
     return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
 
 
+def dead_scores(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> np.ndarray | None:
+    """Where (Sq x Sk, shared by the batch) a constant mask forces the score to -inf, or None.
+
+    ``outer`` maps the inputs of a fused body to the graph nodes they stand for (constants).
+    """
+    dead, stack, seen = np.zeros(shape, bool), [scores], set()
+    while stack:
+        node = stack.pop()
+        if node is qk or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(node.operands)
+        cond, a, b = ([outer.get(o, o) for o in node.operands] if node.op == "where" else (None, None, None))
+        if cond is None or cond.op != "constant":
+            continue
+        value = cond.attrs["value"]
+        if value.ndim > 2 and any(d != 1 for d in value.shape[:-2]):
+            return None  # a mask that differs between batch elements
+        value = value.reshape(value.shape[-2:] if value.ndim >= 2 else value.shape)
+        for branch, hidden_when in ((a, True), (b, False)):
+            if _is_minus_inf(branch):
+                dead |= np.broadcast_to(value == hidden_when, shape)
+    return dead if dead.any() else None
+
+
+def _is_minus_inf(node: Node) -> bool:
+    return node.op == "constant" and node.type.size == 1 and node.attrs["value"].reshape(-1)[0] == -np.inf
+
+
+def _per_block(qb: Var, values: list[int]):
+    """``values[qb]`` as an expression (a chain of selects; query blocks are few)."""
+    expr = _i(values[-1])
+    if len(set(values)) == 1:
+        return expr
+    for index in range(len(values) - 2, -1, -1):
+        expr = Select(_op("==", qb, index), _i(values[index]), expr)
+    return expr
+
+
 class _Tiled:
     def __init__(self, pv, qk, scores, inline, out, idx, j, q_expr, k_expr, red):
         self.pv, self.qk, self.scores, self.inline, self.out = pv, qk, scores, inline, out
@@ -125,11 +164,35 @@ class _Tiled:
         stmts = [Declare(bf, _op("/", t, self.nqb)), Declare(qb, _op("%", t, self.nqb)),
                  Declare(q0, _op("*", qb, self.bq))] + self._batch_decls(bf)
         stmts += [Allocate(b) for b in (self.qpanel, self.s, self.ppanel, self.o, self.m, self.l)]
-        stmts += [self.pack_q(q0), self.init_rows(),
-                  For(kb, self.nkb, Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb),
-                                           self.accumulate_pv(bf, kb)])),
-                  self.store_out(q0)]
+        key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb), self.accumulate_pv(bf, kb)])
+        live = self.live_key_blocks()
+        if live is not None:  # skip key blocks a constant mask hides entirely (causal: above the diagonal)
+            visible = _op("<", kb, _per_block(qb, [hi for _, hi in live]))
+            if any(lo for lo, _ in live):
+                visible = _op("&&", _op(">=", kb, _per_block(qb, [lo for lo, _ in live])), visible)
+            key_block = If(visible, key_block)
+        stmts += [self.pack_q(q0), self.init_rows(), For(kb, self.nkb, key_block), self.store_out(q0)]
         return For(t, self.nbatch * self.nqb, Block(stmts), "parallel")
+
+    def live_key_blocks(self) -> list[tuple[int, int]] | None:
+        """Per query block, the range [lo, hi) of key blocks a constant mask leaves visible.
+
+        The score expression is searched for ``where(c, -inf, x)`` / ``where(c, x, -inf)`` with a
+        constant ``c`` shared by the whole batch; a tile where every score is forced to -inf adds
+        exp(-inf) = 0 to every sum, so it is skipped. None when nothing can be skipped, or the
+        visible blocks of a query block are not one range.
+        """
+        dead = dead_scores(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
+        if dead is None:
+            return None
+        live = []
+        for qb in range(self.nqb):
+            rows = dead[qb * self.bq:(qb + 1) * self.bq]
+            blocks = [kb for kb in range(self.nkb) if not rows[:, kb * self.bk:(kb + 1) * self.bk].all()]
+            if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
+                return None
+            live.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
+        return None if all(span == (0, self.nkb) for span in live) else live
 
     def pack_q(self, q0) -> Stmt:
         """qpanel[r / MR][d][r % MR] = q[b, q0 + r, d] (0 past the last query)."""

@@ -54,6 +54,7 @@ class Inliner:
 
     def __init__(self, inputs: dict[Node, Tensor]):
         self.bound: dict[Node, Tensor] = dict(inputs)
+        self.outer: dict[Node, Node] = {}  # a fused body's inputs -> the graph nodes they stand for
 
     def tensor(self, node: Node) -> Tensor:
         """How to read ``node`` at an index: bound value, input buffer, or its compute rule."""
@@ -295,6 +296,7 @@ def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedul
     """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
     body: Graph = node.attrs["body"]
     inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
+    inline.outer = dict(zip(body.inputs, node.operands))
     statement = LOWERINGS[node.attrs["pattern"]](body.nodes(), inline, buffers[node])
     inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
     source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]
