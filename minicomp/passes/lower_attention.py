@@ -25,10 +25,10 @@ import numpy as np
 from ..codegen import gemm
 from ..ir.compute import _batch_index, compute, linear_index
 from ..ir.graph import Node
-from ..ir.loops import (BOOL, Address, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If,
+from ..ir.loops import (BOOL, Address, Allocate, Assign, Binary, Block, Buffer, Call, Declare, For, If,
                         Intrinsic, Load, Select, Stmt, Store, Var, const)
 from . import lower_matmul
-from .lower_matmul import _declare_rows, _i, _op, _uses
+from .lower_matmul import as_index, declare_rows, index_op, uses
 
 LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
@@ -47,8 +47,8 @@ def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer)
     body = r.body
     if r.combiner != "sum" or r.dtype != dtype or not (isinstance(body, Binary) and body.op == "*"):
         return None
-    q_expr, k_expr = (body.b, body.a) if _uses(body.a, j) else (body.a, body.b)
-    if _uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < lower_matmul.MIN_WORK:
+    q_expr, k_expr = (body.b, body.a) if uses(body.a, j) else (body.a, body.b)
+    if uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < lower_matmul.MIN_WORK:
         return None
     return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
 
@@ -84,11 +84,11 @@ def _is_minus_inf(node: Node) -> bool:
 
 def _per_block(qb: Var, values: list[int]):
     """``values[qb]`` as an expression (a chain of selects; query blocks are few)."""
-    expr = _i(values[-1])
+    expr = as_index(values[-1])
     if len(set(values)) == 1:
         return expr
     for index in range(len(values) - 2, -1, -1):
-        expr = Select(_op("==", qb, index), _i(values[index]), expr)
+        expr = Select(index_op("==", qb, index), as_index(values[index]), expr)
     return expr
 
 
@@ -124,23 +124,23 @@ class _Tiled:
 
     def _batch_decls(self, flat: Var) -> list:
         pairs = [(v, d) for v, d in zip(self.batch, self.batch_shape)]
-        return _declare_rows(pairs, flat) if pairs else []
+        return declare_rows(pairs, flat) if pairs else []
 
     def pack_kv(self) -> Stmt:
         """kpack[b][kb][d][c] = k[b, kb*BK + c, d]; vpack[b][eb][key][jj] = v[b, key, eb*NR + jj]."""
         bf, kb, c, jj, eb = Var("bf"), Var("kb"), Var("c"), Var("jj"), Var("eb")
         zero = const(0, self.dtype)
         h, c2 = Var("h"), Var("c2")
-        k_panel = _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.halves), h)
-        k_at = _op("+", _op("*", _op("+", _op("*", k_panel, self.depth), self.d), self.nr), c2)
-        k_store = Block([Declare(self.j, _op("+", _op("*", kb, self.bk), _op("+", _op("*", h, self.nr), c2))),
-                         Store(self.kpack, k_at, Select(_op("<", self.j, self.sk), self.k_expr, zero))])
+        k_panel = index_op("+", index_op("*", index_op("+", index_op("*", bf, self.nkb), kb), self.halves), h)
+        k_at = index_op("+", index_op("*", index_op("+", index_op("*", k_panel, self.depth), self.d), self.nr), c2)
+        k_store = Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), index_op("+", index_op("*", h, self.nr), c2))),
+                         Store(self.kpack, k_at, Select(index_op("<", self.j, self.sk), self.k_expr, zero))])
         v = self.inline.tensor(self.pv.operands[1])
-        key = _op("+", _op("*", kb, self.bk), c)
-        v_col = _op("+", _op("*", eb, self.nr), jj)
+        key = index_op("+", index_op("*", kb, self.bk), c)
+        v_col = index_op("+", index_op("*", eb, self.nr), jj)
         v_idx = _batch_index(list(self.batch), v.shape[:-2]) + [self.j, self.e]
-        v_at = _op("+", _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.neb), eb), self.nkb * self.bk), key), self.nr), jj)
-        inside = _op("&&", _op("<", self.j, self.sk), _op("<", self.e, self.head))
+        v_at = index_op("+", index_op("*", index_op("+", index_op("*", index_op("+", index_op("*", bf, self.neb), eb), self.nkb * self.bk), key), self.nr), jj)
+        inside = index_op("&&", index_op("<", self.j, self.sk), index_op("<", self.e, self.head))
         v_store = Block([Declare(self.j, key), Declare(self.e, v_col),
                          Store(self.vpack, v_at, Select(inside, v[v_idx], zero))])
         per_block = Block(self._batch_decls(bf) + [
@@ -148,7 +148,7 @@ class _Tiled:
             For(eb, self.neb, For(c, self.bk, For(jj, self.nr, v_store)))])
         task = Var("t_pack")
         return For(task, self.nbatch * self.nkb,
-                   Block([Declare(bf, _op("/", task, self.nkb)), Declare(kb, _op("%", task, self.nkb)), per_block]),
+                   Block([Declare(bf, index_op("/", task, self.nkb)), Declare(kb, index_op("%", task, self.nkb)), per_block]),
                    "parallel")
 
     def tasks(self) -> Stmt:
@@ -161,15 +161,15 @@ class _Tiled:
         self.m = Buffer("row_max", self.dtype, (self.bq,))
         self.l = Buffer("row_sum", self.dtype, (self.bq,))
         kb = Var("kb")
-        stmts = [Declare(bf, _op("/", t, self.nqb)), Declare(qb, _op("%", t, self.nqb)),
-                 Declare(q0, _op("*", qb, self.bq))] + self._batch_decls(bf)
+        stmts = [Declare(bf, index_op("/", t, self.nqb)), Declare(qb, index_op("%", t, self.nqb)),
+                 Declare(q0, index_op("*", qb, self.bq))] + self._batch_decls(bf)
         stmts += [Allocate(b) for b in (self.qpanel, self.s, self.ppanel, self.o, self.m, self.l)]
         key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb), self.accumulate_pv(bf, kb)])
         live = self.live_key_blocks()
         if live is not None:  # skip key blocks a constant mask hides entirely (causal: above the diagonal)
-            visible = _op("<", kb, _per_block(qb, [hi for _, hi in live]))
+            visible = index_op("<", kb, _per_block(qb, [hi for _, hi in live]))
             if any(lo for lo, _ in live):
-                visible = _op("&&", _op(">=", kb, _per_block(qb, [lo for lo, _ in live])), visible)
+                visible = index_op("&&", index_op(">=", kb, _per_block(qb, [lo for lo, _ in live])), visible)
             key_block = If(visible, key_block)
         stmts += [self.pack_q(q0), self.init_rows(), For(kb, self.nkb, key_block), self.store_out(q0)]
         return For(t, self.nbatch * self.nqb, Block(stmts), "parallel")
@@ -197,9 +197,9 @@ class _Tiled:
     def pack_q(self, q0) -> Stmt:
         """qpanel[r / MR][d][r % MR] = q[b, q0 + r, d] (0 past the last query)."""
         panel, r = Var("panel"), Var("r")
-        at = _op("+", _op("*", _op("+", _op("*", panel, self.depth), self.d), self.mr), r)
-        value = Select(_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
-        row = Block([Declare(self.i, _op("+", q0, _op("+", _op("*", panel, self.mr), r))),
+        at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.depth), self.d), self.mr), r)
+        value = Select(index_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
+        row = Block([Declare(self.i, index_op("+", q0, index_op("+", index_op("*", panel, self.mr), r))),
                      For(self.d, self.depth, Store(self.qpanel, at, value))])
         return self._rows(panel, r, row)
 
@@ -216,11 +216,11 @@ class _Tiled:
     def scores_tile(self, bf, kb) -> Stmt:
         """S = Qblock @ Kblock^T: one micro-kernel call per MR query rows."""
         p, h = Var("p"), Var("h")
-        panel = _op("+", _op("*", _op("+", _op("*", bf, self.nkb), kb), self.halves), h)
-        k_panel = Address(self.kpack, _op("*", panel, self.depth * self.nr))
-        s_at = Address(self.s, _op("+", _op("*", p, self.mr * self.bk), _op("*", h, self.nr)))
-        call = Intrinsic(self.ukernel, (_i(self.depth), Address(self.qpanel, _op("*", p, self.mr * self.depth)),
-                                        k_panel, s_at, _i(self.bk), _i(0)))
+        panel = index_op("+", index_op("*", index_op("+", index_op("*", bf, self.nkb), kb), self.halves), h)
+        k_panel = Address(self.kpack, index_op("*", panel, self.depth * self.nr))
+        s_at = Address(self.s, index_op("+", index_op("*", p, self.mr * self.bk), index_op("*", h, self.nr)))
+        call = Intrinsic(self.ukernel, (as_index(self.depth), Address(self.qpanel, index_op("*", p, self.mr * self.depth)),
+                                        k_panel, s_at, as_index(self.bk), as_index(0)))
         return For(p, self.bq // self.mr, For(h, self.halves, call))
 
     def softmax_rows(self, q0, kb) -> Stmt:
@@ -228,25 +228,25 @@ class _Tiled:
         panel, r, c = Var("panel"), Var("r"), Var("c")
         row = Var("row")
         dt = self.dtype
-        at = _op("+", _op("*", row, self.bk), c)
+        at = index_op("+", index_op("*", row, self.bk), c)
         self.inline.bind(self.qk, Load(self.s, at))
         score = self.inline.tensor(self.scores)[[*self.batch, self.i, self.j]]
         neg_inf = const(-np.inf, dt)
-        exists = _op("&&", _op("<", self.i, self.sq), _op("<", self.j, self.sk))  # not padding
-        apply_f = For(c, self.bk, Block([Declare(self.j, _op("+", _op("*", kb, self.bk), c)),
+        exists = index_op("&&", index_op("<", self.i, self.sq), index_op("<", self.j, self.sk))  # not padding
+        apply_f = For(c, self.bk, Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), c)),
                                          Store(self.s, at, Select(exists, score, neg_inf))]))
         m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
-        p_at = _op("+", _op("*", _op("+", _op("*", panel, self.bk), c), self.mr), r)
-        row_value = lambda cc: Load(self.s, _op("+", _op("*", row, self.bk), cc))  # noqa: E731
+        p_at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.bk), c), self.mr), r)
+        row_value = lambda cc: Load(self.s, index_op("+", index_op("*", row, self.bk), cc))  # noqa: E731
         row_max = self._lanes("mc_maximum", neg_inf, row_value, "mx")
         exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
         row_sum = self._lanes("+", const(0, dt), row_value, "sum")
         to_panel = For(c, self.bk, Store(self.ppanel, p_at, s_val))
         x = Var("x")
-        o_at = _op("+", _op("*", row, self.dp), x)
-        stmts = [Declare(row, _op("+", _op("*", panel, self.mr), r)), Declare(self.i, _op("+", q0, row)),
+        o_at = index_op("+", index_op("*", row, self.dp), x)
+        stmts = [Declare(row, index_op("+", index_op("*", panel, self.mr), r)), Declare(self.i, index_op("+", q0, row)),
                  apply_f, Declare(m_old, Load(self.m, row))]
         stmts += row_max[0]
         stmts += [Declare(m_new, Call("mc_maximum", (m_old, row_max[1]), dt)),
@@ -270,7 +270,7 @@ class _Tiled:
         def comb(a, b):
             return Binary("+", a, b, dt) if combiner == "+" else Call(combiner, (a, b), dt)
 
-        step = Store(lanes, lane, comb(Load(lanes, lane), load(_op("+", _op("*", c0, n), lane))))
+        step = Store(lanes, lane, comb(Load(lanes, lane), load(index_op("+", index_op("*", c0, n), lane))))
         stmts = [Allocate(lanes), For(lane, n, Store(lanes, lane, init)),
                  For(c0, self.bk // n, For(lane, n, step, "vectorized")),
                  Declare(total, init), For(lane, n, Assign(total, comb(total, Load(lanes, lane))))]
@@ -279,19 +279,19 @@ class _Tiled:
     def accumulate_pv(self, bf, kb) -> Stmt:
         """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns)."""
         p, eb = Var("p"), Var("eb")
-        v_panel = Address(self.vpack, _op("*", _op("+", _op("*", _op("+", _op("*", bf, self.neb), eb), self.nkb * self.bk),
-                                                   _op("*", kb, self.bk)), self.nr))
-        call = Intrinsic(self.ukernel, (_i(self.bk), Address(self.ppanel, _op("*", p, self.mr * self.bk)), v_panel,
-                                        Address(self.o, _op("+", _op("*", p, self.mr * self.dp), _op("*", eb, self.nr))),
-                                        _i(self.dp), _i(1)))
+        v_panel = Address(self.vpack, index_op("*", index_op("+", index_op("*", index_op("+", index_op("*", bf, self.neb), eb), self.nkb * self.bk),
+                                                   index_op("*", kb, self.bk)), self.nr))
+        call = Intrinsic(self.ukernel, (as_index(self.bk), Address(self.ppanel, index_op("*", p, self.mr * self.bk)), v_panel,
+                                        Address(self.o, index_op("+", index_op("*", p, self.mr * self.dp), index_op("*", eb, self.nr))),
+                                        as_index(self.dp), as_index(1)))
         return For(p, self.bq // self.mr, For(eb, self.neb, call))
 
     def store_out(self, q0) -> Stmt:
         """out[b, q0 + row, e] = O[row, e] / l[row] for the rows that exist."""
         row = Var("row")
-        value = Binary("/", Load(self.o, _op("+", _op("*", row, self.dp), self.e)), Load(self.l, row), self.dtype)
+        value = Binary("/", Load(self.o, index_op("+", index_op("*", row, self.dp), self.e)), Load(self.l, row), self.dtype)
         store = Store(self.out, linear_index(self.idx, self.pv.shape), value)
-        return For(row, self.bq, Block([Declare(self.i, _op("+", q0, row)),
-                                        If(_op("<", self.i, self.sq), For(self.e, self.head, store))]))
+        return For(row, self.bq, Block([Declare(self.i, index_op("+", q0, row)),
+                                        If(index_op("<", self.i, self.sq), For(self.e, self.head, store))]))
 
 

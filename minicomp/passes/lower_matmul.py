@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..codegen import gemm
+from ..ir.affine import affine
 from ..ir.compute import Reduce, linear_index
 from ..ir.graph import Node
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
                         If, Intrinsic, Load, Select, Stmt, Store, Var, const, simplify_binary, walk)
-from .lower import output_index
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 PARALLEL_WORK = 1 << 20
@@ -104,7 +104,8 @@ class MatmulShape:
         return int(np.prod([e for _, e in self.red], dtype=np.int64))
 
 
-def _uses(expr: Expr, var: Var) -> bool:
+def uses(expr: Expr, var: Var) -> bool:
+    """Whether ``var`` occurs in ``expr``."""
     return any(e is var for e in walk(expr))
 
 
@@ -121,13 +122,13 @@ def find_matmul(anchor: Node, idx: list, r: Reduce) -> MatmulShape | None:
     if not (isinstance(body, Binary) and body.op == "*"):
         return None
     j = idx[-1]
-    a_expr, b_expr = (body.b, body.a) if _uses(body.a, j) else (body.a, body.b)
-    if _uses(a_expr, j) or not _uses(b_expr, j) or (cond is not None and _uses(cond, j)):
+    a_expr, b_expr = (body.b, body.a) if uses(body.a, j) else (body.a, body.b)
+    if uses(a_expr, j) or not uses(b_expr, j) or (cond is not None and uses(cond, j)):
         return None
     if cond is not None:
         a_expr = Select(cond, a_expr, const(0, a_expr.dtype))
     axes = [(v, e) for v, e in zip(idx[:-1], shape[:-1]) if isinstance(v, Var)]
-    last_batch = max((n for n, (v, _) in enumerate(axes) if _uses(b_expr, v)), default=-1)
+    last_batch = max((n for n, (v, _) in enumerate(axes) if uses(b_expr, v)), default=-1)
     batch, rows = axes[:last_batch + 1], axes[last_batch + 1:]
     red = _order_by_stride(list(r.axes), a_expr)
     return MatmulShape(batch, rows, (j, shape[-1]), red, a_expr, b_expr)
@@ -135,30 +136,11 @@ def find_matmul(anchor: Node, idx: list, r: Reduce) -> MatmulShape | None:
 
 def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var, int]]:
     """Reduction axes, largest stride in A first, so packing A reads memory in order."""
-    loads = [e for e in walk(a_expr) if isinstance(e, Load)]
-    if len(red) < 2 or not loads:
+    forms = [affine(e.index) for e in walk(a_expr) if isinstance(e, Load)]
+    if len(red) < 2 or not forms or forms[0] is None:
         return red
-
-    def stride(var: Var) -> int:
-        index = loads[0].index
-        return abs(_eval_index(index, {var: 1}) - _eval_index(index, {}))
-
-    return sorted(red, key=lambda axis: stride(axis[0]), reverse=True)
-
-
-def _eval_index(e: Expr, env: dict) -> int:
-    """Value of an index expression with the vars of ``env`` set (others are 0)."""
-    if isinstance(e, Const):
-        return int(e.value)
-    if isinstance(e, Var):
-        return env.get(e, 0)
-    if isinstance(e, Binary) and e.op in "+-*":
-        a, b = _eval_index(e.a, env), _eval_index(e.b, env)
-        return a + b if e.op == "+" else a - b if e.op == "-" else a * b
-    if isinstance(e, Binary) and e.op in ("/", "%"):
-        a, b = _eval_index(e.a, env), _eval_index(e.b, env)
-        return 0 if b == 0 else (a // b if e.op == "/" else a % b)
-    return 0
+    strides = {atom: abs(c) for atom, c in forms[0].terms if isinstance(atom, str)}
+    return sorted(red, key=lambda axis: strides.get(axis[0].name, 0), reverse=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,26 +148,28 @@ def _eval_index(e: Expr, env: dict) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _i(value) -> Expr:
+def as_index(value) -> Expr:
+    """An index expression: Python ints become constants."""
     return Const(int(value), INDEX) if isinstance(value, (int, np.integer)) else value
 
 
-def _op(op: str, a, b) -> Expr:
+def index_op(op: str, a, b) -> Expr:
+    """``a op b`` on indices (``+ - *`` fold constants; comparisons and ``&&`` give bool)."""
     if op in ("+", "-", "*"):
-        return simplify_binary(op, _i(a), _i(b))
-    return Binary(op, _i(a), _i(b), BOOL if op in ("<", "<=", "==", "&&", ">", ">=") else INDEX)
+        return simplify_binary(op, as_index(a), as_index(b))
+    return Binary(op, as_index(a), as_index(b), BOOL if op in ("<", "<=", "==", "&&", ">", ">=") else INDEX)
 
 
 def _min(a, b) -> Expr:
-    return Select(_op("<", a, b), _i(a), _i(b))
+    return Select(index_op("<", a, b), as_index(a), as_index(b))
 
 
-def _declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
+def declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
     """Declare each row variable from the flat row number ``m`` (last axis fastest)."""
     stmts: list[Stmt] = []
     for n, (var, extent) in enumerate(reversed(rows)):
-        rest = m if n == 0 else _op("/", m, int(np.prod([e for _, e in rows[len(rows) - n:]])))
-        stmts.append(Declare(var, rest if n == len(rows) - 1 else _op("%", rest, extent)))
+        rest = m if n == 0 else index_op("/", m, int(np.prod([e for _, e in rows[len(rows) - n:]])))
+        stmts.append(Declare(var, rest if n == len(rows) - 1 else index_op("%", rest, extent)))
     return stmts
 
 
@@ -223,8 +207,8 @@ class GemmBuilder:
             work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
                     self.compute(epilogue)]
         block = Block([
-            Declare(self.nc_now, _min(self.t.nc, _op("-", self.s.n, _op("*", self.jc, self.t.nc)))),
-            Declare(self.kc_now, _op("*", _min(self.chunk, _op("-", self.k0, _op("*", self.pc, self.chunk))),
+            Declare(self.nc_now, _min(self.t.nc, index_op("-", self.s.n, index_op("*", self.jc, self.t.nc)))),
+            Declare(self.kc_now, index_op("*", _min(self.chunk, index_op("-", self.k0, index_op("*", self.pc, self.chunk))),
                                      self.inner))] + work)
         nest: Stmt = For(self.jc, self.n_jc, For(self.pc, self.n_pc, block))
         for var, extent in reversed(self.s.batch):
@@ -237,16 +221,16 @@ class GemmBuilder:
         k0l = Var("k0l")
         kk: Expr = k0l
         for var, extent in inner:
-            kk = _op("+", _op("*", kk, extent), var)
+            kk = index_op("+", index_op("*", kk, extent), var)
         stmt: Stmt = leaf_for_kk(kk)
         for var, extent in reversed(inner):
             stmt = For(var, extent, stmt)
-        start = Declare(k0var, _op("+", _op("*", self.pc, self.chunk), k0l))
-        guard = _op("<", _op("+", _op("*", self.pc, self.chunk), k0l), self.k0)
+        start = Declare(k0var, index_op("+", index_op("*", self.pc, self.chunk), k0l))
+        guard = index_op("<", index_op("+", index_op("*", self.pc, self.chunk), k0l), self.k0)
         return For(k0l, self.chunk, If(guard, Block([start, stmt])))
 
     def _col(self, jb: Expr, jj: Expr) -> Expr:
-        return _op("+", _op("+", _op("*", self.jc, self.t.nc), _op("*", jb, self.t.nr)), jj)
+        return index_op("+", index_op("+", index_op("*", self.jc, self.t.nc), index_op("*", jb, self.t.nr)), jj)
 
     def pack_b(self) -> Stmt:
         """``bpack[jb][kk][jj] = B[k, jc*NC + jb*NR + jj]`` (0 past the last column)."""
@@ -255,12 +239,12 @@ class GemmBuilder:
         zero = const(0, self.dtype)
 
         def leaf(kk):
-            at = _op("+", _op("*", _op("+", _op("*", jb, self.kce), kk), self.t.nr), jj)
-            value = Select(_op("<", j, self.s.n), self.s.b_expr, zero)
+            at = index_op("+", index_op("*", index_op("+", index_op("*", jb, self.kce), kk), self.t.nr), jj)
+            value = Select(index_op("<", j, self.s.n), self.s.b_expr, zero)
             return For(jj, self.t.nr, Block([Declare(j, self._col(jb, jj)), Store(self.b_pack, at, value)]))
 
         panels = -(-self.nce // self.t.nr)
-        return For(jb, panels, If(_op("<", _op("*", jb, self.t.nr), self.nc_now), self._reduction_loops(leaf)),
+        return For(jb, panels, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), self._reduction_loops(leaf)),
                    self.parallel)
 
     def pack_a(self, into: Buffer, first_panel: Expr, panels: int, kind: str) -> Stmt:
@@ -269,31 +253,31 @@ class GemmBuilder:
         mr = self.t.mr
 
         def store(value):
-            return lambda kk: Store(into, _op("+", _op("*", _op("+", _op("*", p, self.kce), kk), mr), r), value)
+            return lambda kk: Store(into, index_op("+", index_op("*", index_op("+", index_op("*", p, self.kce), kk), mr), r), value)
 
-        row = Block([Declare(m, _op("+", _op("*", _op("+", first_panel, p), mr), r)),
-                     If(_op("<", m, self.s.m),
-                        Block(_declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
+        row = Block([Declare(m, index_op("+", index_op("*", index_op("+", first_panel, p), mr), r)),
+                     If(index_op("<", m, self.s.m),
+                        Block(declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
                         self._reduction_loops(store(const(0, self.dtype))))])
         return For(p, panels, For(r, mr, row), kind)
 
     def _c_offset(self, m: Expr, n0: Expr) -> Expr:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
-        return _op("+", _op("*", _op("+", _op("*", batch, self.s.m), m), self.s.n), n0)
+        return index_op("+", index_op("*", index_op("+", index_op("*", batch, self.s.m), m), self.s.n), n0)
 
     def _tile(self, epilogue, m0: Var, jb: Expr, a_panel: Expr) -> Stmt:
         """One MR x NR tile at rows ``m0``, panel ``jb``: micro-kernel, then the epilogue if last."""
         n0 = Var("n0")
-        accumulate = _op(">", self.pc, 0)
-        b_panel = Address(self.b_pack, _op("*", _op("*", jb, self.kce), self.t.nr))
+        accumulate = index_op(">", self.pc, 0)
+        b_panel = Address(self.b_pack, index_op("*", index_op("*", jb, self.kce), self.t.nr))
         out_at = Address(self.out, self._c_offset(m0, n0))
-        direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, out_at, _i(self.s.n), accumulate))
-        last = _op("==", self.pc, self.n_pc - 1)
-        full = _op("&&", _op("<=", _op("+", m0, self.t.mr), self.s.m),
-                   _op("<=", _op("+", _op("*", jb, self.t.nr), self.t.nr), self.nc_now))
+        direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, out_at, as_index(self.s.n), accumulate))
+        last = index_op("==", self.pc, self.n_pc - 1)
+        full = index_op("&&", index_op("<=", index_op("+", m0, self.t.mr), self.s.m),
+                   index_op("<=", index_op("+", index_op("*", jb, self.t.nr), self.t.nr), self.nc_now))
         tile_case = Block([direct, If(last, epilogue(m0, n0, True))])
         edge_case = Block([self._edge_tile(m0, n0, a_panel, b_panel, accumulate), If(last, epilogue(m0, n0, False))])
-        return If(_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
+        return If(index_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
 
     def compute(self, epilogue) -> Stmt:
         """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile.
@@ -304,11 +288,11 @@ class GemmBuilder:
         t, ic, jb, ir, m0 = Var("t"), Var("ic"), Var("jb"), Var("ir"), Var("m0")
         n_jb = -(-self.nce // self.t.nr)
         n_ic = -(-self.s.m // self.t.mc)
-        a_panel = Address(self.a_pack, _op("*", m0, self.kce))
-        per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
+        a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
+        per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
                           self._tile(epilogue, m0, jb, a_panel)])
-        task = Block([Declare(jb, _op("/", t, n_ic)), Declare(ic, _op("%", t, n_ic)),
-                      If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
+        task = Block([Declare(jb, index_op("/", t, n_ic)), Declare(ic, index_op("%", t, n_ic)),
+                      If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
         return For(t, n_ic * n_jb, task, self.parallel)
 
     def compute_per_row_block(self, epilogue) -> Stmt:
@@ -318,11 +302,11 @@ class GemmBuilder:
         n_ic = -(-self.s.m // self.t.mc)
         panels = self.t.mc // self.t.mr
         block = Buffer("a_block", self.dtype, (self.t.mc * self.kce,))
-        a_panel = Address(block, _op("*", _op("*", ir, self.t.mr), self.kce))
-        per_tile = Block([Declare(m0, _op("+", _op("*", ic, self.t.mc), _op("*", ir, self.t.mr))),
+        a_panel = Address(block, index_op("*", index_op("*", ir, self.t.mr), self.kce))
+        per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
                           self._tile(epilogue, m0, jb, a_panel)])
-        sweep = For(jb, n_jb, If(_op("<", _op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
-        return For(ic, n_ic, Block([Allocate(block), self.pack_a(block, _op("*", ic, panels), panels, "serial"),
+        sweep = For(jb, n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
+        return For(ic, n_ic, Block([Allocate(block), self.pack_a(block, index_op("*", ic, panels), panels, "serial"),
                                     sweep]), self.parallel)
 
     def _edge_tile(self, m0, n0, a_panel, b_panel, accumulate) -> Stmt:
@@ -330,12 +314,12 @@ class GemmBuilder:
         mr, nr = self.t.mr, self.t.nr
         tile = Buffer("tile", self.dtype, (mr * nr,))
         r, jj = Var("r"), Var("jj")
-        at = _op("+", self._c_offset(_op("+", m0, r), n0), jj)
+        at = index_op("+", self._c_offset(index_op("+", m0, r), n0), jj)
         old = Select(accumulate, Load(self.out, at), const(0, self.dtype))
-        add = Store(self.out, at, Binary("+", old, Load(tile, _op("+", _op("*", r, nr), jj)), self.dtype))
-        inside = _op("&&", _op("<", _op("+", m0, r), self.s.m), _op("<", _op("+", n0, jj), self.s.n))
+        add = Store(self.out, at, Binary("+", old, Load(tile, index_op("+", index_op("*", r, nr), jj)), self.dtype))
+        inside = index_op("&&", index_op("<", index_op("+", m0, r), self.s.m), index_op("<", index_op("+", n0, jj), self.s.n))
         return Block([Allocate(tile),
-                      Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, Address(tile, Const(0)), _i(nr), _i(0))),
+                      Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, b_panel, Address(tile, Const(0)), as_index(nr), as_index(0))),
                       For(r, mr, For(jj, nr, If(inside, add)))])
 
     def tile_epilogue(self, m0, n0, full: bool, value_at, store_at) -> Stmt:
@@ -345,9 +329,9 @@ class GemmBuilder:
         idx = self.out_index
         buffer, index = store_at(idx)
         store = Store(buffer, index, value_at(idx))
-        col = Block([Declare(j, _op("+", n0, jj)), store if full else If(_op("<", j, self.s.n), store)])
-        row = Block([Declare(m, _op("+", m0, r))] + _declare_rows(self.s.rows, m) + [For(jj, self.t.nr, col)])
-        return For(r, self.t.mr, row if full else If(_op("<", _op("+", m0, r), self.s.m), row))
+        col = Block([Declare(j, index_op("+", n0, jj)), store if full else If(index_op("<", j, self.s.n), store)])
+        row = Block([Declare(m, index_op("+", m0, r))] + declare_rows(self.s.rows, m) + [For(jj, self.t.nr, col)])
+        return For(r, self.t.mr, row if full else If(index_op("<", index_op("+", m0, r), self.s.m), row))
 
 
 def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
