@@ -31,6 +31,7 @@ from . import lower_matmul
 from .lower_matmul import as_index, declare_rows, index_op, uses
 
 LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
+QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
 
 
@@ -104,7 +105,7 @@ class _Tiled:
         self.batch_shape = pv.shape[:-2]
         self.nbatch = int(np.prod(self.batch_shape, dtype=np.int64))
         self.sq, self.sk, self.head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
-        self.bq = min(8 * self.mr, -(-self.sq // self.mr) * self.mr)
+        self.bq = min(QUERY_PANELS * self.mr, -(-self.sq // self.mr) * self.mr)
         self.halves = KEY_PANELS if qk.shape[-1] > self.nr else 1  # NR-wide panels of keys per block
         self.bk = self.nr * self.halves
         self.nqb, self.nkb = -(-self.sq // self.bq), -(-self.sk // self.bk)
