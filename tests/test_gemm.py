@@ -14,6 +14,7 @@ import minicomp
 from minicomp import nn
 from minicomp.codegen import gemm
 from minicomp.frontend.jit import jit
+from minicomp.ir.rewrite import allocated
 from minicomp.passes import lower_matmul
 from minicomp.passes.lower import lower
 from minicomp.passes.pipeline import run_pipeline
@@ -166,17 +167,6 @@ def test_tiled_attention_odd_tiles(b, sq, sk, d, dv, causal):
     assert_close(jit(attention)(q, k, v), attention(q, k, v))
 
 
-def allocations(stmt):
-    from minicomp.ir.loops import Allocate, Block, For, If
-    if isinstance(stmt, Allocate):
-        yield stmt
-    children = ([stmt.body] if isinstance(stmt, For) else stmt.stmts if isinstance(stmt, Block)
-                else [stmt.then, stmt.otherwise] if isinstance(stmt, If) else [])
-    for child in children:
-        if child is not None:
-            yield from allocations(child)
-
-
 def test_tiled_attention_stores_no_score_matrix():
     rng = np.random.default_rng(8)
     sq = sk = 256
@@ -188,7 +178,7 @@ def test_tiled_attention_stores_no_score_matrix():
     # the workspace holds the packed K^T and V panels only: 2 x 4 x 256 x 64 floats, less than
     # the 4 x 256 x 256 scores; the per-task tiles are small locals
     assert program.workspace_bytes == 2 * 4 * sq * 64 * 4 < 4 * sq * sk * 4
-    assert max(a.buffer.size for a in allocations(kernel.body)) < sq * sk // 8  # tiles, not rows of S
+    assert max(b.size for b in allocated(kernel.body)) < sq * sk // 8  # tiles, not rows of S
 
 
 @pytest.mark.parametrize("m, k, n", [(300, 50, 70), (7, 20, 200)])

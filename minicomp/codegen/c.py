@@ -39,6 +39,7 @@ import numpy as np
 
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
+from ..ir.rewrite import statements
 from . import gemm
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -305,24 +306,8 @@ class CRenderer:
 
 def intrinsics_used(kernels: list[Kernel]) -> list[str]:
     """Names of the ``Intrinsic`` routines the kernels call, each once, in order of first use."""
-    names: dict[str, None] = {}
-
-    def visit(s: Stmt) -> None:
-        if isinstance(s, Intrinsic):
-            names[s.fn] = None
-        elif isinstance(s, For):
-            visit(s.body)
-        elif isinstance(s, Block):
-            for sub in s.stmts:
-                visit(sub)
-        elif isinstance(s, If):
-            visit(s.then)
-            if s.otherwise is not None:
-                visit(s.otherwise)
-
-    for k in kernels:
-        visit(k.body)
-    return list(names)
+    calls = (s.fn for k in kernels for s in statements(k.body) if isinstance(s, Intrinsic))
+    return list(dict.fromkeys(calls))
 
 
 def render_c(program) -> str:

@@ -13,24 +13,22 @@ Queries are taken ``BQ`` rows at a time; for each block of ``BK`` keys::
 ``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
 over (batch, query block) tasks. Every row statistic is kept per query row, exactly as the
 untiled online softmax in ``lower_fused.lower_attention`` (which small or integer cases
-still use); row max and row sum run over ``LANES`` partial results so that they vectorise.
+still use); row max and row sum run over SIMD lanes (``reductions.reduce_into_lanes``).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..codegen import gemm
-from ..ir.compute import _batch_index, compute, linear_index
+from ..ir.compute import Reduce, _batch_index, compute, linear_index
 from ..ir.graph import Node
-from ..ir.loops import (BOOL, Address, Allocate, Assign, Binary, Block, Buffer, Call, Declare, For, If,
+from ..ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, For, If,
                         Intrinsic, Load, Select, Stmt, Store, Var, const)
 from . import lower_matmul
 from .lower_matmul import as_index, declare_rows, index_op, uses
+from .reductions import reduce_into_lanes
 
-LANES = 16  # partial maxima/sums per row: one AVX-512 vector of float32
 QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
 
@@ -113,6 +111,13 @@ class _Tiled:
         self.neb = self.dp // self.nr
         self.kpack = Buffer(f"{out.name}_kpack", self.dtype, (self.nbatch * self.nkb * self.depth * self.bk,))
         self.vpack = Buffer(f"{out.name}_vpack", self.dtype, (self.nbatch * self.neb * self.nkb * self.bk * self.nr,))
+        # per task, on its thread's stack: the Q panel, the score/P tiles, O and the row statistics
+        self.qpanel = Buffer("qpanel", self.dtype, (self.bq * self.depth,))
+        self.s = Buffer("s", self.dtype, (self.bq * self.bk,))
+        self.ppanel = Buffer("ppanel", self.dtype, (self.bq * self.bk,))
+        self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
+        self.m = Buffer("row_max", self.dtype, (self.bq,))
+        self.l = Buffer("row_sum", self.dtype, (self.bq,))
 
     def nest(self):
         from .lower_fused import Nest
@@ -155,12 +160,6 @@ class _Tiled:
     def tasks(self) -> Stmt:
         """One task per (batch, query block): Q panel, then the loop over key blocks, then O / l."""
         t, bf, qb, q0 = Var("t"), Var("bf"), Var("qb"), Var("q0")
-        self.qpanel = Buffer("qpanel", self.dtype, (self.bq * self.depth,))
-        self.s = Buffer("s", self.dtype, (self.bq * self.bk,))
-        self.ppanel = Buffer("ppanel", self.dtype, (self.bq * self.bk,))
-        self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
-        self.m = Buffer("row_max", self.dtype, (self.bq,))
-        self.l = Buffer("row_sum", self.dtype, (self.bq,))
         kb = Var("kb")
         stmts = [Declare(bf, index_op("/", t, self.nqb)), Declare(qb, index_op("%", t, self.nqb)),
                  Declare(q0, index_op("*", qb, self.bq))] + self._batch_decls(bf)
@@ -240,42 +239,26 @@ class _Tiled:
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
         p_at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.bk), c), self.mr), r)
-        row_value = lambda cc: Load(self.s, index_op("+", index_op("*", row, self.bk), cc))  # noqa: E731
-        row_max = self._lanes("mc_maximum", neg_inf, row_value, "mx")
+        mx, total = Var("mx", dt), Var("sum", dt)
+        row_max = reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt))
         exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
-        row_sum = self._lanes("+", const(0, dt), row_value, "sum")
+        row_sum = reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt))
         to_panel = For(c, self.bk, Store(self.ppanel, p_at, s_val))
         x = Var("x")
         o_at = index_op("+", index_op("*", row, self.dp), x)
         stmts = [Declare(row, index_op("+", index_op("*", panel, self.mr), r)), Declare(self.i, index_op("+", q0, row)),
                  apply_f, Declare(m_old, Load(self.m, row))]
-        stmts += row_max[0]
-        stmts += [Declare(m_new, Call("mc_maximum", (m_old, row_max[1]), dt)),
+        stmts += row_max
+        stmts += [Declare(m_new, Call("mc_maximum", (m_old, mx), dt)),
                   # all scores so far -inf (masked): shift by 0 so exp(-inf - 0) = 0, not NaN
                   Declare(shift, Select(Binary("==", m_new, neg_inf, BOOL), const(0, dt), m_new)),
                   Declare(corr, Call("exp", (Binary("-", m_old, shift, dt),), dt)),
                   exps]
-        stmts += row_sum[0] + [to_panel]
-        stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), row_sum[1], dt)),
+        stmts += row_sum + [to_panel]
+        stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), total, dt)),
                   Store(self.m, row, m_new),
                   For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]
         return self._rows(panel, r, Block(stmts))
-
-    def _lanes(self, combiner: str, init, load, name: str):
-        """Reduce one row of BK values over LANES partial results (vectorisable), then combine them."""
-        dt = self.dtype
-        n = math.gcd(LANES, self.bk)
-        lanes = Buffer(f"{name}_lanes", dt, (n,))
-        c0, lane, total = Var("c0"), Var("lane"), Var(name, dt)
-
-        def comb(a, b):
-            return Binary("+", a, b, dt) if combiner == "+" else Call(combiner, (a, b), dt)
-
-        step = Store(lanes, lane, comb(Load(lanes, lane), load(index_op("+", index_op("*", c0, n), lane))))
-        stmts = [Allocate(lanes), For(lane, n, Store(lanes, lane, init)),
-                 For(c0, self.bk // n, For(lane, n, step, "vectorized")),
-                 Declare(total, init), For(lane, n, Assign(total, comb(total, Load(lanes, lane))))]
-        return stmts, total
 
     def accumulate_pv(self, bf, kb) -> Stmt:
         """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns)."""

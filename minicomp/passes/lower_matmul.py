@@ -176,8 +176,8 @@ def declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
 class GemmBuilder:
     """Builds the kernel body for one ``MatmulShape``; see the module docstring for the nest."""
 
-    def __init__(self, shape: MatmulShape, out: Buffer, out_shape, tiling: GemmTiling, name: str):
-        self.s, self.out, self.out_shape, self.t = shape, out, out_shape, tiling
+    def __init__(self, shape: MatmulShape, out: Buffer, out_index: list, tiling: GemmTiling, name: str):
+        self.s, self.out, self.out_index, self.t = shape, out, out_index, tiling
         self.dtype = out.dtype
         self.k0, self.inner = shape.red[0][1], int(np.prod([e for _, e in shape.red[1:]], dtype=np.int64))
         self.chunk = max(1, min(self.k0, tiling.kc // max(self.inner, 1)))
@@ -348,8 +348,7 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
     if shape is None or shape.m * shape.n * shape.k < MIN_WORK:
         return None
     tiling = balanced(default_tiling(acc.dtype), shape.m)
-    builder = GemmBuilder(shape, acc, anchor.shape, tiling, acc.name)
-    builder.out_index = idx
+    builder = GemmBuilder(shape, acc, idx, tiling, acc.name)
 
     def epilogue(m0, n0, full):
         if value_at is None:
