@@ -145,6 +145,18 @@ def test_regressions(name):
     assert_matches(compiled(*inputs), minicomp.interpret(graph, *inputs), graph)
 
 
+def test_short_concatenate_regression():
+    """GCC 12.2 -O3 -march=native compiled this concatenate (a short, fully unrolled select
+    between two reads of x0) into a blend with zeros; fixed by -fno-tree-vrp (compiler.py)."""
+    graph = Graph.parse("""graph random(%x0: i32[3,1,2]) {
+      %concatenate = concatenate(%x0, %x0) {axis=0} : i32[6,1,2]
+      return %concatenate
+    }""")
+    x0 = np.array([[[2, 1]], [[4, -2]], [[-1, -3]]], np.int32)  # no zeros: a zero read must show
+    [result] = minicomp.compile(graph, target="c")(x0)
+    np.testing.assert_array_equal(result, np.concatenate([x0, x0]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Determinism and the compile cache
 # ----------------------------------------------------------------------------------------------
