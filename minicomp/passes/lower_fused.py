@@ -38,6 +38,7 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
                         Load, Select, Stmt, Store, Var, const)
 from ..ir.ops import Kind
+from ..ir.simplify_indices import simplify_kernel_indices
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
 from .lower_matmul import lower_gemm
@@ -270,7 +271,9 @@ def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[
     """The kernel of a lowering's result, shaped by the default schedule of ``pattern`` (None: plain)."""
     nest_ = lowered if isinstance(lowered, Nest) else Nest(lowered)
     kernel = Kernel(name, inputs, out, nest_.body, source, scratch=nest_.scratch, schedule=nest_.schedule)
-    return kernel if pattern is None else apply_default_schedule(kernel, pattern)
+    if pattern is not None:
+        kernel = apply_default_schedule(kernel, pattern)
+    return simplify_kernel_indices(kernel)
 
 
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
