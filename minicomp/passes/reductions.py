@@ -71,9 +71,9 @@ def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list
                                                   for lane in 0..8:          # the tail: 1000 = 62*16 + 8
                                                     i64 r1 = 992 + lane
                                                     acc_lanes[lane] = acc_lanes[lane] + x[i0*1000 + r1]
+                                                  for lane in 0..8:          # then 4, 2, 1
+                                                    acc_lanes[lane] = acc_lanes[lane] + acc_lanes[lane + 8]
                                                   f32 acc = acc_lanes[0]
-                                                  for lane in 0..15:
-                                                    acc = acc + acc_lanes[lane + 1]
     """
     if not splits_into_lanes(r):
         step = Block([*per_element, Assign(acc, combine(r.combiner, acc, r.body))])
@@ -93,8 +93,25 @@ def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list
     return [Allocate(lanes),
             For(lane, LANES, Store(lanes, lane, reduction_init(r.combiner, r.dtype)), "vectorized"),
             nest(r.axes[:-1], Block(sweep), parallel=False),
-            Declare(acc, Load(lanes, Const(0))),
-            For(lane, LANES - 1, Assign(acc, combine(r.combiner, acc, Load(lanes, lane + 1))))]
+            *fold_lanes(lanes, r.combiner),
+            Declare(acc, Load(lanes, Const(0)))]
+
+
+def fold_lanes(lanes: Buffer, combiner: str) -> list[Stmt]:
+    """Combine ``lanes[0..LANES]`` into ``lanes[0]`` as a tree: 4 dependent steps, not 15.
+
+    The row max of softmax is on the critical path (every exp waits for it), so the depth of
+    this last step shows in the time of a short row::
+
+        for lane in 0..8: lanes[lane] = max(lanes[lane], lanes[lane + 8])
+        for lane in 0..4: lanes[lane] = max(lanes[lane], lanes[lane + 4])   ... 2, 1
+    """
+    lane, steps, half = Var("lane"), [], LANES // 2
+    while half:
+        value = combine(combiner, Load(lanes, lane), Load(lanes, lane + half))
+        steps.append(For(lane, half, Store(lanes, lane, value), "vectorized" if half > 1 else "serial"))
+        half //= 2
+    return steps
 
 
 # ----------------------------------------------------------------------------------------------
