@@ -47,8 +47,9 @@ def test_micro_kernel_tile_fits_the_vector_width():
     lanes = gemm.vector_bytes() // 4
     assert nr % lanes == 0 and nr // lanes == gemm.vectors_per_row()
     assert gemm.tile_shape(F64)[1] * 2 == nr
+    assert f"vector_size({gemm.vector_bytes()})" in gemm.types_source("f32")
     source = gemm.source(gemm.kernel_name(F32))
-    assert f"vector_size({gemm.vector_bytes()})" in source and "acc[r][v] += a * b[v]" in source
+    assert "acc[r][v] += a * b[v]" in source and "ap[r * lda + k]" in source
 
 
 @settings(max_examples=25, deadline=None)

@@ -8,9 +8,9 @@ What you learn:
 * How that kernel is shaped: the loop nest OpenBLAS and BLIS use (Goto's algorithm), printed
   with a ``# schedule: gemm(mr=.., nr=.., kc=.., mc=.., nc=..)`` line that records it:
 
-  - **packing**: a block of ``kc`` rows of ``w`` is copied into panels of ``nr`` columns, and
-    ``x`` into panels of ``mr`` rows, both stored k-major, so the inner loop streams through
-    contiguous memory (TVM's ``cache_read``);
+  - **packing**: a block of ``kc`` rows of ``w`` is copied into panels of ``nr`` columns
+    stored k-major, so the inner loop streams through contiguous memory, and the matching
+    ``kc`` columns of ``x`` into rows of ``kc`` values (TVM's ``cache_read``);
   - the **register-blocked micro-kernel**: an ``mr x nr`` tile of the result lives in vector
     registers for a whole ``kc`` block, and every value loaded is used ``mr`` or ``nr`` times
     (TVM's ``tensorize``; the one routine minicomp writes by hand, ``codegen/gemm.py``);
@@ -136,9 +136,9 @@ print(f"\nmicro-kernel tile mr x nr = {tiling.mr} x {tiling.nr}: {gemm.vector_by
 #   for jc:  blocks of nc columns of w (here all 256 fit in one);
 #   for pc:  blocks of kc steps of the reduction (here 2: 384 + 384);
 #     parallel for jb: pack w[pc block, jc block] into panels of nr columns  -> *_bpack
-#     parallel for ib: pack x[:, pc block] into panels of mr rows            -> *_apack
+#     parallel for ib: pack x[:, pc block] into rows of kc values             -> *_apack
 #     parallel for t:  one task per (mc rows, nr panel): for each mr x nr tile,
-#         mc_gemm_...(kc, A panel, B panel, C tile, ldc, accumulate = pc > 0)
+#         mc_gemm_...(kc, A rows, lda = kc, B panel, C tile, ldc, accumulate = pc > 0)
 #         if pc == last: the epilogue over that tile (bias, GELU), in place
 # A tile that sticks out past row 64 (the last one: rows 60..65) runs the same micro-kernel
 # into a local `tile` and copies the rows that exist: the panels are zero-padded, so the
@@ -167,18 +167,19 @@ def from_workspace(name_end: str) -> np.ndarray:
     return workspace[offset:offset + buffer.size * 4].view(F32)
 
 
-# The layouts, in NumPy. A: pad the rows to a multiple of mr, cut into panels of mr rows, and
-# store each panel k-major: panel[k, r] = A[p*mr + r, k]. B: panels of nr columns, k-major:
-# panel[k, j] = B[k, p*nr + j]. Each micro-kernel step k then reads mr consecutive values of
-# A and nr consecutive values of B.
+# The layouts, in NumPy. B: panels of nr columns, k-major: panel[k, j] = B[k, p*nr + j], so
+# each micro-kernel step k reads nr consecutive values of B. A: the kc columns of the block,
+# rows padded with zeros to a multiple of mr, cut into panels of mr rows: panel[r, k] =
+# A[p*mr + r, k]. Step k broadcasts A[r, k] from each of the mr rows (BLIS stores A k-major
+# too; from rows the broadcasts cost the same, and packing rows is a contiguous copy).
 mr, nr, kc = tiling.mr, tiling.nr, tiling.kc
 
 
-def pack_a(a_block):          # (M, kc) -> (panels, kc, mr)
+def pack_a(a_block):          # (M, kc) -> (panels, mr, kc)
     rows = -(-a_block.shape[0] // mr) * mr
     padded = np.zeros((rows, a_block.shape[1]), F32)
     padded[:a_block.shape[0]] = a_block
-    return padded.reshape(rows // mr, mr, -1).transpose(0, 2, 1)
+    return padded.reshape(rows // mr, mr, -1)
 
 
 def pack_b(b_block):          # (kc, N) -> (panels, kc, nr)
@@ -189,18 +190,18 @@ def pack_b(b_block):          # (kc, N) -> (panels, kc, nr)
 
 
 # After the call the panels hold the *last* k block, x[:, kc:2kc] and w[kc:2kc, :]:
-a_panels = from_workspace("_apack").reshape(-1, kc, mr)
+a_panels = from_workspace("_apack").reshape(-1, mr, kc)
 b_panels = from_workspace("_bpack").reshape(-1, kc, nr)
 assert np.array_equal(a_panels, pack_a(x[:, kc:]))
 assert np.array_equal(b_panels, pack_b(w[kc:, :]))
-print(f"A packed: {a_panels.shape[0]} panels of {kc} x {mr} (the last one zero-padded: rows "
+print(f"A packed: {a_panels.shape[0]} panels of {mr} x {kc} (the last one zero-padded: rows "
       f"{M}..{a_panels.shape[0] * mr - 1}); B packed: {b_panels.shape[0]} panels of {kc} x {nr}")
-print("first panel of A, first 3 k steps (each row = the mr values one k step broadcasts):")
-print(a_panels[0, :3])
+print("first panel of A, first 3 k steps (each column = the mr values one k step broadcasts):")
+print(a_panels[0, :, :3])
 
 # One micro-kernel call, in NumPy: C_tile += sum over k of outer(A panel[k], B panel[k]),
-# which is A_panel^T @ B_panel. Tile (0, 0) after both k blocks is the matmul's top-left tile.
-tile = sum(np.einsum("kr,kj->rj", pack_a(x[:, p:p + kc])[0], pack_b(w[p:p + kc, :])[0])
+# which is A_panel @ B_panel. Tile (0, 0) after both k blocks is the matmul's top-left tile.
+tile = sum(np.einsum("rk,kj->rj", pack_a(x[:, p:p + kc])[0], pack_b(w[p:p + kc, :])[0])
            for p in range(0, K, kc))
 assert_close(tile, (x @ w)[:mr, :nr])
 print(f"micro-kernel, as einsum on the panels: tile (0, 0) = (x @ w)[:{mr}, :{nr}]")

@@ -147,16 +147,15 @@ assert node.attrs["pattern"] == "attention"
 step("Step 4: the fused attention kernel")
 # ----------------------------------------------------------------------------------------------
 # Lowered, the kernel prints its schedule line first, then (compare with Step 2):
-#   parallel for t_pack: pack K^T and V into micro-kernel panels, once per call;
+#   parallel for t_pack: pack K^T and V into micro-kernel B panels, once per call;
 #   parallel for t: one task per (batch, block of bq queries), each with its own small arrays
 #     (local ...) on the thread's stack:
 #       pack the Q block; o = 0, row_max = -inf, row_sum = 0;
 #       for kb (a block of bk keys):
 #         s = Q K^T for this tile: micro-kernel calls, mr query rows each;
 #         per query row: scale (and mask), block max -> m_new, correction = exp(m_old - shift),
-#           s = exp(s - shift), block sum, l = l*correction + sum, o row *= correction,
-#           and p (= s) copied into A-panel layout for the next micro-kernel;
-#         o += P V for this tile: micro-kernel again, accumulating;
+#           s = exp(s - shift) (now P), block sum, l = l*correction + sum, o row *= correction;
+#         o += P V for this tile: micro-kernel again, accumulating, reading P's rows in s;
 #       out = o / row_sum for the query rows that exist.
 # `shift` is m_new, or 0 while a row has seen only -inf (masked or padding) scores, so that
 # exp(-inf - -inf) never makes a NaN.
@@ -228,7 +227,7 @@ for label, disable in [("fused", ()), ("fusion off", ("fusion",))]:
 # With fusion off, every score-shaped value (matmul, mul, sub, exp, div) is an 8 x 1024 x 1024
 # workspace buffer (the memory plan lets some share bytes). Fused, the workspace holds only
 # the packed copies of K and V: as big as K and V themselves. The local arrays are one
-# bq x bk tile of scores (s), of probabilities (ppanel), the Q block and the output block.
+# bq x bk tile of scores (s, overwritten by the probabilities), the Q block and the output block.
 
 # How the memory grows with the sequence length: fused linearly, unfused quadratically.
 print(f"\n{'sequence':>9}{'scores per head':>17}{'workspace fused':>17}{'fusion off':>13}")
@@ -328,7 +327,7 @@ for case, medians in results.items():
 #    the softmax ops compiled and threaded, but every score matrix goes through memory. At this
 #    size (8 MiB of scores) much of that traffic can stay in a large L2/L3 cache, so it is
 #    not necessarily slower: the fused kernel pays for its bookkeeping (the row max and sum
-#    per tile, the rescaling of o, the copy of P into panel layout) on every key block.
+#    per tile, the rescaling of o) on every key block.
 #  * What fusion always buys is memory: the workspace column. With longer sequences (Step 5)
 #    the unfused scores stop fitting in any cache, then in memory at all; the fused kernel's
 #    working set stays a few tiles per thread.

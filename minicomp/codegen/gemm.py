@@ -8,13 +8,16 @@ of A in turn and do one fused multiply-add per vector::
     for k in 0..kc:                      # acc: MR x (NR / VL) vector registers
         b[0..NV] = Bpanel[k, 0..NR]      # NV vector loads
         for r in 0..MR:                  # MR broadcasts, MR*NV FMAs
-            acc[r][:] += Apanel[k, r] * b[:]
+            acc[r][:] += A[r, k] * b[:]
     C[0..MR, 0..NR] (+)= acc
 
 With AVX-512 (16 floats per register) a 6 x 64 tile uses 24 of the 32 registers for C, 4 for
 B and one for the broadcast: 24 FMAs for every 4 loads, so the loop runs at the FMA units'
-speed. A and B must be *packed* first (``passes/lower_matmul.py``): A in panels of ``MR`` rows
-stored k-major, B in panels of ``NR`` columns stored k-major, so both streams are contiguous.
+speed. B must be *packed* first (``passes/lower_matmul.py``): in panels of ``NR`` columns
+stored k-major, so its stream is contiguous. A is read as ``MR`` rows with a row stride
+``lda``: BLIS packs A k-major too, but a broadcast costs the same from ``MR`` rows (the
+addresses are ``row + k``, one register each), and A in rows can be packed with contiguous
+copies, or not packed at all (attention's P tile is read where softmax wrote it).
 
 The code is written with GCC's vector extensions (``vector_size``), not intrinsics, so the
 same source compiles to AVX-512, AVX2 or SSE: ``vector_bytes()`` asks the compiler which
@@ -68,12 +71,15 @@ def kernel_name(dtype) -> str:
 
 _NAME = re.compile(r"mc_gemm_(\d+)x(\d+)_(f32|f64)$")
 
-_TEMPLATE = """\
-/* C[0:{mr}, 0:{nr}] (+)= Apanel[0:kc, 0:{mr}]^T . Bpanel[0:kc, 0:{nr}], C row stride ldc.
-   {mr}x{nv} accumulators of {lanes} {ctype}s stay in registers for the whole k loop. */
+_TYPES = """\
 typedef {ctype} mc_vec_{s} __attribute__((vector_size({vbytes})));
 typedef {ctype} mc_vec_{s}_u __attribute__((vector_size({vbytes}), aligned(sizeof({ctype}))));
-static inline void {name}(int64_t kc, const {ctype} *restrict ap, const {ctype} *restrict bp,
+"""
+
+_TEMPLATE = """\
+/* C[0:{mr}, 0:{nr}] (+)= A[0:{mr}, 0:kc] . Bpanel[0:kc, 0:{nr}], A row stride lda, C row stride ldc.
+   {mr}x{nv} accumulators of {lanes} {ctype}s stay in registers for the whole k loop. */
+static inline void {name}(int64_t kc, const {ctype} *restrict ap, int64_t lda, const {ctype} *restrict bp,
                           {ctype} *restrict c, int64_t ldc, int accumulate) {{
   mc_vec_{s} acc[{mr}][{nv}];
   #pragma GCC unroll {mr}
@@ -86,7 +92,7 @@ static inline void {name}(int64_t kc, const {ctype} *restrict ap, const {ctype} 
     for (int v = 0; v < {nv}; ++v) b[v] = *(const mc_vec_{s}_u *)(bp + k * {nr} + v * {lanes});
     #pragma GCC unroll {mr}
     for (int r = 0; r < {mr}; ++r) {{
-      {ctype} a = ap[k * {mr} + r];
+      {ctype} a = ap[r * lda + k];
       #pragma GCC unroll {nv}
       for (int v = 0; v < {nv}; ++v) acc[r][v] += a * b[v];
     }}
@@ -112,8 +118,18 @@ def source(name: str) -> str:
     itemsize = 4 if suffix == "f32" else 8
     vbytes = vector_bytes()
     lanes = vbytes // itemsize
-    return _TEMPLATE.format(mr=mr, nr=nr, nv=nr // lanes, lanes=lanes, ctype=ctype, s=suffix,
-                            vbytes=vbytes, name=name)
+    return _TEMPLATE.format(mr=mr, nr=nr, nv=nr // lanes, lanes=lanes, ctype=ctype, s=suffix, name=name)
+
+
+def types_source(suffix: str) -> str:
+    """The vector typedefs the micro-kernels of one dtype (``f32``/``f64``) share."""
+    ctype = "float" if suffix == "f32" else "double"
+    return _TYPES.format(ctype=ctype, s=suffix, vbytes=vector_bytes())
+
+
+def dtype_suffix(name: str) -> str:
+    """``f32`` or ``f64``: the dtype suffix of micro-kernel ``name``."""
+    return _NAME.match(name)[3]
 
 
 def is_micro_kernel(name: str) -> bool:

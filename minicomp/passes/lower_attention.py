@@ -6,8 +6,8 @@ Queries are taken ``BQ`` rows at a time; for each block of ``BK`` keys::
     S[BQ, BK]  = Qblock @ Kblock^T                 # micro-kernel, Q panel packed once per task
     S          = f(S)   (scale, causal mask ...)   # the fused score expression, in L1
     m_new      = max(m, rowmax(S)); c = exp(m - m_new)
-    P          = exp(S - m_new); l = l*c + rowsum(P)
-    O[BQ, D]   = O * c + P @ Vblock                 # micro-kernel again
+    P          = exp(S - m_new); l = l*c + rowsum(P)   # P overwrites S
+    O[BQ, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
     out        = O / l   (after the last key block)
 
 ``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
@@ -111,10 +111,9 @@ class _Tiled:
         self.neb = self.dp // self.nr
         self.kpack = Buffer(f"{out.name}_kpack", self.dtype, (self.nbatch * self.nkb * self.depth * self.bk,))
         self.vpack = Buffer(f"{out.name}_vpack", self.dtype, (self.nbatch * self.neb * self.nkb * self.bk * self.nr,))
-        # per task, on its thread's stack: the Q panel, the score/P tiles, O and the row statistics
+        # per task, on its thread's stack: the Q panel, the score/P tile, O and the row statistics
         self.qpanel = Buffer("qpanel", self.dtype, (self.bq * self.depth,))
         self.s = Buffer("s", self.dtype, (self.bq * self.bk,))
-        self.ppanel = Buffer("ppanel", self.dtype, (self.bq * self.bk,))
         self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
         self.m = Buffer("row_max", self.dtype, (self.bq,))
         self.l = Buffer("row_sum", self.dtype, (self.bq,))
@@ -163,7 +162,7 @@ class _Tiled:
         kb = Var("kb")
         stmts = [Declare(bf, index_op("/", t, self.nqb)), Declare(qb, index_op("%", t, self.nqb)),
                  Declare(q0, index_op("*", qb, self.bq))] + self._batch_decls(bf)
-        stmts += [Allocate(b) for b in (self.qpanel, self.s, self.ppanel, self.o, self.m, self.l)]
+        stmts += [Allocate(b) for b in (self.qpanel, self.s, self.o, self.m, self.l)]
         key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb), self.accumulate_pv(bf, kb)])
         live = self.live_key_blocks()
         if live is not None:  # skip key blocks a constant mask hides entirely (causal: above the diagonal)
@@ -195,9 +194,9 @@ class _Tiled:
         return None if all(span == (0, self.nkb) for span in live) else live
 
     def pack_q(self, q0) -> Stmt:
-        """qpanel[r / MR][d][r % MR] = q[b, q0 + r, d] (0 past the last query)."""
+        """qpanel[r][d] = q[b, q0 + r, d] (0 past the last query): the rows the micro-kernel reads."""
         panel, r = Var("panel"), Var("r")
-        at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.depth), self.d), self.mr), r)
+        at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.mr), r), self.depth), self.d)
         value = Select(index_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
         row = Block([Declare(self.i, index_op("+", q0, index_op("+", index_op("*", panel, self.mr), r))),
                      For(self.d, self.depth, Store(self.qpanel, at, value))])
@@ -220,11 +219,12 @@ class _Tiled:
         k_panel = Address(self.kpack, index_op("*", panel, self.depth * self.nr))
         s_at = Address(self.s, index_op("+", index_op("*", p, self.mr * self.bk), index_op("*", h, self.nr)))
         call = Intrinsic(self.ukernel, (as_index(self.depth), Address(self.qpanel, index_op("*", p, self.mr * self.depth)),
+                                        as_index(self.depth),
                                         k_panel, s_at, as_index(self.bk), as_index(0)))
         return For(p, self.bq // self.mr, For(h, self.halves, call))
 
     def softmax_rows(self, q0, kb) -> Stmt:
-        """Per query row: the score expression, the online max/sum update, P into A-panel layout."""
+        """Per query row: the score expression, then the online max/sum update with P = exp(S - max)."""
         panel, r, c = Var("panel"), Var("r"), Var("c")
         row = Var("row")
         dt = self.dtype
@@ -234,16 +234,14 @@ class _Tiled:
         neg_inf = const(-np.inf, dt)
         exists = index_op("&&", index_op("<", self.i, self.sq), index_op("<", self.j, self.sk))  # not padding
         apply_f = For(c, self.bk, Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), c)),
-                                         Store(self.s, at, Select(exists, score, neg_inf))]))
+                                         Store(self.s, at, Select(exists, score, neg_inf))]), "vectorized")
         m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
-        p_at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.bk), c), self.mr), r)
         mx, total = Var("mx", dt), Var("sum", dt)
         row_max = reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt))
         exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
         row_sum = reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt))
-        to_panel = For(c, self.bk, Store(self.ppanel, p_at, s_val))
         x = Var("x")
         o_at = index_op("+", index_op("*", row, self.dp), x)
         stmts = [Declare(row, index_op("+", index_op("*", panel, self.mr), r)), Declare(self.i, index_op("+", q0, row)),
@@ -254,18 +252,19 @@ class _Tiled:
                   Declare(shift, Select(Binary("==", m_new, neg_inf, BOOL), const(0, dt), m_new)),
                   Declare(corr, Call("exp", (Binary("-", m_old, shift, dt),), dt)),
                   exps]
-        stmts += row_sum + [to_panel]
+        stmts += row_sum
         stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), total, dt)),
                   Store(self.m, row, m_new),
                   For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]
         return self._rows(panel, r, Block(stmts))
 
     def accumulate_pv(self, bf, kb) -> Stmt:
-        """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns)."""
+        """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns), P's rows read in place."""
         p, eb = Var("p"), Var("eb")
         v_panel = Address(self.vpack, index_op("*", index_op("+", index_op("*", index_op("+", index_op("*", bf, self.neb), eb), self.nkb * self.bk),
                                                    index_op("*", kb, self.bk)), self.nr))
-        call = Intrinsic(self.ukernel, (as_index(self.bk), Address(self.ppanel, index_op("*", p, self.mr * self.bk)), v_panel,
+        call = Intrinsic(self.ukernel, (as_index(self.bk), Address(self.s, index_op("*", p, self.mr * self.bk)),
+                                        as_index(self.bk), v_panel,
                                         Address(self.o, index_op("+", index_op("*", p, self.mr * self.dp), index_op("*", eb, self.nr))),
                                         as_index(self.dp), as_index(1)))
         return For(p, self.bq // self.mr, For(eb, self.neb, call))
