@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import minicomp
-from minicomp.codegen.compiler import compile_c, cflags
+from minicomp.codegen import compiler
+from minicomp.codegen.compiler import compile_c, cflags, entry_ffi
+from minicomp.errors import CompileError
 from minicomp.runtime import cache
 
 SOURCE = "int minicomp_entry(void **args) { return 0; }\n"
@@ -109,6 +111,8 @@ def test_eight_processes_compiling_into_one_empty_cache(empty_cache, tmp_path):
     assert len(libraries) == 1
     assert cache.lookup(libraries[0].stem) == libraries[0]
     assert not list(empty_cache.glob("*.tmp"))  # no half-written leftovers
+    (module,) = empty_cache.glob("cffi-entry-*.py")  # all eight generated it; one file, whole
+    assert compiler._run_ffi_module(module) is not None
 
 
 def test_flags_in_one_place(monkeypatch):
@@ -125,3 +129,76 @@ def test_cli_cache_info_and_clear(empty_cache, capsys):
     assert "entries: 1" in capsys.readouterr().out
     assert main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().out
+
+
+# -- the cffi declaration of the entry point: generated once into the cache, then only run -------
+
+
+def ffi_module(directory: Path) -> Path:
+    (module,) = directory.glob("cffi-entry-*.py")
+    return module
+
+
+def call_entry(ffi) -> int:
+    """Load the trivial library with ``ffi`` and call its entry point."""
+    library = ffi.dlopen(str(compile_c(SOURCE)), ffi.RTLD_NOW | ffi.RTLD_NODELETE)
+    return library.minicomp_entry(ffi.new("void *[]", 1))
+
+
+def test_ffi_module_is_generated_once_then_reused(empty_cache, monkeypatch):
+    assert call_entry(entry_ffi()) == 0
+    module = ffi_module(empty_cache)
+    text, mtime = module.read_text(), module.stat().st_mtime_ns
+    assert "import _cffi_backend" in text and "minicomp_entry" in text
+
+    def no_generation():
+        raise AssertionError("the cached module should have been used")
+
+    monkeypatch.setattr(compiler, "_generate_ffi_module", no_generation)
+    assert call_entry(entry_ffi()) == 0
+    assert module.read_text() == text and module.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage", "wrong_checksum"])
+def test_damaged_ffi_module_is_regenerated_not_run(empty_cache, damage):
+    entry_ffi()
+    module = ffi_module(empty_cache)
+    good = module.read_text()
+    body, checksum = good.rstrip("\n").rsplit("\n", 1)
+    damaged = {
+        "truncate": good[: len(good) // 2],
+        "flip": good.replace("minicomp_entry", "minicomp_entrx"),
+        "empty": "",
+        "garbage": "raise SystemExit('this must never run')\n",
+        "wrong_checksum": body + "\nraise SystemExit('this must never run')\n" + checksum + "\n",
+    }[damage]
+    module.write_text(damaged)
+    assert compiler._run_ffi_module(module) is None
+    assert call_entry(entry_ffi()) == 0
+    assert module.read_text() == good
+
+
+def test_warm_process_loads_libraries_without_pycparser(empty_cache):
+    script = textwrap.dedent("""
+        import sys, numpy as np, minicomp
+        out = minicomp.jit(lambda x: x * 2.0)(np.ones(4, np.float32))
+        assert (out == 2.0).all()
+        print("pycparser" in sys.modules, "cffi" in sys.modules)
+    """)
+    root = str(Path(minicomp.__file__).resolve().parent.parent)
+    env = dict(os.environ, MINICOMP_CACHE_DIR=str(empty_cache),
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert runs[0].stdout.split() == ["True", "True"]  # cold: cffi parsed the declaration once
+    assert runs[1].stdout.split() == ["False", "False"]  # warm: only _cffi_backend
+
+
+def test_compiler_lookup_follows_cc(monkeypatch):
+    found = compiler.compiler()  # remembered per value of $CC and $PATH, never stale
+    with monkeypatch.context() as patch:
+        patch.setenv("CC", "/nonexistent/bin/cc")
+        with pytest.raises(CompileError, match="no C compiler found"):
+            compiler.compiler()
+    assert compiler.compiler() == found

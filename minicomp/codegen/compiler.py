@@ -4,7 +4,11 @@ Three separate steps, so each can be looked at on its own:
 
     source = render_c(program)        # minicomp.codegen.c: text
     path = compile_c(source)          # this module: gcc -> <cache>/<key>.so (or a cache hit)
-    library = load_library(path)      # this module: cffi's dlopen
+    ffi, lib = load_library(path)     # this module: cffi's dlopen
+
+``load_library`` declares the entry point to cffi without parsing C at run time: cffi's parser
+(pycparser) costs more to import than everything else a warm compile does to load a library,
+so the parsed declaration is kept in the cache as a tiny generated module (``entry_ffi``).
 
 Flags live here and nowhere else. ``REQUIRED_FLAGS`` give the generated code its meaning
 (``-fwrapv``: signed overflow wraps as in NumPy) and are always used; ``DEFAULT_OPT_FLAGS``
@@ -22,6 +26,8 @@ right answer at no measurable cost on the workloads.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import shlex
 import shutil
@@ -40,9 +46,18 @@ ENTRY_DECLARATION = "int minicomp_entry(void **args);"
 
 
 def compiler() -> str:
-    """The C compiler to use: ``$CC``, else gcc, else cc; ``CompileError`` if there is none."""
-    candidate = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not candidate or not shutil.which(candidate.split()[0]):
+    """The C compiler to use: ``$CC``, else gcc, else cc; ``CompileError`` if there is none.
+
+    Looked up once per value of ``$CC`` and ``$PATH`` (lowering asks often: ~50 us each time).
+    """
+    return _find_compiler(os.environ.get("CC"), os.environ.get("PATH"))
+
+
+@functools.lru_cache(maxsize=8)
+def _find_compiler(cc: str | None, search_path: str | None) -> str:
+    """``compiler()`` for these values of ``$CC`` and ``$PATH`` (a failure is not remembered)."""
+    candidate = cc or shutil.which("gcc", path=search_path) or shutil.which("cc", path=search_path)
+    if not candidate or not shutil.which(candidate.split()[0], path=search_path):
         raise CompileError(
             "no C compiler found: the C target needs gcc (Debian/Ubuntu: apt-get install gcc; "
             "Fedora: dnf install gcc; macOS: xcode-select --install), or set CC; "
@@ -168,20 +183,112 @@ _ffi = None
 
 
 def load_library(path: Path):
-    """``dlopen`` a compiled library with cffi; returns the library with ``minicomp_entry``.
+    """``dlopen`` a compiled library with cffi; returns ``(ffi, lib)``, ``lib.minicomp_entry``.
 
     ``RTLD_NODELETE``: a library is never unmapped, even when cffi closes it (when its
     Executable is freed, or at interpreter exit). Unmapping it would also unload libgomp, its
     dependency, while OpenMP's idle worker threads still run libgomp's code: a segfault.
+    The ``ffi`` comes from ``entry_ffi()`` (made once per process).
     """
     global _ffi
-    import cffi
-
     with _ffi_lock:
         if _ffi is None:
-            _ffi = cffi.FFI()
-            _ffi.cdef(ENTRY_DECLARATION)
+            _ffi = entry_ffi()
         try:
             return _ffi, _ffi.dlopen(str(path), _ffi.RTLD_NOW | _ffi.RTLD_NODELETE)
         except OSError as exc:
             raise CompileError(f"cannot load compiled library {path}: {exc}") from None
+
+
+# -- the cffi declaration of the entry point, without pycparser at run time ------------------------
+#
+# ``cffi.FFI().cdef(...)`` parses the declaration with pycparser, whose import alone costs about
+# 25 ms: more than the rest of a warm compile's loading. cffi's "out-of-line ABI mode" does the
+# parsing once: it writes a small Python module (``set_source(name, None)``) that
+# builds the same FFI from a pre-parsed type table, importing only ``_cffi_backend`` (~1 ms).
+# We keep that module in the compile cache, keyed by the declaration and cffi's version, with a
+# checksum on its last line: a missing, truncated or corrupted module is regenerated, never run.
+
+FFI_MODULE_PREFIX = "cffi-entry-"
+_CHECKSUM_PREFIX = "# sha256: "
+
+
+def entry_ffi():
+    """A cffi ``FFI`` that knows ``ENTRY_DECLARATION``, from the generated module in the cache.
+
+    The first call for a cache directory (and cffi version) generates the module with cffi's
+    parser and stores it atomically; later calls, in any process, only run it.
+    """
+    import _cffi_backend
+
+    path = ffi_module_path(_cffi_backend.__version__)
+    ffi = _run_ffi_module(path)
+    if ffi is None:
+        text = _generate_ffi_module()
+        ffi = _run_ffi_module(path, text)
+        if ffi is None:  # cannot happen unless cffi generated code it cannot run itself
+            raise CompileError(f"cffi's generated module for {ENTRY_DECLARATION!r} does not load")
+        _store_ffi_module(path, text)
+    return ffi
+
+
+def ffi_module_path(cffi_version: str) -> Path:
+    """Where the generated cffi module for this declaration and cffi version is cached."""
+    key = cache.cache_key("cffi out-of-line ABI module", ENTRY_DECLARATION, cffi_version)
+    return cache.cache_dir() / f"{FFI_MODULE_PREFIX}{key[:32]}.py"
+
+
+def _generate_ffi_module() -> str:
+    """The module's text, checksum line included (imports cffi and pycparser: slow, done once)."""
+    import cffi
+    from cffi.recompiler import make_py_source  # what ffi.emit_python_code runs, minus its print
+
+    builder = cffi.FFI()
+    builder.cdef(ENTRY_DECLARATION)
+    text = io.StringIO()
+    make_py_source(builder, "minicomp_entry_ffi", text)  # a dlopen()-style (ABI) module
+    body = text.getvalue().rstrip("\n")
+    return f"{body}\n{_CHECKSUM_PREFIX}{_sha256(body)}\n"
+
+
+def _run_ffi_module(path: Path, text: str | None = None):
+    """The ``ffi`` that the module's text (default: read from ``path``) defines; None if the text
+    is missing, fails its checksum, or does not define an FFI."""
+    import _cffi_backend
+
+    if text is None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+    body, _, last_line = text.rstrip("\n").rpartition("\n")
+    if last_line != f"{_CHECKSUM_PREFIX}{_sha256(body)}":
+        return None
+    namespace: dict = {}
+    try:
+        exec(compile(body, str(path), "exec"), namespace)
+    except Exception:  # checksum fine but not loadable (another cffi's format): regenerate
+        return None
+    ffi = namespace.get("ffi")
+    return ffi if isinstance(ffi, _cffi_backend.FFI) else None
+
+
+def _store_ffi_module(path: Path, text: str) -> None:
+    """Write the module atomically (temporary file + rename): readers see all of it or nothing.
+
+    Processes racing here write the same text, so the last rename wins harmlessly. A cache
+    directory that cannot be written only costs the next process the generation again.
+    """
+    temporary = None
+    try:
+        temporary = cache.temporary_path(".py")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+
+
+def _sha256(text: str) -> str:
+    """Hex SHA-256 of ``text`` (UTF-8)."""
+    return hashlib.sha256(text.encode()).hexdigest()
