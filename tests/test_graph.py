@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 import pytest
+from hypothesis import given
 
 import minicomp
 from minicomp import Graph, TensorType
 from minicomp.errors import GraphError, ShapeError
+from minicomp.ir.graph import topological_order
+from minicomp.testing.graphs import random_graphs
 
 F32_3 = TensorType((3,), "f32")
 
@@ -193,3 +197,81 @@ def test_constants_are_copied_and_read_only():
     assert c.attrs["value"][0] == 0
     with pytest.raises(ValueError):
         c.attrs["value"][0] = 1
+
+
+# -- caches: operand lists and the topological order stay right across every edit --------------
+
+
+def edge_operands(g, node):
+    """``node``'s operands read from the edges themselves, not from the graph's cache."""
+    return [src for src, _, _ in sorted(g.nx.in_edges(node, keys=True), key=lambda e: e[2])]
+
+
+def networkx_order(g):
+    return list(nx.lexicographical_topological_sort(g.nx, key=lambda n: n.index))
+
+
+def assert_caches_match_edges(g):
+    assert g.nodes() == networkx_order(g)
+    for node in g.nodes():
+        assert node.operands == edge_operands(g, node)
+
+
+def test_operand_cache_follows_every_edit():
+    g, a, b = two_inputs()
+    s = g.add_op("add", [a, b])
+    m = g.add_op("mul", [s, s])
+    assert m.operands == [s, s]
+    n = g.add_op("neg", [a])
+    g.set_operand(s, 1, n)
+    assert s.operands == [a, n]
+    sub = g.add_op("sub", [a, b])
+    s.replace_all_uses_with(sub)
+    assert m.operands == [sub, sub]
+    g.erase(s)
+    assert_caches_match_edges(g)
+    m.operands.append(a)  # a fresh list each time: the cache cannot be changed through it
+    assert m.operands == [sub, sub]
+
+
+def test_verify_rebuilds_the_caches_after_edits_behind_the_api():
+    g, a, b = two_inputs()
+    e = g.add_op("exp", [a])
+    f = g.add_op("neg", [b])
+    s = g.add_op("add", [e, f])
+    g.set_outputs([s])
+    assert e.operands == [a] and g.nodes() == [a, b, e, f, s]
+    g.nx.remove_edge(a, e, key=0)  # e now reads f: behind the API, so the caches are stale
+    g.nx.add_edge(f, e, key=0)
+    g.verify()
+    assert e.operands == [f] and g.nodes() == [a, b, f, e, s]
+
+
+@given(random_graphs())
+def test_caches_match_the_edges_through_passes(gen):
+    from minicomp.passes.cse import cse
+    from minicomp.passes.dce import dce
+
+    g = gen.graph
+    assert_caches_match_edges(g)  # built op by op: the order was never recomputed
+    g = dce(cse(g))  # set_operand, replace_all_uses and erase, without a verify in between
+    assert_caches_match_edges(g)
+    assert_caches_match_edges(g.copy())
+
+
+@given(random_graphs())
+def test_topological_order_is_networkx_lexicographical_order(gen):
+    assert topological_order(gen.graph.nx) == networkx_order(gen.graph)
+
+
+def test_topological_order_of_a_cycle_is_none():
+    g, a, b = two_inputs()
+    e = g.add_op("exp", [a])
+    f = g.add_op("neg", [e])
+    g.nx.remove_edge(a, e, key=0)
+    g.nx.add_edge(f, e, key=0)
+    assert topological_order(g.nx) is None
+    with pytest.raises(GraphError, match="cycle through"):
+        g.verify()
+    with pytest.raises(GraphError, match="graph 'g' has a cycle"):
+        g.nodes()  # verify forgot the stale order; a new one cannot be computed

@@ -13,6 +13,9 @@ from hypothesis import given
 
 from minicomp import Graph, TensorType
 from minicomp.errors import GraphError
+from minicomp.ir import verify as verify_module
+from minicomp.passes.pipeline import (DEFAULT_PIPELINE, PASSES, pipeline_names, register_pass,
+                                      run_pipeline)
 from minicomp.testing.graphs import random_graphs
 
 
@@ -29,10 +32,15 @@ def small_graph():
 
 
 def broken(g, match):
-    with pytest.raises(GraphError, match=match) as info:
-        g.verify()
-    assert "graph 'small' failed verification" in str(info.value)
-    return str(info.value)
+    """The full and the incremental check (see ``minicomp.ir.verify``) both find the damage."""
+    messages = []
+    for incremental in (False, True):
+        with pytest.raises(GraphError, match=match) as info:
+            g.verify(incremental=incremental)
+        assert "graph 'small' failed verification" in str(info.value)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    return messages[0]
 
 
 def test_sound_graph_passes():
@@ -148,3 +156,89 @@ def test_changed_constant_is_not_canonical():
 def test_random_graphs_verify(gen):
     assert gen.graph.verify() is gen.graph
     assert gen.graph.copy().verify().to_text(None) == gen.graph.to_text(None)
+
+
+# -- incremental verification: the shape and dtype rules re-run only where something changed ----
+
+
+@pytest.fixture
+def rule_runs(monkeypatch):
+    """Counts how many nodes ``verify`` runs the op table's rules on."""
+    count = [0]
+    fill_attrs = verify_module.fill_attrs
+
+    def counting_fill_attrs(*args):
+        count[0] += 1
+        return fill_attrs(*args)
+
+    monkeypatch.setattr(verify_module, "fill_attrs", counting_fill_attrs)
+    return count
+
+
+def test_incremental_verify_rechecks_only_what_changed(rule_runs):
+    g, a, b, e, s, out = small_graph()
+    g.verify(incremental=True)
+    assert rule_runs[0] == 0  # add_input and add_op checked every node as they made it
+    g.verify()  # the default re-derives every node
+    assert rule_runs[0] == len(g)
+    rule_runs[0] = 0
+    out.type = TensorType((2,), "f32")  # an equal type: the same check, nothing to re-run
+    out.attrs = dict(out.attrs)  # a new dict (equal, but it could have been anything): re-run
+    g.verify(incremental=True)
+    assert rule_runs[0] == 1
+
+
+def test_incremental_verify_sees_an_attribute_replaced_in_place():
+    g, a, b, e, s, out = small_graph()
+    g.verify()
+    out.attrs["keepdims"] = True  # the same dict, a new value
+    broken(g, r"%out \(sum\): stored type f32\[2\] but its operands give f32\[2,1\]")
+
+
+def test_incremental_verify_sees_an_operand_type_change():
+    g, a, b, e, s, out = small_graph()
+    g.verify()
+    e.type = TensorType((2, 3), "f64")  # e is now inconsistent, and so is its user s
+    message = broken(g, r"%e \(exp\): stored type f64\[2,3\]")
+    assert "%s (add): stored type f32[2,3] but its operands give f64[2,3]" in message
+
+
+def test_copy_of_a_sound_graph_needs_no_rechecks(rule_runs):
+    g = small_graph()[0]
+    g.verify()
+    rule_runs[0] = 0
+    g.copy().verify(incremental=True)
+    assert rule_runs[0] == 0
+
+
+@pytest.fixture
+def type_breaking_pass():
+    """A pass that changes a stored type behind the API, registered for one test."""
+    def break_a_type(graph):
+        graph.op_nodes()[-1].type = TensorType((7,), "f32")
+        return graph
+
+    pipeline_names()  # load the real passes first, so that the saved pipeline is complete
+    saved_pipeline = list(DEFAULT_PIPELINE)
+    register_pass("test_break_a_type", default=False)(break_a_type)
+    try:
+        yield "test_break_a_type"
+    finally:
+        PASSES.pop("test_break_a_type", None)
+        DEFAULT_PIPELINE[:] = saved_pipeline
+
+
+def test_pipeline_names_the_pass_that_broke_the_graph(type_breaking_pass):
+    with pytest.raises(GraphError, match=r"(?s)pass 'test_break_a_type' left a broken graph:.*"
+                                         r"%out \(sum\): stored type f32\[7\]"):
+        run_pipeline(small_graph()[0], passes=["dce", type_breaking_pass])
+
+
+@pytest.mark.parametrize("how", ["default", "argument", "environment"])
+def test_pipeline_full_verification_on_request(how, rule_runs, monkeypatch):
+    g = small_graph()[0]
+    monkeypatch.delenv("MINICOMP_VERIFY", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("MINICOMP_VERIFY", "full")
+    run_pipeline(g, passes=["cse", "dce"], full_verify=True if how == "argument" else None)
+    assert rule_runs[0] == (0 if how == "default" else 2 * len(g))  # after each of the 2 passes

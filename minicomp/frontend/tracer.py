@@ -20,6 +20,7 @@ writes into views, functions minicomp does not know) raises ``UnsupportedError``
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import os
@@ -43,13 +44,25 @@ _VIEW_OPS = {"slice", "reshape", "transpose", "expand_dims", "squeeze", "broadca
 def user_location() -> str | None:
     """``file:line`` of the innermost stack frame outside minicomp and NumPy: the user's line."""
     frame = sys._getframe(1)
+    cwd = os.getcwd()
     while frame is not None:
-        path = os.path.abspath(frame.f_code.co_filename)
-        if not path.startswith(_INTERNAL) and "<frozen" not in path:
-            rel = os.path.relpath(path)
-            return f"{path if rel.startswith('..') else rel}:{frame.f_lineno}"
+        shown = _user_file(frame.f_code.co_filename, cwd)
+        if shown is not None:
+            return f"{shown}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_file(filename: str, cwd: str) -> str | None:
+    """How a location shows ``filename`` (relative to ``cwd`` when inside it); None for
+    minicomp's and NumPy's own files. Remembered: tracing asks once per recorded op."""
+    path = os.path.join(cwd, filename) if not os.path.isabs(filename) else filename
+    path = os.path.normpath(path)
+    if path.startswith(_INTERNAL) or "<frozen" in path:
+        return None
+    rel = os.path.relpath(path, cwd)
+    return path if rel.startswith("..") else rel
 
 
 class Tracer:
@@ -424,7 +437,7 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
     else:
         structure, results = None, [result]
     tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
-    tracer.graph.verify()
+    tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
     return tracer.graph, structure
 
 

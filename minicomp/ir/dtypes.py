@@ -13,6 +13,7 @@ ufunc's ``resolve_dtypes``) rather than keeping a table of its own.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 _SHORT_NAMES = {dt: name for name, dt in DTYPES.items()}
 _LONG_NAMES = {dt.name: name for name, dt in DTYPES.items()}  # "float32" -> "f32"
+_DTYPE_CLASSES = {dt.__class__ for dt in DTYPES.values()}  # np.dtypes.Float32DType, ...
 
 
 def to_dtype(value) -> np.dtype:
@@ -73,11 +75,12 @@ class TensorType:
     dtype: np.dtype
 
     def __init__(self, shape, dtype):
-        shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
+        shape = tuple(map(int, shape))
+        if shape and min(shape) < 0:
             raise DTypeError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "dtype", to_dtype(dtype))
+        canonical = dtype.__class__ in _DTYPE_CLASSES and dtype in _SHORT_NAMES  # the common case
+        object.__setattr__(self, "dtype", dtype if canonical else to_dtype(dtype))
 
     @property
     def ndim(self) -> int:
@@ -86,7 +89,7 @@ class TensorType:
     @property
     def size(self) -> int:
         """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -31,6 +31,7 @@ An ``infer`` or ``normalize`` function raises ``ShapeError``/``DTypeError`` with
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -135,6 +136,8 @@ def normalize_axes(axes, ndim: int) -> tuple[int, ...]:
 
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """NumPy broadcasting of shapes; ``ShapeError`` if they do not broadcast."""
+    if shapes and all(s == shapes[0] for s in shapes[1:]):  # the common case, without NumPy
+        return tuple(shapes[0])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
@@ -143,8 +146,10 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
         ) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def ufunc_dtype(ufunc: np.ufunc, *dtypes: np.dtype) -> np.dtype:
-    """The output dtype NumPy's ufunc ``ufunc`` gives for input ``dtypes``."""
+    """The output dtype NumPy's ufunc ``ufunc`` gives for input ``dtypes`` (remembered: type
+    inference asks the same few questions for every node it checks)."""
     try:
         resolved = ufunc.resolve_dtypes(tuple(dtypes) + (None,) * ufunc.nout)
     except TypeError as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import networkx as nx
-
 from ..ir.graph import Graph
 from .pipeline import register_pass
 
@@ -21,9 +19,13 @@ def dce(graph: Graph) -> Graph:
                  return %y
         after:   %y = neg(%x) : f32[4]          (%e computed nothing anybody reads)
     """
-    live = set(graph.outputs) | set(graph.inputs)
-    for out in graph.outputs:
-        live |= nx.ancestors(graph.nx, out)
+    live = set(graph.inputs)
+    reached = list(graph.outputs)  # walk back from the outputs through operands
+    while reached:
+        node = reached.pop()
+        if node not in live:
+            live.add(node)
+            reached.extend(node.operands)
     for node in reversed(graph.nodes()):  # users before their operands, so erase never refuses
         if node not in live:
             graph.erase(node)

@@ -6,7 +6,11 @@ what it requires, what it guarantees, and shows a tiny before/after.
 
 The pipeline runs the passes in order and, after every pass:
 
-* runs ``graph.verify()`` (a pass that breaks an invariant is named at once);
+* runs ``graph.verify(incremental=True)`` (a pass that breaks an invariant is named at once):
+  the structure is checked in full, the shape and dtype rules re-run for every node the pass
+  created or changed (``minicomp.ir.verify`` says what "changed" covers). ``full_verify=True``
+  or ``MINICOMP_VERIFY=full`` re-derives every node after every pass instead, for hunting a
+  pass that edits attribute values in place;
 * records how long the pass took and the graph's op count;
 * optionally prints the graph (``print_between=True``, CLI ``--print-between-passes``).
 
@@ -19,6 +23,7 @@ and ``bisect`` finds the first pass that changes a function's results.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -101,10 +106,16 @@ def pipeline_names(passes: Iterable[str] | None = None, disable: Iterable[str] =
 
 
 def run_pipeline(graph: Graph, passes: Iterable[str] | None = None, disable: Iterable[str] = (),
-                 print_between: bool = False, printer: Callable[[str], None] = print
-                 ) -> tuple[Graph, PipelineReport]:
-    """Run ``passes`` (default: ``DEFAULT_PIPELINE``) on a copy of ``graph``; see the module doc."""
+                 print_between: bool = False, printer: Callable[[str], None] = print,
+                 full_verify: bool | None = None) -> tuple[Graph, PipelineReport]:
+    """Run ``passes`` (default: ``DEFAULT_PIPELINE``) on a copy of ``graph``; see the module doc.
+
+    ``full_verify``: re-derive every node's type after every pass (default: only when the
+    environment variable ``MINICOMP_VERIFY`` is ``full``).
+    """
     _load_passes()
+    if full_verify is None:
+        full_verify = os.environ.get("MINICOMP_VERIFY", "") == "full"
     all_names = list(DEFAULT_PIPELINE if passes is None else passes)
     enabled = set(pipeline_names(all_names, disable))
     report = PipelineReport()
@@ -120,7 +131,7 @@ def run_pipeline(graph: Graph, passes: Iterable[str] | None = None, disable: Ite
         graph = PASSES[name](graph)
         elapsed = (time.perf_counter() - start) * 1e3
         try:
-            graph.verify()
+            graph.verify(incremental=not full_verify)
         except GraphError as exc:
             raise GraphError(f"pass {name!r} left a broken graph: {exc}") from None
         report.records.append(PassRecord(name, before, len(graph.op_nodes()), elapsed))
