@@ -787,7 +787,17 @@ def test_random_graphs_with_patterns_exact_rewrites_bit_for_bit(gen):
                                        allow_ops=GENERATED_OPS - DISCONTINUOUS_OPS)))
 def test_random_graphs_with_patterns_within_rounding(gen):
     simplified, _ = run_pipeline(gen.graph, passes=SIMPLIFY)
-    assert_close(minicomp.interpret(simplified, *gen.inputs), minicomp.interpret(gen.graph, *gen.inputs))
+    actual = minicomp.interpret(simplified, *gen.inputs)
+    expected = minicomp.interpret(gen.graph, *gen.inputs)
+    # A rewrite within rounding of a float32 value (exp(log(y)) -> y) that is later cast to
+    # float64 keeps its float32-sized difference: compare at the graph's least precise float.
+    floats = [node.dtype for node in gen.graph.nodes() if node.dtype.kind == "f"]
+    loose = min(floats, key=lambda d: d.itemsize) if floats else None
+    for a, e in zip(actual, expected, strict=True):
+        assert (a.shape, a.dtype) == (e.shape, e.dtype)
+        if e.dtype.kind == "f" and e.dtype.itemsize > loose.itemsize:
+            a, e = a.astype(loose), e.astype(loose)
+        assert_close(a, e)
 
 
 @given(gen=random_graphs(allow_ops=GENERATED_OPS - DISCONTINUOUS_OPS))
