@@ -59,13 +59,23 @@ def _simplify_stmt(s: Stmt, ranges: Ranges, assigned: set[str]) -> Stmt:
                 _declare_range(out[-1], scope)
         return Block(out)
     if isinstance(s, If):
-        cond = simplify_expr(s.cond, ranges)
+        cond = simplify_expr(s.cond, ranges) if _has_work(s.cond) else s.cond
         if isinstance(cond, Const):
             taken = s.then if cond.value else s.otherwise
             return Block([]) if taken is None else _simplify_stmt(taken, ranges, assigned)
         otherwise = None if s.otherwise is None else _simplify_stmt(s.otherwise, ranges, assigned)
         return If(cond, _simplify_stmt(s.then, ranges, assigned), otherwise)
-    return map_stmt_exprs(s, lambda e: simplify_expr(e, ranges))
+    return map_stmt_exprs(s, lambda e: simplify_expr(e, ranges) if _has_work(e) else e)
+
+
+_DECIDABLE = ("/", "%", "<", "<=")
+
+
+def _has_work(e: Expr) -> bool:
+    """Whether ``e`` holds a quotient, remainder or guard (most indices are plain sums: skip them)."""
+    if isinstance(e, Binary) and e.op in _DECIDABLE:
+        return True
+    return any(_has_work(child) for child in e.children())
 
 
 def _declare_range(declare: Declare, scope: Ranges) -> None:
@@ -97,8 +107,10 @@ def simplify_expr(e: Expr, ranges: Ranges) -> Expr:
 
 def _simplify_index(e: Expr, ranges: Ranges) -> Expr | None:
     form = affine(e)
-    if form is None or not any(isinstance(atom, DivMod) for atom, _ in form.terms):
-        return None  # not affine, or nothing to resolve: recurse into the parts
+    if form is None:
+        return None  # not affine (a select, a load ...): recurse into the parts
+    if not any(isinstance(atom, DivMod) for atom, _ in form.terms):
+        return e  # affine without a quotient: nothing inside to resolve
     simpler = simplify_form(form, ranges)
     return e if simpler == form else to_expr(simpler)
 
