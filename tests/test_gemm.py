@@ -196,6 +196,29 @@ def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, 
     assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
 
 
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 900), n=st.integers(2, 200), f64=st.booleans(),
+       batch=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
+    """Small A, many panels: tasks are NR panels of B, each packed by its own task.
+
+    k up to 900 crosses kc blocks, so tiles accumulate over several passes; the epilogue
+    (bias + GELU) must still run once per tile, after the last one.
+    """
+    saved = lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS
+    lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS = 0, 1
+    try:
+        rng = np.random.default_rng(seed)
+        dtype = F64 if f64 else F32
+        a, b, bias = randn(rng, (batch, m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+        assert any("each packing its B panel" in s for s in schedules(matmul, a, b))
+        assert_close(jit(matmul)(a, b), a @ b)
+        fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
+        assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
+    finally:
+        lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS = saved
+
+
 @pytest.mark.parametrize("m, k, n", [(3, 4, 5), (70, 90, 130)])  # the naive and the packed path
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_epilogue_ending_in_a_transpose_writes_each_tile_moved(m, k, n, dtype):

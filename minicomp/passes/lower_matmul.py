@@ -46,6 +46,7 @@ from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, C
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 PARALLEL_WORK = 1 << 20
 A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
+B_TASK_PANELS = 8  # with A packed whole and this many NR panels or more: tasks are panels, each packs its B
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,13 @@ class GemmTiling:
     mc: int
     nc: int
     micro_kernel: str
+    b_per_task: bool = False  # tasks are NR panels of B, each packed by its task (see GemmBuilder)
 
     def __str__(self) -> str:
+        how = ("pack A, parallel over nr panels each packing its B panel" if self.b_per_task
+               else "pack A and B panels, parallel over mc x nr tiles")
         return (f"gemm(mr={self.mr}, nr={self.nr}, kc={self.kc}, mc={self.mc}, nc={self.nc}): "
-                f"pack A and B panels, parallel over mc x nr tiles, tensorize {self.micro_kernel}")
+                f"{how}, tensorize {self.micro_kernel}")
 
 
 def default_tiling(dtype: np.dtype) -> GemmTiling:
@@ -188,10 +192,12 @@ class GemmBuilder:
         self.k0, self.inner = shape.red[0][1], int(np.prod([e for _, e in shape.red[1:]], dtype=np.int64))
         self.chunk = max(1, min(self.k0, tiling.kc // max(self.inner, 1)))
         self.kce = self.chunk * self.inner
-        self.nce = min(tiling.nc, -(-shape.n // tiling.nr) * tiling.nr)
         self.mp = -(-shape.m // tiling.mr) * tiling.mr
         self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
         self.a_per_task = self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
+        if not self.a_per_task and -(-shape.n // tiling.nr) >= B_TASK_PANELS:
+            self.t = tiling = replace(tiling, nc=-(-shape.n // tiling.nr) * tiling.nr, b_per_task=True)
+        self.nce = min(tiling.nc, -(-shape.n // tiling.nr) * tiling.nr)
         self.b_pack = Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
@@ -209,6 +215,9 @@ class GemmBuilder:
         """The whole nest; ``epilogue(m, n0, full)`` finishes a tile after the last k block."""
         if self.a_per_task:  # A is too big to pack at once: each task packs its MC rows
             work = [self.pack_b(), self.compute_per_row_block(epilogue)]
+        elif self.t.b_per_task:
+            work = [self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
+                    self.compute_per_panel(epilogue)]
         else:
             work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
                     self.compute(epilogue)]
@@ -240,18 +249,22 @@ class GemmBuilder:
 
     def pack_b(self) -> Stmt:
         """``bpack[jb][kk][jj] = B[k, jc*NC + jb*NR + jj]`` (0 past the last column)."""
-        jb, jj = Var("jb"), Var("jj")
-        j = self.s.col[0]
+        jb = Var("jb")
+        panels = -(-self.nce // self.t.nr)
+        return For(jb, panels, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now),
+                                  self.pack_b_panel(self.b_pack, jb, index_op("*", jb, self.kce))), self.parallel)
+
+    def pack_b_panel(self, into: Buffer, jb: Expr, first_row: Expr) -> Stmt:
+        """``into[first_row + kk][jj] = B[k, jc*NC + jb*NR + jj]``: one k-major panel of NR columns."""
+        jj, j = Var("jj"), self.s.col[0]
         zero = const(0, self.dtype)
 
         def leaf(kk):
-            at = index_op("+", index_op("*", index_op("+", index_op("*", jb, self.kce), kk), self.t.nr), jj)
+            at = index_op("+", index_op("*", index_op("+", first_row, kk), self.t.nr), jj)
             value = Select(index_op("<", j, self.s.n), self.s.b_expr, zero)
-            return For(jj, self.t.nr, Block([Declare(j, self._col(jb, jj)), Store(self.b_pack, at, value)]))
+            return For(jj, self.t.nr, Block([Declare(j, self._col(jb, jj)), Store(into, at, value)]))
 
-        panels = -(-self.nce // self.t.nr)
-        return For(jb, panels, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), self._reduction_loops(leaf)),
-                   self.parallel)
+        return self._reduction_loops(leaf)
 
     def pack_a(self, into: Buffer, first_panel: Expr, panels: int, kind: str) -> Stmt:
         """``into[p*MR + r][kk] = A[(first_panel + p)*MR + r, k]``, rows of KC (0 past the last row)."""
@@ -271,11 +284,12 @@ class GemmBuilder:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
         return index_op("+", index_op("*", index_op("+", index_op("*", batch, self.s.m), m), self.s.n), n0)
 
-    def _tile(self, epilogue, m0: Var, jb: Expr, a_panel: Expr) -> Stmt:
+    def _tile(self, epilogue, m0: Var, jb: Expr, a_panel: Expr, b_panel: Expr | None = None) -> Stmt:
         """One MR x NR tile at rows ``m0``, panel ``jb``: micro-kernel, then the epilogue if last."""
         n0 = Var("n0")
         accumulate = index_op(">", self.pc, 0)
-        b_panel = Address(self.b_pack, index_op("*", index_op("*", jb, self.kce), self.t.nr))
+        if b_panel is None:
+            b_panel = Address(self.b_pack, index_op("*", index_op("*", jb, self.kce), self.t.nr))
         out_at = Address(self.out, self._c_offset(m0, n0))
         direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, as_index(self.kce), b_panel, out_at,
                                                  as_index(self.s.n), accumulate))
@@ -301,6 +315,22 @@ class GemmBuilder:
         task = Block([Declare(jb, index_op("/", t, n_ic)), Declare(ic, index_op("%", t, n_ic)),
                       If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
         return For(t, n_ic * n_jb, task, self.parallel)
+
+    def compute_per_panel(self, epilogue) -> Stmt:
+        """Parallel over NR panels of B; each task packs its panel (into L2), then sweeps all rows.
+
+        With A packed whole (it is small) and many panels, this reads B once and never writes
+        a packed copy of all of B back to memory: for a layer's weights (M = 256 tokens,
+        K x N = 768 x 2304) the separate packing pass moved as many bytes as the weights.
+        """
+        jb, ir, m0 = Var("jb"), Var("ir"), Var("m0")
+        n_jb = -(-self.nce // self.t.nr)
+        panel = Buffer("b_panel", self.dtype, (self.kce * self.t.nr,))
+        a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
+        per_tile = Block([Declare(m0, index_op("*", ir, self.t.mr)),
+                          self._tile(epilogue, m0, jb, a_panel, Address(panel, Const(0)))])
+        return For(jb, n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
+                                    For(ir, self.mp // self.t.mr, per_tile)]), self.parallel)
 
     def compute_per_row_block(self, epilogue) -> Stmt:
         """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
@@ -363,5 +393,8 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
             return Block([])
         return builder.tile_epilogue(m0, n0, full, value_at, store_at)
 
-    scratch = [builder.b_pack] if builder.a_per_task else [builder.a_pack, builder.b_pack]
-    return builder.body(epilogue), scratch, tiling
+    if builder.a_per_task:
+        scratch = [builder.b_pack]
+    else:
+        scratch = [builder.a_pack] if builder.t.b_per_task else [builder.a_pack, builder.b_pack]
+    return builder.body(epilogue), scratch, builder.t
