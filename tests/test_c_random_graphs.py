@@ -157,6 +157,24 @@ def test_short_concatenate_regression():
     np.testing.assert_array_equal(result, np.concatenate([x0, x0]))
 
 
+@pytest.mark.parametrize("cols", [3, 6])
+def test_short_select_regression(cols):
+    """GCC 12.2 -O3 vectorised ``x0 == x1 ? x0 : x2`` over a [6, 3] nest (the inner loop of 3
+    or 6 fully unrolled, then SLP with masked loads) so that lanes where the compare is false
+    read 0; fixed by --param=max-completely-peel-times=2 (compiler.py)."""
+    graph = Graph.parse(f"""graph random(%x0: f32[6,{cols}], %x1: f32[6,{cols}], %x2: f32[6,{cols}]) {{
+      %eq = eq(%x0, %x1) : bool[6,{cols}]
+      %where = where(%eq, %x0, %x2) : f32[6,{cols}]
+      return %where
+    }}""")
+    rng = np.random.default_rng(cols)
+    x0 = rng.choice(np.float32([-1.75, -1.5, -0.75, 0, 1.5, 2]), (6, cols))
+    x1 = rng.choice(np.float32([-1.75, -1.5, 0, 2]), (6, cols))
+    x2 = np.arange(100, 100 + 6 * cols, dtype=np.float32).reshape(6, cols)  # no zeros
+    [result] = minicomp.compile(graph, target="c")(x0, x1, x2)
+    np.testing.assert_array_equal(result, np.where(x0 == x1, x0, x2))
+
+
 # ----------------------------------------------------------------------------------------------
 # Determinism and the compile cache
 # ----------------------------------------------------------------------------------------------
