@@ -778,3 +778,23 @@ def test_negated_negative_constants():
     graph.set_outputs(outputs)
     for result, want in zip(check(graph, [x]), expected):
         assert_identical(result, want)
+
+
+def test_bool_arrays_are_bytes_holding_exactly_0_or_1():
+    """Bool arrays are uint8_t in C (gcc vectorises a branch on a loaded byte, not on a _Bool);
+    every bool the kernels store must still be the byte 0 or 1, as NumPy's are."""
+    from minicomp.codegen.c import render_c
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random(1000) > 0.5, rng.random(1000) > 0.3
+    x = rng.standard_normal(1000).astype(np.float32)
+
+    def fn(a, b, x):
+        return ~a, a & ~b, a != b, x > 0, (x * 3).astype(bool), np.where(a, x, 0) != 0
+
+    compiled = minicomp.jit(fn)
+    for got, want in zip(compiled(a, b, x), fn(a, b, x)):
+        assert got.dtype == np.bool_ and np.array_equal(got, want)
+        assert set(np.unique(got.view(np.uint8))) <= {0, 1}
+    source = render_c(compiled.compiled_for(a, b, x).run.program)
+    assert "const uint8_t *restrict b_a" in source and "bool *" not in source

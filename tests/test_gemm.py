@@ -255,6 +255,38 @@ def test_causal_attention_skips_hidden_key_blocks(sq, sk):
     assert_close(jit(causal)(q, k, v), causal(q, k, v))
 
 
+@pytest.mark.parametrize("sq, sk", [(300, 300), (400, 130)])
+def test_tiles_a_constant_mask_leaves_whole_skip_the_mask(sq, sk):
+    """Below the diagonal every score is visible: those tiles run the score without the mask."""
+    rng = np.random.default_rng(13)
+    q, k = randn(rng, (2, sq, 32)), randn(rng, (2, sk, 32))
+
+    def causal(q, k, v):
+        return nn.scaled_dot_product_attention(q, k, v, causal=True)
+
+    text = str(lower(run_pipeline(minicomp.trace(causal, q, k, k))[0]).kernels[0])
+    score_lines = [line for line in text.splitlines() if "* 0.17677669_f32" in line]  # qk / sqrt(32)
+    assert len(score_lines) == 2 and sum("constant[" in line for line in score_lines) == 1
+    assert_close(jit(causal)(q, k, k), causal(q, k, k))
+
+
+def test_band_mask_written_the_other_way_round():
+    """``where(visible, s, -inf)``: the visible value is True; a band leaves mixed tiles at both ends."""
+    rng = np.random.default_rng(14)
+    q = randn(rng, (2, 400, 16))
+    rows, cols = np.indices((400, 400))
+    band = np.abs(rows - cols) < 150
+
+    def banded(q, k, v):
+        s = q @ k.swapaxes(-1, -2)
+        s = np.where(band, s, -np.inf)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)) @ v
+
+    assert any(s.startswith("flash_attention(") for s in schedules(banded, q, q, q))
+    assert_close(jit(banded)(q, q, q), banded(q, q, q))
+
+
 def test_masks_that_hide_no_whole_block_or_vary_by_batch_are_not_skipped():
     rng = np.random.default_rng(12)
     q = randn(rng, (2, 200, 16))

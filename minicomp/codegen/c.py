@@ -48,6 +48,10 @@ C_TYPES = {
     np.dtype(np.float16): "_Float16", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
     np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t", np.dtype(np.bool_): "bool",
 }
+# Arrays of bools are declared as bytes (NumPy's bool is one byte holding 0 or 1): gcc 12 does not
+# vectorise a loop that branches on a loaded _Bool (attention's mask), but does on a loaded byte.
+# Scalars and casts keep C's bool, which turns any nonzero value into 1.
+ARRAY_C_TYPES = {**C_TYPES, np.dtype(np.bool_): "uint8_t"}
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64",
            np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
 _MATH_F32 = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf",
@@ -224,7 +228,7 @@ class CRenderer:
         if isinstance(s, Block):
             return [line for sub in s.stmts for line in self.stmt(sub, depth)]
         if isinstance(s, Allocate):
-            ctype = C_TYPES[s.buffer.dtype]
+            ctype = ARRAY_C_TYPES[s.buffer.dtype]
             return [f"{pad}{ctype} {self.name(s.buffer)}[{s.buffer.size}] __attribute__((aligned(64)));"]
         if isinstance(s, If):
             lines = [f"{pad}if ({self.expr(s.cond)}) {{"] + self.stmt(s.then, depth + 1)
@@ -261,7 +265,7 @@ class CRenderer:
         """``const float *restrict b_x``; no ``restrict`` on a buffer aliased in the kernel."""
         qualifier = "" if written else "const "
         pointer = "*" if aliased else "*restrict "
-        return f"{qualifier}{C_TYPES[buffer.dtype]} {pointer}{self.name(buffer)}"
+        return f"{qualifier}{ARRAY_C_TYPES[buffer.dtype]} {pointer}{self.name(buffer)}"
 
     def kernel(self, k: Kernel) -> str:
         """One kernel as a static C function with its source comment."""
@@ -290,11 +294,11 @@ class CRenderer:
         lines = [f"int {ENTRY}(void **args) {{"]
         pad = self.indent
         for i, buffer in enumerate(program.params):
-            ctype = C_TYPES[buffer.dtype]
+            ctype = ARRAY_C_TYPES[buffer.dtype]
             lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)args[{i}];")
         lines.append(f"{pad}char *workspace = (char *)args[{len(program.params)}];")
         for buffer, offset in program.workspace.items():
-            ctype = C_TYPES[buffer.dtype]
+            ctype = ARRAY_C_TYPES[buffer.dtype]
             lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {offset});")
         lines.append(f"{pad}(void)workspace;")
         lines.append(f"{pad}mc_status = 0;")

@@ -18,13 +18,16 @@ still use); row max and row sum run over SIMD lanes (``reductions.reduce_into_la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..codegen import gemm
 from ..ir.compute import Reduce, _batch_index, compute, linear_index
 from ..ir.graph import Node
-from ..ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, For, If,
+from ..ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, Expr, For, If,
                         Intrinsic, Load, Select, Stmt, Store, Var, const)
+from ..ir.simplify_indices import simplify_expr
 from . import lower_matmul
 from .lower_matmul import as_index, declare_rows, index_op, uses
 from .reductions import reduce_into_lanes
@@ -52,28 +55,51 @@ def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer)
     return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
 
 
-def dead_scores(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> np.ndarray | None:
-    """Where (Sq x Sk, shared by the batch) a constant mask forces the score to -inf, or None.
+@dataclass
+class Mask:
+    """``where(c, -inf, x)`` (``hidden_when`` True) or ``where(c, x, -inf)`` with ``c`` constant."""
+
+    operand: Node  # the node the ``where`` reads ``c`` through (an input of the fused body)
+    value: np.ndarray  # ``c`` as Sq x Sk (shared by the batch)
+    hidden_when: bool
+
+
+def score_masks(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> list[Mask] | None:
+    """The constant masks on the way from ``qk`` to ``scores``; None if one differs by batch.
 
     ``outer`` maps the inputs of a fused body to the graph nodes they stand for (constants).
     """
-    dead, stack, seen = np.zeros(shape, bool), [scores], set()
+    masks, stack, seen = [], [scores], set()
     while stack:
         node = stack.pop()
         if node is qk or node in seen:
             continue
         seen.add(node)
         stack.extend(node.operands)
-        cond, a, b = ([outer.get(o, o) for o in node.operands] if node.op == "where" else (None, None, None))
-        if cond is None or cond.op != "constant":
+        if node.op != "where":
+            continue
+        operand = node.operands[0]
+        cond, a, b = [outer.get(o, o) for o in node.operands]
+        if cond.op != "constant":
             continue
         value = cond.attrs["value"]
         if value.ndim > 2 and any(d != 1 for d in value.shape[:-2]):
             return None  # a mask that differs between batch elements
-        value = value.reshape(value.shape[-2:] if value.ndim >= 2 else value.shape)
+        value = np.broadcast_to(value.reshape(value.shape[-2:] if value.ndim >= 2 else value.shape), shape)
         for branch, hidden_when in ((a, True), (b, False)):
             if _is_minus_inf(branch):
-                dead |= np.broadcast_to(value == hidden_when, shape)
+                masks.append(Mask(operand, value, hidden_when))
+    return masks
+
+
+def dead_scores(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> np.ndarray | None:
+    """Where (Sq x Sk, shared by the batch) a constant mask forces the score to -inf, or None."""
+    masks = score_masks(scores, qk, shape, outer)
+    if not masks:
+        return None
+    dead = np.zeros(shape, bool)
+    for mask in masks:
+        dead |= mask.value == mask.hidden_when
     return dead if dead.any() else None
 
 
@@ -163,8 +189,11 @@ class _Tiled:
         stmts = [Declare(bf, index_op("/", t, self.nqb)), Declare(qb, index_op("%", t, self.nqb)),
                  Declare(q0, index_op("*", qb, self.bq))] + self._batch_decls(bf)
         stmts += [Allocate(b) for b in (self.qpanel, self.s, self.o, self.m, self.l)]
-        key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb), self.accumulate_pv(bf, kb)])
         live = self.live_key_blocks()
+        mixed = self.mixed_key_blocks(live)
+        masked = None if mixed is None else index_op("&&", index_op(">=", kb, _per_block(qb, [lo for lo, _ in mixed])),
+                                                         index_op("<", kb, _per_block(qb, [hi for _, hi in mixed])))
+        key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb, masked), self.accumulate_pv(bf, kb)])
         if live is not None:  # skip key blocks a constant mask hides entirely (causal: above the diagonal)
             visible = index_op("<", kb, _per_block(qb, [hi for _, hi in live]))
             if any(lo for lo, _ in live):
@@ -192,6 +221,42 @@ class _Tiled:
                 return None
             live.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
         return None if all(span == (0, self.nkb) for span in live) else live
+
+    def mixed_key_blocks(self, live) -> list[tuple[int, int]] | None:
+        """Per query block, the range [lo, hi) of key blocks where a constant mask hides some scores.
+
+        The other visible tiles (causal: below the diagonal) see every mask constant and
+        visible, and run the score expression without loading the mask. None when there is
+        no mask, or the mixed tiles of a query block are not one range (then every tile loads it).
+        """
+        masks = score_masks(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
+        if not masks:
+            return None
+        mixed = []
+        for qb in range(self.nqb):
+            lo, hi = live[qb] if live is not None else (0, self.nkb)
+            rows = slice(qb * self.bq, (qb + 1) * self.bq)
+            blocks = [kb for kb in range(lo, hi)
+                      if any(not (m.value[rows, kb * self.bk:(kb + 1) * self.bk] != m.hidden_when).all() for m in masks)]
+            if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
+                return None
+            mixed.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
+        return mixed
+
+    def score_without_masks(self, at_index) -> Expr:
+        """The score expression with every mask replaced by its visible value (folded away)."""
+        masks = score_masks(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
+        saved = {m.operand: self.inline.bound.get(m.operand) for m in masks}
+        for mask in masks:
+            self.inline.bind(mask.operand, const(not mask.hidden_when, BOOL))
+        try:
+            return simplify_expr(self.inline.tensor(self.scores)[at_index], {})
+        finally:
+            for node, tensor in saved.items():
+                if tensor is None:
+                    del self.inline.bound[node]
+                else:
+                    self.inline.bound[node] = tensor
 
     def pack_q(self, q0) -> Stmt:
         """qpanel[r][d] = q[b, q0 + r, d] (0 past the last query): the rows the micro-kernel reads."""
@@ -223,18 +288,33 @@ class _Tiled:
                                         k_panel, s_at, as_index(self.bk), as_index(0)))
         return For(p, self.bq // self.mr, For(h, self.halves, call))
 
-    def softmax_rows(self, q0, kb) -> Stmt:
-        """Per query row: the score expression, then the online max/sum update with P = exp(S - max)."""
+    def softmax_rows(self, q0, kb, masked: Expr | None) -> Stmt:
+        """Per query row: the score expression, then the online max/sum update with P = exp(S - max).
+
+        ``masked``: the condition for a tile that needs the constant mask (None: every tile).
+        """
         panel, r, c = Var("panel"), Var("r"), Var("c")
         row = Var("row")
         dt = self.dtype
         at = index_op("+", index_op("*", row, self.bk), c)
-        self.inline.bind(self.qk, Load(self.s, at))
+        qk_value = Var("qk", dt)  # loaded before the score expression: no load in a branch of it
+        self.inline.bind(self.qk, qk_value)
         score = self.inline.tensor(self.scores)[[*self.batch, self.i, self.j]]
         neg_inf = const(-np.inf, dt)
-        exists = index_op("&&", index_op("<", self.i, self.sq), index_op("<", self.j, self.sk))  # not padding
-        apply_f = For(c, self.bk, Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), c)),
-                                         Store(self.s, at, Select(exists, score, neg_inf))]), "vectorized")
+
+        def over_keys(value) -> Stmt:
+            return For(c, self.bk, Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), c)),
+                                          Declare(qk_value, Load(self.s, at)), Store(self.s, at, value)]),
+                       "vectorized")
+
+        # the padding guards: per key inside the loop (folded away when Sk is whole blocks), per
+        # row outside it, so that the loop body has no branch around a load and vectorises
+        key_exists = index_op("<", self.j, self.sk)
+        apply_f = over_keys(Select(key_exists, score, neg_inf))
+        if masked is not None:
+            plain = self.score_without_masks([*self.batch, self.i, self.j])
+            apply_f = If(masked, apply_f, over_keys(Select(key_exists, plain, neg_inf)))
+        apply_f = If(index_op("<", self.i, self.sq), apply_f, over_keys(neg_inf))
         m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
