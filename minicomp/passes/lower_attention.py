@@ -10,6 +10,10 @@ Queries are taken ``BQ`` rows at a time; for each block of ``BK`` keys::
     O[BQ, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
     out        = O / l   (after the last key block)
 
+A constant mask (``where(c, -inf, s)``, causal attention's) is read at compile time: tiles it
+hides entirely are skipped, tiles it leaves entirely visible run the score expression with
+the mask folded away, and only the mixed tiles (causal: on the diagonal) load it.
+
 ``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
 over (batch, query block) tasks. Every row statistic is kept per query row, exactly as the
 untiled online softmax in ``lower_fused.lower_attention`` (which small or integer cases
@@ -92,11 +96,8 @@ def score_masks(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> 
     return masks
 
 
-def dead_scores(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> np.ndarray | None:
-    """Where (Sq x Sk, shared by the batch) a constant mask forces the score to -inf, or None."""
-    masks = score_masks(scores, qk, shape, outer)
-    if not masks:
-        return None
+def dead_scores(masks: list[Mask], shape: tuple[int, int]) -> np.ndarray | None:
+    """Where (Sq x Sk, shared by the batch) one of the masks forces the score to -inf, or None."""
     dead = np.zeros(shape, bool)
     for mask in masks:
         dead |= mask.value == mask.hidden_when
@@ -143,6 +144,7 @@ class _Tiled:
         self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
         self.m = Buffer("row_max", self.dtype, (self.bq,))
         self.l = Buffer("row_sum", self.dtype, (self.bq,))
+        self.masks = score_masks(scores, qk, (self.sq, self.sk), inline.outer)  # None: one varies by batch
 
     def nest(self):
         from .lower_fused import Nest
@@ -210,7 +212,7 @@ class _Tiled:
         exp(-inf) = 0 to every sum, so it is skipped. None when nothing can be skipped, or the
         visible blocks of a query block are not one range.
         """
-        dead = dead_scores(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
+        dead = dead_scores(self.masks, (self.sq, self.sk)) if self.masks else None
         if dead is None:
             return None
         live = []
@@ -229,15 +231,14 @@ class _Tiled:
         visible, and run the score expression without loading the mask. None when there is
         no mask, or the mixed tiles of a query block are not one range (then every tile loads it).
         """
-        masks = score_masks(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
-        if not masks:
+        if not self.masks:
             return None
         mixed = []
         for qb in range(self.nqb):
             lo, hi = live[qb] if live is not None else (0, self.nkb)
             rows = slice(qb * self.bq, (qb + 1) * self.bq)
             blocks = [kb for kb in range(lo, hi)
-                      if any(not (m.value[rows, kb * self.bk:(kb + 1) * self.bk] != m.hidden_when).all() for m in masks)]
+                      if any((m.value[rows, kb * self.bk:(kb + 1) * self.bk] == m.hidden_when).any() for m in self.masks)]
             if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
                 return None
             mixed.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
@@ -245,9 +246,8 @@ class _Tiled:
 
     def score_without_masks(self, at_index) -> Expr:
         """The score expression with every mask replaced by its visible value (folded away)."""
-        masks = score_masks(self.scores, self.qk, (self.sq, self.sk), self.inline.outer)
-        saved = {m.operand: self.inline.bound.get(m.operand) for m in masks}
-        for mask in masks:
+        saved = {m.operand: self.inline.bound.get(m.operand) for m in self.masks}
+        for mask in self.masks:
             self.inline.bind(mask.operand, const(not mask.hidden_when, BOOL))
         try:
             return simplify_expr(self.inline.tensor(self.scores)[at_index], {})

@@ -19,6 +19,11 @@ the copy into rows is contiguous runs, so it vectorises. That matters for conv, 
 of A (im2col) writes 9 values per input value: k-major panels made it a stream of scalar
 stores costing a fifth of conv_bn_relu's time.
 
+Two variants change who packs what, by size: when all of A would not fit in L2
+(``A_PACK_BYTES``) each task packs its own MC rows of A; when A is small and B has many
+panels (a layer's weights), the tasks are B's panels and each packs its own into L2
+(``compute_per_panel``), so B is read once and no packed copy of it goes back to memory.
+
 Edge tiles (``M`` or ``N`` not a multiple of the tile) run the same micro-kernel into a local
 tile and copy the valid part out, so the packed panels are zero-padded and never overrun.
 
