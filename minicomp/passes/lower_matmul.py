@@ -200,10 +200,14 @@ class GemmBuilder:
         self.mp = -(-shape.m // tiling.mr) * tiling.mr
         self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
         self.a_per_task = self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
-        if not self.a_per_task and -(-shape.n // tiling.nr) >= B_TASK_PANELS:
-            self.t = tiling = replace(tiling, nc=-(-shape.n // tiling.nr) * tiling.nr, b_per_task=True)
-        self.nce = min(tiling.nc, -(-shape.n // tiling.nr) * tiling.nr)
-        self.b_pack = Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
+        n_padded = -(-shape.n // tiling.nr) * tiling.nr  # N in whole NR panels
+        if not self.a_per_task and n_padded // tiling.nr >= B_TASK_PANELS:
+            self.t = tiling = replace(tiling, nc=n_padded, b_per_task=True)
+        self.nce = min(tiling.nc, n_padded)
+        self.n_jb = self.nce // tiling.nr  # NR panels per NC block
+        self.n_ic = -(-shape.m // tiling.mc)  # MC row blocks
+        # B packed whole per (jc, pc) block, except when each task packs its own panel
+        self.b_pack = None if tiling.b_per_task else Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
         self.parallel = "parallel" if shape.m * shape.n * shape.k >= PARALLEL_WORK else "serial"
@@ -255,8 +259,7 @@ class GemmBuilder:
     def pack_b(self) -> Stmt:
         """``bpack[jb][kk][jj] = B[k, jc*NC + jb*NR + jj]`` (0 past the last column)."""
         jb = Var("jb")
-        panels = -(-self.nce // self.t.nr)
-        return For(jb, panels, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now),
+        return For(jb, self.n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now),
                                   self.pack_b_panel(self.b_pack, jb, index_op("*", jb, self.kce))), self.parallel)
 
     def pack_b_panel(self, into: Buffer, jb: Expr, first_row: Expr) -> Stmt:
@@ -312,14 +315,12 @@ class GemmBuilder:
         contiguous share of tasks each thread gets covers every row block equally.
         """
         t, ic, jb, ir, m0 = Var("t"), Var("ic"), Var("jb"), Var("ir"), Var("m0")
-        n_jb = -(-self.nce // self.t.nr)
-        n_ic = -(-self.s.m // self.t.mc)
         a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
         per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
                           self._tile(epilogue, m0, jb, a_panel)])
-        task = Block([Declare(jb, index_op("/", t, n_ic)), Declare(ic, index_op("%", t, n_ic)),
+        task = Block([Declare(jb, index_op("/", t, self.n_ic)), Declare(ic, index_op("%", t, self.n_ic)),
                       If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
-        return For(t, n_ic * n_jb, task, self.parallel)
+        return For(t, self.n_ic * self.n_jb, task, self.parallel)
 
     def compute_per_panel(self, epilogue) -> Stmt:
         """Parallel over NR panels of B; each task packs its panel (into L2), then sweeps all rows.
@@ -329,26 +330,23 @@ class GemmBuilder:
         K x N = 768 x 2304) the separate packing pass moved as many bytes as the weights.
         """
         jb, ir, m0 = Var("jb"), Var("ir"), Var("m0")
-        n_jb = -(-self.nce // self.t.nr)
         panel = Buffer("b_panel", self.dtype, (self.kce * self.t.nr,))
         a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
         per_tile = Block([Declare(m0, index_op("*", ir, self.t.mr)),
                           self._tile(epilogue, m0, jb, a_panel, Address(panel, Const(0)))])
-        return For(jb, n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
+        return For(jb, self.n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
                                     For(ir, self.mp // self.t.mr, per_tile)]), self.parallel)
 
     def compute_per_row_block(self, epilogue) -> Stmt:
         """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
         ic, jb, ir, m0 = Var("ic"), Var("jb"), Var("ir"), Var("m0")
-        n_jb = -(-self.nce // self.t.nr)
-        n_ic = -(-self.s.m // self.t.mc)
         panels = self.t.mc // self.t.mr
         block = Buffer("a_block", self.dtype, (self.t.mc * self.kce,))
         a_panel = Address(block, index_op("*", index_op("*", ir, self.t.mr), self.kce))
         per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
                           self._tile(epilogue, m0, jb, a_panel)])
-        sweep = For(jb, n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
-        return For(ic, n_ic, Block([Allocate(block), self.pack_a(block, index_op("*", ic, panels), panels, "serial"),
+        sweep = For(jb, self.n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
+        return For(ic, self.n_ic, Block([Allocate(block), self.pack_a(block, index_op("*", ic, panels), panels, "serial"),
                                     sweep]), self.parallel)
 
     def _edge_tile(self, m0, n0, a_panel, b_panel, accumulate) -> Stmt:
@@ -398,8 +396,5 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
             return Block([])
         return builder.tile_epilogue(m0, n0, full, value_at, store_at)
 
-    if builder.a_per_task:
-        scratch = [builder.b_pack]
-    else:
-        scratch = [builder.a_pack] if builder.t.b_per_task else [builder.a_pack, builder.b_pack]
+    scratch = [b for b in (None if builder.a_per_task else builder.a_pack, builder.b_pack) if b is not None]
     return builder.body(epilogue), scratch, builder.t
