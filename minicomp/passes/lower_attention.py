@@ -246,17 +246,9 @@ class _Tiled:
 
     def score_without_masks(self, at_index) -> Expr:
         """The score expression with every mask replaced by its visible value (folded away)."""
-        saved = {m.operand: self.inline.bound.get(m.operand) for m in self.masks}
-        for mask in self.masks:
-            self.inline.bind(mask.operand, const(not mask.hidden_when, BOOL))
-        try:
+        visible = {m.operand: const(not m.hidden_when, BOOL) for m in self.masks}
+        with self.inline.rebound(visible):
             return simplify_expr(self.inline.tensor(self.scores)[at_index], {})
-        finally:
-            for node, tensor in saved.items():
-                if tensor is None:
-                    del self.inline.bound[node]
-                else:
-                    self.inline.bound[node] = tensor
 
     def pack_q(self, q0) -> Stmt:
         """qpanel[r][d] = q[b, q0 + r, d] (0 past the last query): the rows the micro-kernel reads."""

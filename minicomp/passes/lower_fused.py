@@ -28,6 +28,7 @@ One lowering per fusion pattern (``minicomp.passes.fusion``):
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,21 @@ class Inliner:
     def bind(self, node: Node, value) -> None:
         """From now on, ``node`` at any index reads ``value`` (a local variable or a load)."""
         self.bound[node] = Tensor(node.type, value if callable(value) else (lambda idx: value))
+
+    @contextmanager
+    def rebound(self, values: dict[Node, object]):
+        """Inside the ``with`` block each node reads its value here; afterwards, what it read before."""
+        saved = {node: self.bound.get(node) for node in values}
+        for node, value in values.items():
+            self.bind(node, value)
+        try:
+            yield self
+        finally:
+            for node, tensor in saved.items():
+                if tensor is None:
+                    del self.bound[node]
+                else:
+                    self.bound[node] = tensor
 
 
 def _loops(idx: list, shape) -> list[tuple[Var, int]]:
