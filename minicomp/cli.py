@@ -12,6 +12,7 @@
     minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp cache info|clear                              the on-disk compile cache
+    minicomp --version                                     the version and which copy runs
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
 one parameter: a tensor type (``x=f32[256,1024]``) or a Python literal for a static value
@@ -215,8 +216,27 @@ def cmd_demo(args) -> None:
     run_demo(args.size)
 
 
+def version_text() -> str:
+    """``minicomp 0.1.0 from /path/to/minicomp (Python 3.11.7, NumPy 2.4.6)``.
+
+    The path says which copy runs: after ``pip install .`` the command runs the copy installed
+    into the environment, not the checkout (``pip install -e .`` makes them the same).
+    """
+    import platform
+
+    import numpy as np
+
+    from . import __version__
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    return (f"minicomp {__version__} from {package} "
+            f"(Python {platform.python_version()}, NumPy {np.__version__})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minicomp", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and which copy of minicomp this command runs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_function_args(p):

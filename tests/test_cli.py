@@ -241,3 +241,20 @@ def test_bench_without_passes_column(capsys):
     assert main(["bench", "softmax", "--size", "tiny", "--rounds", "2", "--seconds", "0",
                  "--no-passes-column"]) == 0
     assert "no passes ms" in capsys.readouterr().out
+
+
+def test_version_names_the_copy_that_runs(capsys):
+    """``minicomp --version``: the version of pyproject.toml and the package directory in use."""
+    import minicomp
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f'version = "{minicomp.__version__}"' in (REPO / "pyproject.toml").read_text()
+    assert out.startswith(f"minicomp {minicomp.__version__} from {Path(minicomp.__file__).parent}")
+
+
+def test_license_file_matches_the_metadata():
+    assert 'license = { text = "MIT" }' in (REPO / "pyproject.toml").read_text()
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
