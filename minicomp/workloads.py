@@ -25,17 +25,24 @@ class Workload:
     description: str
 
     def inputs(self, size: str = "cpu", dtype=np.float32, seed: int = 0) -> list[np.ndarray]:
-        """Random arguments (standard normal, variances positive) at ``size``."""
+        """Random arguments (``random_argument``) at ``size``."""
         rng = np.random.default_rng(seed)
-        arrays = []
-        for arg, shape in self.shapes[size].items():
-            a = rng.standard_normal(shape).astype(dtype)
-            if arg.endswith("var"):
-                a = np.abs(a) + np.asarray(0.5, dtype)
-            if arg.startswith("w") and len(shape) == 2:
-                a *= np.asarray(1 / np.sqrt(shape[0]), dtype)  # keep activations O(1)
-            arrays.append(a)
-        return arrays
+        return [random_argument(arg, shape, dtype, rng) for arg, shape in self.shapes[size].items()]
+
+
+def random_argument(name: str, shape: tuple[int, ...], dtype, rng: np.random.Generator) -> np.ndarray:
+    """A random float argument drawn the way the workloads draw theirs, judged by its name.
+
+    Standard normal, except a variance (``*var``: positive, at least 0.5) and a 2-D weight
+    (``w*``: scaled by 1/sqrt(fan-in), so that ``x @ w`` stays O(1) however wide it is, as
+    initialised weights do). ``minicomp bisect`` draws its inputs with this too.
+    """
+    a = rng.standard_normal(shape).astype(dtype)
+    if name.endswith("var"):
+        a = np.abs(a) + np.asarray(0.5, dtype)
+    if name.startswith("w") and len(shape) == 2:
+        a *= np.asarray(1 / np.sqrt(max(shape[0], 1)), dtype)  # keep activations O(1)
+    return a
 
 
 def gelu(v):
