@@ -8,10 +8,13 @@ not at minicomp's internals.
     ├── ShapeError            operands whose shapes do not fit the op (broadcasting, matmul, ...)
     ├── DTypeError            a dtype NumPy (or minicomp) does not accept for the op
     ├── UnsupportedError      a NumPy function, method or construct minicomp cannot trace
+    │   └── UnsupportedAttributeError  an ndarray attribute the tracer lacks (also AttributeError)
     ├── GraphError            a graph that breaks an invariant (``Graph.verify``), bad API use
     │   └── ParseError        text that is not a valid graph
     ├── CompileError          a backend could not compile a graph (later issues)
     └── MinicompRuntimeError  a compiled function called with arguments it cannot take
+
+    MinicompWarning (a UserWarning)   e.g. random numbers drawn while tracing became constants
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class UnsupportedError(MinicompError, NotImplementedError):
     """A NumPy function, method or Python construct that minicomp cannot trace."""
 
 
+class UnsupportedAttributeError(UnsupportedError, AttributeError):
+    """An ndarray attribute or method the tracer lacks, e.g. ``x.strides``; ``hasattr`` says False."""
+
+
 class GraphError(MinicompError):
     """A graph that breaks one of its invariants, or a graph API used wrongly."""
 
@@ -47,6 +54,10 @@ class CompileError(MinicompError):
 
 class MinicompRuntimeError(MinicompError, RuntimeError):
     """A compiled function was called with arguments it cannot accept."""
+
+
+class MinicompWarning(UserWarning):
+    """Something minicomp did that the user may not expect, e.g. random numbers frozen at trace time."""
 
 
 def at(loc: str | None) -> str:
