@@ -11,6 +11,7 @@
                                                            bytes moved and memory before/after
     minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
+    minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
     minicomp --version                                     the version and which copy runs
 
@@ -176,8 +177,19 @@ def cmd_cache(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import run_bench
+    from .bench import CALLS_PER_BLOCK, run_bench
 
+    if args.parallel_threshold:
+        from .bench_load import run_parallel_threshold
+
+        run_parallel_threshold()
+        return
+    if args.under_load:
+        from .bench_load import run_load_bench
+
+        blocks = max(2, -(-args.rounds // CALLS_PER_BLOCK))
+        run_load_bench(args.workloads or None, size=args.size, target=args.target, min_blocks=blocks)
+        return
     run_bench(args.workloads or None, size=args.size, target=args.target,
               min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json,
               without_passes=args.no_passes_column, plot=args.plot)
@@ -297,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-passes-column", action="store_true",
                        help="also time minicomp with every graph pass disabled (one kernel per op)")
     bench.add_argument("--plot", metavar="FILE.png", help="write a roofline chart (needs matplotlib)")
+    bench.add_argument("--under-load", action="store_true",
+                       help="time each workload idle and with another process spinning on one core: "
+                            "median and 90th percentile of both")
+    bench.add_argument("--parallel-threshold", action="store_true",
+                       help="time kernels of growing size on one thread and on all: where threads start to pay")
     bench.set_defaults(run=cmd_bench)
 
     cache_cmd = sub.add_parser("cache", help="show or clear the compile cache")

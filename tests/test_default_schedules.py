@@ -33,6 +33,20 @@ def test_small_elementwise_stays_on_one_thread():
     assert steps(kernel) == ["vectorize(i1)"]
 
 
+def test_threads_pay_sooner_for_costly_elements():
+    """The parallel threshold counts work, not elements: 8192 gelu elements (each ~8 additions'
+    worth, ``element_cost``) run on all cores, 8192 additions stay on one."""
+    from minicomp.passes.schedules import element_cost, perfect_nest
+    from minicomp.workloads import gelu
+
+    x = np.ones((32, 256), np.float32)
+    [add] = program_of(lambda x: x + 1, x).kernels
+    [costly] = program_of(gelu, x).kernels
+    assert element_cost(perfect_nest(add)[1].value) == 1
+    assert element_cost(perfect_nest(costly)[1].value) >= 4
+    assert "parallel(i0)" not in steps(add) and "parallel(i0)" in steps(costly)
+
+
 @pytest.mark.parametrize("shape, perm", [((64, 56, 56), (1, 2, 0)), ((1, 33, 47, 20), (0, 3, 1, 2)),
                                          ((17, 300), (1, 0)), ((40, 3, 50), (2, 1, 0))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])

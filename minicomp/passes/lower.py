@@ -216,6 +216,15 @@ def reduction_init(combiner: str, dtype: np.dtype):
     return const(info.min if combiner == "max" else info.max, dtype)
 
 
+def worth_parallel(work: int) -> bool:
+    """Whether a kernel doing ``work`` (elements x reduction length) should use several threads.
+
+    Below ``PARALLEL_MIN_WORK`` starting and joining the threads costs more than they save
+    (``minicomp bench --parallel-threshold`` measures where that is on a machine).
+    """
+    return work >= PARALLEL_MIN_WORK
+
+
 def nest(loops: list[tuple[Var, int]], body: Stmt, parallel: bool) -> Stmt:
     """Wrap ``body`` in loops (outermost first); the outermost is parallel if asked."""
     for depth, (var, extent) in reversed(list(enumerate(loops))):
@@ -229,6 +238,6 @@ def _copy_kernel(node: Node, buffers: dict[Node, Buffer], out: Buffer) -> Kernel
     source = _operand_tensor(node, buffers)
     loops = [(i, extent) for i, extent in zip(idx, node.shape) if isinstance(i, Var)]
     body = nest(loops, Store(out, linear_index(idx, node.shape), source[idx]),
-                parallel=node.type.size >= PARALLEL_MIN_WORK)
+                parallel=worth_parallel(node.type.size))
     inputs = [] if is_inline_constant(node) else [buffers[node]]
     return Kernel(out.name, inputs, out, body, [f"copy of %{node.name}"])

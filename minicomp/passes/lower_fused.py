@@ -43,8 +43,8 @@ from ..ir.simplify_indices import simplify_kernel_indices
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
 from .lower_matmul import lower_gemm
-from .lower import (PARALLEL_MIN_WORK, accumulates_in_output, combine, is_inline_constant, nest,
-                    output_index, reduction_init)
+from .lower import (accumulates_in_output, combine, is_inline_constant, nest,
+                    output_index, reduction_init, worth_parallel)
 
 
 def _ident(name: str) -> str:
@@ -131,10 +131,10 @@ def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     r = compute(root, idx, [inline.tensor(o) for o in root.operands])
     work = _work(root.shape, *[e for _, e in r.axes])
     if reduces_columns(root, r):
-        return reduce_columns(r, out, idx, root.shape, parallel=work >= PARALLEL_MIN_WORK)
+        return reduce_columns(r, out, idx, root.shape, parallel=worth_parallel(work))
     acc = Var("acc", r.dtype)
     stmts = reduce_into_lanes(acc, r) + [Store(out, linear_index(idx, root.shape), r.finish(acc))]
-    return nest(_loops(idx, root.shape), Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
+    return nest(_loops(idx, root.shape), Block(stmts), parallel=worth_parallel(work))
 
 
 def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
@@ -175,7 +175,7 @@ def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
         store = Store(out, linear_index(full, shape), inline.tensor(root)[full])
         stmts.append(nest(inner, store, parallel=False))
     work = _work(shape, len(reductions) + 1)
-    return nest(outer, Block(stmts), parallel=work >= PARALLEL_MIN_WORK)
+    return nest(outer, Block(stmts), parallel=worth_parallel(work))
 
 
 def _after_reduction(node: Node) -> bool:
@@ -221,7 +221,7 @@ def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> "Stmt | N
         buffer, index = store_at(idx)
         row.stmts.append(For(j, extent, Store(buffer, index, value_at(idx))))
     work = _work(result.shape, *[e for _, e in r.axes])
-    return Nest(nest(loops[:-1], row, parallel=work >= PARALLEL_MIN_WORK), scratch)
+    return Nest(nest(loops[:-1], row, parallel=worth_parallel(work)), scratch)
 
 
 def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
@@ -270,7 +270,7 @@ def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     ])
     outer = _loops([*batch, i], pv.shape[:-1])
     work = _work(pv.shape[:-1], qk.shape[-1], qk.operands[0].shape[-1] + head)
-    return nest(outer, per_query, parallel=work >= PARALLEL_MIN_WORK)
+    return nest(outer, per_query, parallel=worth_parallel(work))
 
 
 @dataclass

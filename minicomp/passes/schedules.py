@@ -5,7 +5,8 @@ it runs on the machine. Every step is a schedule primitive (``minicomp.ir.schedu
 printed kernel lists what was done (``# schedule: ...``) and every step was legality-checked.
 
 * **elementwise** (and broadcast): the outermost loop runs on all cores (``parallel``) once
-  there is enough work, and the innermost loop is marked ``vectorized`` when every input is
+  there is enough work (elements x ``element_cost``: a gelu element counts more than an add),
+  and the innermost loop is marked ``vectorized`` when every input is
   read contiguously along it (a strided read would become a slow gather)::
 
       for i0 in 0..4096:                # schedule: parallel(i0), vectorize(i1)
@@ -32,10 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.affine import affine
-from ..ir.loops import Block, For, Kernel, Load, Store, walk
+from ..ir.loops import Block, Call, For, Kernel, Load, Store, walk
 from ..ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
+from .lower import worth_parallel
 
-PARALLEL_MIN_WORK = 1 << 15  # elements below which threads cost more than they give
 TILE = 16                    # transposing tiles: 16 x 16 float32 = 16 cache lines per side
 VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -84,7 +85,7 @@ def elementwise_steps(kernel: Kernel) -> list[Primitive]:
     if nest is None:
         return []
     chain, store = nest
-    work = int(np.prod([loop.extent for loop in chain], dtype=np.int64))
+    work = int(np.prod([loop.extent for loop in chain], dtype=np.int64)) * element_cost(store.value)
     inner = chain[-1]
     steps: list[Primitive] = []
     moved = transposed_loop(chain, store) if inner.extent >= TILE else None
@@ -99,9 +100,29 @@ def elementwise_steps(kernel: Kernel) -> list[Primitive]:
         outermost = chain[0].var.name
         if store.buffer.dtype in VECTOR_DTYPES and inner.extent >= 8 and unit_stride(chain, store):
             steps.append(Vectorize(inner.var.name))
-    if work >= PARALLEL_MIN_WORK:
+    if worth_parallel(work):
         steps.append(Parallel(outermost))
     return steps
+
+
+CALL_COST = 8   # a vectorised exp, tanh, erf or log costs about as much as 8 additions
+COPY_COST = 3   # what element_cost counts for one load, one constant and one operation
+
+
+def element_cost(value) -> int:
+    """How much work computing one element is, in units of ``out = x + 1`` (at least 1).
+
+    A gelu element costs about 15 of them: threads pay for a gelu chain from a few thousand
+    elements, for an addition from tens of thousands (``minicomp bench --parallel-threshold``).
+    """
+    return max(1, _value_nodes(value) // COPY_COST)
+
+
+def _value_nodes(e) -> int:
+    """Nodes of an expression, a call counting ``CALL_COST``; a load counts 1 (not its index)."""
+    if isinstance(e, Load):
+        return 1
+    return (CALL_COST if isinstance(e, Call) else 1) + sum(_value_nodes(c) for c in e.children())
 
 
 def apply_default_schedule(kernel: Kernel, pattern: str) -> Kernel:
