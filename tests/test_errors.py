@@ -48,9 +48,15 @@ def zeros(*shape, dtype=f32):
 
 
 def test_every_error_class_is_a_minicomp_error():
-    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    classes = [c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, Warning)]
     assert len(classes) >= 8
     assert all(issubclass(c, MinicompError) for c in classes)
+
+
+def test_the_warning_class_is_a_user_warning_not_an_error():
+    assert issubclass(errors.MinicompWarning, UserWarning)
+    assert not issubclass(errors.MinicompWarning, MinicompError)
 
 
 @pytest.mark.parametrize("cls, builtin", [

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError, UnsupportedError, at
 from ..ir.dtypes import to_dtype
-from ..ir.ops import normalize_axis, normalize_axes
-from .tracer import TracedArray, Tracer, find_tracer, user_location
+from ..ir.ops import normalize_axes
+from .tracer import TracedArray, Tracer, checked_axis, find_tracer, user_location
 
 # ufuncs that are exactly one table op
 UFUNC_OPS: dict[np.ufunc, str] = {
@@ -28,6 +28,9 @@ UFUNC_OPS: dict[np.ufunc, str] = {
     np.tanh: "tanh", np.reciprocal: "reciprocal", np.sin: "sin", np.cos: "cos",
     np.floor: "floor", np.ceil: "ceil", np.sign: "sign", np.matmul: "matmul",
 }
+# bitwise ufuncs that are a table op on bool arrays (a ^ b is a != b)
+BOOL_BITWISE_OPS: dict[np.ufunc, str] = {np.bitwise_and: "logical_and", np.bitwise_or: "logical_or",
+                                         np.bitwise_xor: "ne"}
 # ufunc.reduce that is a table reduction
 REDUCE_OPS: dict[np.ufunc, str] = {np.add: "sum", np.maximum: "max", np.minimum: "min"}
 
@@ -79,11 +82,14 @@ def _special_ufunc(tracer: Tracer, ufunc: np.ufunc, inputs, name: str):
         return tracer.apply("mul", [x, x])
     if ufunc is np.isnan:
         return tracer.apply("ne", [x, x])  # NaN is the only value unequal to itself
-    if ufunc in (np.bitwise_and, np.bitwise_or) and all(_dtype_of(i) == np.bool_ for i in inputs):
-        return tracer.apply("logical_and" if ufunc is np.bitwise_and else "logical_or", inputs)
+    if ufunc in BOOL_BITWISE_OPS and all(_dtype_of(i) == np.bool_ for i in inputs):
+        return tracer.apply(BOOL_BITWISE_OPS[ufunc], inputs)
+    if ufunc is np.logical_xor:  # truth values differ: (a != 0) != (b != 0)
+        return tracer.apply("ne", [tracer.apply("ne", [i, False]) for i in inputs])
     if ufunc is np.invert and x.dtype == np.bool_:
         return tracer.apply("logical_not", [x])
-    supported = sorted(f"np.{u.__name__}" for u in UFUNC_OPS) + ["np.positive", "np.square", "np.isnan"]
+    supported = sorted(f"np.{u.__name__}" for u in UFUNC_OPS) + ["np.positive", "np.square", "np.isnan",
+                                                                 "np.logical_xor"]
     raise UnsupportedError(f"{name} is not supported by minicomp's tracer{at(user_location())}; "
                            f"supported ufuncs: {', '.join(supported)}")
 
@@ -161,7 +167,10 @@ def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=Non
         x = x.astype(dtype)
     elif x.dtype.kind in "bi":
         x = x.astype(np.float64)
-    axes = normalize_axes(axis, x.ndim)
+    try:
+        axes = normalize_axes(axis, x.ndim)
+    except ShapeError as exc:
+        raise ShapeError(f"np.var: {exc}; operand {x.node.type}{at(user_location())}") from None
     count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
     deviation = x - x.mean(axis=axes, keepdims=True)
     return (deviation * deviation).sum(axis=axes, keepdims=keepdims) / max(count - ddof, 0)
@@ -189,16 +198,24 @@ def _ravel(a, order="C"):
 
 @implements(np.swapaxes)
 def _swapaxes(a, axis1, axis2):
-    return _traced(a).swapaxes(axis1, axis2)
+    x = _traced(a)
+    perm = list(range(x.ndim))
+    i, j = checked_axis("np.swapaxes", axis1, x), checked_axis("np.swapaxes", axis2, x)
+    perm[i], perm[j] = perm[j], perm[i]
+    return x.transpose(perm)
 
 
 @implements(np.moveaxis)
 def _moveaxis(a, source, destination):
     x = _traced(a)
-    source = [normalize_axis(s, x.ndim) for s in np.atleast_1d(source)]
-    destination = [normalize_axis(d, x.ndim) for d in np.atleast_1d(destination)]
+    source = [checked_axis("np.moveaxis", s, x) for s in _axis_list(source)]
+    destination = [checked_axis("np.moveaxis", d, x) for d in _axis_list(destination)]
     if len(source) != len(destination):
-        raise ShapeError("np.moveaxis: source and destination must have the same number of elements")
+        raise ShapeError(f"np.moveaxis: source and destination must have the same number of elements; got "
+                         f"{len(source)} and {len(destination)}; operand {x.node.type}{at(user_location())}")
+    if len(set(source)) != len(source) or len(set(destination)) != len(destination):
+        raise ShapeError(f"np.moveaxis: repeated axis in source {source} or destination {destination}; "
+                         f"operand {x.node.type}{at(user_location())}")
     order = [n for n in range(x.ndim) if n not in source]
     for dest, src in sorted(zip(destination, source)):
         order.insert(dest, src)
@@ -249,9 +266,14 @@ def _stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
     if len({a.shape for a in arrays}) > 1:
         raise ShapeError(f"np.stack: all input arrays must have the same shape, got "
                          f"{[a.shape for a in arrays]}{at(user_location())}")
-    axis = normalize_axis(axis, arrays[0].ndim + 1)
+    axis = checked_axis("np.stack", axis, arrays[0], arrays[0].ndim + 1)
     expanded = [a._view("expand_dims", axes=axis) for a in arrays]
     return _concatenate(expanded, axis=axis, out=out, dtype=dtype)
+
+
+def _axis_list(axes) -> list:
+    """``2 -> [2]``, ``(0, 1) -> [0, 1]``: np.moveaxis takes either."""
+    return list(axes) if isinstance(axes, (tuple, list, np.ndarray)) else [axes]
 
 
 def _split_bounds(length: int, indices_or_sections, even: bool) -> list[int]:
@@ -259,19 +281,22 @@ def _split_bounds(length: int, indices_or_sections, even: bool) -> list[int]:
         return [0] + [int(i) for i in indices_or_sections] + [length]
     sections = int(indices_or_sections)
     if sections <= 0:
-        raise ShapeError("number sections must be larger than 0")
+        raise ShapeError(f"np.{'split' if even else 'array_split'}: number sections must be larger than 0")
     base, extra = divmod(length, sections)
     if even and extra:
         raise ShapeError(f"np.split: an axis of length {length} does not divide into {sections} "
-                         f"equal sections{at(user_location())}; use np.array_split")
+                         "equal sections (use np.array_split)")
     sizes = [base + (1 if i < extra else 0) for i in range(sections)]
     return np.cumsum([0] + sizes).tolist()
 
 
 def _split_at(ary, indices_or_sections, axis: int, even: bool) -> list[TracedArray]:
     x = _traced(ary)
-    axis = normalize_axis(axis, x.ndim)
-    bounds = _split_bounds(x.shape[axis], indices_or_sections, even)
+    axis = checked_axis("np.split" if even else "np.array_split", axis, x)
+    try:
+        bounds = _split_bounds(x.shape[axis], indices_or_sections, even)
+    except ShapeError as exc:
+        raise ShapeError(f"{exc}; operand {x.node.type}{at(user_location())}") from None
     pieces = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         index = [slice(None)] * x.ndim

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError
+from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
 from ..ir.graph import Graph
 from .tracer import trace_with_structure
 
@@ -71,6 +71,8 @@ class JitFunction:
 
         if target not in TARGETS:
             raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
+        if not callable(fn):
+            raise UnsupportedError(f"minicomp.jit compiles a function; got {fn!r:.40} (of type {type(fn).__name__})")
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.target = target
@@ -78,7 +80,7 @@ class JitFunction:
         self.disable = tuple(options.pop("disable", ()))
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
         self.options = options
-        self.signature = inspect.signature(fn)
+        self.signature = _signature(fn)
         self._compiled: dict[Any, Compiled] = {}
         self._lock = threading.Lock()
 
@@ -92,7 +94,7 @@ class JitFunction:
 
     def compiled_for(self, *args) -> Compiled:
         """The compiled form for these arguments' signature, compiling it on first use."""
-        key = _signature_key(args)
+        key = _signature_key(args, self.fn)
         compiled = self._compiled.get(key)
         if compiled is None:
             with self._lock:
@@ -177,22 +179,52 @@ def compile(graph: Graph, target: str = DEFAULT_TARGET, passes=None, disable=(),
     return TARGETS[target](graph, **options)
 
 
+def _signature(fn: Callable) -> inspect.Signature:
+    """``fn``'s signature; ``(*args)`` for a builtin without one (``jit(np.exp)``)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
+
+
 def _is_array(value) -> bool:
     return isinstance(value, (np.ndarray, np.generic))
 
 
-def _signature_key(args) -> tuple:
+def _signature_key(args, fn: Callable) -> tuple:
     key = []
-    for value in args:
+    for index, value in enumerate(args):
         if _is_array(value):
             key.append(("array", np.shape(value), np.asarray(value).dtype.str))
         else:
             try:
                 hash(value)
             except TypeError:
+                _refuse_unkeyable(value, index, fn)
                 value = repr(value)
             key.append(("static", type(value).__name__, value))
     return tuple(key)
+
+
+_KEYED_BY_REPR = (list, dict, set, tuple)  # containers of plain values: their repr is their value
+
+
+def _refuse_unkeyable(value, index: int, fn: Callable) -> None:
+    """An unhashable static argument other than a container: jit cannot tell its values apart."""
+    if isinstance(value, _KEYED_BY_REPR):
+        return
+    from .tracer import user_location
+
+    try:
+        param = repr(list(inspect.signature(fn).parameters)[index])
+    except (TypeError, ValueError, IndexError):
+        param = f"#{index}"
+    raise UnsupportedError(
+        f"argument {param} of {getattr(fn, '__name__', 'function')} is a {type(value).__name__} "
+        f"({value!r:.40}), neither an array nor a hashable value{at(user_location())}; jit passes "
+        "non-array arguments unchanged and compiles once per value, so pass arrays as arrays and "
+        "settings as hashable values (numbers, strings, tuples, a frozen dataclass)"
+    )
 
 
 def jit(fn: Callable | None = None, *, target: str = DEFAULT_TARGET, **options):

@@ -29,9 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DTypeError, MinicompError, ShapeError, UnsupportedError, at
+from ..errors import (DTypeError, MinicompError, MinicompRuntimeError, ShapeError, UnsupportedAttributeError,
+                      UnsupportedError, at)
 from ..ir.dtypes import TensorType, to_dtype
 from ..ir.graph import Graph, Node
+from ..ir.interpreter import refuse_array_subclass
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Frames in these files are minicomp's machinery or NumPy's, never "the user's line".
@@ -75,12 +77,13 @@ class Tracer:
     def input(self, name: str, type: TensorType) -> "TracedArray":
         return TracedArray(self, self.graph.add_input(name, type, user_location()))
 
-    def node_of(self, value, partners: tuple[np.dtype, ...] = ()) -> Node:
-        """The node for an operand: a proxy's own node, or a new constant.
+    def node_of(self, value, partners: tuple[np.dtype, ...] = (), op: str | None = None) -> Node:
+        """The node for an operand of ``op``: a proxy's own node, or a new constant.
 
         A Python scalar is typed as NumPy 2 types it next to arrays of dtypes ``partners``
         (``np.result_type(f32, 2.0) == f32``), so it never changes the result's dtype wrongly.
         """
+        where = f"{op}: " if op else ""
         if isinstance(value, TracedArray):
             if value.tracer is not self:
                 raise UnsupportedError("a traced array from another trace was used in this one")
@@ -90,23 +93,26 @@ class Tracer:
                 dtype = np.result_type(*partners, value) if partners else np.asarray(value).dtype
                 array = np.asarray(value, dtype=to_dtype(dtype))
             except (OverflowError, TypeError, MinicompError) as exc:
-                raise UnsupportedError(f"cannot use Python scalar {value!r} here: {exc}{at(user_location())}") from None
+                raise UnsupportedError(f"{where}cannot use Python scalar {value!r} next to "
+                                       f"{', '.join(map(str, partners)) or 'no array'}: {exc}{at(user_location())}") from None
             return self.graph.add_constant(array, loc=user_location())
         if isinstance(value, (np.ndarray, np.generic)):
+            refuse_array_subclass(value, f"{where}an array the function reads from outside (a constant)", user_location())
             key = id(value)
             if key not in self._constants:
                 node = self.graph.add_op("constant", [], {"value": np.asarray(value)}, user_location())
                 self._constants[key] = (value, node)
             return self._constants[key][1]
         raise UnsupportedError(
-            f"cannot use a {type(value).__name__} ({value!r:.60}) as an array operand{at(user_location())}"
+            f"{where}cannot use a {type(value).__name__} ({value!r:.60}) as an array operand{at(user_location())}; "
+            "use arrays, NumPy scalars or Python bool/int/float"
         )
 
     def apply(self, op: str, operands, **attrs) -> "TracedArray":
         """Record ``op(*operands)`` and return the proxy of its result."""
         arrays = [o for o in operands if isinstance(o, (TracedArray, np.ndarray, np.generic))]
         partners = tuple(np.asarray(a).dtype if not isinstance(a, TracedArray) else a.dtype for a in arrays)
-        nodes = [self.node_of(o, partners) for o in operands]
+        nodes = [self.node_of(o, partners, op) for o in operands]
         return TracedArray(self, self.graph.add_op(op, nodes, attrs, loc=user_location()))
 
 
@@ -207,8 +213,18 @@ class TracedArray:
     def __index__(self):
         self._concrete("using an array as an index")
 
+    def __complex__(self):
+        self._concrete("complex()")
+
+    def __contains__(self, value):
+        self._concrete("`in` (NumPy computes (x == v).any())")
+
     def __array__(self, dtype=None, copy=None):
-        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library)")
+        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library, or an "
+                       "np.matrix or masked array meeting a traced array: pass np.asarray(m) instead)")
+
+    def __reduce_ex__(self, protocol):
+        self._concrete("pickling")
 
     def item(self, *args):
         self._concrete(".item()")
@@ -221,6 +237,34 @@ class TracedArray:
             f"item assignment x[...] = v is not supported{at(user_location())}; "
             "build the result with np.where or np.concatenate"
         )
+
+    def __delitem__(self, key):
+        raise UnsupportedError(f"del x[...]: arrays cannot delete elements (NumPy refuses too){at(user_location())}; "
+                               "build the result with slicing and np.concatenate")
+
+    def __getattr__(self, name: str):
+        """Only reached for a name the proxy lacks: an ndarray attribute not traced yet is refused."""
+        if name.startswith("_"):  # Python's and NumPy's protocol lookups
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name not in _NDARRAY_ATTRIBUTES:
+            raise UnsupportedAttributeError(f"x.{name}: NumPy arrays have no attribute {name!r} (used on "
+                                            f"{self!r}){at(user_location())}")
+        raise UnsupportedAttributeError(
+            f"ndarray.{name} is not supported by minicomp's tracer (used on {self!r}){at(user_location())}; "
+            f"{_ATTRIBUTE_ADVICE.get(name, _DEFAULT_ATTRIBUTE_ADVICE)}"
+        )
+
+    def _unsupported_operator(symbol: str, advice: str):
+        def method(self, *others):
+            operands = ", ".join(describe_operand(o) for o in (self, *others))
+            raise UnsupportedError(f"the operator {symbol} is not supported by minicomp's tracer; operands "
+                                   f"{operands}{at(user_location())}; {advice}")
+        return method
+
+    __lshift__ = __rlshift__ = _unsupported_operator("<<", "for integers write x * 2**k (it wraps the same way)")
+    __rshift__ = __rrshift__ = _unsupported_operator(">>", "for integers write x // 2**k (it floors the same way)")
+    __round__ = _unsupported_operator("round()", "rounding is not supported yet (np.floor(x + 0.5) rounds half up)")
+    del _unsupported_operator
 
     # -- operators ------------------------------------------------------------------------------
 
@@ -245,21 +289,33 @@ class TracedArray:
     def _logical(op, bitwise_name):
         def method(self, other, reflected=False):
             operands = (other, self) if reflected else (self, other)
-            dtypes = [o.dtype if isinstance(o, TracedArray) else np.asarray(o).dtype for o in operands]
-            if any(d != np.bool_ for d in dtypes):
-                raise UnsupportedError(f"bitwise {bitwise_name} is only supported on bool arrays{at(user_location())}")
+            if any(_dtype_of_operand(o) != np.bool_ for o in operands):
+                raise UnsupportedError(
+                    f"bitwise {bitwise_name} is only supported on bool arrays; operands "
+                    f"{', '.join(map(describe_operand, operands))}{at(user_location())}; "
+                    "compare first (x > 0) to get bool arrays"
+                )
             return self._apply(op, *operands)
         return method
 
     __and__ = _logical("logical_and", "&")
     __or__ = _logical("logical_or", "|")
+    __xor__ = _logical("ne", "^")  # on bools, a ^ b is a != b
     __rand__ = lambda self, other: self.__and__(other, reflected=True)
     __ror__ = lambda self, other: self.__or__(other, reflected=True)
+    __rxor__ = lambda self, other: self.__xor__(other, reflected=True)
 
     def __invert__(self):
         if self.dtype != np.bool_:
-            raise UnsupportedError(f"~ is only supported on bool arrays{at(user_location())}")
+            raise UnsupportedError(f"~ is only supported on bool arrays; operand {self.node.type}"
+                                   f"{at(user_location())}; for integers write -x - 1")
         return self._apply("logical_not", self)
+
+    def __divmod__(self, other):
+        return self // other, self % other  # NumPy's np.divmod: floor_divide and remainder
+
+    def __rdivmod__(self, other):
+        return other // self, other % self
 
     def __neg__(self):
         return self._apply("neg", self)
@@ -272,7 +328,7 @@ class TracedArray:
 
     # In-place operators rebind this proxy to the new value, so every Python name bound to this
     # array sees the change, as with NumPy. Views would not see it, so that case is refused.
-    def _inplace(op):
+    def _inplace(op, compute=None):
         def method(self, other):
             if self.node.op == "input":
                 raise UnsupportedError(
@@ -284,7 +340,7 @@ class TracedArray:
                     f"in-place update of an array that shares memory with another (a view)"
                     f"{at(user_location())}; write x = x + y"
                 )
-            result = self._apply(op, self, other)
+            result = compute(self, other) if compute else self._apply(op, self, other)
             if result.shape != self.shape:
                 raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
                                  f"doesn't match the broadcast shape {result.shape}{at(user_location())}")
@@ -300,6 +356,9 @@ class TracedArray:
     __iadd__, __isub__, __imul__ = _inplace("add"), _inplace("sub"), _inplace("mul")
     __itruediv__, __ipow__, __imatmul__ = _inplace("div"), _inplace("pow"), _inplace("matmul")
     __ifloordiv__, __imod__ = _inplace("floordiv"), _inplace("mod")
+    __iand__, __ior__ = _inplace("&", __and__), _inplace("|", __or__)
+    __ixor__ = _inplace("^", __xor__)
+    __ilshift__, __irshift__ = __lshift__, __rshift__
 
     del _binary, _reflected, _logical, _inplace
 
@@ -330,11 +389,9 @@ class TracedArray:
             return self._view("transpose", perm=None if axes[0] is None else tuple(axes[0]))
         return self._view("transpose", perm=tuple(axes) if axes else None)
 
-    def swapaxes(self, a: int, b: int):
-        from ..ir.ops import normalize_axis
-
+    def swapaxes(self, axis1: int, axis2: int):
         perm = list(range(self.ndim))
-        a, b = normalize_axis(a, self.ndim), normalize_axis(b, self.ndim)
+        a, b = checked_axis("swapaxes", axis1, self), checked_axis("swapaxes", axis2, self)
         perm[a], perm[b] = perm[b], perm[a]
         return self.transpose(perm)
 
@@ -348,6 +405,12 @@ class TracedArray:
 
     def copy(self, order="C"):
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
+
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
 
     def astype(self, dtype, copy=True):
         try:
@@ -395,6 +458,51 @@ class TracedArray:
         return dispatch_function(func, args, kwargs)
 
 
+_NDARRAY_ATTRIBUTES = frozenset(name for name in dir(np.ndarray) if not name.startswith("_"))
+_LAYOUT_ADVICE = ("a traced array has a shape and a dtype, no memory: its layout does not exist while "
+                  "tracing (the compiled code chooses its own); use x.shape, x.dtype, x.ndim, x.size")
+_VALUES_ADVICE = "it needs the array's values, which do not exist while tracing; do it outside the compiled function"
+_INPLACE_ADVICE = "it changes the array in place; compiled functions build new arrays (np.where, np.concatenate)"
+_ATTRIBUTE_ADVICE = {
+    **dict.fromkeys(["strides", "flags", "data", "ctypes", "base", "device", "to_device", "setflags",
+                     "view", "getfield", "setfield", "byteswap"], _LAYOUT_ADVICE),
+    **dict.fromkeys(["tobytes", "tofile", "dump", "dumps", "nonzero", "flat"], _VALUES_ADVICE),
+    **dict.fromkeys(["fill", "put", "sort", "partition", "resize"], _INPLACE_ADVICE),
+}
+_DEFAULT_ATTRIBUTE_ADVICE = (
+    "compute it outside the compiled function, or with what the tracer supports: "
+    + ", ".join(sorted(f"x.{name}" for name in _NDARRAY_ATTRIBUTES if name in vars(TracedArray)))
+)
+
+
+def checked_axis(op: str, axis, x: TracedArray, ndim: int | None = None) -> int:
+    """``normalize_axis(axis, ndim or x.ndim)`` whose ``ShapeError`` names ``op``, ``x`` and the user's line.
+
+    >>> checked_axis("np.swapaxes", 5, x)   # x: f32[3,4]
+    ShapeError: np.swapaxes: axis 5 is out of bounds for an array of dimension 2; operand f32[3,4] (at f.py:3)
+    """
+    from ..ir.ops import normalize_axis
+
+    try:
+        return normalize_axis(axis, x.ndim if ndim is None else ndim)
+    except ShapeError as exc:
+        raise ShapeError(f"{op}: {exc}; operand {x.node.type}{at(user_location())}") from None
+
+
+def _dtype_of_operand(value) -> np.dtype:
+    """The dtype of a proxy or array, NumPy's default dtype for a Python scalar."""
+    return value.dtype if isinstance(value, (TracedArray, np.ndarray, np.generic)) else np.asarray(value).dtype
+
+
+def describe_operand(value) -> str:
+    """``f32[3,4]`` for a proxy or an array, ``int 2`` for anything else: for error messages."""
+    if isinstance(value, TracedArray):
+        return str(value.node.type)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return f"{value.dtype}{list(np.shape(value))}"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
 def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> TracedArray:
     if out is not None:
         raise UnsupportedError(f"{op}(out=...) is not supported{at(user_location())}; use the return value")
@@ -408,13 +516,42 @@ def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> Traced
 # ----------------------------------------------------------------------------------------------
 
 
-def _example_type(value) -> TensorType | None:
-    """The input type an example argument stands for, or None for a static (non-array) value."""
+def _argument_type(param: str, value, function: str) -> TensorType | None:
+    """The input type an argument stands for, or None for a static (non-array) value.
+
+    Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars and
+    ``TensorType`` s are inputs. Refused, naming the parameter: ndarray subclasses such as
+    ``np.matrix`` (``UnsupportedError``), unsupported dtypes (``DTypeError``) and containers
+    holding arrays (``UnsupportedError``: each array must be an argument of its own).
+    """
     if isinstance(value, TensorType):
         return value
+    what = f"argument {param!r} of {function}"
     if isinstance(value, (np.ndarray, np.generic)):
-        return TensorType.of(value)
+        refuse_array_subclass(value, what, user_location())
+        dtype = value.dtype if value.dtype.isnative else value.dtype.newbyteorder("=")
+        try:
+            return TensorType(np.shape(value), dtype)
+        except DTypeError as exc:
+            raise DTypeError(f"{what}: {exc}{at(user_location())}") from None
+    if _holds_arrays(value):
+        raise UnsupportedError(
+            f"{what} is a {type(value).__name__} holding arrays{at(user_location())}; minicomp takes "
+            "arrays only as arguments of their own (each becomes an input of the compiled function): "
+            "pass each array as its own argument"
+        )
     return None
+
+
+def _holds_arrays(value) -> bool:
+    """True if ``value`` is a list, tuple, dict or set with an array somewhere inside."""
+    if isinstance(value, (np.ndarray, TracedArray)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_arrays(v) for v in value)
+    return False
 
 
 def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
@@ -422,16 +559,23 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
 
     Array arguments (``np.ndarray``, NumPy scalars, ``TensorType``) become graph inputs named
     after ``fn``'s parameters; anything else is passed to ``fn`` unchanged (a static value).
+    What ``fn`` reads from outside is checked (``frozen``): an ``np.matrix`` or masked array
+    is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
     """
+    from . import frozen
+
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
-    call_args = []
-    for param_name, value in zip(_parameter_names(fn, len(args)), args):
-        try:
-            type_ = _example_type(value)
-        except DTypeError as exc:
-            raise DTypeError(f"argument {param_name!r} of {tracer.graph.name}: {exc}{at(user_location())}") from None
+    call_args, static = [], {}
+    for param_name, value in zip(_parameter_names(fn, args, tracer.graph.name), args):
+        type_ = _argument_type(param_name, value, tracer.graph.name)
+        if type_ is None:
+            static[param_name] = value
         call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
-    result = fn(*call_args)
+    outside = frozen.outside_values(fn, static)
+    frozen.refuse_subclass_constants(fn, outside)
+    draws = frozen.RandomDraws(fn, outside)
+    result = _call_traced(fn, call_args, static, tracer.graph.name)
+    draws.warn_if_drawn()
     if isinstance(result, (tuple, list)):
         structure, results = type(result), list(result)
     else:
@@ -441,28 +585,47 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
     return tracer.graph, structure
 
 
+def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
+    """``fn(*call_args)``; an exception that is not minicomp's gets a note on the static arguments."""
+    try:
+        return fn(*call_args)
+    except MinicompError:
+        raise
+    except Exception as exc:
+        if static and hasattr(exc, "add_note"):  # Python 3.11+
+            values = ", ".join(f"{k}={v!r:.40}" for k, v in static.items())
+            exc.add_note(f"minicomp was tracing {name} with the static (non-array) argument(s) {values}: "
+                         "they were passed unchanged; only NumPy arrays become traced inputs")
+        raise
+
+
 def _output_node(tracer: Tracer, value) -> Node:
     if isinstance(value, (TracedArray, np.ndarray, np.generic, numbers.Number)):
         return tracer.node_of(value)
     raise UnsupportedError(
-        f"the traced function returned a {type(value).__name__}; return an array, or a tuple or "
-        "list of arrays"
+        f"the traced function {tracer.graph.name} returned a {type(value).__name__}{at(user_location())}; "
+        "return an array, or a tuple or list of arrays"
     )
 
 
-def _parameter_names(fn: Callable, count: int) -> list[str]:
+def _parameter_names(fn: Callable, args: tuple, function: str) -> list[str]:
+    """The names of the parameters ``args`` bind to (``MinicompRuntimeError`` if they cannot)."""
+    count = len(args)
     try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        params = []
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: fn(*args) will tell
+        return [f"arg{i}" for i in range(count)]
+    try:
+        signature.bind(*args)
+    except TypeError as exc:  # e.g. "missing a required argument: 'w'"
+        raise MinicompRuntimeError(f"{function}(): {exc}{at(user_location())}") from None
     names = []
-    for param in params:
+    for param in signature.parameters.values():
         if param.kind is param.VAR_POSITIONAL:
             names += [f"{param.name}_{i}" for i in range(count - len(names))]
             break
         if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
             names.append(param.name)
-    names += [f"arg{i}" for i in range(len(names), count)]
     return names[:count]
 
 

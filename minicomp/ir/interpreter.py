@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MinicompRuntimeError
+from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
 from .dtypes import TensorType
 from .graph import Graph, Node
 from .ops import get_op
@@ -47,7 +47,13 @@ def interpret(graph: Graph, *args) -> list[np.ndarray]:
 
 
 def check_arguments(graph: Graph, args) -> list[np.ndarray]:
-    """Check count, shape and dtype of ``args`` against the graph inputs; return them as arrays."""
+    """Check count, shape and dtype of ``args`` against the graph inputs; return them as arrays.
+
+    Anything ``np.asarray`` takes is accepted (a byte-swapped array counts as its native dtype:
+    the C target swaps it); ndarray subclasses whose meaning a plain array would lose
+    (``np.matrix``, masked arrays) raise ``UnsupportedError``; the rest ``MinicompRuntimeError``
+    naming the input.
+    """
     if len(args) != len(graph.inputs):
         raise MinicompRuntimeError(
             f"graph {graph.name!r} takes {len(graph.inputs)} argument(s) "
@@ -55,18 +61,73 @@ def check_arguments(graph: Graph, args) -> list[np.ndarray]:
         )
     arrays = []
     for node, arg in zip(graph.inputs, args):
-        array = np.asarray(arg)
-        if array.shape != node.shape or array.dtype != node.dtype:
-            got = f"{array.dtype}{list(array.shape)}"
-            try:
-                got = str(TensorType.of(array))
-            except Exception:
-                pass
+        refuse_array_subclass(arg, f"argument %{node.name} of graph {graph.name!r}")
+        array = _as_array(arg, node, graph)
+        dtype = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
+        if array.shape != node.shape or dtype != node.dtype:
             raise MinicompRuntimeError(
-                f"argument %{node.name} of graph {graph.name!r} must be {node.type}, got {got}"
+                f"argument %{node.name} of graph {graph.name!r} must be {node.type}, got {_describe(arg, array)}"
             )
         arrays.append(array)
     return arrays
+
+
+def _as_array(arg, node: Node, graph: Graph) -> np.ndarray:
+    if type(arg) is np.ndarray:
+        return arg
+    try:
+        return np.asarray(arg)
+    except (TypeError, ValueError) as exc:  # e.g. a ragged list
+        raise MinicompRuntimeError(f"argument %{node.name} of graph {graph.name!r} must be {node.type}, "
+                                   f"got {type(arg).__name__} {arg!r:.60}, which is not an array: {exc}") from None
+
+
+def _describe(arg, array: np.ndarray) -> str:
+    """``f32[3,4]`` for an array, ``NoneType None`` for what only NumPy turns into one."""
+    if not isinstance(arg, (np.ndarray, np.generic)) and array.dtype.kind in "OSUV":
+        return f"{type(arg).__name__} {arg!r:.60}"
+    try:
+        return str(TensorType.of(array))
+    except MinicompError:
+        return f"{array.dtype}{list(array.shape)}"
+
+
+#: ndarray subclasses that are plain arrays in every way minicomp can see (np.memmap: backed by a file)
+PLAIN_ARRAY_TYPES = (np.ndarray, np.memmap)
+
+_SUBCLASS_ADVICE = [  # (class, its name, what a plain array would lose, what to write instead)
+    (np.matrix, "np.matrix", "its * and ** would become elementwise",
+     "pass np.asarray(m) and write @ for the matrix product"),
+    (np.ma.MaskedArray, "np.ma.MaskedArray", "its mask would be dropped",
+     "pass m.filled(value), or the data and the mask as two arrays (np.ma.getdata(m), "
+     "np.ma.getmaskarray(m)) and combine them with np.where"),
+    (np.recarray, "np.recarray", "its fields would be lost", "pass each field as its own array"),
+]
+
+
+def refuse_array_subclass(value, what: str, loc: str | None = None) -> None:
+    """Raise ``UnsupportedError`` if ``value`` is an ndarray subclass minicomp would misread.
+
+    A trace or a compiled call sees only an array's shape, dtype and data, so ``np.matrix``
+    (``a * b`` is a matrix product), masked arrays (the mask), ``np.recarray`` and unknown
+    subclasses (their ``__array_ufunc__``/``__array_function__``) are refused, naming ``what``
+    the value is (``"argument 'x' of f"``). Plain arrays, ``np.memmap`` and anything that is
+    not an ndarray pass.
+    """
+    kind = type(value)
+    if kind in PLAIN_ARRAY_TYPES or not isinstance(value, np.ndarray):
+        return
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    lost, instead = "its own methods and __array_ufunc__/__array_function__ would not run", "pass np.asarray(x)"
+    for base, base_name, base_lost, base_instead in _SUBCLASS_ADVICE:
+        if isinstance(value, base):
+            name = base_name if kind is base else f"{name} (a {base_name})"
+            lost, instead = base_lost, base_instead
+            break
+    raise UnsupportedError(
+        f"{what} is a {name} of shape {value.shape} and dtype {value.dtype}: minicomp takes plain "
+        f"arrays only (as a plain array, {lost}){at(loc)}; {instead}"
+    )
 
 
 def _owned(value: np.ndarray, inputs: list[np.ndarray]) -> np.ndarray:

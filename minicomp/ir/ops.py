@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
@@ -115,8 +116,11 @@ def fill_attrs(op: OpDef, types: list[TensorType], attrs: dict) -> dict:
 
 
 def normalize_axis(axis: int, ndim: int) -> int:
-    """``-1 -> ndim-1``; ``ShapeError`` when out of range, as NumPy's AxisError."""
-    axis = int(axis)
+    """``-1 -> ndim-1``; ``ShapeError`` when out of range (NumPy's AxisError) or not an integer."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise ShapeError(f"axis {axis!r:.40} is not an integer") from None
     if not -ndim <= axis < ndim:
         raise ShapeError(f"axis {axis} is out of bounds for an array of dimension {ndim}")
     return axis % ndim
@@ -128,6 +132,8 @@ def normalize_axes(axes, ndim: int) -> tuple[int, ...]:
         return tuple(range(ndim))
     if isinstance(axes, (int, np.integer)):
         axes = (axes,)
+    if not isinstance(axes, (tuple, list)):
+        raise ShapeError(f"axis {axes!r:.40} is not an integer or a tuple of integers")
     result = tuple(sorted(normalize_axis(a, ndim) for a in axes))
     if len(set(result)) != len(result):
         raise ShapeError(f"repeated axis in {tuple(axes)}")
@@ -551,8 +557,11 @@ register(OpDef(
 
 
 def _shape_tuple(shape) -> tuple[int, ...]:
-    """``4 -> (4,)``; any sequence of ints -> tuple of ints."""
-    return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    """``4 -> (4,)``; any sequence of ints -> tuple of ints; ``ShapeError`` for anything else."""
+    try:
+        return (operator.index(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(operator.index, shape))
+    except TypeError:
+        raise ShapeError(f"shape {shape!r:.60} is not an integer or a sequence of integers") from None
 
 
 def _broadcast_to_infer(types, attrs):
