@@ -170,10 +170,15 @@ def cmd_cache(args) -> None:
     from .runtime import cache
 
     if args.action == "clear":
-        print(f"removed {cache.clear()} compiled libraries from {cache.cache_dir()}")
+        done = cache.clear()
+        print(f"removed {done['libraries']} compiled libraries ({done['files']} files) from {done['path']}")
+        if done["left"]:
+            print(f"left {done['left']} other files there (not made by minicomp, or in use)")
     else:
         info = cache.info()
         print(f"cache: {info['path']}\nentries: {info['entries']}\nsize: {info['bytes'] / 1e6:.1f} MB")
+        if info["others"]:
+            print(f"other files: {info['others']} (not made by minicomp; not counted, never removed)")
 
 
 def cmd_bench(args) -> None:
@@ -316,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time kernels of growing size on one thread and on all: where threads start to pay")
     bench.set_defaults(run=cmd_bench)
 
-    cache_cmd = sub.add_parser("cache", help="show or clear the compile cache")
+    cache_cmd = sub.add_parser("cache", help="show the compile cache, or remove minicomp's files from it")
     cache_cmd.add_argument("action", choices=["info", "clear"])
     cache_cmd.set_defaults(run=cmd_cache)
 

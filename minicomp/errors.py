@@ -12,6 +12,7 @@ not at minicomp's internals.
     ├── GraphError            a graph that breaks an invariant (``Graph.verify``), bad API use
     │   └── ParseError        text that is not a valid graph
     ├── CompileError          a backend could not compile a graph (later issues)
+    ├── CacheError            a compile cache directory that cannot be used safely, or written
     └── MinicompRuntimeError  a compiled function called with arguments it cannot take
 
     MinicompWarning (a UserWarning)   e.g. random numbers drawn while tracing became constants
@@ -50,6 +51,10 @@ class ParseError(GraphError):
 
 class CompileError(MinicompError):
     """A backend could not turn a graph into code."""
+
+
+class CacheError(MinicompError):
+    """A compile cache that cannot be used: not the user's own, writable by others, a link, not writable."""
 
 
 class MinicompRuntimeError(MinicompError, RuntimeError):

@@ -57,7 +57,7 @@ except ImportError:  # not installed: use the checkout this file lives in
     import minicomp
 
 from minicomp.codegen.c import CRenderer, prelude, render_c
-from minicomp.codegen.compiler import cflags, compile_c, compiler, compiler_version, load_library
+from minicomp.codegen.compiler import cflags, compile_c, compile_key, compiler, compiler_version, load_library
 from minicomp.ir.compute import RULES, Reduce, Tensor, compute, linear_index
 from minicomp.ir.loop_text import print_expr
 from minicomp.ir.loops import (Allocate, Assign, Block, Buffer, Const, Declare, For, Kernel, Load,
@@ -364,11 +364,11 @@ for path in sorted(Path(CACHE_DIR).iterdir(), key=lambda p: (p.stem, p.suffix)):
     print(f"  {path.name[:16]}...{path.suffix:<6}{path.stat().st_size:>8} bytes")
 # Per key: .c (the source, kept for reading and debugging), .so (the library), .json (size and
 # checksum, written last: an entry without it, or with a wrong checksum, is rebuilt, never
-# loaded), .lock (so two processes compiling the same graph at once run gcc once).
-flags = " ".join(cflags())
-key = cache.cache_key(ln_source, flags, compiler_version(compiler()))
+# loaded), .lock (so two processes compiling the same graph at once run gcc once). The key
+# covers the source without its comments, the flags, the compiler and the CPU it targets.
+key = compile_key(ln_source, cflags(), compiler())
 assert cold_path.name == f"{key}.so"
-other = cache.cache_key(ln_source, flags.replace("-O3", "-O0"), compiler_version(compiler()))
+other = compile_key(ln_source, [f.replace("-O3", "-O0") for f in cflags()], compiler())
 print(f"key with -O3: {key[:16]}...   with -O0: {other[:16]}...  (other flags, other library)")
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ Three separate steps, so each can be looked at on its own:
     path = compile_c(source)          # this module: gcc -> <cache>/<key>.so (or a cache hit)
     ffi, lib = load_library(path)     # this module: cffi's dlopen
 
-``load_library`` declares the entry point to cffi without parsing C at run time: cffi's parser
+``compile_c`` keys the cache on the source without its comments (they name the user's
+``file:line``, relative to the working directory), the flags, the compiler and the target
+``-march=native`` resolved to (``compile_key``). ``load_library`` loads the very file the cache
+verified, and declares the entry point to cffi without parsing C at run time: cffi's parser
 (pycparser) costs more to import than everything else a warm compile does to load a library,
-so the parsed declaration is kept in the cache as a tiny generated module (``entry_ffi``).
+so the parsed declaration is kept in this module, as data (``ENTRY_FFI_TABLES``).
 
 Flags live here and nowhere else. ``REQUIRED_FLAGS`` give the generated code its meaning
 (``-fwrapv``: signed overflow wraps as in NumPy) and are always used; ``DEFAULT_OPT_FLAGS``
@@ -33,13 +36,14 @@ Neither changed the workloads' times measurably (interleaved runs, within 3%).
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
+import itertools
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from ..errors import CompileError
@@ -78,27 +82,65 @@ def probe(cc: str, args: tuple[str, ...]) -> str:
     """The output of ``cc args`` (stdin empty), remembered on disk next to the compile cache.
 
     Asking the compiler what it is and what ``-march=native`` means costs a process start
-    (~10 ms) each time; the answer only changes with the compiler binary, which is part of the
-    key (path, size, modification time). A failing probe raises ``CompileError``.
+    (~10 ms) each time; the answer only changes with the compiler binary (its path, size and
+    modification time) and the CPU (``cpu_identity``), which name the record. The record is
+    checksummed: a missing, emptied, truncated or altered one is asked again, never believed.
+    A failing probe raises ``CompileError``.
     """
     command = [*shlex.split(cc), *args]
-    binary = shutil.which(command[0]) or command[0]
+    identity = {"compiler": _binary_identity(command[0]), "cpu": cpu_identity(), "args": list(args)}
+    name = f"probe-{cache.cache_key(*identity['compiler'], identity['cpu'], *args)[:32]}.json"
+    record = cache.read_record(name)
+    if record is not None and {k: record.get(k) for k in identity} == identity:
+        return record["output"]
     try:
-        stat = os.stat(binary)
-        identity = f"{os.path.realpath(binary)}:{stat.st_size}:{stat.st_mtime_ns}"
-    except OSError:
-        identity = binary
-    path = cache.cache_dir() / f"probe-{cache.cache_key(identity, *args)[:32]}.txt"
-    if path.exists():
-        return path.read_text()
-    try:
-        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60, check=True)
+        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         raise CompileError(f"cannot run the C compiler {cc!r}: {exc}") from None
-    temporary = cache.temporary_path()
-    temporary.write_text(result.stdout)
-    os.replace(temporary, path)
+    if result.returncode != 0:
+        raise CompileError(f"the C compiler failed on `{shlex.join(command)}` (minicomp asks it what "
+                           f"it targets):\n{result.stderr[-2000:]}")
+    cache.write_record(name, {**identity, "output": result.stdout})
     return result.stdout
+
+
+def _binary_identity(program: str) -> list[str]:
+    """Which compiler binary ``program`` runs: its real path, size and modification time."""
+    binary = shutil.which(program) or program
+    try:
+        status = os.stat(binary)
+    except OSError:
+        return [binary]
+    return [os.path.realpath(binary), str(status.st_size), str(status.st_mtime_ns)]
+
+
+CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags",  # x86
+              "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features",  # Arm
+              "isa", "uarch", "cpu")  # RISC-V, POWER
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_identity() -> str:
+    """The CPU that ``-march=native`` resolves from: the first processor's model and feature lines
+    of ``/proc/cpuinfo`` (read once per process, ~0.1 ms), else the machine and processor names.
+
+    Part of the key of every probe, so a cache shared by two machines never answers for the
+    other one.
+    """
+    try:
+        fd = os.open("/proc/cpuinfo", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        text = ""
+    else:
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(1 << 16).decode(errors="replace")
+    first = text.split("\n\n", 1)[0]
+    lines = [line for line in first.splitlines() if line.split(":", 1)[0].strip() in CPU_FIELDS]
+    if lines:
+        return "\n".join(lines)
+    import platform
+
+    return f"{platform.machine()} {platform.processor()} {platform.platform()}"
 
 
 def compiler_version(cc: str) -> str:
@@ -108,11 +150,16 @@ def compiler_version(cc: str) -> str:
 
 
 def target_macros(flags: tuple[str, ...]) -> str:
-    """``cc -dM -E`` under ``flags``: the macros that tell what the target CPU has (``__AVX512F__`` ...)."""
-    try:
-        return probe(compiler(), (*flags, "-dM", "-E", "-x", "c", "-"))
-    except CompileError:
-        return ""
+    """``cc -dM -E`` under ``flags``: the macros that tell what the target CPU has (``__AVX512F__`` ...).
+
+    Raises ``CompileError`` when the compiler cannot say (no compiler, a flag it refuses, no
+    macros at all): a guess here would drop flags that the target needs.
+    """
+    macros = probe(compiler(), (*flags, "-dM", "-E", "-x", "c", "-"))
+    if "#define" not in macros:
+        raise CompileError(f"the C compiler {compiler()!r} printed no predefined macros for "
+                           f"`-dM -E {' '.join(flags)}`: minicomp cannot tell what it targets")
+    return macros
 
 
 def sanitizing() -> bool:
@@ -139,29 +186,54 @@ GCC_WORKAROUNDS = ["-fno-tree-vrp", "--param=max-completely-peel-times=2"]
 
 
 def compile_c(source: str, name: str = "graph") -> Path:
-    """Compile ``source`` into a shared library, or return the cached one; its path."""
+    """Compile ``source`` into a shared library, or return the cached one; its path.
+
+    The compiler reads the source from stdin; ``<key>.c`` in the cache is a copy for reading.
+    """
     cc = compiler()
     flags = cflags()
-    key = cache.cache_key(source, " ".join(flags), compiler_version(cc))
+    key = compile_key(source, flags, cc)
     hit = cache.lookup(key)
     if hit:
         return hit
-    with cache.building(key):
+    with cache.building(key, name):
         hit = cache.lookup(key)  # another process may have built it while we waited
         if hit:
             return hit
-        source_path = cache.cache_dir() / f"{key}.c"
-        source_path.write_text(source)
-        output = cache.temporary_path()
-        command = [*shlex.split(cc), *flags, "-o", str(output), str(source_path), "-lm"]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            output.unlink(missing_ok=True)
-            raise CompileError(
-                f"{cc} failed on the code generated for {name!r} (source kept at {source_path}):\n"
-                f"{' '.join(command)}\n{result.stderr[-4000:]}"
-            )
-        return cache.store(key, output, name)
+        source_path = cache.write_file(f"{key}.c", source.encode())
+        with cache.temporary() as output:
+            command = [*shlex.split(cc), *flags, "-o", str(output), "-x", "c", "-", "-x", "none", "-lm"]
+            result = subprocess.run(command, input=source, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise CompileError(
+                    f"{cc} failed on the code generated for {name!r} (source kept at {source_path}; "
+                    f"<stdin> is that file):\n{' '.join(command)}\n{result.stderr[-4000:]}"
+                )
+            return cache.store(key, output, name)
+
+
+def compile_key(source: str, flags: list[str], cc: str) -> str:
+    """The cache key of ``source`` compiled by ``cc`` with ``flags`` on this machine.
+
+    It covers what decides the library: the code (comments removed, so neither the working
+    directory nor an edit above the function changes it), the flags, the compiler
+    (``compiler_version``) and the target those flags resolve to on this CPU (``target_macros``:
+    a cache shared between machines never hands AVX-512 code to a CPU without it).
+    """
+    return cache.cache_key(without_comments(source), " ".join(flags), compiler_version(cc),
+                           target_macros(tuple(flags)))
+
+
+_C_COMMENT_OR_LITERAL = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+
+
+def without_comments(source: str) -> str:
+    """``source`` with each C comment replaced by a space, as the compiler sees it (string and
+    character literals are left whole).
+
+        "x = 1; /* at a.py:3 */ y = 2;"  ->  "x = 1;   y = 2;"
+    """
+    return _C_COMMENT_OR_LITERAL.sub(lambda m: " " if m[0][0] == "/" else m[0], source)
 
 
 def compile_assembly(source: str, flags: list[str] | None = None) -> str:
@@ -190,10 +262,16 @@ def predefined_macros(flags: list[str] | None = None) -> set[str]:
 
 _ffi_lock = threading.Lock()
 _ffi = None
+_loads = itertools.count()
 
 
 def load_library(path: Path):
-    """``dlopen`` a compiled library with cffi; returns ``(ffi, lib)``, ``lib.minicomp_entry``.
+    """``dlopen`` a library from the compile cache with cffi; returns ``(ffi, lib)``, ``lib.minicomp_entry``.
+
+    ``path`` must be a cache entry (``compile_c``'s result): it is opened without following
+    links and checked against its recorded size and checksum, and that open file is what is
+    loaded (``/proc/self/fd/N`` where there is one), so a file swapped in after the check is
+    never loaded. ``CompileError`` if it does not check out.
 
     ``RTLD_NODELETE``: a library is never unmapped, even when cffi closes it (when its
     Executable is freed, or at interpreter exit). Unmapping it would also unload libgomp, its
@@ -204,101 +282,70 @@ def load_library(path: Path):
     with _ffi_lock:
         if _ffi is None:
             _ffi = entry_ffi()
+        fd = _open_verified(path)
         try:
-            return _ffi, _ffi.dlopen(str(path), _ffi.RTLD_NOW | _ffi.RTLD_NODELETE)
+            return _ffi, _ffi.dlopen(_dlopen_name(fd, path), _ffi.RTLD_NOW | _ffi.RTLD_NODELETE)
         except OSError as exc:
             raise CompileError(f"cannot load compiled library {path}: {exc}") from None
+        finally:
+            os.close(fd)
+
+
+def _open_verified(path: Path) -> int:
+    """``cache.open_verified(path)``, asked twice: a process storing the same entry at that
+    moment renames the library and then its record, and may be between the two."""
+    for attempt in range(2):
+        try:
+            return cache.open_verified(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = exc
+            time.sleep(0.05)
+    raise CompileError(f"cannot load compiled library {path}: it is not a whole, checked entry of "
+                       f"the compile cache ({problem})")
+
+
+def _dlopen_name(fd: int, path: Path) -> str:
+    """A name under which ``dlopen`` opens the file of ``fd``, new in this process.
+
+    glibc hands back the library already loaded under the same name, and fd numbers are reused,
+    so ``/proc/self/fd/N`` alone could load an earlier library again; "/." and "/" (the same
+    directory to the kernel) spell a counter that makes each name new. Without ``/proc``: the path.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return str(path)
+    spelled = "".join("/." if bit == "1" else "/" for bit in f"{next(_loads):b}")
+    return f"/proc/self/fd{spelled}/{fd}"
 
 
 # -- the cffi declaration of the entry point, without pycparser at run time ------------------------
 #
 # ``cffi.FFI().cdef(...)`` parses the declaration with pycparser, whose import alone costs about
 # 25 ms: more than the rest of a warm compile's loading. cffi's "out-of-line ABI mode" does the
-# parsing once: it writes a small Python module (``set_source(name, None)``) that
-# builds the same FFI from a pre-parsed type table, importing only ``_cffi_backend`` (~1 ms).
-# We keep that module in the compile cache, keyed by the declaration and cffi's version, with a
-# checksum on its last line: a missing, truncated or corrupted module is regenerated, never run.
+# parsing ahead of time: the module it generates (``cffi.recompiler.make_py_source``) passes
+# pre-parsed type tables to ``_cffi_backend.FFI``, which imports in ~1 ms. Those tables are kept
+# here, as data, and never read from the cache: tests/test_cache.py regenerates them with the
+# installed cffi and checks that they are equal.
 
-FFI_MODULE_PREFIX = "cffi-entry-"
-_CHECKSUM_PREFIX = "# sha256: "
+ENTRY_FFI_TABLES = {
+    "_version": 0x2601,
+    "_types": b"\x00\x00\x03\x0D\x00\x00\x04\x03\x00\x00\x00\x0F\x00\x00\x07\x01\x00\x00\x05\x03\x00\x00\x00\x01",
+    "_globals": (b"\x00\x00\x00\x23minicomp_entry", 0),
+}
 
 
 def entry_ffi():
-    """A cffi ``FFI`` that knows ``ENTRY_DECLARATION``, from the generated module in the cache.
+    """A cffi ``FFI`` that knows ``ENTRY_DECLARATION``, from ``ENTRY_FFI_TABLES``.
 
-    The first call for a cache directory (and cffi version) generates the module with cffi's
-    parser and stores it atomically; later calls, in any process, only run it.
+    A cffi whose backend refuses the tables (another out-of-line format) gets the declaration
+    parsed instead: slower to start, same result.
     """
     import _cffi_backend
 
-    path = ffi_module_path(_cffi_backend.__version__)
-    ffi = _run_ffi_module(path)
-    if ffi is None:
-        text = _generate_ffi_module()
-        ffi = _run_ffi_module(path, text)
-        if ffi is None:  # cannot happen unless cffi generated code it cannot run itself
-            raise CompileError(f"cffi's generated module for {ENTRY_DECLARATION!r} does not load")
-        _store_ffi_module(path, text)
-    return ffi
-
-
-def ffi_module_path(cffi_version: str) -> Path:
-    """Where the generated cffi module for this declaration and cffi version is cached."""
-    key = cache.cache_key("cffi out-of-line ABI module", ENTRY_DECLARATION, cffi_version)
-    return cache.cache_dir() / f"{FFI_MODULE_PREFIX}{key[:32]}.py"
-
-
-def _generate_ffi_module() -> str:
-    """The module's text, checksum line included (imports cffi and pycparser: slow, done once)."""
-    import cffi
-    from cffi.recompiler import make_py_source  # what ffi.emit_python_code runs, minus its print
-
-    builder = cffi.FFI()
-    builder.cdef(ENTRY_DECLARATION)
-    text = io.StringIO()
-    make_py_source(builder, "minicomp_entry_ffi", text)  # a dlopen()-style (ABI) module
-    body = text.getvalue().rstrip("\n")
-    return f"{body}\n{_CHECKSUM_PREFIX}{_sha256(body)}\n"
-
-
-def _run_ffi_module(path: Path, text: str | None = None):
-    """The ``ffi`` that the module's text (default: read from ``path``) defines; None if the text
-    is missing, fails its checksum, or does not define an FFI."""
-    import _cffi_backend
-
-    if text is None:
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError):
-            return None
-    body, _, last_line = text.rstrip("\n").rpartition("\n")
-    if last_line != f"{_CHECKSUM_PREFIX}{_sha256(body)}":
-        return None
-    namespace: dict = {}
     try:
-        exec(compile(body, str(path), "exec"), namespace)
-    except Exception:  # checksum fine but not loadable (another cffi's format): regenerate
-        return None
-    ffi = namespace.get("ffi")
-    return ffi if isinstance(ffi, _cffi_backend.FFI) else None
+        return _cffi_backend.FFI("minicomp_entry_ffi", **ENTRY_FFI_TABLES)
+    except Exception:  # ImportError "unknown version" and the like
+        import cffi
 
-
-def _store_ffi_module(path: Path, text: str) -> None:
-    """Write the module atomically (temporary file + rename): readers see all of it or nothing.
-
-    Processes racing here write the same text, so the last rename wins harmlessly. A cache
-    directory that cannot be written only costs the next process the generation again.
-    """
-    temporary = None
-    try:
-        temporary = cache.temporary_path(".py")
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-
-
-def _sha256(text: str) -> str:
-    """Hex SHA-256 of ``text`` (UTF-8)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+        ffi = cffi.FFI()
+        ffi.cdef(ENTRY_DECLARATION)
+        return ffi
