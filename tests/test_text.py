@@ -132,7 +132,7 @@ MALFORMED = {
     "unreadable attribute": ("%y = sum(%x) {axes=[0], keepdims=maybe} : f32[]",
                              r"line 2: cannot read attribute value 'maybe'"),
     "attribute of the wrong kind": ("%y = reshape(%x) {shape=[none]} : f32[3]",
-                                    r"line 2: reshape: bad attribute value in \{'shape': \(None,\)\}"),
+                                    r"line 2: reshape: shape \(None,\) is not an integer or a sequence of integers"),
     "unclosed list": ("%y = sum(%x) {axes=[0} : f32[]", r"line 2: attributes end too early"),
     "bad constant value": ("%c = constant() {value=[1,abc]} : f32[2]",
                            r"line 2: cannot read a constant of type f32\[2\]"),
