@@ -116,20 +116,21 @@ def _check_directory(path: str) -> os.stat_result:
             pass
         status = os.lstat(path)
     except OSError as exc:
-        raise _unusable(path, f"cannot be created ({exc.strerror})", "choose a directory you can write") from None
+        raise _unusable(path, f"cannot be created ({exc.strerror})",
+                        "choose a directory you can write") from None
     if stat.S_ISLNK(status.st_mode):
         raise _unusable(path, "is a symbolic link; minicomp follows no links into its cache",
                         "name a real directory")
     if not stat.S_ISDIR(status.st_mode):
         raise _unusable(path, "is not a directory", "choose another path")
     if status.st_uid != os.geteuid():
-        raise _unusable(path, f"is owned by user {status.st_uid}, not by you ({os.geteuid()}), who could "
-                              "make you load their code", "choose a directory of your own")
+        raise _unusable(path, f"is owned by user {status.st_uid}, not by you (user {os.geteuid()}): "
+                              "its owner could make you load their code", "choose a directory of your own")
     if status.st_mode & 0o022:
         who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if status.st_mode & bit)
-        raise _unusable(path, f"is writable by {who} (mode {stat.S_IMODE(status.st_mode):04o}), who could "
-                              "make you load their code", f"run `chmod 700 {path}`, or choose a directory "
-                                                          "only you can write")
+        mode = f"{stat.S_IMODE(status.st_mode):04o}"
+        raise _unusable(path, f"is writable by {who} (mode {mode}): they could make you load their code",
+                        f"run `chmod 700 {path}`, or choose a directory only you can write")
     if not os.access(path, os.W_OK | os.X_OK):
         raise _unusable(path, "is not writable by you", "choose a directory you can write")
     return status
@@ -374,7 +375,8 @@ def _wait_for_lock(fd: int, path: Path, what: str) -> bool:
             return False
         if not told and waited >= min(LOCK_NOTICE_AFTER, timeout / 2):
             warnings.warn(f"minicomp: waiting for {_holder(fd)} to finish compiling {what} (lock {path}); "
-                          f"giving up after {timeout:g} s (MINICOMP_LOCK_TIMEOUT)", MinicompWarning, stacklevel=4)
+                          f"giving up after {timeout:g} s (MINICOMP_LOCK_TIMEOUT). If that process is "
+                          f"stopped or hung, ending it ends the wait", MinicompWarning, stacklevel=4)
             told = True
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
