@@ -15,6 +15,7 @@ from minicomp.errors import (CompileError, DTypeError, GraphError, MinicompError
                              MinicompRuntimeError, ParseError, ShapeError, UnsupportedError)
 
 f32 = np.float32
+pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 
 
 def here() -> int:
@@ -280,3 +281,199 @@ def test_jit_reports_shape_errors_at_the_users_line():
         fast(zeros(2, 3), zeros(4, 4))
     assert "matmul" in str(info.value)
     assert_points_at(str(info.value), model.__code__.co_firstlineno + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# ndarray subclasses: refused wherever they enter, naming what and where
+# ----------------------------------------------------------------------------------------------
+
+
+class Overriding(np.ndarray):
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return "taken over"
+
+
+SUBCLASSES = {
+    "matrix": (lambda: np.matrix(np.ones((2, 2), f32)), "np.matrix", "np.asarray"),
+    "masked": (lambda: np.ma.masked_array(np.ones((2, 2), f32), mask=[[0, 1], [0, 0]]), "MaskedArray", "filled"),
+    "recarray": (lambda: np.rec.array(np.zeros(2, dtype=[("a", f32)])), "recarray", "each field"),
+    "unknown": (lambda: np.ones((2, 2), f32).view(Overriding), "Overriding", "np.asarray"),
+}
+
+
+@pytest.mark.parametrize("kind", SUBCLASSES)
+def test_an_ndarray_subclass_argument_is_refused(kind):
+    make, name, advice = SUBCLASSES[kind]
+    for call in (lambda: minicomp.trace(lambda a: a * a, make()), lambda: minicomp.jit(lambda a: a * a)(make())):
+        line = here() - 1
+        with pytest.raises(UnsupportedError) as info:
+            call()
+        message = str(info.value)
+        assert "argument 'a'" in message and name in message and advice in message
+        assert_points_at(message, line)
+
+
+def test_a_closed_over_matrix_is_refused_before_its_own_operators_run():
+    m = np.matrix(np.ones((2, 2)))
+    line = here() + 1
+    message = error_of(lambda x: m * x, np.ones((2, 2)), kind=UnsupportedError)
+    assert "closure variable 'm'" in message and "np.matrix" in message and "elementwise" in message
+    assert_points_at(message, line)
+
+
+MASKED_GLOBAL = np.ma.masked_array(np.ones(3), mask=[0, 1, 0])
+
+
+def test_a_global_masked_array_is_refused():
+    line = here() + 1
+    message = error_of(lambda x: x + MASKED_GLOBAL, np.ones(3), kind=UnsupportedError)
+    assert "global 'MASKED_GLOBAL'" in message and "mask" in message
+    assert_points_at(message, line)
+
+
+def _uses_matrix(x):
+    return x * np.matrix(np.ones((2, 2)))
+
+
+def test_a_matrix_made_inside_a_helper_is_refused_at_its_line():
+    message = error_of(_uses_matrix, np.ones((2, 2)), kind=UnsupportedError)
+    assert message.startswith("mul:") and "np.matrix" in message
+    assert_points_at(message, _uses_matrix.__code__.co_firstlineno + 1)
+
+
+def test_a_subclass_is_refused_by_an_already_compiled_signature():
+    fast = minicomp.jit(lambda a: a * 2, target="numpy")
+    fast(np.ones(3))
+    with pytest.raises(UnsupportedError, match="argument %a .*MaskedArray"):
+        fast(np.ma.masked_array(np.ones(3), mask=[0, 1, 0]))
+    graph = minicomp.trace(lambda a: a * 2, np.ones((2, 2)))
+    with pytest.raises(UnsupportedError, match="np.matrix"):
+        minicomp.interpret(graph, np.matrix(np.ones((2, 2))))
+
+
+def test_a_memmap_is_a_plain_array(tmp_path):
+    weights = np.memmap(tmp_path / "w.bin", dtype=f32, mode="w+", shape=(3, 2))
+    weights[:] = 2
+    assert np.array_equal(minicomp.jit(lambda x, w: x @ w)(np.ones((2, 3), f32), weights), np.full((2, 2), 6, f32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods, attributes and operators the tracer lacks
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn, name", [
+    (lambda x: x.argmax(), "ndarray.argmax"), (lambda x: x.any(), "ndarray.any"),
+    (lambda x: x.strides, "ndarray.strides"), (lambda x: x.flags, "ndarray.flags"),
+    (lambda x: x.cumsum(), "ndarray.cumsum"), (lambda x: x.no_such_thing, "no_such_thing"),
+])
+def test_a_missing_attribute_names_itself_the_array_and_the_line(fn, name):
+    message = error_of(fn, zeros(3, 4), kind=errors.UnsupportedAttributeError)
+    assert message.startswith(f"{name}" if "." in name else f"x.{name}") and "f32[3,4]" in message
+    assert_points_at(message, fn.__code__.co_firstlineno)
+
+
+def test_hasattr_on_a_traced_array_is_false_not_an_error():
+    graph = minicomp.trace(lambda x: x * 2 if not hasattr(x, "strides") else x, zeros(3))
+    assert [n.op for n in graph.op_nodes()] == ["mul"]
+    assert issubclass(errors.UnsupportedAttributeError, AttributeError)
+
+
+@pytest.mark.parametrize("fn, symbol, advice", [
+    (lambda x: x << 2, "<<", "x * 2**k"), (lambda x: 1 << x, "<<", "x * 2**k"),
+    (lambda x: x >> 1, ">>", "x // 2**k"), (lambda x: round(x), "round()", "rounding"),
+    (lambda x: x ^ x, "^", "bool"), (lambda x: x & 1, "&", "bool"),
+])
+def test_an_operator_the_tracer_lacks_names_itself_the_operands_and_the_line(fn, symbol, advice):
+    message = error_of(fn, np.zeros(3, np.int32), kind=UnsupportedError)
+    assert symbol in message and "i32[3]" in message and advice in message
+    assert_points_at(message, fn.__code__.co_firstlineno)
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda x: complex(x), "complex()"), (lambda x: x * (1.0 in x), "`in`"),
+])
+def test_operators_that_need_values_say_so(fn, words):
+    message = error_of(fn, zeros(3), kind=UnsupportedError)
+    assert words in message and "do not exist while tracing" in message
+    assert_points_at(message, fn.__code__.co_firstlineno)
+
+
+# ----------------------------------------------------------------------------------------------
+# Axes out of range name the op, the shape and the line
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn, op", [
+    (lambda x: np.swapaxes(x, 0, 5), "np.swapaxes"), (lambda x: x.swapaxes(-3, 0), "swapaxes"),
+    (lambda x: np.moveaxis(x, 0, 7), "np.moveaxis"), (lambda x: np.moveaxis(x, (0, 1), 0), "np.moveaxis"),
+    (lambda x: np.stack([x, x], axis=4), "np.stack"), (lambda x: np.split(x, 2, axis=3), "np.split"),
+    (lambda x: np.split(x, 2), "np.split"), (lambda x: np.var(x, axis=3), "np.var"),
+    (lambda x: x.sum(axis=1.5), "sum"), (lambda x: np.expand_dims(x, 5), "expand_dims"),
+    (lambda x: x.reshape("a", 4), "reshape"),
+])
+def test_axis_errors_name_the_op_the_shape_and_the_line(fn, op):
+    message = error_of(fn, zeros(3, 4), kind=ShapeError)
+    assert message.startswith(f"{op}:") and "f32[3,4]" in message
+    assert_points_at(message, fn.__code__.co_firstlineno)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments that are not arrays
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, kind", [({"w": zeros(4, 2)}, "dict"), ([zeros(4, 2)], "list"),
+                                         ((1, zeros(4, 2)), "tuple")])
+def test_a_container_holding_arrays_is_refused_naming_the_parameter(value, kind):
+    line = here() + 2
+    with pytest.raises(UnsupportedError) as info:
+        minicomp.jit(lambda x, params: x, target="numpy")(zeros(3, 4), value)
+    message = str(info.value)
+    assert f"argument 'params' of lambda is a {kind} holding arrays" in message and "own argument" in message
+    assert_points_at(message, line)
+
+
+def test_an_unhashable_static_argument_is_refused_naming_the_parameter():
+    class Settings:
+        __hash__ = None
+
+    line = here() + 2
+    with pytest.raises(UnsupportedError) as info:
+        minicomp.jit(lambda x, settings: x, target="numpy")(zeros(3), Settings())
+    message = str(info.value)
+    assert "argument 'settings'" in message and "Settings" in message and "hashable" in message
+    assert_points_at(message, line)
+
+
+def test_static_values_that_numpy_uses_as_arrays_raise_numpys_error_with_a_note():
+    with pytest.raises(TypeError) as info:  # np.exp(None) raises this TypeError in plain NumPy too
+        minicomp.jit(lambda x: np.exp(x), target="numpy")(None)
+    assert "static (non-array) argument(s) x=None" in "".join(getattr(info.value, "__notes__", ["x=None"]))
+
+
+def test_a_static_value_next_to_a_traced_array_names_the_op():
+    line = here() + 1
+    message = error_of(lambda x, y: x + y, zeros(3), None, kind=UnsupportedError)
+    assert message.startswith("add: cannot use a NoneType (None) as an array operand")
+    assert_points_at(message, line)
+
+
+def test_trace_with_the_wrong_number_of_arguments():
+    line = here() + 2
+    with pytest.raises(MinicompRuntimeError) as info:
+        minicomp.trace(lambda x, w: x @ w, zeros(2, 3))
+    assert "missing a required argument: 'w'" in str(info.value)
+    assert_points_at(str(info.value), line)
+
+
+@pytest.mark.parametrize("arg, words", [([[1.0], [1.0, 2.0]], "not an array"), (None, "got NoneType None"),
+                                        ("abc", "got str 'abc'")])
+def test_a_compiled_signature_run_with_something_that_is_not_an_array(graph, arg, words):
+    with pytest.raises(MinicompRuntimeError, match=words):
+        minicomp.interpret(graph, arg, zeros(3, 4))
+
+
+def test_jit_of_something_that_is_not_a_function():
+    with pytest.raises(UnsupportedError, match="compiles a function; got 42"):
+        minicomp.jit(42)

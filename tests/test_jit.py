@@ -2,13 +2,15 @@
 results that never alias the inputs, and compiling once when many threads call at once.
 """
 
+import inspect
 import threading
+import warnings
 
 import numpy as np
 import pytest
 
 import minicomp
-from minicomp.errors import MinicompError, UnsupportedError
+from minicomp.errors import MinicompError, MinicompWarning, UnsupportedError
 from minicomp.frontend.jit import TARGETS
 from minicomp.testing import assert_close
 
@@ -255,3 +257,94 @@ def test_eight_threads_at_once_compile_exactly_once():
     assert len(traces) == 1 and fast.cache_size == 1
     for r in results:
         assert_close(r, slow_model(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# Random numbers drawn while tracing are frozen: one MinicompWarning per compilation
+# ----------------------------------------------------------------------------------------------
+
+
+GLOBAL_RNG = np.random.default_rng(0)
+
+
+def draws_from_the_global_state(x):
+    return x + np.random.standard_normal(x.shape)
+
+
+def draws_from_a_global_generator(x):
+    return x * GLOBAL_RNG.random(x.shape)
+
+
+def makes_its_own_generator(x):
+    rng = np.random.default_rng(1)
+    return x + rng.random(x.shape)
+
+
+def draws_from_a_closure():
+    rng = np.random.RandomState(2)
+    return lambda x: x - rng.standard_normal(x.shape)
+
+
+class Dropout:
+    def __init__(self):
+        self.rng = np.random.default_rng(3)
+
+    def __call__(self, x):
+        return x * (self.rng.random(x.shape) > 0.5)
+
+
+def frozen_warnings(fn, *args) -> list:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        minicomp.jit(fn, target="numpy")(*args)
+    return [w for w in caught if issubclass(w.category, MinicompWarning)]
+
+
+def draw_line(fn) -> int:
+    """The line of ``fn`` that draws (the first with ``random`` or ``rng.`` in it)."""
+    source, first = inspect.getsourcelines(fn)
+    return first + next(i for i, text in enumerate(source)
+                        if ("random" in text or "rng." in text) and "def " not in text)
+
+
+@pytest.mark.parametrize("fn, source", [
+    (draws_from_the_global_state, "the global np.random state"),
+    (draws_from_a_global_generator, "the global 'GLOBAL_RNG'"),
+    (makes_its_own_generator, "default_rng"),
+    (draws_from_a_closure(), "the closure variable 'rng'"),
+    (Dropout(), "the attribute self.rng"),
+])
+def test_random_numbers_drawn_while_tracing_warn_once_naming_function_source_and_line(fn, source):
+    caught = frozen_warnings(fn, np.ones(3))
+    assert len(caught) == 1
+    message, line = str(caught[0].message), draw_line(fn if inspect.isfunction(fn) else type(fn).__call__)
+    assert source in message and "constants" in message and "pass them as an argument" in message
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+    assert f"(at {__file__}:{line})" in message
+
+
+def test_a_generator_passed_as_a_static_argument_warns():
+    caught = frozen_warnings(lambda x, rng: x + rng.random(3), np.ones(3), np.random.default_rng(0))
+    assert len(caught) == 1 and "the static argument 'rng'" in str(caught[0].message)
+
+
+def test_the_warning_comes_once_per_compilation_not_per_call():
+    fast = minicomp.jit(draws_from_the_global_state, target="numpy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = fast(np.ones(3))
+        assert np.array_equal(fast(np.ones(3)), first)  # frozen: the same "random" numbers
+        fast(np.ones(4))  # a new signature traces, and draws, again
+    assert sum(issubclass(w.category, MinicompWarning) for w in caught) == 2
+
+
+def test_no_warning_without_random_draws():
+    rng = np.random.default_rng(0)
+    noise = rng.random(3)  # drawn outside: an argument or a constant, both fine
+    assert not frozen_warnings(lambda x, n: x + n + noise, np.ones(3), noise)
+    assert not frozen_warnings(lambda x: x * rng.bit_generator.state["state"]["inc"] % 7, np.ones(3))
+
+
+def test_jit_of_a_numpy_ufunc():
+    x = np.linspace(-1, 1, 5, dtype=f32)
+    assert_close(minicomp.jit(np.exp)(x), np.exp(x))

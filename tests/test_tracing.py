@@ -676,3 +676,45 @@ def test_nn_called_directly_from_the_traced_function_points_there(x):
 def test_the_text_form_shows_the_location(x):
     graph = minicomp.trace(lambda x: np.tanh(x), x); line = here()  # noqa: E702
     assert f"{os.path.basename(__file__)}:{line}" in graph.to_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# Operators added for completeness: exact NumPy results where the table has the op
+# ----------------------------------------------------------------------------------------------
+
+
+def test_xor_of_bools_and_logical_xor(rng):
+    a, b = rng.random(12) > 0.5, rng.random(12) > 0.5
+    check(lambda a, b: (a ^ b, np.bitwise_xor(a, b), np.logical_xor(a, b), True ^ a), a, b)
+    x = rng.integers(-2, 3, 12).astype(f32)
+    x[0] = np.nan
+    check(lambda x, y: np.logical_xor(x, y), x, x[::-1].copy())
+
+
+def test_divmod_is_floor_division_and_remainder(rng):
+    a = rng.integers(-9, 9, (3, 4)).astype(i32)
+    b = rng.integers(1, 5, 4).astype(i32) * rng.choice([-1, 1], 4).astype(i32)
+    check(lambda a, b: divmod(a, b), a, b)
+    check(lambda a: divmod(7.5, a), a.astype(f64))
+
+
+def test_in_place_xor_and_or_rebind_like_numpy(rng):
+    def fn(a, b):
+        c = a & b
+        alias = c
+        c |= b
+        c ^= a
+        return alias
+    check(fn, rng.random(8) > 0.5, rng.random(8) > 0.5)
+
+
+def test_copy_module_copies_a_proxy(x):
+    import copy
+
+    check(lambda x: copy.copy(x) + copy.deepcopy(x), x)
+
+
+def test_byte_swapped_arguments_trace_as_their_native_dtype(x):
+    graph = minicomp.trace(lambda x: x * 2, x.astype(">f4"))
+    assert graph.inputs[0].dtype == np.float32
+    assert_close(minicomp.interpret(graph, x.astype(">f4"))[0], x * 2)
