@@ -3,10 +3,13 @@
 Generated code today calls scalar libm (``expf``, ``tanhf``, ``erff``) once per element; gcc
 cannot vectorise those calls, so elementwise chains with transcendentals (gelu, softmax,
 attention) run one element at a time. The functions here are plain C99 ``static inline``
-code -- arithmetic, ``fmaf``, ``fabsf``/``copysignf``, integer bit manipulation through a union
-and ternary selects, no branches, no intrinsics -- which ``gcc -O3 -march=native`` vectorises
-(checked by ``tests/test_vmath.py`` with ``-fopt-info-vec-optimized``). They need no
-``-ffast-math``: they are written for IEEE float32 with round-to-nearest.
+code -- arithmetic, ``fmaf``, ``fabsf``/``copysignf``, integer bit manipulation through a union,
+selects made of bit operations (``mc_vsel_f32``), no branches, no intrinsics -- which
+``gcc -O3`` vectorises for AVX2 and AVX-512 targets alike (checked by ``tests/test_vmath.py``
+with ``-fopt-info-vec-optimized`` for ``-march=haswell``, ``skylake-avx512`` and ``native``).
+They need no ``-ffast-math`` and no ``-fno-trapping-math`` (see ``flags.py`` for why minicomp
+leaves that out): they are written for IEEE float32 with round-to-nearest. Targets without FMA
+(plain x86-64) keep them scalar: ``fmaf`` is a library call there.
 
 Accuracy (max error in float32 ulp against NumPy's float64 result rounded to float32, over a
 dense sweep of all magnitudes plus 8M random bit patterns and points; an ulp of a denormal
@@ -50,6 +53,18 @@ typedef union { float f; int32_t i; } mc_vbits_f32;
 static inline float mc_vasf_f32(int32_t i) { mc_vbits_f32 u; u.i = i; return u.f; }
 static inline int32_t mc_vasi_f32(float f) { mc_vbits_f32 u; u.f = f; return u.i; }
 
+/* c ? a : b, as bit operations: c is a lane mask (mc_vmask_f32: all ones or all zeros). Every
+   select here goes through it. A ?: is a branch to gcc: it sinks the arithmetic that only one
+   side uses into it, or, when one side is a constant, computes the rest of the function
+   separately on that path. Floating-point arithmetic may trap (-ftrapping-math, gcc's
+   default), so once behind a branch it is never executed speculatively again, and the loop
+   stays scalar on a CPU without AVX-512's masked arithmetic (AVX2: "control flow in loop").
+   Bit operations are no branch: nothing moves. */
+static inline int32_t mc_vmask_f32(int c) { return -(int32_t)(c != 0); }
+static inline float mc_vsel_f32(int32_t c, float a, float b) {
+    return mc_vasf_f32((mc_vasi_f32(a) & c) | (mc_vasi_f32(b) & ~c));
+}
+
 /* exp(x). Method: clamp x to [-104, 89] (NaN-safe selects), n = rint(x/ln2) by the
    1.5*2^23 magic-number trick, r = x - n*ln2 with a 2-constant Cody-Waite split through
    fmaf (|r| <= ln2/2), e^r = 1 + r + r^2*P(r) with the degree-5 Cephes minimax polynomial P,
@@ -61,9 +76,9 @@ static inline int32_t mc_vasi_f32(float f) { mc_vbits_f32 u; u.f = f; return u.i
    function), and masked attention scores are -inf in bulk. Those lanes compute exp(0).
    Measured max error: 1 ulp (normal results), 1 denormal ulp (denormal results). */
 static inline float mc_vexp_f32(float x) {
-    int zero = x < -104.0f;                    /* e^x rounds to 0 */
-    float xc = x < 89.0f ? x : 89.0f;          /* NaN -> 89 here, restored at the end */
-    xc = zero ? 0.0f : xc;
+    int32_t zero = mc_vmask_f32(x < -104.0f);  /* e^x rounds to 0 */
+    float xc = mc_vsel_f32(mc_vmask_f32(x < 89.0f), x, 89.0f);  /* NaN -> 89, restored at the end */
+    xc = mc_vasf_f32(mc_vasi_f32(xc) & ~zero);
     const float magic = 12582912.0f;           /* 1.5 * 2^23 */
     float kf = fmaf(xc, 1.44269502f, magic) - magic;
     float r = fmaf(kf, -0.693145752f, xc);     /* ln2 hi: 8 significant bits, exact product */
@@ -79,8 +94,8 @@ static inline float mc_vexp_f32(float x) {
     int32_t n1 = n >> 1, n2 = n - n1;
     float s1 = mc_vasf_f32((n1 + 127) << 23), s2 = mc_vasf_f32((n2 + 127) << 23);
     y = (y * s1) * s2;
-    y = zero ? 0.0f : y;
-    return x != x ? x : y;
+    y = mc_vasf_f32(mc_vasi_f32(y) & ~zero);   /* +0 where e^x rounds to 0 */
+    return mc_vsel_f32(mc_vmask_f32(x != x), x, y);
 }
 
 /* tanh(x). Method: |x| < 0.625: odd polynomial x + x*z*P(z), z = x^2 (Cephes tanhf minimax,
@@ -99,7 +114,7 @@ static inline float mc_vtanh_f32(float x) {
     float small = copysignf(fmaf(x * z, p, x), x);   /* keeps tanh(-0) = -0 */
     float e = mc_vexp_f32(a + a);
     float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
-    return a < 0.625f ? small : big;           /* NaN: big, which is NaN */
+    return mc_vsel_f32(mc_vmask_f32(a < 0.625f), small, big);   /* NaN: big, which is NaN */
 }
 
 /* sigmoid(x) = 1/(1 + e) for x >= 0 and e/(1 + e) for x < 0, e = mc_vexp_f32(-|x|) <= 1
@@ -109,7 +124,7 @@ static inline float mc_vtanh_f32(float x) {
 static inline float mc_vsigmoid_f32(float x) {
     float e = mc_vexp_f32(-fabsf(x));
     float d = 1.0f + e;
-    return x < 0.0f ? e / d : 1.0f / d;
+    return mc_vsel_f32(mc_vmask_f32(x < 0.0f), e, 1.0f) / d;
 }
 
 /* erf(x). Method: |x| < 0.875: x + x*P(x^2), P of degree 5 fitted for relative error (weighted
@@ -129,8 +144,8 @@ static inline float mc_verf_f32(float x) {
     p = fmaf(p, t, -0.37612569f);
     p = fmaf(p, t, 0.128379163f);
     float small = fmaf(x, p, x);              /* x*(1 + p): 2/sqrt(pi) is not exact in float */
-    float ac = a > 4.0f ? 4.0f : a;            /* NaN stays NaN */
-    ac = ac < 0.875f ? 0.875f : ac;
+    float ac = mc_vsel_f32(mc_vmask_f32(a > 4.0f), 4.0f, a);     /* NaN stays NaN */
+    ac = mc_vsel_f32(mc_vmask_f32(ac < 0.875f), 0.875f, ac);
     float u = 1.0f / ac;
     float q = 0.0157479638f;
     q = fmaf(q, u, -0.0970200489f);
@@ -143,7 +158,7 @@ static inline float mc_verf_f32(float x) {
     q = fmaf(q, u, 0.560542929f);
     q = fmaf(q, u, 0.000186865724f);
     float big = copysignf(1.0f - mc_vexp_f32(-(ac * ac)) * q, x);
-    return a < 0.875f ? small : big;
+    return mc_vsel_f32(mc_vmask_f32(a < 0.875f), small, big);
 }
 
 /* log(x). Method: denormals are scaled by 2^23 first; x = 2^e * m read from the bits with
@@ -152,14 +167,14 @@ static inline float mc_verf_f32(float x) {
    log(x < 0) = NaN, log(inf) = inf, NaN -> NaN.
    Measured max error: 1 ulp. */
 static inline float mc_vlog_f32(float x) {
-    int32_t den = x < 1.17549435e-38f;         /* denormal (or zero/negative: fixed below) */
-    float xs = x * (den ? 8388608.0f : 1.0f);
+    int32_t den = mc_vmask_f32(x < 1.17549435e-38f);  /* denormal (or zero/negative: fixed below) */
+    float xs = x * mc_vsel_f32(den, 8388608.0f, 1.0f);
     int32_t i = mc_vasi_f32(xs);
-    int32_t e = ((i >> 23) & 0xff) - 127 - (den ? 23 : 0);
+    int32_t e = ((i >> 23) & 0xff) - 127 - (den & 23);
     float m = mc_vasf_f32((i & 0x007fffff) | 0x3f800000);   /* [1, 2) */
-    int32_t hi = m > 1.41421356f;
-    m = m * (hi ? 0.5f : 1.0f);
-    e = e + hi;
+    int32_t hi = mc_vmask_f32(m > 1.41421356f);
+    m = m * mc_vsel_f32(hi, 0.5f, 1.0f);
+    e = e - hi;                                /* hi is -1 where m was halved */
     float fe = (float)e;
     float f = m - 1.0f;
     float z = f * f;
@@ -177,14 +192,10 @@ static inline float mc_vlog_f32(float x) {
     y = fmaf(z, -0.5f, y);
     float r = f + y;
     r = fmaf(fe, 0.693359375f, r);
-    /* Specials. r appears in both arms of every select and the multiplications above are
-       unconditional: otherwise gcc sinks the (possibly trapping, without -fno-trapping-math)
-       float arithmetic into a conditional block and cannot if-convert the loop. r is finite
-       here for every x, so inf + r = inf, -inf + r = -inf, NaN + r = NaN. */
-    r = x == INFINITY ? x + r : r;
-    r = x == 0.0f ? -INFINITY + r : r;
-    r = x < 0.0f ? NAN + r : r;
-    return x != x ? x + r : r;
+    r = mc_vsel_f32(mc_vmask_f32(x == INFINITY), INFINITY, r);      /* the specials */
+    r = mc_vsel_f32(mc_vmask_f32(x == 0.0f), -INFINITY, r);
+    r = mc_vsel_f32(mc_vmask_f32(x < 0.0f), NAN, r);
+    return mc_vsel_f32(mc_vmask_f32(x != x), x, r);
 }
 /* ---- end minicomp vmath ---- */
 """
