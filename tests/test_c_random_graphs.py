@@ -145,9 +145,16 @@ def test_regressions(name):
     assert_matches(compiled(*inputs), minicomp.interpret(graph, *inputs), graph)
 
 
+# GCC 12.2 loaded every vector of an SLP group of masked loads under the first vector's mask
+# (tests/gcc_reproducers/slp_masked_load.c); the random graphs met it three times, in the
+# three graphs below. Fixed by --param=max-completely-peel-times=1 (minicomp/codegen/flags.py);
+# tests/test_compiler_flags.py sweeps the concatenate over shapes and dtypes.
+
+
 def test_short_concatenate_regression():
-    """GCC 12.2 -O3 -march=native compiled this concatenate (a short, fully unrolled select
-    between two reads of x0) into a blend with zeros; fixed by -fno-tree-vrp (compiler.py)."""
+    """A concatenate of 2 parts (a short select between two reads of x0) read zeros: wrong with
+    GCC's defaults, right with -fno-tree-vrp (minicomp's first workaround, which moved the bug
+    to the concatenate of 3 parts below)."""
     graph = Graph.parse("""graph random(%x0: i32[3,1,2]) {
       %concatenate = concatenate(%x0, %x0) {axis=0} : i32[6,1,2]
       return %concatenate
@@ -157,11 +164,26 @@ def test_short_concatenate_regression():
     np.testing.assert_array_equal(result, np.concatenate([x0, x0]))
 
 
+@pytest.mark.parametrize("dtype", ["f16", "f32", "f64", "i32", "i64", "bool"])
+def test_three_part_concatenate_regression(dtype):
+    """Issue 10: 3 parts of 2 columns along axis 0 read zeros under -fno-tree-vrp (f32, f64,
+    i32, i64 with AVX2; every dtype with AVX-512, which masks 8- and 16-bit loads too)."""
+    graph = Graph.parse(f"""graph random(%x0: {dtype}[1,2], %x1: {dtype}[2,2], %x2: {dtype}[3,2]) {{
+      %concatenate = concatenate(%x0, %x1, %x2) {{axis=0}} : {dtype}[6,2]
+      return %concatenate
+    }}""")
+    parts = [np.arange(1, 2 * rows + 1).reshape(rows, 2) + 10 * k for k, rows in enumerate([1, 2, 3])]
+    parts = [p.astype(graph.inputs[0].dtype) if dtype != "bool" else p > 0 for p in parts]  # no zeros
+    [result] = minicomp.compile(graph, target="c")(*parts)
+    np.testing.assert_array_equal(result, np.concatenate(parts))
+
+
 @pytest.mark.parametrize("cols", [3, 6])
 def test_short_select_regression(cols):
-    """GCC 12.2 -O3 vectorised ``x0 == x1 ? x0 : x2`` over a [6, 3] nest (the inner loop of 3
-    or 6 fully unrolled, then SLP with masked loads) so that lanes where the compare is false
-    read 0; fixed by --param=max-completely-peel-times=2 (compiler.py)."""
+    """``x0 == x1 ? x0 : x2`` over a [6, 3] nest (the inner loop of 3 or 6 fully unrolled, then
+    SLP with masked loads): lanes where the compare is false read 0. Right with
+    --param=max-completely-peel-times=2 (the second workaround, which hid groups of 3 and 6
+    but not of 2: the 3-part concatenate above)."""
     graph = Graph.parse(f"""graph random(%x0: f32[6,{cols}], %x1: f32[6,{cols}], %x2: f32[6,{cols}]) {{
       %eq = eq(%x0, %x1) : bool[6,{cols}]
       %where = where(%eq, %x0, %x2) : f32[6,{cols}]

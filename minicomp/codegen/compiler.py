@@ -13,24 +13,11 @@ verified, and declares the entry point to cffi without parsing C at run time: cf
 (pycparser) costs more to import than everything else a warm compile does to load a library,
 so the parsed declaration is kept in this module, as data (``ENTRY_FFI_TABLES``).
 
-Flags live here and nowhere else. ``REQUIRED_FLAGS`` give the generated code its meaning
-(``-fwrapv``: signed overflow wraps as in NumPy) and are always used; ``DEFAULT_OPT_FLAGS``
-can be replaced with the environment variable ``MINICOMP_CFLAGS``. ``MINICOMP_SANITIZE=1``
-adds AddressSanitizer and UBSan (the loading process must preload libasan, see the tests).
-``CC`` picks the compiler (default: gcc, else cc). Two workarounds are added where they
-apply (``_workarounds``): ``-mno-avx512fp16`` where the target has AVX512-FP16 (minicomp
-computes float16 in float32 anyway, and GCC 12 emits masked ``vmovsh`` stores for float16
-selects that binutils 2.40 refuses to assemble), and two for GCC 12.2 at -O3 -march=native,
-both found by the random-graph tests (each kept there as a regression test):
-
-* ``-fno-tree-vrp``: ``out[i] = i < 3 ? x[i] : x[i - 3]`` in a short fully unrolled nest (a
-  concatenate) became a blend that reads zeros;
-* ``--param=max-completely-peel-times=2``: ``x0 == x1 ? x0 : x2`` over a [6, 3] nest, the
-  inner loop of 3 (or 6) fully unrolled and then vectorised with masked loads, read 0 where
-  the compare is false. Loops of more than 2 iterations are no longer fully unrolled by the
-  compiler (``#pragma GCC unroll``, as in the micro-kernel, still is).
-
-Neither changed the workloads' times measurably (interleaved runs, within 3%).
+Flags: ``cflags()`` gives the next compilation's, from the policy in ``flags.py``, which says
+why each one is there: ``REQUIRED_FLAGS`` (always), ``DEFAULT_OPT_FLAGS`` (or
+``MINICOMP_CFLAGS``), the workarounds for known compiler bugs that apply to the target, and
+AddressSanitizer + UBSan with ``MINICOMP_SANITIZE=1`` (the loading process must preload
+libasan, see the tests). ``CC`` picks the compiler (default: gcc, else cc).
 """
 
 from __future__ import annotations
@@ -48,11 +35,8 @@ from pathlib import Path
 
 from ..errors import CompileError
 from ..runtime import cache
-
-REQUIRED_FLAGS = ["-shared", "-fPIC", "-std=gnu11", "-fwrapv", "-fno-math-errno"]
-DEFAULT_OPT_FLAGS = ["-O3", "-march=native", "-fopenmp"]
-SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                  "-fno-omit-frame-pointer", "-g"]
+# the flag policy lives in flags.py; its names are imported here too, where callers found them
+from .flags import DEFAULT_OPT_FLAGS, GCC_WORKAROUNDS, REQUIRED_FLAGS, SANITIZE_FLAGS, workarounds  # noqa: F401
 ENTRY_DECLARATION = "int minicomp_entry(void **args);"
 
 
@@ -170,19 +154,21 @@ def sanitizing() -> bool:
 def cflags() -> list[str]:
     """All flags for the next compilation (required + optimisation + workarounds + sanitizer)."""
     opt = os.environ.get("MINICOMP_CFLAGS")
-    flags = REQUIRED_FLAGS + (shlex.split(opt) if opt is not None else DEFAULT_OPT_FLAGS)
-    flags = flags + _workarounds(tuple(flags))
+    flags = build_flags(shlex.split(opt) if opt is not None else DEFAULT_OPT_FLAGS)
     return flags + (SANITIZE_FLAGS if sanitizing() else [])
 
 
+def build_flags(opt_flags: list[str]) -> list[str]:
+    """``REQUIRED_FLAGS + opt_flags`` and the workarounds for the compiler and the target they
+    select (``flags.workarounds``), e.g. ``build_flags(["-O3", "-march=haswell"])`` for the
+    flags a build for Haswell would get on this compiler (no sanitizer)."""
+    flags = REQUIRED_FLAGS + list(opt_flags)
+    return flags + _workarounds(tuple(flags))
+
+
 def _workarounds(flags: tuple[str, ...]) -> list[str]:
-    """Flags that keep this compiler away from its known bugs (see the module docstring)."""
-    macros = target_macros(flags)
-    gcc = "__GNUC__" in macros and "__clang__" not in macros
-    return (["-mno-avx512fp16"] if "__AVX512FP16__" in macros else []) + (GCC_WORKAROUNDS if gcc else [])
-
-
-GCC_WORKAROUNDS = ["-fno-tree-vrp", "--param=max-completely-peel-times=2"]
+    """Flags that keep this compiler away from its known bugs (``flags.py``) for ``flags``' target."""
+    return workarounds(target_macros(flags))
 
 
 def compile_c(source: str, name: str = "graph") -> Path:
