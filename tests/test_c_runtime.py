@@ -340,7 +340,10 @@ def test_generated_c_uses_int64_indices_restrict_and_openmp():
         assert re.search(r"for \(int64_t i0 = 0; i0 < \d+; \+\+i0\)", source)
         assert not re.search(r"for \((int|unsigned|long|size_t) ", source)
         assert "void k_add(const float *restrict b_x, const float *restrict b_y, " \
-               "float *restrict b_add)" in source
+               "float *restrict b_add" in source
+    # the parallel kernel takes mc_serial: a forked child runs its loop on one thread
+    assert "float *restrict b_add, bool mc_serial)" in large and "if(!mc_serial)" in large
+    assert "float *restrict b_add)" in small
     # 65536 elements: the outer loop is shared among threads; 32 elements: not worth it (the
     # default schedule still marks the inner loop for SIMD)
     assert re.search(r"#pragma omp parallel for[^\n]*\n\s*for \(int64_t i0 = 0; i0 < 256;", large)

@@ -296,8 +296,10 @@ print(next(line for line in prelude().splitlines() if "mc_maximum_f32" in line))
 
 entry = source[source.index("int minicomp_entry"):].rstrip()
 print("\nthe entry point:\n" + entry)
-# args[] holds the parameters in program.params order, then the workspace. Each intermediate
-# pointer is the workspace plus its planned offset; every kernel runs in order, in C.
+# args[] holds the parameters in program.params order, the workspace, then NULL (non-NULL runs
+# every loop on the calling thread: what a forked child must do, see runtime/executable.py).
+# Each intermediate pointer is the workspace plus its planned offset; every kernel runs in
+# order, in C. The status it returns is the call's own: 0, or the NumPy error a kernel hit.
 
 # ----------------------------------------------------------------------------------------------
 step("Step 5: compile and call it yourself, with cffi")
@@ -321,12 +323,12 @@ print("loaded  :", lib.minicomp_entry)
 
 # Calling it is what Executable.__call__ does: C-contiguous arrays (x already is), a fresh
 # output, a workspace for the intermediates (aligned to a cache line), and an array of raw
-# pointers in program.params order with the workspace last.
+# pointers in program.params order, then the workspace, then NULL.
 out = np.empty(out_buf.shape, np.float32)
 workspace = aligned_empty(program.workspace_bytes)   # uint8 array of workspace_bytes
 arrays = [x, out, workspace]
 assert [b.name for b in program.params] == ["x", "div"]
-pointers = ffi.new("void *[]", [ffi.cast("void *", a.ctypes.data) for a in arrays])
+pointers = ffi.new("void *[]", [ffi.cast("void *", a.ctypes.data) for a in arrays] + [ffi.NULL])
 status = lib.minicomp_entry(pointers)   # runs all 5 kernels; 0 means no NumPy error case
 assert status == 0
 assert_close(out, expected)

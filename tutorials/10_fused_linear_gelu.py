@@ -154,7 +154,7 @@ step("Step 3: packing, checked against NumPy")
 ffi, lib = load_library(compile_c(render_c(program), "linear_gelu"))
 out = np.empty((M, N), F32)
 workspace = aligned_empty(program.workspace_bytes)
-pointers = [ffi.cast("void *", a.ctypes.data) for a in (x, w, b, out, workspace)]
+pointers = [ffi.cast("void *", a.ctypes.data) for a in (x, w, b, out, workspace)] + [ffi.NULL]
 assert lib.minicomp_entry(ffi.new("void *[]", pointers)) == 0
 assert_close(out, expected)
 print(f"compiled and ran: matches NumPy (max abs diff {np.abs(out - expected).max():.1e})")

@@ -5,35 +5,56 @@ node, with a comment tying it to the user's source line, and one entry point tha
 kernels in order on the buffers it is given::
 
     /* %add = add  at model.py:12 */
-    static __attribute__((noinline)) void k_add(const float *restrict x, const float *restrict b,
-                                                float *restrict add) {
-      #pragma omp parallel for schedule(static)
+    static __attribute__((noinline)) void k_add(const float *restrict b_x, const float *restrict b_b,
+                                                float *restrict b_add, bool mc_serial) {
+      #pragma omp parallel for schedule(static) if(!mc_serial)
       for (int64_t i0 = 0; i0 < 4096; ++i0) {
         for (int64_t i1 = 0; i1 < 1024; ++i1) {
-          add[i0 * 1024 + i1] = x[i0 * 1024 + i1] + b[i1];
+          b_add[i0 * 1024 + i1] = b_x[i0 * 1024 + i1] + b_b[i1];
         }
       }
     }
 
-    int minicomp_entry(void **args) { ... k_add(x, b, add); ... return mc_status; }
+    int minicomp_entry(void **args) { ... k_add(b_x, b_b, b_add, mc_serial); ... return mc_status; }
+
+The entry point ``int minicomp_entry(void **args)`` reads ``args``: the program's parameters
+(``Program.params`` order), the workspace, then one more pointer: NULL, or non-NULL to run
+every loop on the calling thread (``mc_serial``: the OpenMP ``if`` clause of each parallel
+loop; a process forked after OpenMP started its threads must not use them, see
+``runtime/executable.py``). It returns ``mc_status``: 0, or the code of the NumPy error case a
+kernel hit (``STATUS_MESSAGES``). The status belongs to the call, a local of the entry point:
+only kernels that can fail (integer ``x ** y`` with ``y < 0``) get a pointer to it, and their
+threads store into it atomically, so concurrent calls from several threads never see each
+other's errors.
 
 Semantics are NumPy's, not C's, wherever the two differ: integer floor division and modulo
-(``mc_floordiv``/``mc_mod``, zero divisors give 0), NaN-propagating ``maximum``/``minimum``,
-float-to-int casts that never hit C's undefined behaviour, signed overflow that wraps
-(``-fwrapv``), float16 arithmetic done in float32 and rounded once per op. Floats are written
-as the shortest decimal that reads back to the same value, so constants are exact.
-float32 exp, tanh, erf and log use the vectorisable implementations of ``codegen/vmath.py``. Every index is an ``int64_t``. ``restrict`` is
-used because lowering never lets two parameters of a kernel share memory unless both are only
-read, or the kernel lists them in ``Kernel.aliases`` (an op computed in place of its operand,
-see ``minicomp.passes.memory``): those two are rendered without ``restrict``.
+(``mc_floordiv``/``mc_mod``, zero divisors give 0), NaN-propagating ``maximum``/``minimum``
+that return the second operand on a tie (``maximum(-0.0, 0.0)`` is ``0.0``), float-to-int
+casts that never hit C's undefined behaviour, signed overflow that wraps (``-fwrapv``), float16
+arithmetic done in float32 and rounded once per op. Floats are written as the shortest decimal
+that reads back to the same value, so constants are exact. float32 exp, tanh, erf and log use
+the vectorisable implementations of ``codegen/vmath.py``. Every index is an ``int64_t``.
+``restrict`` is used because lowering never lets two parameters of a kernel share memory unless
+both are only read, or the kernel lists them in ``Kernel.aliases`` (an op computed in place of
+its operand, see ``minicomp.passes.memory``): those two are rendered without ``restrict``.
+
+No user text reaches C unchecked. Every name (graph values, buffers, kernels, loop variables)
+becomes an identifier of ``[A-Za-z0-9_]`` through ``Identifiers``: a name that already is one
+keeps its spelling (``%add`` -> ``b_add``), any other is spelled out (``%x\u00e9`` ->
+``b_x_e9_``) and numbered where two would clash. Everything else the user wrote (source lines,
+file names, the graph's name) appears only inside ``/* ... */`` comments, through
+``comment_text``: printable ASCII, other characters escaped, never ``*/``.
 
 ``CRenderer`` is a class so that the CUDA renderer can override the few hooks that differ.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from string import Template
+from typing import Iterable
 
 import numpy as np
 
@@ -67,8 +88,9 @@ static inline $T mc_sigmoid_$S($T x) {          /* never overflows: exp of a non
   $T e = exp$F(-(x < 0 ? -x : x));
   return x >= 0 ? ($T)1 / (($T)1 + e) : e / (($T)1 + e);
 }
-static inline $T mc_maximum_$S($T a, $T b) { return (a >= b || a != a) ? a : b; }  /* NaN wins */
-static inline $T mc_minimum_$S($T a, $T b) { return (a <= b || a != a) ? a : b; }
+/* as np.maximum/np.minimum: a NaN wins, and on a tie (-0.0 and 0.0) the second operand */
+static inline $T mc_maximum_$S($T a, $T b) { return (a > b || a != a) ? a : b; }
+static inline $T mc_minimum_$S($T a, $T b) { return (a < b || a != a) ? a : b; }
 static inline $T mc_pow_$S($T a, $T b) { return pow$F(a, b); }
 static inline $T mc_mod_$S($T a, $T b) {        /* Python's a % b: the sign of b */
   $T mod = fmod$F(a, b);
@@ -107,8 +129,8 @@ static inline $T mc_mod_$S($T a, $T b) {
   if (r != 0 && ((r < 0) != (b < 0))) r += b;
   return r;
 }
-static inline $T mc_pow_$S($T a, $T b) {        /* by squaring; negative powers are an error */
-  if (b < 0) { mc_fail(MC_ERR_NEGATIVE_POWER); return 0; }
+static inline $T mc_pow_$S($T a, $T b, int *status) {  /* by squaring; negative powers fail */
+  if (b < 0) { mc_fail(status, MC_ERR_NEGATIVE_POWER); return 0; }
   $T result = 1;
   while (b) { if (b & 1) result *= a; a *= a; b >>= 1; }
   return result;
@@ -121,15 +143,21 @@ static inline $T mc_from_f64_$S(double x) {     /* NaN, out of range -> the mini
 PRELUDE = """\
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MC_ERR_NEGATIVE_POWER 1
-static int mc_status;                           /* nonzero: a kernel hit a NumPy error case */
-static inline void mc_fail(int code) { __atomic_store_n(&mc_status, code, __ATOMIC_RELAXED); }
+/* a kernel hit a NumPy error case: record it in its call's status (any thread may) */
+static inline void mc_fail(int *status, int code) { __atomic_store_n(status, code, __ATOMIC_RELAXED); }
 """
 
 #: mc_status codes -> the error NumPy raises in the same case
 STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed."}
+
+
+def can_fail(call: Call) -> bool:
+    """Whether the helper ``call`` renders to may hit a NumPy error case (it takes ``mc_status``)."""
+    return call.fn == "mc_pow" and call.dtype.kind in "iu"
 
 
 def prelude() -> str:
@@ -143,11 +171,118 @@ def prelude() -> str:
     return "".join(parts)
 
 
+# -- names and comments: what the user wrote reaches C only as a checked identifier or a comment --
+
+_SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_C_KEYWORDS = """auto break case char const continue default do double else enum extern float for goto
+    if inline int long register restrict return short signed sizeof static struct switch typedef
+    union unsigned void volatile while asm typeof bool true false math_errhandling
+    int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t size_t ptrdiff_t""".split()
+# libm's functions, which a local variable of that name would hide inside a kernel (as one named
+# like a type would hide the type)
+_LIBM = {f + suffix for f in ("exp", "log", "sqrt", "tanh", "sin", "cos", "floor", "ceil", "erf", "pow",
+                              "fmod", "copysign", "fabs") for suffix in ("", "f")}
+RESERVED = frozenset(_C_KEYWORDS) | _LIBM
+
+
+def mangle(name: str) -> str:
+    """``name`` spelled with ``[A-Za-z0-9_]`` only: any other character becomes ``_<hex code>_``.
+
+    ``"x.y"`` -> ``"x_2e_y"``, ``"x\\u00e9"`` -> ``"x_e9_"``; a name made of those already is unchanged.
+    """
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else f"_{ord(ch):x}_" for ch in name)
+
+
+def comment_text(text: str) -> str:
+    """``text`` made safe to put inside a C ``/* ... */`` comment on one line.
+
+    Printable ASCII is kept; a backslash, control or non-ASCII character is written as Python
+    writes it in a string (``\\\\``, ``\\n``, ``\\xe9``, ``\\u2028``), and ``*/`` and ``/*`` get a
+    space (``* /``): ``"a.py:3 */ int evil; /*"`` -> ``"a.py:3 * / int evil; / *"``.
+    """
+    if not (text.isascii() and text.isprintable() and "\\" not in text):
+        text = "".join(ch if " " <= ch <= "~" and ch != "\\" else ascii(ch)[1:-1] for ch in text)
+    return text.replace("*/", "* /").replace("/*", "/ *")
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe(prefix: str, name: str) -> bool:
+    """Whether ``prefix + name`` can be used as it is: ``b_``/``k_`` + ASCII letters, digits and
+    underscores, or for a local variable (no prefix) an ASCII identifier that no keyword, type,
+    libm function, macro (all capitals) or minicomp name (``mc_``) could mean."""
+    if not _SAFE_NAME.fullmatch(name):
+        return prefix != "" and re.fullmatch(r"[A-Za-z0-9_]+", name) is not None
+    return prefix != "" or not (name in RESERVED or name.startswith("mc_") or name.upper() == name)
+
+
+class Identifiers:
+    """The C identifiers of one scope (the file, a kernel, the entry point), unique within it.
+
+    ``ids.buffers[name]`` is ``b_`` + the buffer's name, ``ids.variables[name]`` a loop
+    variable's or local scalar's (no prefix), each a dict from IR name to C identifier, so a
+    lookup costs no Python call. A name that is safe as it is keeps its spelling (``add`` ->
+    ``b_add``); any other is ``mangle``d (a variable's gets ``v_``); a clash with an identifier
+    taken earlier adds a number (``b_x_e9_``, ``b_x_e9__1``). The buffers given to the
+    constructor are placed safe ones first, so a mangled name never takes their spelling; a
+    name not given there is placed when first asked for (a loop variable named ``b_x`` after
+    buffer ``x`` is ``b_x_1``). Distinct names always get distinct identifiers.
+    """
+
+    def __init__(self, buffers: Iterable[str] = ()):
+        self._taken: set[str] = set()
+        self.buffers = _Kind(self, "b_")
+        self.variables = _Kind(self, "")
+        buffers = list(dict.fromkeys(buffers))
+        for name in [b for b in buffers if _safe("b_", b)] + [b for b in buffers if not _safe("b_", b)]:
+            self.buffers[name]
+
+    def fresh(self, prefix: str, name: str) -> str:
+        """A new identifier for ``name``, even if the name was asked for before."""
+        base = prefix + name if _safe(prefix, name) else (prefix or "v_") + mangle(name)
+        ident, n = base, 1
+        while ident in self._taken:
+            ident, n = f"{base}_{n}", n + 1
+        self._taken.add(ident)
+        return ident
+
+
+class _Kind(dict):
+    """IR name -> C identifier for one kind of name in a scope; placed on first lookup."""
+
+    def __init__(self, scope: Identifiers, prefix: str):
+        super().__init__()
+        self.scope, self.prefix = scope, prefix
+
+    def __missing__(self, name: str) -> str:
+        ident = self[name] = self.scope.fresh(self.prefix, name)
+        return ident
+
+
+def function_names(kernels: list[Kernel]) -> dict[Kernel, str]:
+    """Each kernel's C function name, ``k_`` + its name: distinct even where two names are equal."""
+    ids = Identifiers()
+    readable_first = sorted(kernels, key=lambda k: not _safe("k_", k.name))
+    return {k: ids.fresh("k_", k.name) for k in readable_first}
+
+
+@functools.lru_cache(maxsize=None)
+def _check_function(fn: str) -> str:
+    """A helper's or intrinsic's name, refused unless it is an identifier (they come from minicomp)."""
+    if not _SAFE_NAME.fullmatch(fn):
+        raise ValueError(f"not a C function name: {fn!r}")
+    return fn
+
+
 class CRenderer:
     """Loop IR -> C source. Subclasses override ``kernel_signature``, ``loop_header`` etc."""
 
     def __init__(self, indent: str = "  "):
         self.indent = indent
+        self.names = Identifiers()      # the identifiers of the function being rendered
+        self.uses: set[str] = set()     # what its body needs: "mc_serial", "mc_status" (added
+                                        # by loop_header and expr as they render)
+        self.functions: dict[Kernel, str] = {}  # the file's kernel function names
+        self.kernel_uses: dict[Kernel, set[str]] = {}  # each rendered kernel's ``uses``
 
     # -- expressions ----------------------------------------------------------------------------
 
@@ -156,16 +291,20 @@ class CRenderer:
         if isinstance(e, Const):
             return self.literal(e.value, e.dtype)
         if isinstance(e, Var):
-            return e.name
+            return self.names.variables[e.name]  # (inlined self.var: the hottest path)
         if isinstance(e, Load):
-            return f"{self.name(e.buffer)}[{self.expr(e.index)}]"
+            return f"{self.names.buffers[e.buffer.name]}[{self.expr(e.index)}]"
         if isinstance(e, Binary):
             return f"({self.expr(e.a)} {e.op} {self.expr(e.b)})"
         if isinstance(e, Unary):
             inner = self.expr(e.a)  # a space keeps "-" and "-3" apart: "--3" is a decrement
             return f"({e.op}{' ' if inner[0] in '+-' else ''}{inner})"
         if isinstance(e, Call):
-            return f"{self.function_name(e)}({', '.join(self.expr(a) for a in e.args)})"
+            args = [self.expr(a) for a in e.args]
+            if can_fail(e):
+                self.uses.add("mc_status")
+                args.append("mc_status")
+            return f"{self.function_name(e)}({', '.join(args)})"
         if isinstance(e, Cast):
             return self.cast(e)
         if isinstance(e, Select):
@@ -197,6 +336,7 @@ class CRenderer:
 
     def function_name(self, call: Call) -> str:
         """``exp`` -> ``expf`` for float32; ``mc_maximum`` -> ``mc_maximum_f32``."""
+        _check_function(call.fn)
         if call.fn.startswith("mc_"):
             return f"{call.fn}_{_SUFFIX[call.dtype]}"
         if call.dtype != np.float32:
@@ -222,9 +362,9 @@ class CRenderer:
         if isinstance(s, Store):
             return [f"{pad}{self.name(s.buffer)}[{self.expr(s.index)}] = {self.expr(s.value)};"]
         if isinstance(s, Declare):
-            return [f"{pad}{C_TYPES[s.var.dtype]} {s.var.name} = {self.expr(s.init)};"]
+            return [f"{pad}{C_TYPES[s.var.dtype]} {self.var(s.var)} = {self.expr(s.init)};"]
         if isinstance(s, Assign):
-            return [f"{pad}{s.var.name} = {self.expr(s.value)};"]
+            return [f"{pad}{self.var(s.var)} = {self.expr(s.value)};"]
         if isinstance(s, Block):
             return [line for sub in s.stmts for line in self.stmt(sub, depth)]
         if isinstance(s, Allocate):
@@ -236,7 +376,7 @@ class CRenderer:
                 lines += [f"{pad}}} else {{"] + self.stmt(s.otherwise, depth + 1)
             return lines + [pad + "}"]
         if isinstance(s, Intrinsic):
-            return [f"{pad}{s.fn}({', '.join(self.expr(a) for a in s.args)});"]
+            return [f"{pad}{_check_function(s.fn)}({', '.join(self.expr(a) for a in s.args)});"]
         raise TypeError(f"cannot render {s!r}")
 
     def loop_header(self, loop: For, depth: int) -> list[str]:
@@ -246,12 +386,14 @@ class CRenderer:
             collapse = ""
             if loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
                 collapse = " collapse(2)"
-            lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse}")
+            # if: a forked child runs the loop on its one thread (see the module docstring)
+            self.uses.add("mc_serial")
+            lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse} if(!mc_serial)")
         elif loop.kind == "vectorized":
             lines.append(f"{pad}#pragma omp simd")
         elif loop.kind == "unrolled":
             lines.append(f"{pad}#pragma GCC unroll {min(loop.extent, 64)}")
-        v = loop.var.name
+        v = self.var(loop.var)
         lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.literal(loop.extent, INDEX)}; ++{v}) {{")
         return lines
 
@@ -259,7 +401,11 @@ class CRenderer:
 
     def name(self, buffer: Buffer) -> str:
         """C name of a buffer: ``b_`` + its graph name, so no name clashes with C (``const``, ``exp``)."""
-        return "b_" + buffer.name
+        return self.names.buffers[buffer.name]
+
+    def var(self, var: Var) -> str:
+        """C name of a loop variable or local scalar (``i0``, ``acc_max``)."""
+        return self.names.variables[var.name]
 
     def param(self, buffer: Buffer, written: bool, aliased: bool = False) -> str:
         """``const float *restrict b_x``; no ``restrict`` on a buffer aliased in the kernel."""
@@ -268,20 +414,31 @@ class CRenderer:
         return f"{qualifier}{ARRAY_C_TYPES[buffer.dtype]} {pointer}{self.name(buffer)}"
 
     def kernel(self, k: Kernel) -> str:
-        """One kernel as a static C function with its source comment."""
+        """One kernel as a static C function with its source comment.
+
+        Its parameters are its buffers, then ``bool mc_serial`` if it has a parallel loop and
+        ``int *mc_status`` if it can fail (see the module docstring).
+        """
+        self.names, self.uses = Identifiers(b.name for b in k.params), set()
         params = [self.param(b, written=b is k.output or b in k.scratch, aliased=b in k.aliases)
                   for b in k.params]
-        lines = [f"/* {line} */" for line in k.source]
+        body = self.stmt(k.body, 1)
+        params += ["bool mc_serial"] * ("mc_serial" in self.uses)
+        params += ["int *mc_status"] * ("mc_status" in self.uses)
+        self.kernel_uses[k] = self.uses
+        lines = [f"/* {comment_text(line)} */" for line in k.source]
         # noinline: GCC 12 at -O3 miscompiles some kernels once inlined into the entry point
         # (restrict pointers of two kernels into one workspace, vectorised: wrong values)
-        lines.append(f"static __attribute__((noinline)) void k_{k.name}({', '.join(params)}) {{")
-        lines += self.stmt(k.body, 1)
+        function = self.functions.get(k) or function_names([k])[k]
+        lines.append(f"static __attribute__((noinline)) void {function}({', '.join(params)}) {{")
+        lines += body
         lines.append("}")
         return "\n".join(lines)
 
     def program(self, program) -> str:
         """The whole translation unit: prelude, kernels, and the entry point."""
-        parts = [f"/* generated by minicomp from graph {program.graph.name!r} */", prelude()]
+        self.functions = function_names(program.kernels)
+        parts = [f"/* generated by minicomp from graph '{comment_text(program.graph.name)}' */", prelude()]
         micro_kernels = [fn for fn in intrinsics_used(program.kernels) if gemm.is_micro_kernel(fn)]
         parts += [gemm.types_source(s) for s in sorted({gemm.dtype_suffix(fn) for fn in micro_kernels})]
         parts += [gemm.source(fn) for fn in micro_kernels]
@@ -290,7 +447,14 @@ class CRenderer:
         return "\n\n".join(parts) + "\n"
 
     def entry(self, program) -> str:
-        """``int minicomp_entry(void **args)``: bind parameters and workspace, run every kernel."""
+        """``int minicomp_entry(void **args)``: bind parameters and workspace, run every kernel
+        (each rendered by ``kernel`` before, which tells what it takes)."""
+        if any(k not in self.functions for k in program.kernels):
+            self.functions = function_names(program.kernels)
+        for k in program.kernels:
+            if k not in self.kernel_uses:
+                self.kernel(k)
+        self.names = Identifiers(b.name for b in [*program.params, *program.workspace])
         lines = [f"int {ENTRY}(void **args) {{"]
         pad = self.indent
         for i, buffer in enumerate(program.params):
@@ -301,10 +465,15 @@ class CRenderer:
             ctype = ARRAY_C_TYPES[buffer.dtype]
             lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {offset});")
         lines.append(f"{pad}(void)workspace;")
-        lines.append(f"{pad}mc_status = 0;")
-        for k in program.kernels:
-            args = ", ".join(self.name(b) for b in k.params)
-            lines.append(f"{pad}k_{k.name}({args});")
+        uses = [self.kernel_uses[k] for k in program.kernels]
+        if any("mc_serial" in u for u in uses):
+            lines.append(f"{pad}bool mc_serial = args[{len(program.params) + 1}] != NULL;  "
+                         "/* run every loop on this thread */")
+        lines.append(f"{pad}int mc_status = 0;  /* this call's: a NumPy error case a kernel hit */")
+        for k, k_uses in zip(program.kernels, uses):
+            args = [self.name(b) for b in k.params]
+            args += ["mc_serial"] * ("mc_serial" in k_uses) + ["&mc_status"] * ("mc_status" in k_uses)
+            lines.append(f"{pad}{self.functions[k]}({', '.join(args)});")
         lines.append(f"{pad}return mc_status;")
         lines.append("}")
         return "\n".join(lines)

@@ -188,6 +188,8 @@ def _binary(node, idx, a: Tensor, b: Tensor):
     if op in _BINARY_C:
         value = Binary(_BINARY_C[op], x, y, t)
     else:  # floordiv, mod, pow, maximum, minimum: NumPy's meaning via helpers
+        if op in ("maximum", "minimum") and in_a == np.float16:
+            x, y = y, x  # on a tie (-0.0, 0.0) NumPy's float16 loop keeps the first operand, mc_ the second
         value = Call(f"mc_{op}", (x, y), t)
     return _finish(value, out)
 

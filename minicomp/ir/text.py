@@ -13,7 +13,8 @@ Attribute values are ints, floats, ``true``/``false``, ``none``, ``"strings"``, 
 (``f32``), lists ``[1,2]`` (read back as tuples), and for constants the array: a nested list
 when small, ``base64"..."`` (raw little-endian bytes) when large, or ``<elided sha256:…>`` when
 the printer was asked to leave big constants out (such text cannot be parsed back).
-The trailing ``# file:line`` is the user's source line.
+The trailing ``# file:line`` is the user's source line, kept on its line: a backslash or a
+character that is not printable (a newline in a file name) is escaped as in a Python string.
 
 ``parse_graph(print_graph(g, None))`` rebuilds the graph so that it prints identically.
 """
@@ -78,8 +79,27 @@ def print_node(node: Node, elide_constants_over: int | None = 16) -> str:
             else:
                 items.append(f"{key}={format_attr(value)}")
         attrs = " {" + ", ".join(items) + "}"
-    loc = f"  # {node.loc}" if node.loc else ""
+    loc = f"  # {format_loc(node.loc)}" if node.loc else ""
     return f"%{node.name} = {node.op}({operands}){attrs} : {node.type}{loc}"
+
+
+def format_loc(loc: str) -> str:
+    """A source location as the text form writes it, on one line: a backslash and every
+    character that is not printable escaped as Python does (a newline becomes ``\\n``)."""
+    return "".join(ch if ch.isprintable() and ch != "\\" else ascii(ch)[1:-1] for ch in loc)
+
+
+_LOC_ESCAPE = re.compile(r"\\(\\|n|r|t|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
+
+
+def parse_loc(text: str) -> str:
+    """The location ``format_loc`` wrote as ``text`` (a backslash starting no escape stays)."""
+    def unescape(match: re.Match) -> str:
+        code = match.group(1)
+        simple = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+        return simple[code] if code in simple else chr(min(int(code[1:], 16), 0x10FFFF))
+
+    return _LOC_ESCAPE.sub(unescape, text)
 
 
 def format_attr(value) -> str:
@@ -196,7 +216,7 @@ def _parse_node_line(graph: Graph, env: dict, line: str, lineno: int, graphs: di
     operands = [_lookup(env, n, lineno) for n in _split_names(operand_text)]
     attrs = _AttrReader(attr_text[1:-1] if attr_text else "", lineno, graphs).read_dict(declared)
     try:
-        node = graph.add_op(op, operands, attrs, loc=loc.strip() if loc else None, name=name)
+        node = graph.add_op(op, operands, attrs, loc=parse_loc(loc.strip()) if loc else None, name=name)
     except (MinicompError, KeyError) as exc:
         raise ParseError(f"line {lineno}: {exc.args[0] if isinstance(exc, KeyError) else exc}") from None
     except (TypeError, ValueError) as exc:  # an attribute value of the wrong kind

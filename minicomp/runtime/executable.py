@@ -8,11 +8,19 @@ An ``Executable`` owns the loaded library, the constants it reads and the buffer
    (offsets fixed at compile time; one per calling thread, allocated on its first call and
    reused, so big workspaces do not pay page faults on every call), and calls the entry
    point once: the kernels run in order inside C;
-4. returns the outputs. Inputs are never written: kernels receive them as ``const``.
+4. raises the NumPy error a kernel hit (the call's own status, see ``codegen/c.py``), or
+   returns the outputs. Inputs are never written: kernels receive them as ``const``.
+
+Fork safety: GNU OpenMP (libgomp) is not fork-safe. Once a parallel loop has run, its worker
+threads exist in the parent only, and a forked child (``os.fork``, a ``multiprocessing`` fork
+pool) that starts a parallel loop waits for them forever. So a child forked from a process in
+which a kernel has run calls every kernel with ``mc_serial`` set (``os.register_at_fork``): its
+loops run on the calling thread, with the same results.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -22,6 +30,23 @@ from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.interpreter import check_arguments
 from ..passes.lower import ALIGNMENT, Program, lower
+
+
+_openmp_started = False  # a kernel has run in this process with its threads allowed
+_serial = False          # this process was forked after that: run every loop on the calling thread
+
+
+def _after_fork_in_child() -> None:
+    global _serial
+    _serial = _serial or _openmp_started
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def run_serially() -> bool:
+    """Whether kernels run on the calling thread only: in a child forked after a kernel ran."""
+    return _serial
 
 
 def prepare_argument(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -58,6 +83,14 @@ class Executable:
             workspace = self._per_thread.workspace = aligned_empty(self.program.workspace_bytes)
         return workspace
 
+    def _serial_flag(self):
+        """The entry point's last argument: NULL, or non-NULL to run every loop on this thread."""
+        global _openmp_started
+        if _serial:
+            return self._ffi.cast("void *", 1)
+        _openmp_started = True  # before the call: a fork during it must see it
+        return self._ffi.NULL
+
     def __call__(self, *args) -> list[np.ndarray]:
         graph = self.program.graph
         arrays = [prepare_argument(a, node.dtype)
@@ -66,6 +99,7 @@ class Executable:
         workspace = self._workspace()
         pointers = [self._ffi.cast("void *", a.ctypes.data)
                     for a in arrays + self._constants + outputs + [workspace]]
+        pointers.append(self._serial_flag())
         status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))
         if status:
             raise MinicompRuntimeError(f"{graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")

@@ -30,8 +30,8 @@ COLLAPSE_BELOW = 64  # as the C renderer: a shorter parallel loop runs together 
 _CALLS = {
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh, "sin": np.sin, "cos": np.cos,
     "floor": np.floor, "ceil": np.ceil, "erf": np.vectorize(math.erf),
-    "mc_abs": abs, "mc_maximum": lambda a, b: a if (a >= b or a != a) else b,
-    "mc_minimum": lambda a, b: a if (a <= b or a != a) else b,
+    "mc_abs": abs, "mc_maximum": lambda a, b: a if (a > b or a != a) else b,  # a tie: b, as C's
+    "mc_minimum": lambda a, b: a if (a < b or a != a) else b,
     "mc_sigmoid": lambda x: 1 / (1 + np.exp(-x)), "mc_sign": np.sign,
 }
 
