@@ -56,9 +56,9 @@ except ImportError:  # not installed: use the checkout this file lives in
 
 from minicomp.bench import machine_description
 from minicomp.codegen import gemm
-from minicomp.codegen.asm import assembly, kernel_sections, simd_summary, widest_vector_register
+from minicomp.codegen.asm import assembly, kernel_sections, simd_summary
 from minicomp.codegen.c import CRenderer, render_c
-from minicomp.codegen.compiler import DEFAULT_OPT_FLAGS, REQUIRED_FLAGS
+from minicomp.codegen.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
 from minicomp.ir.loops import Assign, Binary, Block, Declare, For, Kernel, Load, Store, Var, const
 from minicomp.ir.schedule import (Reorder, ScheduleError, Split, Unroll, Vectorize, apply_schedule,
                                   schedule_program)
@@ -72,10 +72,20 @@ from minicomp.workloads import ew_chain
 F32 = np.float32
 f32 = np.dtype(F32)   # the loop IR's dtypes are np.dtype objects
 rng = np.random.default_rng(0)
-WIDE = widest_vector_register()        # "zmm" with AVX-512, "ymm" with AVX2
-LANES = gemm.vector_bytes() // 4       # floats per vector register
 OPT = shlex.split(os.environ.get("MINICOMP_CFLAGS", "")) or DEFAULT_OPT_FLAGS   # the build's flags
 NO_AUTOVEC = OPT + ["-fno-tree-vectorize"]  # ... with gcc's own loop vectoriser switched off
+
+
+def vector_register(flags: list[str]) -> str:
+    """The widest vector register gcc's code for a plain float loop uses under ``flags``: "zmm"
+    (AVX-512), "ymm" (AVX2, and AVX-512 CPUs whose tuning prefers 256-bit vectors) or "xmm"."""
+    plain = "void f(float *restrict a, const float *restrict b) { for (int i = 0; i < 4096; i++) a[i] = 2 * b[i]; }"
+    asm = compile_assembly(plain, build_flags(flags))
+    return next((width for width in ("zmm", "ymm") if f"%{width}" in asm), "xmm")
+
+
+WIDE = vector_register(OPT)                        # what gcc vectorises with, on this machine
+LANES = {"zmm": 16, "ymm": 8, "xmm": 4}[WIDE]      # floats per such register
 
 
 def step(title: str) -> None:
@@ -111,7 +121,7 @@ def build(program, flags: list[str]):
     """(Executable, that kernel's assembly) of a one-kernel program compiled with ``flags``."""
     with optimisation_flags(flags):
         executable = Executable(program, render_c(program))
-    asm = assembly(program, flags=REQUIRED_FLAGS + flags)
+    asm = assembly(program, flags=build_flags(flags))  # the build's flags, workarounds included
     return executable, asm
 
 
@@ -125,7 +135,7 @@ def describe(asm: str) -> str:
     return f"{WIDE} {counts[WIDE]:>3}, scalar {counts['scalar']:>3}"
 
 
-print(f"{machine_description()}; widest vector registers for these flags: {WIDE} "
+print(f"{machine_description()}; gcc vectorises with {WIDE} registers for these flags "
       f"({LANES} floats); one thread")
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +244,7 @@ step("Step 4: a register tile for the matmul, from schedule steps")
 # Tutorial 07's tiled matmul (b in blocks of 256 x 256) still loads and stores c[i, j..] for
 # every k: one multiply-add per load and store. A register tile computes an mr x nr block of
 # c across the *whole* k loop in registers. With the micro-kernel's tile for this machine
-# (mr x nr = 6 x 64 with AVX-512: 6 rows of 4 vectors; 6 x 16 with AVX2):
+# (mr x nr = 6 x 64 with AVX-512: 6 rows of 4 vectors; 6 x 16 with AVX2: 6 rows of 2):
 #   Split("i", mr), Split("j_i", nr), Reorder(i_o, j_i_o, k_i, i_i, j_i_i):
 #       for each (mr rows, nr columns) tile, for each k: for each row i_i: for each column;
 #   CacheWrite("matmul", "j_i_o"): the tile lives in a local array matmul_local[mr, nr],
@@ -296,10 +306,11 @@ print(f"\nfastest schedule here: {best[0]!r} with {best[1]}: {start / measured[b
 # How to read it (the numbers depend on the machine and its load):
 #  * "FMAs" counts vector fused multiply-add instructions in the kernel's code (static, not
 #    executed): a register tile has mr x nr / LANES of them in its k loop.
-#  * With the build flags (-O3), gcc vectorises and unrolls small loops itself, so once the tile
-#    exists (cache_write) the explicit Vectorize and Unroll change little: the compiler was
-#    going to do that. The step that matters is the one it could not do alone: keeping the
-#    tile of c in a local array, which makes it a set of registers.
+#  * With the build flags (-O3), gcc vectorises the tile's loops itself (FMAs from the first
+#    stage on), but it does not fully unroll loops on its own under minicomp's flags (see
+#    codegen/flags.py): Unroll is what makes the mr rows of the tile mr independent sets of
+#    registers. Keeping the tile of c in a local array (cache_write) is what lets it live in
+#    registers at all.
 #  * With -fno-tree-vectorize, the same schedules stay scalar until Vectorize asks for SIMD:
 #    the schedule, not the compiler's judgement, then decides, which is what a compiler that
 #    has to be predictable (or an autotuner, tutorial 13) needs.

@@ -56,7 +56,7 @@ from minicomp.codegen import gemm
 from minicomp.codegen.c import CRenderer, render_c
 from minicomp.codegen.compiler import compile_c, load_library
 from minicomp.passes.lower import lower
-from minicomp.passes.lower_matmul import GemmTiling, balanced, default_tiling
+from minicomp.passes.lower_matmul import B_TASK_PANELS, GemmTiling, balanced, default_tiling
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import aligned_empty
 from minicomp.stats import human, kernel_summary
@@ -97,9 +97,12 @@ def linear_gelu(x, w, b):
 
 
 # A small size to read the code: 64 rows (not a multiple of the micro-kernel's 6: edge
-# tiles), a reduction two k blocks long (kc is 384 floats, so 768), 256 output columns.
+# tiles), a reduction two k blocks long (kc is 384 floats, so 768), and 4 panels of nr output
+# columns (256 with AVX-512's 64-column tiles, 64 with AVX2's 16). With fewer than
+# B_TASK_PANELS panels, w is packed once per k block for all tasks: the layout read back below.
 tiling = default_tiling(F32)
-M, K, N = 64, 2 * tiling.kc, 256
+M, K, N = 64, 2 * tiling.kc, 4 * tiling.nr
+assert N // tiling.nr < B_TASK_PANELS
 x = rng.standard_normal((M, K), dtype=F32)
 w = rng.standard_normal((K, N), dtype=F32) / F32(np.sqrt(K))
 b = rng.standard_normal(N, dtype=F32)
@@ -133,7 +136,7 @@ assert isinstance(schedule, GemmTiling) and schedule == balanced(tiling, M)
 print(f"\nmicro-kernel tile mr x nr = {tiling.mr} x {tiling.nr}: {gemm.vector_bytes() * 8}-bit vectors "
       f"({gemm.vector_bytes() // 4} floats), {gemm.vectors_per_row()} per row of the tile")
 # How to read the nest, outside in:
-#   for jc:  blocks of nc columns of w (here all 256 fit in one);
+#   for jc:  blocks of nc columns of w (here all N fit in one);
 #   for pc:  blocks of kc steps of the reduction (here 2: 384 + 384);
 #     parallel for jb: pack w[pc block, jc block] into panels of nr columns  -> *_bpack
 #     parallel for ib: pack x[:, pc block] into rows of kc values             -> *_apack
