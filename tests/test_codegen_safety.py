@@ -211,7 +211,7 @@ def test_error_status_belongs_to_each_call_under_threads():
     """Old code: one static ``mc_status`` for all threads, so good calls raised and bad calls
     returned zeros (about 40% of calls with 5 threads)."""
     power = minicomp.jit(lambda x, y: x ** y)
-    n = 1 << 16  # large enough for a parallel loop
+    n = 1 << 18  # large enough for a parallel loop
     x = (np.arange(n) % 7).astype(np.int32)
     good = np.full(n, 3, np.int32)
     bad = good.copy()
