@@ -9,6 +9,8 @@ NumPy's, so keyword arguments work as users expect. Anything not listed here rai
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ..errors import DTypeError, ShapeError, UnsupportedError, at
@@ -163,6 +165,8 @@ def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=Non
     """``np.var`` as mean, subtract, square, sum and divide, exactly as NumPy computes it."""
     _unsupported_kwargs("np.var", {"out": out, "where": where, "mean": mean, "correction": correction})
     x = _traced(a)
+    if not isinstance(ddof, (int, float, np.integer, np.floating)):
+        raise UnsupportedError(f"np.var: ddof={ddof!r:.40} is not a number; operand {x.node.type}{at(user_location())}")
     if dtype is not None:
         x = x.astype(dtype)
     elif x.dtype.kind in "bi":
@@ -277,11 +281,19 @@ def _axis_list(axes) -> list:
 
 
 def _split_bounds(length: int, indices_or_sections, even: bool) -> list[int]:
-    if not isinstance(indices_or_sections, (int, np.integer)):
-        return [0] + [int(i) for i in indices_or_sections] + [length]
-    sections = int(indices_or_sections)
+    name = f"np.{'split' if even else 'array_split'}"
+    try:
+        sections = operator.index(indices_or_sections)
+        if sections > length + 2**20:  # NumPy would make that many empty arrays
+            raise ShapeError(f"{name}: {sections} sections of an axis of length {length} is too many")
+    except TypeError:
+        try:
+            return [0] + [operator.index(i) for i in indices_or_sections] + [length]
+        except TypeError:
+            raise ShapeError(f"{name}: {indices_or_sections!r:.40} is neither a number of sections nor a "
+                             "sequence of indices") from None
     if sections <= 0:
-        raise ShapeError(f"np.{'split' if even else 'array_split'}: number sections must be larger than 0")
+        raise ShapeError(f"{name}: number sections must be larger than 0")
     base, extra = divmod(length, sections)
     if even and extra:
         raise ShapeError(f"np.split: an axis of length {length} does not divide into {sections} "
@@ -348,28 +360,36 @@ def _dot(a, b, out=None):
     return a @ b
 
 
-def _filled_like(a, fill_value, dtype):
+def _filled_like(name: str, a, fill_value, dtype):
     x = _traced(a)
-    value = np.asarray(fill_value, dtype=to_dtype(dtype if dtype is not None else x.dtype))
+    try:
+        dtype = to_dtype(dtype if dtype is not None else x.dtype)
+    except DTypeError as exc:
+        raise DTypeError(f"{name}: {exc}; operand {x.node.type}{at(user_location())}") from None
+    try:
+        value = np.asarray(fill_value, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DTypeError(f"{name}: the fill value {fill_value!r:.40} is not a {dtype} ({exc}); operand "
+                         f"{x.node.type}{at(user_location())}") from None
     return x.tracer.apply("broadcast_to", [value], shape=x.shape)
 
 
 @implements(np.zeros_like, np.empty_like)
 def _zeros_like(a, dtype=None, order="K", subok=True, shape=None, **kwargs):
     _unsupported_kwargs("np.zeros_like", {"shape": shape})
-    return _filled_like(a, 0, dtype)
+    return _filled_like("np.zeros_like", a, 0, dtype)
 
 
 @implements(np.ones_like)
 def _ones_like(a, dtype=None, order="K", subok=True, shape=None, **kwargs):
     _unsupported_kwargs("np.ones_like", {"shape": shape})
-    return _filled_like(a, 1, dtype)
+    return _filled_like("np.ones_like", a, 1, dtype)
 
 
 @implements(np.full_like)
 def _full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None, **kwargs):
     _unsupported_kwargs("np.full_like", {"shape": shape})
-    return _filled_like(a, fill_value, dtype)
+    return _filled_like("np.full_like", a, fill_value, dtype)
 
 
 @implements(np.shape)
@@ -385,4 +405,4 @@ def _ndim(a):
 @implements(np.size)
 def _size(a, axis=None):
     x = _traced(a)
-    return x.size if axis is None else x.shape[axis]
+    return x.size if axis is None else x.shape[checked_axis("np.size", axis, x)]

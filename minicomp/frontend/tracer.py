@@ -377,16 +377,17 @@ class TracedArray:
         return self._apply(op, self, **attrs)
 
     def reshape(self, *shape, order="C"):
-        if order != "C":
-            raise UnsupportedError(f"reshape(order={order!r}) is not supported; only C order{at(user_location())}")
+        if not isinstance(order, str) or order != "C":
+            raise UnsupportedError(f"reshape(order={order!r:.40}) is not supported, only C order; operand "
+                                   f"{self.node.type}{at(user_location())}")
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
-            shape = shape[0]
-        return self._view("reshape", shape=tuple(shape))
+            shape = shape[0]  # x.reshape((3, 4)); the op checks that it is a sequence of ints
+        return self._view("reshape", shape=shape)
 
     def transpose(self, *axes):
         if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
             # x.transpose(()) is an (empty) permutation, not x.transpose(): only None reverses
-            return self._view("transpose", perm=None if axes[0] is None else tuple(axes[0]))
+            return self._view("transpose", perm=axes[0])
         return self._view("transpose", perm=tuple(axes) if axes else None)
 
     def swapaxes(self, axis1: int, axis2: int):

@@ -515,9 +515,11 @@ register(OpDef(
 def _transpose_normalize(types, attrs):
     ndim = types[0].ndim
     perm = attrs["perm"]
+    if perm is not None and not isinstance(perm, (tuple, list, np.ndarray)):
+        perm = (perm,)  # a lone axis: NumPy's error for it is ours
     perm = tuple(range(ndim))[::-1] if perm is None else tuple(normalize_axis(p, ndim) for p in perm)
     if sorted(perm) != list(range(ndim)):
-        raise ShapeError(f"axes {tuple(attrs['perm'])} are not a permutation of {ndim} dimensions")
+        raise ShapeError(f"axes {tuple(perm)} are not a permutation of {ndim} dimensions")
     return {"perm": perm}
 
 
@@ -537,11 +539,11 @@ def _reshape_normalize(types, attrs):
     if shape.count(-1) > 1 or any(d < -1 for d in shape):
         raise ShapeError(f"can only specify one unknown dimension (-1), got {shape}")
     if -1 in shape:
-        known = int(np.prod([d for d in shape if d != -1], dtype=np.int64))
+        known = math.prod(d for d in shape if d != -1)
         if known == 0 or size % known:
             raise ShapeError(f"cannot reshape array of size {size} into shape {shape}")
         shape = tuple(size // known if d == -1 else d for d in shape)
-    if int(np.prod(shape, dtype=np.int64)) != size:
+    if math.prod(shape) != size:
         raise ShapeError(f"cannot reshape array of size {size} into shape {shape}")
     return {"shape": shape}
 
@@ -589,7 +591,11 @@ def _expand_dims_normalize(types, attrs):
 
 
 def _count(axes) -> int:
-    return 1 if isinstance(axes, (int, np.integer)) else len(axes)
+    if isinstance(axes, (int, np.integer)):
+        return 1
+    if not isinstance(axes, (tuple, list)):
+        raise ShapeError(f"axis {axes!r:.40} is not an integer or a tuple of integers")
+    return len(axes)
 
 
 def _expand_dims_infer(types, attrs):

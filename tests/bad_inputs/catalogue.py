@@ -758,6 +758,23 @@ def _():
     check(lambda x: np.var(x, axis=3), X34, kind=ShapeError, op="np.var", shapes=["f32[3,4]"])
 
 
+WRONG_KIND_ARGUMENTS = {  # a parameter given a value of the wrong kind: ShapeError/DTypeError/...
+    "reshape_none": (lambda x: x.reshape(None), "reshape"),
+    "transpose_float": (lambda x: x.transpose(1.5), "transpose"),
+    "expand_dims_none": (lambda x: np.expand_dims(x, None), "expand_dims"),
+    "split_str": (lambda x: np.split(x, "a"), "np.split"),
+    "array_split_too_many": (lambda x: np.array_split(x, 10**19), "np.array_split"),
+    "size_axis_out_of_range": (lambda x: x * np.size(x, 5), "np.size"),
+    "full_like_str": (lambda x: np.full_like(x, "a"), "np.full_like"),
+    "var_ddof_none": (lambda x: np.var(x, ddof=None), "np.var"),
+    "ravel_order_array": (lambda x: x.ravel(order=np.array([1])), "reshape"),
+}
+for _name, (_fn, _op) in WRONG_KIND_ARGUMENTS.items():
+    def _wrong_kind_argument(fn=_fn, op=_op):
+        check(fn, X34, op=op, shapes=["f32[3,4]"])
+    case(f"shapes/wrong_kind_{_name}")(_wrong_kind_argument)
+
+
 @case("shapes/where_mismatch")
 def _():
     check(lambda x, y: np.where(x > 0, x, y), X34, rand(2), kind=ShapeError, op="where", shapes=["f32[2]"])
