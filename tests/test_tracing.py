@@ -588,6 +588,9 @@ def item_assignment(x):
     (lambda x: x[[0, 2]], ["advanced indexing", "[0, 2]"]),
     (lambda x: x[np.array([0, 2])], ["advanced indexing"]),
     (lambda x: x[0, [1, 2]], ["advanced indexing"]),
+    (lambda x: x[True], ["advanced indexing", "bool"]),  # NumPy: a new axis, not x[1]
+    (lambda x: x[np.True_, 0], ["advanced indexing", "bool"]),
+    (lambda x: x["a"], ["is a str, not an index", "f32[3,4]"]),
     (item_assignment, ["item assignment", "np.where"]),
     (lambda x: np.einsum("ij->i", x), ["np.einsum", "supported NumPy functions", "np.sum"]),
     (lambda x: np.fft.fft(x), ["np.fft.fft", "supported NumPy functions"]),

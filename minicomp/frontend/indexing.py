@@ -18,7 +18,7 @@ from .tracer import TracedArray, user_location
 
 def getitem(x: TracedArray, key) -> TracedArray:
     """``x[key]`` for a basic-indexing ``key``, recorded as slice/squeeze/expand_dims."""
-    items = _expand_ellipsis(key if isinstance(key, tuple) else (key,), x.ndim)
+    items = _expand_ellipsis(key if isinstance(key, tuple) else (key,), x)
     ranges, int_axes, new_axes = [], [], []
     axis, out_dim = 0, 0
     for item in items:
@@ -31,7 +31,7 @@ def getitem(x: TracedArray, key) -> TracedArray:
             ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
             axis, out_dim = axis + 1, out_dim + 1
         else:
-            ranges.append(_int_index(item, x.shape[axis], axis))
+            ranges.append(_int_index(item, x, axis))
             int_axes.append(axis)
             axis += 1
     result = x
@@ -47,19 +47,21 @@ def getitem(x: TracedArray, key) -> TracedArray:
     return result if result is not x else x.copy()
 
 
-def _expand_ellipsis(items: tuple, ndim: int) -> list:
+def _expand_ellipsis(items: tuple, x: TracedArray) -> list:
+    ndim = x.ndim
     for item in items:
-        if not (item is None or item is Ellipsis or isinstance(item, (slice, int, np.integer))):
+        if isinstance(item, (bool, np.bool_)) or not (
+                item is None or item is Ellipsis or isinstance(item, (slice, int, np.integer))):
             raise UnsupportedError(
-                f"index {item!r:.60} is advanced indexing (an array, list or mask){at(user_location())}; "
+                f"index {item!r:.60} {_why_not_basic(item)}; operand {x.node.type}{at(user_location())}; "
                 "only basic indexing (ints, slices, None, ...) can be traced"
             )
     if sum(item is Ellipsis for item in items) > 1:
-        raise ShapeError(f"an index can only have a single ellipsis ('...'){at(user_location())}")
+        raise ShapeError(f"an index can only have a single ellipsis ('...'); operand {x.node.type}{at(user_location())}")
     used = sum(1 for item in items if item is not None and item is not Ellipsis)
     if used > ndim:
         raise ShapeError(f"too many indices for array: array is {ndim}-dimensional, but {used} "
-                         f"were indexed{at(user_location())}")
+                         f"were indexed; operand {x.node.type}{at(user_location())}")
     expanded = []
     for item in items:
         expanded += [slice(None)] * (ndim - used) if item is Ellipsis else [item]
@@ -68,9 +70,16 @@ def _expand_ellipsis(items: tuple, ndim: int) -> list:
     return expanded
 
 
-def _int_index(index, size: int, axis: int) -> tuple[int, int, int]:
-    index = int(index)
+def _why_not_basic(item) -> str:
+    if isinstance(item, (bool, np.bool_, list, np.ndarray, TracedArray)):
+        return "is advanced indexing (an array, list, mask or bool)"
+    return f"is a {type(item).__name__}, not an index"
+
+
+def _int_index(index, x: TracedArray, axis: int) -> tuple[int, int, int]:
+    index, size = int(index), x.shape[axis]
     if not -size <= index < size:
-        raise ShapeError(f"index {index} is out of bounds for axis {axis} with size {size}{at(user_location())}")
+        raise ShapeError(f"index {index} is out of bounds for axis {axis} with size {size}; operand "
+                         f"{x.node.type}{at(user_location())}")
     index %= size
     return (index, index + 1, 1)

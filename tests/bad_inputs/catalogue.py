@@ -1088,6 +1088,16 @@ def _():
     check(lambda x: x[[0, 2]], X34, kind=UnsupportedError, words=["advanced indexing"])
 
 
+@case("tracing/bool_scalar_index")
+def _():
+    check(lambda x: x[True], X34, kind=UnsupportedError, words=["advanced indexing"], shapes=["f32[3,4]"])
+
+
+@case("tracing/str_index")
+def _():
+    check(lambda x: x["a"], X34, kind=UnsupportedError, words=["not an index"], shapes=["f32[3,4]"])
+
+
 @case("tracing/item_assignment")
 def _():
     def fn(x):
