@@ -28,24 +28,28 @@ Workarounds (``WORKAROUNDS``) are added where they apply. Each has a standalone 
 right with minicomp's flags and, on the compiler known to be affected, wrong without the flag:
 
 * ``--param=max-completely-peel-times=1`` with GCC (reproducer ``slp_masked_load.c``).
-  GCC 12.2's loop vectoriser miscompiles a conditional load (an if-converted ``.MASK_LOAD``)
-  that belongs to an SLP group needing more than one vector per group: every vector of the
-  group is loaded under the mask of the *first* one (``vectorizable_load`` reuses that mask),
-  so lanes read 0 (AVX2 ``vpmaskmov``, AVX-512 zero-masking) or keep stale values. minicomp's
-  code makes such groups in one way: GCC fully unrolls a short inner loop (a few columns of a
-  concatenate or a ``where``) and then vectorises the loop around it. Found by the
-  random-graph tests three times in three disguises: ``out[i] = i < 3 ? x[i] : x[i - 3]``
-  (concatenate of 2 parts), ``x0 == x1 ? x0 : x2`` over [6, 3], and the concatenate of 3 parts
-  of 2 columns of issue 10 (55 of 540 cases, every dtype with AVX-512). GCC has no flag that
-  turns off masked loads in SLP groups alone (``-fno-tree-loop-if-convert`` does, with every
-  select in a loop: softmax's row maxima, matmul's packing and attention's masks would stay
-  scalar), so this flag removes what makes
-  the groups: GCC no longer fully unrolls a loop of 2 or more iterations by itself
-  (``#pragma GCC unroll``, as in the matmul micro-kernel, still unrolls). The earlier flags
-  only moved the bug: ``-fno-tree-vrp`` hid the 2-part concatenate and exposed the 3-part
-  one; ``max-completely-peel-times=2`` hid groups of 3 and 6 but not of 2. A static check
-  (``tests/test_compiler_flags.py``) asks GCC's vectoriser dump for AVX2 and AVX-512 targets
-  that no SLP group holds a masked load. No GCC bug report matching it was found.
+
+  The bug: GCC 12.2's loop vectoriser loads an SLP group of masked loads (the if-converted
+  reads of a select, ``.MASK_LOAD``) under one mask. When the group needs more than one vector
+  per iteration, every vector gets the mask of the first one (``vectorizable_load``), so the
+  lanes of the others that the select wanted read 0. minicomp's code makes such a group in
+  one way: GCC fully unrolls a short inner loop (the few columns of a concatenate or a
+  ``where``) and vectorises the loop around it.
+
+  Found by the random-graph tests in three disguises: ``out[i] = i < 3 ? x[i] : x[i - 3]``
+  (a concatenate of 2 parts), ``x0 == x1 ? x0 : x2`` over [6, 3], and issue 10's
+  concatenate of 3 parts of 2 columns (55 of 540 cases on an AVX-512 machine, every dtype;
+  the 32- and 64-bit ones with AVX2, which has no masked 8- or 16-bit loads). minicomp's
+  earlier flags moved it: ``-fno-tree-vrp`` fixed the first and caused the third,
+  ``max-completely-peel-times=2`` hid groups of 3 and 6 but not of 2.
+
+  The fix: no GCC flag turns off masked loads in SLP groups alone; ``-fno-tree-loop-if-convert``
+  turns off every masked load and every select in a loop with them (softmax's row maxima,
+  matmul's packing and attention's masks would stay scalar). This flag removes what makes the
+  groups: GCC no longer fully unrolls a loop of 2 or more iterations on its own
+  (``#pragma GCC unroll``, as in the matmul micro-kernel, still does). Value-range propagation
+  is on again. ``tests/test_compiler_flags.py`` reads GCC's vectoriser dump for AVX2 and
+  AVX-512 targets: no SLP group holds a masked load. No matching GCC bug report was found.
 * ``-mno-avx512fp16`` where the target has AVX512-FP16 (reproducer
   ``avx512fp16_masked_vmovsh.c``): GCC 12 emits zero-masked register ``vmovsh`` for a float16
   select, which binutils 2.40 refuses to assemble ("unsupported masking"). minicomp computes
