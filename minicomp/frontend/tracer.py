@@ -15,7 +15,9 @@ node of the graph instead of being computed:
 NumPy arrays the function closes over become constants; Python scalars become constants typed
 the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
 ``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
-writes into views, functions minicomp does not know) raises ``UnsupportedError`` saying so.
+writes into views, functions, methods and operators minicomp does not know, ``np.matrix`` and
+other ndarray subclasses) raises ``UnsupportedError`` saying so; random numbers drawn while
+tracing become constants and give a ``MinicompWarning`` (``frozen.py``).
 """
 
 from __future__ import annotations
@@ -244,7 +246,7 @@ class TracedArray:
 
     def __getattr__(self, name: str):
         """Only reached for a name the proxy lacks: an ndarray attribute not traced yet is refused."""
-        if name.startswith("_"):  # Python's and NumPy's protocol lookups
+        if name.startswith("_") or name in ("tracer", "node"):  # protocol lookups; a half-made proxy
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         if name not in _NDARRAY_ATTRIBUTES:
             raise UnsupportedAttributeError(f"x.{name}: NumPy arrays have no attribute {name!r} (used on "
