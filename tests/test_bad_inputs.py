@@ -120,7 +120,7 @@ def test_bad_input(runner, name):
     assert verdict["ok"], verdict["detail"]
 
 
-def test_a_crashing_case_fails_alone(runner, monkeypatch):
+def test_a_crashing_case_fails_alone(runner):
     """The harness itself: a worker killed mid-case fails that case; the next case runs in a new one."""
     worker = Worker()
     try:
