@@ -280,8 +280,10 @@ print(max_kernel_c)
 #  * `const float *restrict b_x`: inputs are read-only, and `restrict` promises the compiler
 #    that no two pointers overlap, so it may keep values in registers and vectorise;
 #  * `int64_t` loop variables and indices: 32-bit `int` overflows beyond 2^31 elements;
-#  * `#pragma omp parallel for schedule(static)`: compiled with -fopenmp, the rows are split
-#    into one contiguous block per core, run by a pool of threads (OpenMP's runtime, libgomp);
+#  * `#pragma omp parallel for schedule(dynamic, mc_chunk(...))`: compiled with -fopenmp, the
+#    rows are run by a pool of threads (OpenMP's runtime, libgomp), each taking a chunk of
+#    rows at a time (about an eighth of its share: a thread slowed by a busy core takes fewer);
+#    `if(!mc_serial)`: a process forked after the threads started runs it on one thread;
 #  * `mc_maximum_f32` (the loop IR's mc_maximum, one helper per C type), not C's
 #    `a > b ? a : b` nor fmaxf: NumPy's np.maximum and .max() propagate NaN, and so does the
 #    helper, defined in the prelude at the top of the file:

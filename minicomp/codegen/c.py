@@ -7,7 +7,7 @@ kernels in order on the buffers it is given::
     /* %add = add  at model.py:12 */
     static __attribute__((noinline)) void k_add(const float *restrict b_x, const float *restrict b_b,
                                                 float *restrict b_add, bool mc_serial) {
-      #pragma omp parallel for schedule(static) if(!mc_serial)
+      #pragma omp parallel for schedule(dynamic, mc_chunk(4096)) if(!mc_serial)
       for (int64_t i0 = 0; i0 < 4096; ++i0) {
         for (int64_t i1 = 0; i1 < 1024; ++i1) {
           b_add[i0 * 1024 + i1] = b_x[i0 * 1024 + i1] + b_b[i1];
@@ -146,9 +146,25 @@ PRELUDE = """\
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define MC_ERR_NEGATIVE_POWER 1
 /* a kernel hit a NumPy error case: record it in its call's status (any thread may) */
 static inline void mc_fail(int *status, int code) { __atomic_store_n(status, code, __ATOMIC_RELAXED); }
+
+/* Iterations a thread takes at a time from a parallel loop of n: about an eighth of its share,
+   so a thread whose core is busy with another process takes fewer chunks, instead of making
+   the others wait for its fixed half at the loop's end. */
+static inline int64_t mc_chunk(int64_t n) {
+#ifdef _OPENMP
+  int64_t chunk = n / (8 * (int64_t)omp_get_max_threads());
+#else
+  int64_t chunk = n;
+#endif
+  return chunk > 0 ? chunk : 1;
+}
 """
 
 #: mc_status codes -> the error NumPy raises in the same case
@@ -383,12 +399,14 @@ class CRenderer:
         pad = self.indent * depth
         lines = []
         if loop.kind == "parallel":
-            collapse = ""
+            collapse, iterations = "", loop.extent
             if loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
-                collapse = " collapse(2)"
-            # if: a forked child runs the loop on its one thread (see the module docstring)
+                collapse, iterations = " collapse(2)", loop.extent * loop.body.extent
+            # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
+            # holds nobody up; if: a forked child runs the loop on its one thread
             self.uses.add("mc_serial")
-            lines.append(f"{pad}#pragma omp parallel for schedule(static){collapse} if(!mc_serial)")
+            lines.append(f"{pad}#pragma omp parallel for schedule(dynamic, mc_chunk({iterations}))"
+                         f"{collapse} if(!mc_serial)")
         elif loop.kind == "vectorized":
             lines.append(f"{pad}#pragma omp simd")
         elif loop.kind == "unrolled":
