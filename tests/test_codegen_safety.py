@@ -249,51 +249,76 @@ def test_error_status_belongs_to_each_call_under_threads():
 # ----------------------------------------------------------------------------------------------
 
 FORK_SCRIPT = textwrap.dedent("""
-    import multiprocessing, os
+    import ctypes, multiprocessing, os, subprocess, sys, threading
     import numpy as np
     import minicomp
-    from minicomp.runtime import executable
+    from minicomp.runtime import fork
 
-    f = minicomp.jit(lambda x: np.exp(x) * 2.0 - x)
+    def forked(child):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if child() else 1)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
     x = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
     expected = np.exp(x) * 2.0 - x
-    assert "omp parallel" in f.inspect(x).source
 
     def right(result):
         return np.allclose(result, expected, rtol=1e-5, atol=1e-6)
 
-    def child(expect_serial):
+    # before any OpenMP runtime is loaded, a child may use threads
+    assert forked(lambda: not fork.run_serially()) == 0
+
+    # another library's OpenMP threads (not minicomp's) exist in the parent
+    other = os.path.join(sys.argv[1], "other_omp.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-fopenmp", "-o", other, "-x", "c", "-"], check=True, text=True,
+                   input="double spin(int n) {\\n  double s = 0;\\n#pragma omp parallel for reduction(+:s)\\n"
+                         "  for (int i = 0; i < n; i++) s += i;\\n  return s;\\n}\\n")
+    ctypes.CDLL(other).spin(1 << 20)
+
+    f = minicomp.jit(lambda x: np.exp(x) * 2.0 - x)
+    assert "omp parallel" in f.inspect(x).source
+
+    def child():
         g = minicomp.jit(lambda x: np.tanh(x) + x.sum(axis=0))  # compiled in the child
-        ok = executable.run_serially() == expect_serial and right(f(x))
-        ok = ok and np.allclose(g(x), np.tanh(x) + x.sum(axis=0), rtol=1e-5, atol=1e-4)
-        os._exit(0 if ok else 1)
+        return fork.run_serially() and right(f(x)) and np.allclose(g(x), np.tanh(x) + x.sum(axis=0),
+                                                                   rtol=1e-5, atol=1e-4)
 
-    def forked(expect_serial):
-        pid = os.fork()
-        if pid == 0:
-            child(expect_serial)
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-    assert forked(expect_serial=False) == 0   # before any kernel ran: OpenMP is still usable
-    assert right(f(x)) and not executable.run_serially()   # the parent's OpenMP threads start
-    assert forked(expect_serial=True) == 0
+    assert forked(child) == 0                     # before minicomp ran a kernel
+    assert right(f(x)) and not fork.run_serially()  # the parent's OpenMP threads start
+    assert forked(child) == 0
 
     def work(_):
-        return bool(right(f(x))) and executable.run_serially()
+        return bool(right(f(x))) and fork.run_serially()
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
         assert pool.map_async(work, range(4)).get(timeout=60) == [True] * 4
+
+    # a fork while another thread is compiling (holding f's lock): the child compiles anyway
+    inside, release = threading.Event(), threading.Event()
+    def hold():
+        with f._lock:
+            inside.set()
+            release.wait()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait()
+    assert forked(lambda: np.allclose(f(x[:7]), np.exp(x[:7]) * 2.0 - x[:7], rtol=1e-5, atol=1e-6)) == 0
+    release.set()
+    holder.join()
     assert right(f(x))
     print("forks finished")
 """)
 
 
 def test_forked_children_run_kernels_and_finish(tmp_path):
-    """Old code: the child's first parallel loop waited forever for the parent's OpenMP threads."""
+    """Old code: the child's first parallel loop waited forever for the parent's OpenMP threads
+    (minicomp's, or another library's), and a child forked while another thread compiled
+    waited forever for that thread's lock."""
     script = tmp_path / "fork_children.py"
     script.write_text(FORK_SCRIPT)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="4")  # a thread pool on any machine
-    process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=120)

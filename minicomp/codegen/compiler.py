@@ -29,12 +29,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 from ..errors import CompileError
 from ..runtime import cache
+from ..runtime.fork import ForkSafeLock
 # the flag policy lives in flags.py; its names are imported here too, where callers found them
 from .flags import DEFAULT_OPT_FLAGS, GCC_WORKAROUNDS, REQUIRED_FLAGS, SANITIZE_FLAGS, workarounds  # noqa: F401
 ENTRY_DECLARATION = "int minicomp_entry(void **args);"
@@ -246,7 +246,7 @@ def predefined_macros(flags: list[str] | None = None) -> set[str]:
     return {line.split()[1] for line in result.stdout.splitlines() if line.startswith("#define ")}
 
 
-_ffi_lock = threading.Lock()
+_ffi_lock = ForkSafeLock()
 _ffi = None
 _loads = itertools.count()
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
 from ..ir.graph import Graph
+from ..runtime.fork import ForkSafeLock
 from .tracer import trace_with_structure
 
 #: target name -> function ``(graph, **options) -> callable(*arrays) -> list of arrays``
@@ -82,7 +82,7 @@ class JitFunction:
         self.options = options
         self.signature = _signature(fn)
         self._compiled: dict[Any, Compiled] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
 
     def __call__(self, *args, **kwargs):
         args = self._positional(args, kwargs)

@@ -44,7 +44,6 @@ import math
 import os
 import re
 import stat
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import CacheError, MinicompWarning
+from .fork import ForkSafeLock
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds; a build of the largest workload takes a few
 LOCK_NOTICE_AFTER = 3.0  # seconds of waiting before saying who holds the lock
@@ -65,8 +65,8 @@ _OWN_FILE = re.compile(
 
 _trusted: dict[str, tuple] = {}  # directory -> (st_dev, st_ino, st_uid, st_mode) it had when checked
 _swept: set[str] = set()  # directories whose stale temporaries this process has swept
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
+_thread_locks: dict[str, ForkSafeLock] = {}
+_thread_locks_guard = ForkSafeLock()
 
 
 class NotOurs(OSError):
@@ -315,7 +315,7 @@ def building(key: str, description: str = ""):
     ``MINICOMP_LOCK_TIMEOUT`` seconds; then they build without it, with a warning.
     """
     with _thread_locks_guard:
-        thread_lock = _thread_locks.setdefault(key, threading.Lock())
+        thread_lock = _thread_locks.setdefault(key, ForkSafeLock())
     with thread_lock:
         path = cache_dir() / f"{key}.lock"
         fd = _open_lock_file(path)

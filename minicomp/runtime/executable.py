@@ -11,16 +11,12 @@ An ``Executable`` owns the loaded library, the constants it reads and the buffer
 4. raises the NumPy error a kernel hit (the call's own status, see ``codegen/c.py``), or
    returns the outputs. Inputs are never written: kernels receive them as ``const``.
 
-Fork safety: GNU OpenMP (libgomp) is not fork-safe. Once a parallel loop has run, its worker
-threads exist in the parent only, and a forked child (``os.fork``, a ``multiprocessing`` fork
-pool) that starts a parallel loop waits for them forever. So a child forked from a process in
-which a kernel has run calls every kernel with ``mc_serial`` set (``os.register_at_fork``): its
-loops run on the calling thread, with the same results.
+A process forked from one where OpenMP's threads may exist runs every loop on the calling
+thread (``runtime/fork.py``): the entry point's last argument says so.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -30,23 +26,7 @@ from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.interpreter import check_arguments
 from ..passes.lower import ALIGNMENT, Program, lower
-
-
-_openmp_started = False  # a kernel has run in this process with its threads allowed
-_serial = False          # this process was forked after that: run every loop on the calling thread
-
-
-def _after_fork_in_child() -> None:
-    global _serial
-    _serial = _serial or _openmp_started
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def run_serially() -> bool:
-    """Whether kernels run on the calling thread only: in a child forked after a kernel ran."""
-    return _serial
+from .fork import openmp_used, run_serially
 
 
 def prepare_argument(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -85,10 +65,9 @@ class Executable:
 
     def _serial_flag(self):
         """The entry point's last argument: NULL, or non-NULL to run every loop on this thread."""
-        global _openmp_started
-        if _serial:
+        if run_serially():
             return self._ffi.cast("void *", 1)
-        _openmp_started = True  # before the call: a fork during it must see it
+        openmp_used()  # before the call: a fork during it must see it
         return self._ffi.NULL
 
     def __call__(self, *args) -> list[np.ndarray]:
