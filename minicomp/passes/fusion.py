@@ -286,7 +286,10 @@ def match_attention(pv: Node, outputs: set) -> set | None:
     chain = _score_chain(scores, {d, peak}, outputs)
     if chain is None:
         return None
-    return set(inner) | set(chain) | {pv}
+    match = set(inner) | set(chain) | {pv}
+    if any(u not in match for n in inner for u, _ in n.users):
+        return None  # a softmax part another op reads too: it must stay a value of its own
+    return match
 
 
 def _score_chain(scores: Node, users: set, outputs: set) -> list[Node] | None:
