@@ -13,6 +13,7 @@
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
+    minicomp fuzz --graphs N --seed S [--minutes M]        random graphs compiled vs the interpreter
     minicomp --version                                     the version and which copy runs
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
@@ -233,6 +234,20 @@ def cmd_demo(args) -> None:
     run_demo(args.size)
 
 
+def cmd_fuzz(args) -> int:
+    try:
+        from .testing.fuzz import FuzzOptions, fuzz_command
+    except ImportError as exc:  # hypothesis is a development extra
+        raise MinicompError(f"minicomp fuzz needs hypothesis ({exc}): pip install 'minicomp[dev]'") from None
+    if args.graphs is not None and args.graphs < 1 or args.minutes is not None and args.minutes <= 0:
+        raise MinicompError("--graphs must be at least 1 and --minutes more than 0")
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    options = FuzzOptions(seed=seed, graphs=args.graphs, minutes=args.minutes, target=args.target,
+                          out=args.out, max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds,
+                          timeout=args.timeout)
+    return fuzz_command(options, jobs=args.jobs)
+
+
 def version_text() -> str:
     """``minicomp 0.1.0 from /path/to/minicomp (Python 3.11.7, NumPy 2.4.6)``.
 
@@ -324,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     cache_cmd = sub.add_parser("cache", help="show the compile cache, or remove minicomp's files from it")
     cache_cmd.add_argument("action", choices=["info", "clear"])
     cache_cmd.set_defaults(run=cmd_cache)
+
+    fuzz = sub.add_parser("fuzz", help="compile random graphs, compare with the interpreter, shrink failures")
+    fuzz.add_argument("--graphs", type=int, help="how many graphs (default: 1000, or unlimited with --minutes)")
+    fuzz.add_argument("--seed", type=int, help="graph g of a seed is always the same (default: a fresh one, printed)")
+    fuzz.add_argument("--minutes", type=float, help="stop starting new graphs after this long")
+    fuzz.add_argument("--target", default="c", help="the target compiled for (default: c)")
+    fuzz.add_argument("--jobs", type=int, help="worker processes (default: one per CPU; 0: this process)")
+    fuzz.add_argument("--out", default="fuzz-reproducers", metavar="DIR",
+                      help="where reproducers are written (default: ./fuzz-reproducers)")
+    fuzz.add_argument("--max-nodes", type=int, default=12, help="generation steps per graph (default: 12)")
+    fuzz.add_argument("--shrink-seconds", type=float, default=60.0,
+                      help="time to shrink each failure (default: 60; 0: no shrinking)")
+    fuzz.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds a case may take before it counts as a hang (default: 60)")
+    fuzz.set_defaults(run=cmd_fuzz)
 
     demo = sub.add_parser("demo", help="trace and compile the workloads, check them against NumPy")
     demo.add_argument("--size", default="cpu", choices=["tiny", "cpu"],
