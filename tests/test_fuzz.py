@@ -58,7 +58,8 @@ def test_at_least_3000_graphs_per_ci_run():
 @pytest.mark.parametrize("run", range(RUNS))
 def test_random_graphs_compile_to_what_the_interpreter_computes(run, tmp_path):
     seed = BASE_SEED * RUNS + run
-    report = run_fuzz(FuzzOptions(seed=seed, graphs=GRAPHS, out=str(tmp_path), shrink_seconds=60))
+    report = run_fuzz(FuzzOptions(seed=seed, graphs=GRAPHS, out=str(tmp_path), shrink_seconds=60,
+                                  max_shrunk=2))
     again = f"minicomp fuzz --seed {seed} --graphs {GRAPHS} --jobs 0   (MINICOMP_FUZZ_SEED={BASE_SEED})"
     assert not report.failures, f"{again}\n{report.summary()}"
     assert report.graphs >= 0.95 * GRAPHS, report.summary()
