@@ -6,7 +6,7 @@ on a 2-core machine with one core busy that can cost several times the idle time
 benchmark measures it: one child process spins on the last core (``BusyCore``), and each
 implementation (NumPy, minicomp, the peers) is timed in interleaved blocks, alternately with the
 spinner stopped (``SIGSTOP``: idle) and running (``SIGCONT``: loaded), so that both states see
-the same machine. It prints, per workload and implementation, the median and the 90th
+the same machine; each implementation is warmed up in each state before it is timed. It prints, per workload and implementation, the median and the 90th
 percentile of each state and their ratios loaded / idle::
 
     workload       impl            idle ms   p90 ms   loaded ms   p90 ms   median x   p90 x
@@ -92,10 +92,16 @@ class LoadResult:
                 self.p90("loaded", name) / self.p90("idle", name))
 
 
+WARM_CALLS, WARM_SECONDS = 20, 0.5  # untimed calls in each new state before timing: the steady state
+
+
 def measure_under_load(implementations: dict[str, Callable], busy: BusyCore, min_blocks: int) -> dict:
     """Samples (ms) per state and implementation: ``min_blocks`` rounds, each timing every
-    implementation in a block (settle, one untimed call, ``CALLS_PER_BLOCK`` timed calls) once
-    idle and once loaded, the order of implementations rotating from round to round."""
+    implementation in a block once idle and once loaded, the order of implementations rotating
+    from round to round. A block is: settle, untimed calls for at least ``WARM_CALLS`` calls
+    and ``WARM_SECONDS`` (what is measured is the steady state under each condition: minicomp
+    notices a change of load within 16 calls, ``runtime/threads.py``), ``CALLS_PER_BLOCK``
+    timed calls."""
     samples = {state: {name: [] for name in implementations} for state in STATES}
     names = list(implementations)
     for block in range(min_blocks):
@@ -103,10 +109,18 @@ def measure_under_load(implementations: dict[str, Callable], busy: BusyCore, min
             busy.on() if state == "loaded" else busy.off()
             for name in names[block % len(names):] + names[:block % len(names)]:
                 time.sleep(SETTLE_S)
-                implementations[name]()
+                _warm(implementations[name])
                 samples[state][name] += [_time_once(implementations[name]) for _ in range(CALLS_PER_BLOCK)]
     busy.off()
     return samples
+
+
+def _warm(fn: Callable) -> None:
+    """Call ``fn`` untimed for at least ``WARM_CALLS`` calls and ``WARM_SECONDS``."""
+    start, calls = time.perf_counter(), 0
+    while calls < WARM_CALLS or time.perf_counter() - start < WARM_SECONDS:
+        fn()
+        calls += 1
 
 
 def bench_under_load(workload: Workload, size: str, target: str, busy: BusyCore, min_blocks: int,

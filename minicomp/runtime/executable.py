@@ -11,13 +11,16 @@ An ``Executable`` owns the loaded library, the constants it reads and the buffer
 4. raises the NumPy error a kernel hit (the call's own status, see ``codegen/c.py``), or
    returns the outputs. Inputs are never written: kernels receive them as ``const``.
 
-A process forked from one where OpenMP's threads may exist runs every loop on the calling
-thread (``runtime/fork.py``): the entry point's last argument says so.
+The entry point's last argument says whether the call's loops run on all cores or on the
+calling thread: one thread in a process forked from one where OpenMP's threads may exist
+(``runtime/fork.py``), and while the machine is so busy that one thread is faster
+(``runtime/threads.py``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -26,7 +29,10 @@ from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.interpreter import check_arguments
 from ..passes.lower import ALIGNMENT, Program, lower
+from ..ir.loops import For
+from ..ir.rewrite import statements
 from .fork import openmp_used, run_serially
+from .threads import ThreadChoice
 
 
 def prepare_argument(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -55,6 +61,9 @@ class Executable:
         self._constants = [prepare_argument(value, value.dtype) for _, value in program.constants]
         self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
         self._per_thread = threading.local()
+        has_threads = any(isinstance(s, For) and s.kind == "parallel"
+                          for k in program.kernels for s in statements(k.body))
+        self._threads = ThreadChoice() if has_threads else None  # all cores or one, call by call
 
     def _workspace(self) -> np.ndarray:
         """This thread's workspace (concurrent calls from two threads never share one)."""
@@ -63,12 +72,14 @@ class Executable:
             workspace = self._per_thread.workspace = aligned_empty(self.program.workspace_bytes)
         return workspace
 
-    def _serial_flag(self):
-        """The entry point's last argument: NULL, or non-NULL to run every loop on this thread."""
-        if run_serially():
-            return self._ffi.cast("void *", 1)
-        openmp_used()  # before the call: a fork during it must see it
-        return self._ffi.NULL
+    def _parallel_next(self) -> bool:
+        """Whether this call runs its loops on all threads (``runtime/threads.py``, ``fork.py``)."""
+        if not self._threads or run_serially():
+            return False
+        parallel = self._threads.next_call()
+        if parallel:
+            openmp_used()  # before the call: a fork during it must see it
+        return parallel
 
     def __call__(self, *args) -> list[np.ndarray]:
         graph = self.program.graph
@@ -78,8 +89,12 @@ class Executable:
         workspace = self._workspace()
         pointers = [self._ffi.cast("void *", a.ctypes.data)
                     for a in arrays + self._constants + outputs + [workspace]]
-        pointers.append(self._serial_flag())
+        parallel = self._parallel_next()
+        pointers.append(self._ffi.NULL if parallel else self._ffi.cast("void *", 1))  # mc_serial
+        start = time.perf_counter()
         status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))
+        if self._threads:
+            self._threads.record(parallel, time.perf_counter() - start)
         if status:
             raise MinicompRuntimeError(f"{graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
         results, seen = [], set()

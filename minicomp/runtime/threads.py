@@ -1,0 +1,71 @@
+"""How many threads a call uses: all cores while they are free, one while the machine is busy.
+
+A parallel loop ends at a barrier that waits for every thread of its team. When another
+program keeps a core busy, the thread that shares that core runs in the other program's time
+slices, and each loop waits for it: on a 2-core machine with one core busy, softmax [4096,
+1024] went from 2.6 ms to 15.7 ms (``minicomp bench --under-load``), more than on one thread.
+
+The usual cures did not hold up when measured on the 2-core development VM:
+
+* a *passive* wait policy (``OMP_WAIT_POLICY=passive``: threads sleep between loops) makes
+  the kernel scheduler favour minicomp's threads under load, but every sleep and wake-up costs
+  about 50 us there: six loops of 256K elements took 795 us instead of 460 us, slower than one
+  thread (667 us); conv_bn_relu went from 1.9 to 3.4 ms on an idle machine;
+* a short spin (``GOMP_SPINCOUNT=1000``) costs about 70 us per loop after a pause;
+* dynamic scheduling (``mc_chunk``) balances the work but not the barrier's wait.
+
+So each executable chooses per call, from its own timings (``ThreadChoice``): it runs its
+loops on all cores (OpenMP's default: fast spinning threads) unless its recent calls on one
+thread were faster, which happens only while the machine is busy. Every ``PROBE_EVERY``-th
+call runs the other way, so the choice follows the load as it comes and goes: it switches to
+one thread after three slow calls, and back after one fast probe. On an idle
+machine that costs one call in ``PROBE_EVERY`` on one thread: medians and 90th percentiles
+are untouched.
+"""
+
+from __future__ import annotations
+
+PROBE_EVERY = 16   # one call in this many runs the other way, to notice when the load changes
+WINDOW = 5         # recent timings kept per way (their median is the estimate)
+
+
+class ThreadChoice:
+    """Per-executable choice of all threads (``parallel``) or one, by recent call times.
+
+    >>> choice = ThreadChoice()
+    >>> parallel = choice.next_call()      # True or False
+    >>> choice.record(parallel, seconds)   # after the call
+    """
+
+    def __init__(self):
+        self.recent: dict[bool, list[float]] = {True: [], False: []}
+        self.estimate: dict[bool, float | None] = {True: None, False: None}  # median of recent
+        self.calls = 0
+
+    def best(self) -> bool:
+        """The way with the lower estimate; parallel until one thread has been timed."""
+        serial, parallel = self.estimate[False], self.estimate[True]
+        return serial is None or parallel is None or parallel <= serial
+
+    def next_call(self) -> bool:
+        """Whether the next call should use all threads."""
+        self.calls += 1
+        best = self.best()
+        return not best if self.is_probe() else best
+
+    def is_probe(self) -> bool:
+        """Whether the current call is one that runs the other way."""
+        return self.calls % PROBE_EVERY == 0
+
+    def record(self, parallel: bool, seconds: float) -> None:
+        """Remember how long the current call took the way it ran.
+
+        A probe's time replaces what was known of its way (older times describe another load),
+        so one probe is enough to switch back; three slow calls in a row switch away again.
+        """
+        times = self.recent[parallel]
+        if self.is_probe():
+            times.clear()
+        times.append(seconds)
+        del times[:-WINDOW]
+        self.estimate[parallel] = sorted(times)[len(times) // 2]

@@ -1,0 +1,55 @@
+"""Threads per call (``runtime/threads.py``): all cores while they are free, one while the
+machine is so busy that one thread is faster; the same results either way."""
+
+import numpy as np
+
+import minicomp
+from minicomp.runtime.threads import PROBE_EVERY, ThreadChoice
+from minicomp.testing import assert_close
+
+
+def run(choice: ThreadChoice, calls: int, parallel_s: float, serial_s: float) -> list[bool]:
+    """Drive ``choice`` with calls that take ``parallel_s`` on all threads and ``serial_s`` on one."""
+    ways = []
+    for _ in range(calls):
+        parallel = choice.next_call()
+        choice.record(parallel, parallel_s if parallel else serial_s)
+        ways.append(parallel)
+    return ways
+
+
+def test_idle_machine_runs_parallel_but_for_one_probe_in_sixteen():
+    choice = ThreadChoice()
+    ways = run(choice, 10 * PROBE_EVERY, parallel_s=1.0, serial_s=1.9)
+    assert ways.count(False) == 10  # the probes: one call in PROBE_EVERY
+    assert all(ways[i] for i in range(len(ways)) if (i + 1) % PROBE_EVERY)
+
+
+def test_busy_machine_switches_to_one_thread_and_back():
+    choice = ThreadChoice()
+    run(choice, 3 * PROBE_EVERY, parallel_s=1.0, serial_s=1.9)             # idle
+    busy = run(choice, 6 * PROBE_EVERY, parallel_s=6.0, serial_s=1.9)       # a core is taken
+    assert busy[:3] == [True] * 3 and not any(busy[3:PROBE_EVERY - 1])       # one thread after 3 calls
+    assert busy[PROBE_EVERY:].count(True) == 5                               # ... but for the probes
+    idle_again = run(choice, 2 * PROBE_EVERY, parallel_s=1.0, serial_s=1.9)
+    back = idle_again.index(True)
+    assert back < PROBE_EVERY and all(idle_again[back:PROBE_EVERY * 2 - 1])   # back after one probe
+
+
+def test_either_way_gives_the_same_results():
+    """A kernel with parallel loops, called often enough that both ways run: equal results,
+    and the executable timed both."""
+    x = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    f = minicomp.jit(lambda x: np.tanh(x) * 2 + x.sum(axis=0))
+    executable = f.compiled_for(x).run
+    assert executable._threads is not None
+    first = f(x)
+    for _ in range(2 * PROBE_EVERY):
+        np.testing.assert_array_equal(f(x), first)
+    assert executable._threads.estimate[True] is not None and executable._threads.estimate[False] is not None
+    assert_close(first, np.tanh(x) * 2 + x.sum(axis=0))
+
+
+def test_a_program_without_parallel_loops_is_not_timed():
+    x = np.ones((3, 4), np.float32)
+    assert minicomp.jit(lambda x: x + 1).compiled_for(x).run._threads is None
