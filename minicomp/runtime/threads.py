@@ -16,16 +16,18 @@ The usual cures did not hold up when measured on the 2-core development VM:
 
 So each executable chooses per call, from its own timings (``ThreadChoice``): it runs its
 loops on all cores (OpenMP's default: fast spinning threads) unless its recent calls on one
-thread were faster, which happens only while the machine is busy. Every ``PROBE_EVERY``-th
-call runs the other way, so the choice follows the load as it comes and goes: it switches to
-one thread after three slow calls, and back after one fast probe. On an idle
-machine that costs one call in ``PROBE_EVERY`` on one thread: medians and 90th percentiles
-are untouched.
+thread were faster, which happens only while the machine is busy. Now and then a call runs
+the other way (a *probe*: after ``PROBE_EVERY`` calls, then, while probes keep confirming the
+choice, half as often, down to one call in ``PROBE_EVERY_MAX``), so the choice follows the
+load as it comes and goes: it switches to one thread after three slow calls, and back after
+one fast probe. On an idle
+machine that costs one call in 64 on one thread: medians and 90th percentiles are untouched.
 """
 
 from __future__ import annotations
 
-PROBE_EVERY = 16   # one call in this many runs the other way, to notice when the load changes
+PROBE_EVERY = 16   # calls between runs the other way (at first, and after the choice changed)
+PROBE_EVERY_MAX = 64  # ... up to this many while probes keep confirming the choice
 WINDOW = 5         # recent timings kept per way (their median is the estimate)
 
 
@@ -41,6 +43,7 @@ class ThreadChoice:
         self.recent: dict[bool, list[float]] = {True: [], False: []}
         self.estimate: dict[bool, float | None] = {True: None, False: None}  # median of recent
         self.calls = 0
+        self.probe_every = PROBE_EVERY
 
     def best(self) -> bool:
         """The way with the lower estimate; parallel until one thread has been timed."""
@@ -55,7 +58,7 @@ class ThreadChoice:
 
     def is_probe(self) -> bool:
         """Whether the current call is one that runs the other way."""
-        return self.calls % PROBE_EVERY == 0
+        return self.calls == self.probe_every
 
     def record(self, parallel: bool, seconds: float) -> None:
         """Remember how long the current call took the way it ran.
@@ -64,8 +67,13 @@ class ThreadChoice:
         so one probe is enough to switch back; three slow calls in a row switch away again.
         """
         times = self.recent[parallel]
-        if self.is_probe():
+        probe, before = self.is_probe(), self.best()
+        if probe:
             times.clear()
         times.append(seconds)
         del times[:-WINDOW]
         self.estimate[parallel] = sorted(times)[len(times) // 2]
+        if self.best() != before:  # the choice changed: probe soon, to confirm it
+            self.probe_every, self.calls = PROBE_EVERY, 0
+        elif probe:  # confirmed: probe half as often, down to one call in PROBE_EVERY_MAX
+            self.probe_every, self.calls = min(2 * self.probe_every, PROBE_EVERY_MAX), 0
