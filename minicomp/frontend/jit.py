@@ -52,15 +52,37 @@ def _compile_numpy(graph: Graph, **options):
 DEFAULT_TARGET = "c"  # NumPy code in, native code out; "numpy" runs the reference interpreter
 
 
-class Compiled:
-    """One compiled signature: the traced graph, the optimised graph and the target's runnable."""
+#: target name -> its program cache (``runtime/program_cache.py`` for "c"): a module with
+#: ``program_key(traced, passes, options)``, ``lookup(key, traced, relower)``, ``fits`` and ``remember``
+PROGRAM_CACHES: dict = {}
 
-    def __init__(self, traced: Graph, graph: Graph, report, structure, run: Callable):
+
+class Compiled:
+    """One compiled signature: the traced graph, the optimised graph and the target's runnable.
+
+    A signature found in the target's program cache was not optimised in this process: its
+    ``graph`` and ``report`` are made (``optimise()``) when first asked for.
+    """
+
+    def __init__(self, traced: Graph, graph: Graph | None, report, structure, run: Callable, optimise=None):
         self.traced = traced  # as traced, before any pass
-        self.graph = graph  # after the pass pipeline: what the target compiled
-        self.report = report  # PipelineReport: what each pass did
+        self._graph = graph  # after the pass pipeline: what the target compiled
+        self._report = report  # PipelineReport: what each pass did
         self.structure = structure  # None (one output), tuple or list
         self.run = run
+        self._optimise = optimise
+
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph, self._report = self._optimise()
+        return self._graph
+
+    @property
+    def report(self):
+        if self._report is None:
+            self._graph, self._report = self._optimise()
+        return self._report
 
 
 class JitFunction:
@@ -100,13 +122,28 @@ class JitFunction:
             with self._lock:
                 compiled = self._compiled.get(key)
                 if compiled is None:
-                    from ..passes.pipeline import run_pipeline
-
                     traced, structure = trace_with_structure(self.fn, tuple(args))
-                    graph, report = run_pipeline(traced, self.passes, self.disable)
-                    run = TARGETS[self.target](graph, **self.options)
-                    compiled = self._compiled[key] = Compiled(traced, graph, report, structure, run)
+                    compiled = self._compiled[key] = self._compile(traced, structure)
         return compiled
+
+    def _compile(self, traced: Graph, structure) -> Compiled:
+        """Passes and target for a traced signature, unless the target's program cache has it."""
+        from ..passes.pipeline import pipeline_names, run_pipeline
+
+        def optimise():
+            return run_pipeline(traced, self.passes, self.disable)
+
+        programs = PROGRAM_CACHES.get(self.target)
+        if programs is not None:
+            key = programs.program_key(traced, pipeline_names(self.passes, self.disable), self.options)
+            run = programs.lookup(key, traced, optimise)
+            if run is not None:
+                return Compiled(traced, None, None, structure, run, optimise)
+        graph, report = optimise()
+        run = TARGETS[self.target](graph, **self.options)
+        if programs is not None and programs.fits(traced, run):
+            programs.remember(key, run)
+        return Compiled(traced, graph, report, structure, run)
 
     def trace(self, *args, **kwargs) -> Graph:
         """The graph traced for these arguments, before any pass (compiling them if not done yet)."""

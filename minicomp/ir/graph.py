@@ -365,11 +365,12 @@ class Graph:
         verify(self, incremental)
         return self
 
-    def to_text(self, elide_constants_over: int | None = 16) -> str:
-        """The text form; constants over ``elide_constants_over`` elements are elided."""
+    def to_text(self, elide_constants_over: int | None = 16, locations: bool = True) -> str:
+        """The text form; constants over ``elide_constants_over`` elements are elided (as their
+        SHA-256); ``locations=False`` leaves out every ``# file:line``."""
         from .text import print_graph
 
-        return print_graph(self, elide_constants_over)
+        return print_graph(self, elide_constants_over, locations)
 
     def __str__(self) -> str:
         return self.to_text()

@@ -36,14 +36,15 @@ from .graph import Graph, Node
 # ----------------------------------------------------------------------------------------------
 
 
-def print_graph(graph: Graph, elide_constants_over: int | None = 16) -> str:
-    """The text form of ``graph``; constants with more elements than the limit are elided.
+def print_graph(graph: Graph, elide_constants_over: int | None = 16, locations: bool = True) -> str:
+    """The text form of ``graph``; constants with more elements than the limit are elided;
+    without ``locations``, no ``# file:line`` (what the graph computes, wherever it was traced).
 
     The bodies of ``fused`` nodes are printed first, as graphs of their own that the node
     names with ``body=@name`` (like TVM's primitive functions after FuseOps).
     """
-    bodies = [print_graph(body, elide_constants_over) for body in subgraphs(graph)]
-    return "\n\n".join(bodies + [_print_one(graph, elide_constants_over)])
+    bodies = [print_graph(body, elide_constants_over, locations) for body in subgraphs(graph)]
+    return "\n\n".join(bodies + [_print_one(graph, elide_constants_over, locations)])
 
 
 def subgraphs(graph: Graph) -> list[Graph]:
@@ -56,19 +57,19 @@ def subgraphs(graph: Graph) -> list[Graph]:
     return list(found.values())
 
 
-def _print_one(graph: Graph, elide_constants_over: int | None) -> str:
+def _print_one(graph: Graph, elide_constants_over: int | None, locations: bool = True) -> str:
     params = ", ".join(f"%{i.name}: {i.type}" for i in graph.inputs)
     lines = [f"graph {graph.name}({params}) {{"]
     for node in graph.nodes():
         if node.op != "input":
-            lines.append("  " + print_node(node, elide_constants_over))
+            lines.append("  " + print_node(node, elide_constants_over, locations))
     lines.append("  return " + ", ".join(f"%{o.name}" for o in graph.outputs))
     lines.append("}")
     return "\n".join(lines)
 
 
-def print_node(node: Node, elide_constants_over: int | None = 16) -> str:
-    """``%name = op(%a, %b) {k=v} : type  # loc``."""
+def print_node(node: Node, elide_constants_over: int | None = 16, locations: bool = True) -> str:
+    """``%name = op(%a, %b) {k=v} : type  # loc`` (``# loc`` only with ``locations``)."""
     operands = ", ".join(f"%{o.name}" for o in node.operands)
     attrs = ""
     if node.attrs:
@@ -79,7 +80,7 @@ def print_node(node: Node, elide_constants_over: int | None = 16) -> str:
             else:
                 items.append(f"{key}={format_attr(value)}")
         attrs = " {" + ", ".join(items) + "}"
-    loc = f"  # {format_loc(node.loc)}" if node.loc else ""
+    loc = f"  # {format_loc(node.loc)}" if node.loc and locations else ""
     return f"%{node.name} = {node.op}({operands}){attrs} : {node.type}{loc}"
 
 

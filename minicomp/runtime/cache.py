@@ -7,6 +7,8 @@ created with mode 0700)::
     <key>.json       {"sha256": ..., "size": ..., "source_name": ...}, written last
     <key>.c          the C source it was built from, kept for reading (never compiled from here)
     <key>.lock       taken while one process builds the entry; holds that process's pid
+    program-<k>.json  what calling a library takes, by the graph it was traced as
+    program-<k>.bin   ... and the constants its kernels read (``runtime/program_cache.py``)
     probe-<k>.json   a remembered answer of the compiler (``codegen.compiler.probe``), checksummed
     tmp-<host>-<pid>-<random>[.ext].tmp    a file being written, renamed into place when whole
 
@@ -61,7 +63,8 @@ _HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}(\.[a-z]+)?\.tmp")  # host, pid
 _OLD_TEMPORARY = re.compile(r"tmp[a-z0-9_]{8}\.(so|json|py)\.tmp")  # minicomp 0.1's mkstemp names
 _OWN_FILE = re.compile(
-    r"[0-9a-f]{64}\.(so|json|c|lock)|probe-[0-9a-f]{32}\.(json|txt)|cffi-entry-[0-9a-f]{32}\.py")
+    r"[0-9a-f]{64}\.(so|json|c|lock)|program-[0-9a-f]{64}\.(json|bin)|probe-[0-9a-f]{32}\.(json|txt)"
+    r"|cffi-entry-[0-9a-f]{32}\.py")
 
 _trusted: dict[str, tuple] = {}  # directory -> (st_dev, st_ino, st_uid, st_mode) it had when checked
 _swept: set[str] = set()  # directories whose stale temporaries this process has swept
@@ -249,6 +252,24 @@ def read_record(name: str) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return data
+
+
+def read_blob(name: str, size: int) -> bytes | None:
+    """The ``size`` bytes of ``<cache>/name`` (``open_own``'s rules), or None if the file is
+    missing, not ours or not exactly that long."""
+    try:
+        fd = open_own(cache_dir() / name)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size != size:
+            return None
+        data = bytearray()
+        while len(data) < size and (chunk := os.read(fd, size - len(data))):
+            data += chunk
+        return bytes(data) if len(data) == size else None
+    finally:
+        os.close(fd)
 
 
 def _text_sha256(text: str) -> str:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..codegen.c import STATUS_MESSAGES, render_c
 from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
+from ..ir.graph import Graph
 from ..ir.interpreter import check_arguments
 from ..passes.lower import ALIGNMENT, Program, lower
 from ..ir.loops import For
@@ -50,26 +52,71 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start:start + nbytes]
 
 
-class Executable:
-    """A graph compiled to C and loaded; call it like the original function's graph."""
+@dataclass
+class CallPlan:
+    """What a call needs besides the library: argument checks, constants, outputs, workspace.
 
-    def __init__(self, program: Program, source: str):
-        self.program = program
-        self.source = source
-        self.library_path = compile_c(source, program.graph.name)
-        self._ffi, self._lib = load_library(self.library_path)
-        self._constants = [prepare_argument(value, value.dtype) for _, value in program.constants]
-        self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
+    ``graph`` gives the inputs' names and types (``check_arguments``); ``outputs`` the shape
+    and dtype of each output buffer; ``output_order`` which buffer each returned value is (a
+    value returned twice names one buffer twice); ``threads``: whether any loop is parallel.
+    """
+
+    graph: Graph
+    constants: list[np.ndarray]
+    outputs: list[tuple[tuple[int, ...], np.dtype]]
+    output_order: list[int]
+    workspace_bytes: int
+    threads: bool
+
+    @classmethod
+    def of(cls, program: Program) -> "CallPlan":
+        slot = {node: i for i, node in enumerate(program.output_nodes)}
+        threads = any(isinstance(s, For) and s.kind == "parallel"
+                      for k in program.kernels for s in statements(k.body))
+        return cls(program.graph, [prepare_argument(value, value.dtype) for _, value in program.constants],
+                   [(b.shape, b.dtype) for b in program.outputs],
+                   [slot[node] for node in program.graph.outputs], program.workspace_bytes, threads)
+
+
+class Executable:
+    """A graph compiled to C and loaded; call it like the original function's graph.
+
+    ``Executable(program, source)`` compiles (or finds in the cache) and loads ``source``;
+    ``loaded=(library_path, ffi, lib)`` binds an already loaded library instead. An executable
+    rebuilt from the program cache (``runtime/program_cache.py``) has no ``program`` until one
+    is asked for: then ``relower()`` makes it again.
+    """
+
+    def __init__(self, program: Program | None, source: str | None, loaded=None, plan: CallPlan | None = None,
+                 relower=None):
+        self._program, self._source, self._relower = program, source, relower
+        if loaded is None:
+            path = compile_c(source, program.graph.name)
+            loaded = (path, *load_library(path))
+        self.library_path, self._ffi, self._lib = loaded
+        self.plan = plan or CallPlan.of(program)
         self._per_thread = threading.local()
-        has_threads = any(isinstance(s, For) and s.kind == "parallel"
-                          for k in program.kernels for s in statements(k.body))
-        self._threads = ThreadChoice() if has_threads else None  # all cores or one, call by call
+        self._threads = ThreadChoice() if self.plan.threads else None  # all cores or one, call by call
+
+    @property
+    def program(self) -> Program:
+        """The lowered loop IR this executable runs."""
+        if self._program is None:
+            self._program = self._relower()
+        return self._program
+
+    @property
+    def source(self) -> str:
+        """The C source it was compiled from."""
+        if self._source is None:
+            self._source = render_c(self.program)
+        return self._source
 
     def _workspace(self) -> np.ndarray:
         """This thread's workspace (concurrent calls from two threads never share one)."""
         workspace = getattr(self._per_thread, "workspace", None)
         if workspace is None:
-            workspace = self._per_thread.workspace = aligned_empty(self.program.workspace_bytes)
+            workspace = self._per_thread.workspace = aligned_empty(self.plan.workspace_bytes)
         return workspace
 
     def _parallel_next(self) -> bool:
@@ -82,13 +129,13 @@ class Executable:
         return parallel
 
     def __call__(self, *args) -> list[np.ndarray]:
-        graph = self.program.graph
+        plan = self.plan
         arrays = [prepare_argument(a, node.dtype)
-                  for a, node in zip(check_arguments(graph, args), graph.inputs)]
-        outputs = [np.empty(b.shape, b.dtype) for b in self.program.outputs]
+                  for a, node in zip(check_arguments(plan.graph, args), plan.graph.inputs)]
+        outputs = [np.empty(shape, dtype) for shape, dtype in plan.outputs]
         workspace = self._workspace()
         pointers = [self._ffi.cast("void *", a.ctypes.data)
-                    for a in arrays + self._constants + outputs + [workspace]]
+                    for a in arrays + plan.constants + outputs + [workspace]]
         parallel = self._parallel_next()
         pointers.append(self._ffi.NULL if parallel else self._ffi.cast("void *", 1))  # mc_serial
         start = time.perf_counter()
@@ -96,12 +143,11 @@ class Executable:
         if self._threads:
             self._threads.record(parallel, time.perf_counter() - start)
         if status:
-            raise MinicompRuntimeError(f"{graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
+            raise MinicompRuntimeError(f"{plan.graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
         results, seen = [], set()
-        for node in graph.outputs:  # a value returned twice comes back as two separate arrays
-            array = outputs[self._output_slot[node]]
-            results.append(array.copy() if node in seen else array)
-            seen.add(node)
+        for slot in plan.output_order:  # a value returned twice comes back as two separate arrays
+            results.append(outputs[slot].copy() if slot in seen else outputs[slot])
+            seen.add(slot)
         return results
 
 
@@ -112,7 +158,10 @@ def compile_graph_c(graph) -> Executable:
 
 
 def _register_target() -> None:
-    from ..frontend.jit import register_target
+    from ..frontend.jit import PROGRAM_CACHES, register_target
+    from . import program_cache
+
+    PROGRAM_CACHES["c"] = program_cache
 
     @register_target("c")
     def compile_c_target(graph, **options):

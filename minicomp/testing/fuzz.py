@@ -91,7 +91,7 @@ from ..ir.rewrite import statements
 from ..ir.ops import OPS
 from ..passes.lower import lower
 from ..passes.pipeline import pipeline_names, run_pipeline
-from ..runtime.executable import Executable, prepare_argument
+from ..runtime.executable import Executable
 from .graphs import GeneratedGraph, MAX_SIZE, assert_outputs_close, random_graphs
 
 #: Cases per round: generated together, compiled into one library.
@@ -523,14 +523,7 @@ class BatchedExecutable(Executable):
     """
 
     def __init__(self, program, source: str, library: Path, entry):
-        # Executable.__init__, minus compiling and loading: the library is built and loaded
-        self.program = program
-        self.source = source
-        self.library_path = library
-        self._ffi, self._lib = _ffi, SimpleNamespace(**{ENTRY: entry})
-        self._constants = [prepare_argument(value, value.dtype) for _, value in program.constants]
-        self._output_slot = {node: i for i, node in enumerate(program.output_nodes)}
-        self._per_thread = threading.local()
+        super().__init__(program, source, loaded=(library, _ffi, SimpleNamespace(**{ENTRY: entry})))
 
 
 # ----------------------------------------------------------------------------------------------
