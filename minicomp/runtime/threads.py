@@ -17,18 +17,20 @@ The usual cures did not hold up when measured on the 2-core development VM:
 So each executable chooses per call, from its own timings (``ThreadChoice``): it runs its
 loops on all cores (OpenMP's default: fast spinning threads) unless its recent calls on one
 thread were faster, which happens only while the machine is busy. Now and then a call runs
-the other way (a *probe*: after ``PROBE_EVERY`` calls, then, while probes keep confirming the
-choice, half as often, down to one call in ``PROBE_EVERY_MAX``), so the choice follows the
-load as it comes and goes: it switches to one thread after three slow calls, and back after
-one fast probe. On an idle
-machine that costs one call in 64 on one thread: medians and 90th percentiles are untouched.
+the other way (a *probe*: after ``PROBE_EVERY`` calls; then, while probes keep confirming the
+choice, half as often, down to one in ``PROBE_EVERY_MAX`` calls that also took
+``PROBE_SECONDS``, since a probe on a busy machine is a slow call). So the choice follows the
+load as it comes and goes: it switches to one thread after two slow calls, and back after
+one fast probe. On an idle machine that costs at most one call in 64 on one thread: medians
+and 90th percentiles are untouched.
 """
 
 from __future__ import annotations
 
 PROBE_EVERY = 16   # calls between runs the other way (at first, and after the choice changed)
-PROBE_EVERY_MAX = 64  # ... up to this many while probes keep confirming the choice
-WINDOW = 5         # recent timings kept per way (their median is the estimate)
+PROBE_EVERY_MAX = 64  # ... up to this many while probes keep confirming the choice,
+PROBE_SECONDS = 0.5   # ... and then also this much time spent in calls since the last probe
+WINDOW = 5         # recent timings kept per way (the second slowest is the estimate)
 
 
 class ThreadChoice:
@@ -41,9 +43,11 @@ class ThreadChoice:
 
     def __init__(self):
         self.recent: dict[bool, list[float]] = {True: [], False: []}
-        self.estimate: dict[bool, float | None] = {True: None, False: None}  # median of recent
-        self.calls = 0
+        self.estimate: dict[bool, float | None] = {True: None, False: None}
+        self.calls = 0          # since the last probe or change
+        self.spent = 0.0        # seconds spent in those calls
         self.probe_every = PROBE_EVERY
+        self.probing = False    # whether the current call runs the other way
 
     def best(self) -> bool:
         """The way with the lower estimate; parallel until one thread has been timed."""
@@ -53,27 +57,29 @@ class ThreadChoice:
     def next_call(self) -> bool:
         """Whether the next call should use all threads."""
         self.calls += 1
-        best = self.best()
-        return not best if self.is_probe() else best
-
-    def is_probe(self) -> bool:
-        """Whether the current call is one that runs the other way."""
-        return self.calls == self.probe_every
+        self.probing = self.calls >= self.probe_every and (
+            self.probe_every < PROBE_EVERY_MAX or self.spent >= PROBE_SECONDS)
+        return not self.best() if self.probing else self.best()
 
     def record(self, parallel: bool, seconds: float) -> None:
         """Remember how long the current call took the way it ran.
 
-        A probe's time replaces what was known of its way (older times describe another load),
-        so one probe is enough to switch back; three slow calls in a row switch away again.
+        A way's estimate is the second slowest of its last ``WINDOW`` calls (the slowest of
+        fewer than three), not their median:
+        under load, loops on all cores are often as fast as on an idle machine and every few
+        calls several times slower (whenever the thread sharing the busy core is off it), so
+        their median beats one thread while their 90th percentile is far worse. A probe's time
+        replaces what was known of its way (older times describe another load).
         """
         times = self.recent[parallel]
-        probe, before = self.is_probe(), self.best()
+        probe, before = self.probing, self.best()
+        self.spent += seconds
         if probe:
             times.clear()
         times.append(seconds)
         del times[:-WINDOW]
-        self.estimate[parallel] = sorted(times)[len(times) // 2]
+        self.estimate[parallel] = sorted(times)[-2] if len(times) >= 3 else max(times)
         if self.best() != before:  # the choice changed: probe soon, to confirm it
-            self.probe_every, self.calls = PROBE_EVERY, 0
-        elif probe:  # confirmed: probe half as often, down to one call in PROBE_EVERY_MAX
-            self.probe_every, self.calls = min(2 * self.probe_every, PROBE_EVERY_MAX), 0
+            self.probe_every, self.calls, self.spent = PROBE_EVERY, 0, 0.0
+        elif probe:  # confirmed: probe half as often, down to PROBE_EVERY_MAX calls and PROBE_SECONDS
+            self.probe_every, self.calls, self.spent = min(2 * self.probe_every, PROBE_EVERY_MAX), 0, 0.0
