@@ -335,7 +335,7 @@ def source_for(shape) -> str:
 
 
 def test_generated_c_uses_int64_indices_restrict_and_openmp():
-    large, small = source_for((256, 256)), source_for((4, 8))
+    large, small = source_for((512, 512)), source_for((4, 8))
     for source in (large, small):
         assert re.search(r"for \(int64_t i0 = 0; i0 < \d+; \+\+i0\)", source)
         assert not re.search(r"for \((int|unsigned|long|size_t) ", source)
@@ -344,9 +344,9 @@ def test_generated_c_uses_int64_indices_restrict_and_openmp():
     # the parallel kernel takes mc_serial: a forked child runs its loop on one thread
     assert "float *restrict b_add, bool mc_serial)" in large and "if(!mc_serial)" in large
     assert "float *restrict b_add)" in small
-    # 65536 elements: the outer loop is shared among threads; 32 elements: not worth it (the
+    # 262144 elements: the outer loop is shared among threads; 32 elements: not worth it (the
     # default schedule still marks the inner loop for SIMD)
-    assert re.search(r"#pragma omp parallel for[^\n]*\n\s*for \(int64_t i0 = 0; i0 < 256;", large)
+    assert re.search(r"#pragma omp parallel for[^\n]*\n\s*for \(int64_t i0 = 0; i0 < 512;", large)
     assert "#pragma omp parallel" not in small and "#pragma omp simd" in small
 
 

@@ -34,12 +34,12 @@ def test_small_elementwise_stays_on_one_thread():
 
 
 def test_threads_pay_sooner_for_costly_elements():
-    """The parallel threshold counts work, not elements: 8192 gelu elements (each ~8 additions'
-    worth, ``element_cost``) run on all cores, 8192 additions stay on one."""
+    """The parallel threshold counts work, not elements: 16384 gelu elements (each ~8 additions'
+    worth, ``element_cost``) run on all cores, 16384 additions stay on one."""
     from minicomp.passes.schedules import element_cost, perfect_nest
     from minicomp.workloads import gelu
 
-    x = np.ones((32, 256), np.float32)
+    x = np.ones((64, 256), np.float32)
     [add] = program_of(lambda x: x + 1, x).kernels
     [costly] = program_of(gelu, x).kernels
     assert element_cost(perfect_nest(add)[1].value) == 1

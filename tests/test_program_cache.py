@@ -70,7 +70,7 @@ def test_what_was_not_made_again_is_made_when_asked(empty_cache):
 
 
 @pytest.mark.parametrize("change", ["constant value", "static argument", "pass list", "minicomp source",
-                                    "compiler flags"])
+                                    "setting changed at run time", "compiler flags"])
 def test_the_key_changes_with_everything_that_decides_the_program(change, monkeypatch):
     def f(x, k):
         return x * np.full((4, 30), 0.5, np.float32) + k  # a constant of 120 values (elided in text)
@@ -88,6 +88,10 @@ def test_the_key_changes_with_everything_that_decides_the_program(change, monkey
         passes = pipeline_names(disable=["fusion"])
     if change == "minicomp source":
         monkeypatch.setattr(program_cache, "package_fingerprint", lambda: "an edited pass")
+    if change == "setting changed at run time":
+        from minicomp.passes import lower
+
+        monkeypatch.setattr(lower, "PARALLEL_MIN_WORK", 0)
     if change == "compiler flags":
         monkeypatch.setenv("MINICOMP_CFLAGS", "-O2 -march=native -fopenmp")
     assert program_cache.program_key(traced, passes, {}) != before
@@ -166,3 +170,14 @@ def test_a_new_process_in_another_directory_starts_warm(empty_cache, tmp_path):
         runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert runs[0]["passes_ran"] == 1 and runs[1]["passes_ran"] == 0
     assert runs[0]["sum"] == runs[1]["sum"]
+
+
+def test_settings_read_the_same_in_every_process():
+    """The settings fingerprint does not depend on hash seeds or on which modules a process
+    happened to import before (else warm starts would miss)."""
+    script = "from minicomp.runtime import program_cache as p; print(p.settings_fingerprint())"
+    prints = {subprocess.run([sys.executable, "-c", prelude + script], env=dict(os.environ, PYTHONHASHSEED=seed,
+                                                                             PYTHONPATH=str(ROOT)),
+                             capture_output=True, text=True, check=True).stdout
+              for seed, prelude in [("1", ""), ("2", "import minicomp.passes.explain; ")]}
+    assert len(prints) == 1

@@ -205,10 +205,10 @@ def test_column_reductions_match_numpy(dtype, shape, axes, rng):
 
 
 def test_column_sum_loops_over_rows_outside_columns():
-    x = np.zeros((40, 1000), np.float32)
+    x = np.zeros((160, 1000), np.float32)  # 160K elements: enough work to run in parallel
     text = kernels_text(lambda x: x.sum(axis=0), x)
     assert "parallel for i0_b in 0..3:" in text  # 3 blocks of 320 columns, 40 left for one block
-    assert re.search(r"for r0 in 0..40:\n\s+for i0_i in 0..320:\n.*\n\s+sum\[i0\] = sum\[i0\] \+ x\[", text)
+    assert re.search(r"for r0 in 0..160:\n\s+for i0_i in 0..320:\n.*\n\s+sum\[i0\] = sum\[i0\] \+ x\[", text)
     half = kernels_text(lambda x: x.sum(axis=0), x.astype(np.float16))
     assert "sum[i0] = sum[i0] +" not in half  # float16 sums in float32: not in its output
 

@@ -97,7 +97,7 @@ step("Step 1: trace a softmax")
 #
 # Small enough to read every kernel, yet it has both kinds of op a compiler must handle:
 # elementwise ops (sub, exp, div, with broadcasting) and reductions (max, sum over a row).
-ROWS, COLS = 64, 512  # 32768 elements: just enough for minicomp to use threads (step 4)
+ROWS, COLS = 256, 512  # 131072 elements: just enough for minicomp to use threads (step 4)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((ROWS, COLS), dtype=np.float32)
 expected = softmax(x)
@@ -113,7 +113,7 @@ step("Step 2: a compute rule says what one output element is")
 # Each op has a rule in minicomp.ir.compute.RULES. A rule gets the output index as *symbolic*
 # loop variables (no numbers yet) and one Tensor per operand, and returns the expression of the
 # output element there. That is TVM's tensor expression:
-#     te.compute((64, 512), lambda i0, i1: x[i0, i1] - m[i0, 0])
+#     te.compute((256, 512), lambda i0, i1: x[i0, i1] - m[i0, 0])
 # It fixes *what* is computed, and leaves *how* (loop order, tiling, threads) to a schedule.
 print(f"{len(RULES)} ops have a compute rule, e.g. RULES['sub'] = {RULES['sub'].__name__}()")
 
@@ -125,7 +125,7 @@ x_buf = Buffer("x", x.dtype, x.shape)
 max_buf = Buffer("max", max_node.dtype, max_node.shape)
 sub_expr = compute(sub_node, [i0, i1], [Tensor.of_buffer(x_buf), Tensor.of_buffer(max_buf)])
 print(f"sub[i0, i1] = {print_expr(sub_expr)}")
-# %max is f32[64,1] and broadcasts against f32[64,512]: the rule reads it at column 0 whatever
+# %max is f32[256,1] and broadcasts against f32[256,512]: the rule reads it at column 0 whatever
 # i1 is, exactly NumPy's broadcasting. The linear index (i0 * 1) + 0 folded to plain i0.
 # The expression is a small tree of objects (minicomp.ir.loops), not text:
 print(f"  as a tree: {type(sub_expr).__name__}({sub_expr.op!r}, "

@@ -28,7 +28,12 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import BOOL, Binary, Buffer, Call, Const, For, Kernel, Stmt, Store, Var, const
 from ..ir.ops import Kind
 
-PARALLEL_MIN_WORK = 1 << 15  # elements x reduction length below which threads cost more than they give
+# Work (elements x reduction length; elementwise elements weighed by schedules.element_cost)
+# below which threads cost more than they give. Measured with `minicomp bench
+# --parallel-threshold` on the 2-core development VM: all threads pay from 16K gelu elements
+# (each ~8 additions' work: 128K) and from 512K additions (memory-bound); 1 << 15 had made
+# additions of 32K-128K elements 10-20% slower on two threads.
+PARALLEL_MIN_WORK = 1 << 17
 ALIGNMENT = 64  # bytes: every workspace buffer starts on a cache line
 
 

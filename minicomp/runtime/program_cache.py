@@ -11,7 +11,8 @@ stage earlier, on what the function traced to, and remembers what calling the li
 The key covers everything that decides the program: the traced graph's text without source
 locations (every constant by the SHA-256 of its bytes), the pass list, minicomp's own source
 (every ``.py`` file of the package: an edited pass is a new key, whatever the version says),
-and the compile context: flags, compiler and the target they resolve to on this CPU (as
+the compiler's module-level settings as they are now (``lower.PARALLEL_MIN_WORK = 0`` in a
+notebook is a new key), and the compile context: flags, compiler and the target they resolve to on this CPU (as
 ``compiler.compile_key``). The record is stored and read under the compile cache's rules
 (yours only, no links, checksummed, whole or absent); a record that does not match what was
 traced (input names and types) is ignored.
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,49 @@ from ..ir.graph import Graph
 from ..passes.lower import lower
 from . import cache
 from .executable import CallPlan, Executable, prepare_argument
+
+
+COMPILER_PACKAGES = ("minicomp.ir", "minicomp.passes", "minicomp.codegen")
+
+
+def settings_fingerprint() -> str:
+    """SHA-256 of the compiler's settings as they are now: every UPPER_CASE module constant of
+    ``COMPILER_PACKAGES`` whose value is plain data (numbers, strings, dtypes and containers of
+    them). A setting changed at run time (``lower.PARALLEL_MIN_WORK = 0``) is a new key."""
+    digest = hashlib.sha256()
+    for module in _compiler_modules():
+        for name, value in vars(module).items():
+            text = _plain(value) if name.isupper() else None
+            if text is not None:
+                digest.update(f"{module.__name__}.{name}={text}\n".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _compiler_modules() -> list:
+    """Every module of ``COMPILER_PACKAGES``, imported (the same list in every process)."""
+    modules = []
+    for package_name in COMPILER_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            modules.append(importlib.import_module(f"{package_name}.{info.name}"))
+    return modules
+
+
+def _plain(value) -> str | None:
+    """A text that is the same in every process for plain data, None for anything else."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, np.dtype)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return None if None in items else f"[{','.join(items)}]"
+    if isinstance(value, (set, frozenset)):
+        items = [_plain(v) for v in value]
+        return None if None in items else "{" + ",".join(sorted(items)) + "}"
+    if isinstance(value, dict):
+        items = [(_plain(k), _plain(v)) for k, v in value.items()]
+        return None if any(None in pair for pair in items) else "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,7 +102,7 @@ def program_key(traced: Graph, passes: list[str], options: dict) -> str:
             value = node.attrs["value"]
             digest.update(f"{value.dtype.str}{value.shape}".encode() + _array_bytes(value))
     return cache.cache_key("program", digest.hexdigest(), ",".join(passes), repr(sorted(options.items())),
-                           package_fingerprint(), " ".join(flags), compiler_version(cc),
+                           package_fingerprint(), settings_fingerprint(), " ".join(flags), compiler_version(cc),
                            target_macros(tuple(flags)))
 
 
