@@ -13,7 +13,8 @@ forks and signed zeros.
   ``multiprocessing`` fork pool runs kernels (serially) and finishes with the right answers.
 * **Signed zeros**: ``maximum``/``minimum`` return the zero NumPy (x86-64) returns on a tie of -0.0 and
   0.0 (float32/64: the second operand; float16: the first), elementwise, in fused chains and in
-  matmul epilogues, with arrays, 0-d arrays and Python scalars.
+  matmul epilogues, with arrays, 0-d arrays and Python scalars; float16 max/min reductions
+  keep NumPy's zero too (they reduce in order).
 """
 
 from __future__ import annotations
@@ -375,6 +376,21 @@ def test_maximum_minimum_signed_zero_ties_match_numpy(dtype):
             expected = signed_zero_ties(a, b)
         for actual, wanted in zip(minicomp.jit(signed_zero_ties)(a, b), expected):
             assert_same_bits(actual, wanted)
+
+
+@pytest.mark.parametrize("shape", [(2,), (17,), (300,), (5, 40), (40, 5)])
+def test_float16_max_min_reductions_keep_numpy_zero(shape, rng):
+    """NumPy's float16 max()/min() reduce in order, and on a tie of -0.0 and 0.0 keep the
+    earlier element (its float16 loop keeps the first operand): minicomp reduces float16 in
+    order too, rows and columns, fused or not (it used to return the later zero).
+
+    float32/64 are not asserted: NumPy reduces them with SIMD lanes whose width depends on the
+    CPU, so which zero it returns on such a tie depends on the machine."""
+    for _ in range(10):
+        x = rng.choice(np.array([0.0, -0.0, -1.0], np.float16), size=shape)
+        for fn in (lambda x: x.max(axis=-1), lambda x: x.min(axis=-1), lambda x: x.max(axis=0),
+                   lambda x: np.minimum(x.min(axis=0, keepdims=True), 1) * 2):
+            assert_same_bits(minicomp.jit(fn)(x), fn(x))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -91,6 +91,9 @@ static inline $T mc_sigmoid_$S($T x) {          /* never overflows: exp of a non
 /* as np.maximum/np.minimum: a NaN wins, and on a tie (-0.0 and 0.0) the second operand */
 static inline $T mc_maximum_$S($T a, $T b) { return (a > b || a != a) ? a : b; }
 static inline $T mc_minimum_$S($T a, $T b) { return (a < b || a != a) ? a : b; }
+/* the same, but on a tie the first operand: NumPy's float16 loop, and so its float16 max() */
+static inline $T mc_maximum_first_$S($T a, $T b) { return (a >= b || a != a) ? a : b; }
+static inline $T mc_minimum_first_$S($T a, $T b) { return (a <= b || a != a) ? a : b; }
 static inline $T mc_pow_$S($T a, $T b) { return pow$F(a, b); }
 static inline $T mc_mod_$S($T a, $T b) {        /* Python's a % b: the sign of b */
   $T mod = fmod$F(a, b);

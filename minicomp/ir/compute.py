@@ -90,6 +90,9 @@ class Reduce:
     body: Expr
     dtype: np.dtype  # accumulator dtype
     finish: Callable[[Expr], Expr] = lambda acc: acc
+    # max/min: on a tie (-0.0 and 0.0) the earlier element wins, in index order, as NumPy's
+    # float16 loop does; such a reduction runs in order (no lanes, no reordering)
+    first_wins: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def _reduction(node, idx, x: Tensor):
     acc = arith_dtype(out)
     body = cast(cast(x[in_idx], out), acc)
     if node.op in ("max", "min"):
-        return Reduce(node.op, loops, body, acc, lambda v: cast(v, out))
+        return Reduce(node.op, loops, body, acc, lambda v: cast(v, out), first_wins=out == F16)
     if node.op == "sum":
         return Reduce("sum", loops, body, acc, lambda v: cast(v, out))
     count = int(np.prod([d for _, d in loops], dtype=np.int64))

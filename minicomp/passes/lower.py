@@ -200,13 +200,18 @@ def output_index(shape: tuple[int, ...]) -> list:
     return [Const(0) if extent == 1 else Var(f"i{axis}") for axis, extent in enumerate(shape)]
 
 
-def combine(combiner: str, acc, value):
-    """``acc + value``, or NumPy's NaN-propagating max/min (``||``/``&&`` for bool)."""
+def combine(combiner: str, acc, value, first_wins: bool = False):
+    """``acc + value``, or NumPy's NaN-propagating max/min (``||``/``&&`` for bool).
+
+    On a tie of max/min (-0.0 and 0.0) ``value`` wins, as in NumPy's float32/64 loops, or
+    ``acc`` if ``first_wins`` (NumPy's float16 loop: ``mc_maximum_first``).
+    """
     if combiner == "sum":
         return Binary("+", acc, value, acc.dtype)
     if acc.dtype == BOOL:
         return Binary("||" if combiner == "max" else "&&", acc, value, BOOL)
-    return Call(f"mc_{'maximum' if combiner == 'max' else 'minimum'}", (acc, value), acc.dtype)
+    name = f"mc_{'maximum' if combiner == 'max' else 'minimum'}{'_first' if first_wins else ''}"
+    return Call(name, (acc, value), acc.dtype)
 
 
 def reduction_init(combiner: str, dtype: np.dtype):

@@ -105,7 +105,7 @@ def _work(shape, *extra: int) -> int:
 def reduce_into(acc: Var, r: Reduce) -> list[Stmt]:
     """``acc = init; for r...: acc = combine(acc, body)``."""
     return [Declare(acc, reduction_init(r.combiner, r.dtype)),
-            nest(r.axes, Assign(acc, combine(r.combiner, acc, r.body)), parallel=False)]
+            nest(r.axes, Assign(acc, combine(r.combiner, acc, r.body, r.first_wins)), parallel=False)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> "Stmt | N
         return Nest(body, scratch + panels, [tiling])
     loops = _loops(idx, result.shape)
     (j, extent), at = loops[-1], linear_index(idx, result.shape)
-    accumulate = Store(acc, at, combine(r.combiner, Load(acc, at), r.body))
+    accumulate = Store(acc, at, combine(r.combiner, Load(acc, at), r.body, r.first_wins))
     row = Block([For(j, extent, Store(acc, at, reduction_init(r.combiner, r.dtype))),
                  nest(r.axes, For(j, extent, accumulate), parallel=False)])
     if value_at is not None:  # the epilogue finishes the row while it is in cache

@@ -50,8 +50,9 @@ CACHED_ROW_BYTES = 1 << 18  # rows up to this size stay in L2 between the passes
 
 
 def splits_into_lanes(r: Reduce) -> bool:
-    """Float reductions whose innermost loop has at least ``LANES`` iterations."""
-    return r.dtype.kind == "f" and bool(r.axes) and r.axes[-1][1] >= LANES
+    """Float reductions whose innermost loop has at least ``LANES`` iterations (and whose
+    result does not depend on the order, as ``first_wins`` max/min does for signed zeros)."""
+    return r.dtype.kind == "f" and bool(r.axes) and r.axes[-1][1] >= LANES and not r.first_wins
 
 
 def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list[Stmt]:
@@ -76,7 +77,7 @@ def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list
                                                   f32 acc = acc_lanes[0]
     """
     if not splits_into_lanes(r):
-        step = Block([*per_element, Assign(acc, combine(r.combiner, acc, r.body))])
+        step = Block([*per_element, Assign(acc, combine(r.combiner, acc, r.body, r.first_wins))])
         return [Declare(acc, reduction_init(r.combiner, r.dtype)), nest(r.axes, step, parallel=False)]
     lanes = Buffer(f"{acc.name}_lanes", r.dtype, (LANES,))
     lane = Var("lane")
@@ -148,7 +149,7 @@ def reduce_columns(r: Reduce, out: Buffer, idx: list, shape: tuple[int, ...], pa
     *others, (j, extent) = [(i, d) for i, d in zip(idx, shape) if isinstance(i, Var)]
     at = linear_index(idx, shape)
     init = Store(out, at, reduction_init(r.combiner, r.dtype))
-    step = Store(out, at, combine(r.combiner, Load(out, at), r.body))
+    step = Store(out, at, combine(r.combiner, Load(out, at), r.body, r.first_wins))
     finish = r.finish(Load(out, at))  # mean divides by the count; sum, max, min: no pass
     last = [] if _is_load_of(finish, out) else [Store(out, at, finish)]
 

@@ -32,6 +32,8 @@ _CALLS = {
     "floor": np.floor, "ceil": np.ceil, "erf": np.vectorize(math.erf),
     "mc_abs": abs, "mc_maximum": lambda a, b: a if (a > b or a != a) else b,  # a tie: b, as C's
     "mc_minimum": lambda a, b: a if (a < b or a != a) else b,
+    "mc_maximum_first": lambda a, b: a if (a >= b or a != a) else b,  # a tie: a
+    "mc_minimum_first": lambda a, b: a if (a <= b or a != a) else b,
     "mc_sigmoid": lambda x: 1 / (1 + np.exp(-x)), "mc_sign": np.sign,
 }
 
