@@ -212,3 +212,21 @@ def test_dot_has_every_node_and_edge(gen):
     expected = Counter((o.name, n.name, i) for n in g.nodes() for i, o in enumerate(n.operands))
     assert edges == expected
     assert outputs == [o.name for o in g.outputs]
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_any_graph_name_round_trips(name):
+    """A name that is not a plain identifier (``my model-v2``, a quote, a newline, ``}``) is
+    printed quoted and escaped, also where a fused node refers to its body (``@"..."``); the
+    text parses back to the same names and prints identically. (It used to print bare, and
+    the text could not be parsed.)"""
+    x = np.ones(3, np.float32)
+    traced = minicomp.trace(lambda x: np.exp(x + 1).sum(), x, name=name)
+    fused = minicomp.jit(lambda x: np.exp(x + 1).sum()).inspect(x).graph
+    fused.name = name
+    for graph in (traced, fused):
+        text = str(graph)
+        parsed = Graph.parse(text)
+        assert parsed.name == name and str(parsed) == text
+    assert minicomp.ir.text.format_graph_name("mlp") == "mlp"
+    assert minicomp.ir.text.format_graph_name('my "big" model') == r'graph "my \"big\" model"'[6:]

@@ -59,7 +59,7 @@ def subgraphs(graph: Graph) -> list[Graph]:
 
 def _print_one(graph: Graph, elide_constants_over: int | None, locations: bool = True) -> str:
     params = ", ".join(f"%{i.name}: {i.type}" for i in graph.inputs)
-    lines = [f"graph {graph.name}({params}) {{"]
+    lines = [f"graph {format_graph_name(graph.name)}({params}) {{"]
     for node in graph.nodes():
         if node.op != "input":
             lines.append("  " + print_node(node, elide_constants_over, locations))
@@ -90,17 +90,31 @@ def format_loc(loc: str) -> str:
     return "".join(ch if ch.isprintable() and ch != "\\" else ascii(ch)[1:-1] for ch in loc)
 
 
-_LOC_ESCAPE = re.compile(r"\\(\\|n|r|t|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
+_LOC_ESCAPE = re.compile(r'\\(\\|"|n|r|t|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})')
 
 
 def parse_loc(text: str) -> str:
     """The location ``format_loc`` wrote as ``text`` (a backslash starting no escape stays)."""
     def unescape(match: re.Match) -> str:
         code = match.group(1)
-        simple = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+        simple = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
         return simple[code] if code in simple else chr(min(int(code[1:], 16), 0x10FFFF))
 
     return _LOC_ESCAPE.sub(unescape, text)
+
+
+def format_graph_name(name: str) -> str:
+    """A graph's name as the text form writes it: as is when it is a plain name (letters,
+    digits, ``_``, ``.``), else in double quotes, escaped as ``format_loc`` does (and ``\\"``):
+    ``graph mlp(...)``, ``graph "my model-v2"(...)``."""
+    if re.fullmatch(r"[\w.]+", name):
+        return name
+    return '"' + format_loc(name).replace('"', '\\"') + '"'
+
+
+def parse_graph_name(text: str) -> str:
+    """The name ``format_graph_name`` wrote as ``text``."""
+    return parse_loc(text[1:-1]) if text.startswith('"') else text
 
 
 def format_attr(value) -> str:
@@ -120,7 +134,7 @@ def format_attr(value) -> str:
     if isinstance(value, TensorType):
         return f"type<{value}>"
     if isinstance(value, Graph):
-        return f"@{value.name}"
+        return f"@{format_graph_name(value.name)}"
     if isinstance(value, (tuple, list)):
         return "[" + ",".join(format_attr(v) for v in value) + "]"
     raise ParseError(f"attribute value {value!r} has no text form")
@@ -152,7 +166,7 @@ def _format_array(value: np.ndarray, elide_over: int | None) -> str:
 # Parsing
 # ----------------------------------------------------------------------------------------------
 
-_HEADER = re.compile(r"graph\s+([\w.]+)\s*\((.*)\)\s*\{$")
+_HEADER = re.compile(r'graph\s+([\w.]+|"(?:[^"\\]|\\.)*")\s*\((.*)\)\s*\{$')
 _PARAM = re.compile(r"%([\w.]+)\s*:\s*(\w+\[[\d,\s]*\])")
 _NODE = re.compile(r"%([\w.]+)\s*=\s*(\w+)\((.*?)\)\s*(\{.*\})?\s*:\s*(\w+\[[\d,\s]*\])\s*(?:#\s*(.*))?$")
 _RETURN = re.compile(r"return\s+(.*)$")
@@ -182,7 +196,7 @@ def _parse_one(lines: list[tuple[int, str]], graphs: dict[str, Graph]) -> Graph:
     match = _HEADER.match(header)
     if not match:
         raise ParseError(f"line {lineno}: expected 'graph NAME(%x: f32[...], ...) {{', got {header!r}")
-    graph = Graph(match.group(1))
+    graph = Graph(parse_graph_name(match.group(1)))
     env: dict[str, Node] = {}
     for name, type_text in _PARAM.findall(match.group(2)):
         env[name] = graph.add_input(name, _parse_type(type_text, lineno))
@@ -249,7 +263,7 @@ def _parse_type(text: str, lineno: int) -> TensorType:
 class _AttrReader:
     """A small recursive-descent reader for ``key=value, ...`` attribute lists."""
 
-    _TOKEN = re.compile(r'\s*(base64"[^"]*"|"(?:[^"\\]|\\.)*"|<elided[^>]*>|type<[^>]*>|[\[\],=]'
+    _TOKEN = re.compile(r'\s*(base64"[^"]*"|@?"(?:[^"\\]|\\.)*"|<elided[^>]*>|type<[^>]*>|[\[\],=]'
                         r"|@?[-+\w.]+)")
 
     def __init__(self, text: str, lineno: int, graphs: dict | None = None):
@@ -306,14 +320,15 @@ class _AttrReader:
                     self.pos += 1
             self.pos += 1
             return tuple(items)
+        if token.startswith("@"):
+            name = parse_graph_name(token[1:])
+            if name not in self.graphs:
+                raise ParseError(f"line {self.lineno}: {token} names no graph printed before it")
+            return self.graphs[name]
         if token.startswith('"'):
             return re.sub(r"\\(.)", r"\1", token[1:-1])
         if token.startswith("type<"):
             return _parse_type(token[5:-1], self.lineno)
-        if token.startswith("@"):
-            if token[1:] not in self.graphs:
-                raise ParseError(f"line {self.lineno}: {token} names no graph printed before it")
-            return self.graphs[token[1:]]
         if token in ("true", "false"):
             return token == "true"
         if token == "none":
@@ -385,7 +400,8 @@ _COLORS = {"source": "lightgrey", "elemwise": "lightblue", "broadcast": "lightbl
 def graph_to_dot(graph: Graph) -> str:
     """DOT source: one box per node (op, name, type), edges labelled with operand indices."""
     ids = {node: f"n{i}" for i, node in enumerate(graph.nodes())}
-    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;",
+    quoted = graph.name.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [f'digraph "{quoted}" {{', "  rankdir=TB;",
              '  node [shape=box, style=filled, fontname="monospace"];']
     for node, ident in ids.items():
         label = f"{node.op}\\n%{node.name}\\n{node.type}"
