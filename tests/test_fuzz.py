@@ -45,6 +45,10 @@ from minicomp.testing.fuzz import Case, Checker, FuzzOptions, generate_round, ru
 from minicomp.testing.graphs import DISCONTINUOUS_OPS, GeneratedGraph, random_graphs
 
 ROOT = Path(__file__).resolve().parents[1]
+# The fuzzer's watchdog ends its whole process when one case runs past --timeout. Run inside the
+# pytest worker, a slow moment of a busy machine must not read as a hang: with the default 60 s,
+# workers were ended mid-run at a load average of 8 on 2 cores ("node down").
+IN_PROCESS_TIMEOUT = 600
 
 RUNS = 8
 GRAPHS = 400  # per run: 8 x 400 = 3200 graphs per CI run
@@ -147,7 +151,7 @@ def test_each_kind_of_failure_is_told(fake_target, flaw, kind):
             return outputs
         return run
 
-    checker = Checker(fake_target("fuzz-test-" + flaw.replace(" ", "-"), make))
+    checker = Checker(fake_target("fuzz-test-" + flaw.replace(" ", "-"), make), timeout=IN_PROCESS_TIMEOUT)
     case = a_case(ADD, [("transposed", (1, 0)), ("plain",)])
     [failure] = checker.check([case])
     assert failure is not None and failure.kind == kind, failure
@@ -155,7 +159,8 @@ def test_each_kind_of_failure_is_told(fake_target, flaw, kind):
 
 
 def test_a_correct_target_passes(fake_target):
-    checker = Checker(fake_target("fuzz-test-correct", lambda graph: minicomp.Interpreter(graph).run))
+    checker = Checker(fake_target("fuzz-test-correct", lambda graph: minicomp.Interpreter(graph).run),
+                      timeout=IN_PROCESS_TIMEOUT)
     layouts = [[(kind, *params), ("plain",)] for kind, *params in
                [("plain",), ("transposed", (1, 0)), ("strided", (2, 3)), ("reversed", (True, False)),
                 ("misaligned", 3), ("byteswapped",), ("broadcast", 0)]]
@@ -310,6 +315,7 @@ def test_the_command_runs_graphs_and_says_so(capsys, tmp_path):
 
 def test_the_command_fails_and_names_the_reproducer(maximum_is_minimum, capsys, tmp_path):
     code = main(["fuzz", "--graphs", "32", "--seed", "5", "--jobs", "0", "--shrink-seconds", "0",
+                 "--timeout", str(IN_PROCESS_TIMEOUT),
                  "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1
@@ -351,7 +357,7 @@ def test_a_compiler_error_lands_on_its_program(monkeypatch):
                         lambda self, call: right(self, call).replace("mc_maximum", "mc_maximum +"))
     good = a_case(ADD)
     bad = a_case(ADD.replace("add(", "maximum(").replace("%add", "%maximum"))
-    checker = Checker()
+    checker = Checker(timeout=IN_PROCESS_TIMEOUT)
     ok, failure = checker.check([good, bad])
     assert ok is None and failure.kind == "error" and failure.stage == "C compiler", failure
     assert "error" in failure.message
