@@ -33,6 +33,8 @@ _CALLS = {
     "mc_abs": abs, "mc_maximum": lambda a, b: a if (a > b or a != a) else b,  # a tie: b, as C's
     "mc_minimum": lambda a, b: a if (a < b or a != a) else b,
     "mc_sigmoid": lambda x: 1 / (1 + np.exp(-x)), "mc_sign": np.sign,
+    "mc_index": lambda i, n: (i + n if i < 0 else i) if -n <= i < n else 0,  # (C also sets the status)
+    "mc_mod": lambda a, b: a % b if b else 0,
 }
 
 _BINARY = {
