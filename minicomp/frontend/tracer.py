@@ -42,7 +42,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py")) + (
     os.path.dirname(os.path.abspath(np.__file__)),
 )
-_VIEW_OPS = {"slice", "reshape", "transpose", "expand_dims", "squeeze", "broadcast_to"}
 
 
 def user_location() -> str | None:
@@ -75,9 +74,12 @@ class Tracer:
     def __init__(self, name: str):
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
+        self.inputs: list[TracedArray] = []  # the argument proxies: written ones are updated in place
 
     def input(self, name: str, type: TensorType) -> "TracedArray":
-        return TracedArray(self, self.graph.add_input(name, type, user_location()))
+        proxy = TracedArray(self, self.graph.add_input(name, type, user_location()))
+        self.inputs.append(proxy)
+        return proxy
 
     def node_of(self, value, partners: tuple[np.dtype, ...] = (), op: str | None = None) -> Node:
         """The node for an operand of ``op``: a proxy's own node, or a new constant.
@@ -89,6 +91,7 @@ class Tracer:
         if isinstance(value, TracedArray):
             if value.tracer is not self:
                 raise UnsupportedError("a traced array from another trace was used in this one")
+            value.check_fresh()
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -165,7 +168,14 @@ class TracedArray:
     def __init__(self, tracer: Tracer, node: Node):
         self.tracer = tracer
         self.node = node
-        self._has_views = False  # a view was taken of this array: in-place writes would leak
+        # Writes (x[k] = v, x += v) rebind ``node`` (SSA) and count in ``_version``. A view
+        # (y = x[k], x.T ...) remembers its ``_base``, the base's version when taken and, for a
+        # basic index, the ``_key``: a write into y is written through into x[key]; a view read
+        # after its base was written elsewhere is refused (NumPy would show that write).
+        self._version = 0
+        self._base: TracedArray | None = None
+        self._key = None
+        self._base_version = 0
 
     # -- attributes -----------------------------------------------------------------------------
 
@@ -235,10 +245,53 @@ class TracedArray:
         self._concrete(".tolist()")
 
     def __setitem__(self, key, value):
-        raise UnsupportedError(
-            f"item assignment x[...] = v is not supported{at(user_location())}; "
-            "build the result with np.where or np.concatenate"
-        )
+        """``x[key] = value``: x is rebound to ``scatter(x, positions of x[key], value)`` (a view
+        writes through into its base). ``x[k] += v`` ends with ``x[k] = tmp`` where tmp, a view
+        of x[k], already wrote itself through: that last write is skipped."""
+        if value is not self and isinstance(value, TracedArray) and value._base is self and (
+                value._key is key and value._base_version == self._version):
+            return  # value *is* the up-to-date view self[key]: nothing to write
+        from .updates import write
+
+        self.check_writable("x[...] = v")
+        write(self, key, value)
+
+    def check_fresh(self) -> None:
+        """Refuse a view whose base (or its base's base ...) was written after the view was taken."""
+        view = self
+        while view._base is not None:
+            if view._base._version != view._base_version:
+                raise UnsupportedError(
+                    f"{self!r} is a view of an array that was written after the view was taken"
+                    f"{at(user_location())}; NumPy would show that write through the view, a trace "
+                    "cannot: take the view again after the write (y = x[0] after x[0] = ...), or "
+                    "copy it before (y = x[0].copy())")
+            view = view._base
+
+    def check_writable(self, what: str) -> None:
+        """Refuse a write into a stale view, or into a view that is not a basic index (x.T, x.reshape)."""
+        self.check_fresh()
+        if self._base is not None and self._key is None:
+            raise UnsupportedError(
+                f"{what}: writing into a reshaped, transposed or broadcast view of another array "
+                f"({self!r}){at(user_location())}; NumPy would change that array too, which minicomp "
+                "traces only through basic indexing (x[1:3] += v): write the base (x[...] = ...), "
+                "or work on a copy (y = x.T.copy())")
+
+    def assign(self, node: Node) -> None:
+        """Rebind this array to a new value (a write); a view writes the value through into its base."""
+        self.node = node
+        self._version += 1
+        if self._base is not None:
+            from .updates import write
+
+            write(self._base, self._key, self)
+            self._base_version = self._base._version
+
+    def view_of(self, base: "TracedArray", key=None) -> "TracedArray":
+        """Mark this array a view of ``base`` (written through at ``key``; None: not writable)."""
+        self._base, self._key, self._base_version = base, key, base._version
+        return self
 
     def __delitem__(self, key):
         raise UnsupportedError(f"del x[...]: arrays cannot delete elements (NumPy refuses too){at(user_location())}; "
@@ -329,19 +382,11 @@ class TracedArray:
         return self._apply("abs", self)
 
     # In-place operators rebind this proxy to the new value, so every Python name bound to this
-    # array sees the change, as with NumPy. Views would not see it, so that case is refused.
+    # array sees the change, as with NumPy; a view writes it through into its base (``assign``),
+    # an argument is updated in the caller's array after the call (``trace_with_structure``).
     def _inplace(op, compute=None):
         def method(self, other):
-            if self.node.op == "input":
-                raise UnsupportedError(
-                    f"in-place update of the argument %{self.node.name}{at(user_location())}: "
-                    "compiled functions do not mutate their arguments; write x = x + y"
-                )
-            if self._has_views or self.node.op in _VIEW_OPS:
-                raise UnsupportedError(
-                    f"in-place update of an array that shares memory with another (a view)"
-                    f"{at(user_location())}; write x = x + y"
-                )
+            self.check_writable(f"in-place {op}")
             result = compute(self, other) if compute else self._apply(op, self, other)
             if result.shape != self.shape:
                 raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
@@ -351,7 +396,7 @@ class TracedArray:
                     raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {self.dtype} array "
                                      f"updated in place (NumPy's 'same_kind' rule){at(user_location())}")
                 result = result.astype(self.dtype)  # NumPy casts into the existing buffer
-            self.node = result.node
+            self.assign(result.node)
             return self
         return method
 
@@ -367,16 +412,15 @@ class TracedArray:
     # -- indexing -------------------------------------------------------------------------------
 
     def __getitem__(self, key) -> "TracedArray":
-        from .indexing import getitem
+        from .indexing import getitem, is_view_key
 
-        self._has_views = True
-        return getitem(self, key)
+        result = getitem(self, key)
+        return result.view_of(self, key) if is_view_key(key) else result
 
     # -- methods --------------------------------------------------------------------------------
 
     def _view(self, op: str, **attrs) -> "TracedArray":
-        self._has_views = True
-        return self._apply(op, self, **attrs)
+        return self._apply(op, self, **attrs).view_of(self)
 
     def reshape(self, *shape, order="C"):
         if not isinstance(order, str) or order != "C":
@@ -404,9 +448,11 @@ class TracedArray:
     def ravel(self, order="C"):
         return self.reshape(-1, order=order)
 
-    flatten = ravel
+    def flatten(self, order="C"):
+        return self.ravel(order).copy()
 
     def copy(self, order="C"):
+        self.check_fresh()
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
 
     def __copy__(self):
@@ -566,6 +612,7 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
     """
     from . import frozen
+    from .updates import written_arguments
 
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
     call_args, static = [], {}
@@ -583,7 +630,11 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
         structure, results = type(result), list(result)
     else:
         structure, results = None, [result]
-    tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
+    outputs = [_output_node(tracer, r) for r in results]
+    for number, value in written_arguments(tracer):  # each written argument: one more output
+        tracer.graph.updated_inputs[number] = len(outputs)
+        outputs.append(value)
+    tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
     return tracer.graph, structure
 

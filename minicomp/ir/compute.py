@@ -379,11 +379,8 @@ def _gather(node, idx, x: Tensor, *indices: Tensor):
     return x[list(idx[:axis]) + chosen + list(idx[axis + picked_ndim:])]
 
 
-U64 = np.dtype(np.uint64)
-
-
 def checked_index(index: Expr, size: int, mode: str = "raise") -> Expr:
-    """An index expression of any integer dtype as an int64 in ``0..size-1`` (``size >= 1``).
+    """An index expression (an integer dtype) as an int64 in ``0..size-1`` (``size >= 1``).
 
     ``raise``: ``mc_index`` counts a negative index from the end and, for one out of range, sets
     the call's status (an ``IndexOutOfBoundsError`` after the call) and gives 0, so the load it
@@ -392,13 +389,9 @@ def checked_index(index: Expr, size: int, mode: str = "raise") -> Expr:
         before: i (an int32 from an index array), size 50
         after:  mc_index(i, 50)
     """
-    if mode == "wrap":
-        if index.dtype == U64:  # the exact unsigned remainder (a cast to int64 would turn it negative)
-            return Cast(Binary("%", index, const(size, U64), U64), INDEX)
-        return Call("mc_mod", (cast(index, INDEX), Const(size)), INDEX)
     wide = cast(index, INDEX)
-    if index.dtype == U64:  # above INT64_MAX: out of range whatever the size (clip: the last)
-        wide = Select(Binary(">", index, const(np.iinfo(np.int64).max, U64), BOOL), Const(size), wide)
+    if mode == "wrap":
+        return Call("mc_mod", (wide, Const(size)), INDEX)
     if mode == "clip":
         last = Select(Binary(">=", wide, Const(size), BOOL), Const(size - 1), wide)
         return Select(Binary("<", wide, Const(0), BOOL), Const(0), last)
