@@ -174,7 +174,7 @@ class TracedArray:
         # after its base was written elsewhere is refused (NumPy would show that write).
         self._version = 0
         self._base: TracedArray | None = None
-        self._key = None
+        self._key: tuple | None = None  # (key,) for a view by basic indexing: base[key] is this view
         self._base_version = 0
 
     # -- attributes -----------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class TracedArray:
         writes through into its base). ``x[k] += v`` ends with ``x[k] = tmp`` where tmp, a view
         of x[k], already wrote itself through: that last write is skipped."""
         if value is not self and isinstance(value, TracedArray) and value._base is self and (
-                value._key is key and value._base_version == self._version):
+                value._key is not None and value._key[0] is key and value._base_version == self._version):
             return  # value *is* the up-to-date view self[key]: nothing to write
         from .updates import write
 
@@ -285,11 +285,12 @@ class TracedArray:
         if self._base is not None:
             from .updates import write
 
-            write(self._base, self._key, self)
+            write(self._base, self._key[0], self)
             self._base_version = self._base._version
 
-    def view_of(self, base: "TracedArray", key=None) -> "TracedArray":
-        """Mark this array a view of ``base`` (written through at ``key``; None: not writable)."""
+    def view_of(self, base: "TracedArray", key: tuple | None = None) -> "TracedArray":
+        """Mark this array a view of ``base``: ``base[key[0]]`` (written through there), or, with
+        ``key=None``, a reshape/transpose/broadcast of it (not writable)."""
         self._base, self._key, self._base_version = base, key, base._version
         return self
 
@@ -415,7 +416,7 @@ class TracedArray:
         from .indexing import getitem, is_view_key
 
         result = getitem(self, key)
-        return result.view_of(self, key) if is_view_key(key) else result
+        return result.view_of(self, (key,)) if is_view_key(key) else result
 
     # -- methods --------------------------------------------------------------------------------
 
