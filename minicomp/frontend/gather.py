@@ -4,8 +4,9 @@
     np.take(x, i, axis=1, mode="wrap")      ->  gather(x, i, axis=1, mode="wrap")
     np.take_along_axis(x, i, axis=1)        ->  gather(x, arange(d0)[:, None], i, axis=0)   (x 2-d)
 
-The indices may be traced or constant (lists, ranges, arrays, ints); so may the array
-(``np.take(W, ids)`` with ``W`` a closed-over weight is how to index a constant by traced ids).
+The indices may be traced or constant (lists, ranges, arrays, ints). (NumPy dispatches
+``np.take`` on its array alone: ``np.take(W, ids)`` with ``W`` a closed-over NumPy array never
+reaches the tracer; ``W`` must be an argument, as for ``W[ids]``.)
 """
 
 from __future__ import annotations

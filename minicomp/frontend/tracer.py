@@ -159,6 +159,18 @@ def apply_op(op: str, *operands, **attrs):
 # ----------------------------------------------------------------------------------------------
 
 
+_CONTROL_FLOW_ADVICE = ("data-dependent Python control flow cannot be compiled: use np.where, "
+                        "np.maximum, ... instead")
+_INDEX_ADVICE = ("a Python list, tuple or range indexed by a traced value cannot be compiled: make it an "
+                 "array and write np.take(a, i, axis=0)")
+_ARRAY_ADVICE = (
+    "this happens when a NumPy array that is not an argument (a closed-over weight) is indexed by a "
+    "traced array (W[ids] or np.take(W, ids): NumPy indexes W itself; pass W as an argument); when a traced "
+    "value is written into a NumPy array (a[i] = t: make a traced, e.g. a = np.zeros_like(t)); with "
+    "np.asarray or np.array of a traced array (leave it out: it is an array already); in a non-NumPy "
+    "library; or when an np.matrix or masked array meets a traced array (pass np.asarray(m) instead)")
+
+
 class TracedArray:
     """A stand-in for an ``np.ndarray`` during tracing: shape and dtype, no data."""
 
@@ -206,11 +218,10 @@ class TracedArray:
 
     # -- things a trace cannot do ---------------------------------------------------------------
 
-    def _concrete(self, what: str):
+    def _concrete(self, what: str, advice: str = _CONTROL_FLOW_ADVICE):
         raise UnsupportedError(
             f"{what} needs the values of {self!r}, which do not exist while tracing"
-            f"{at(user_location())}; data-dependent Python control flow cannot be compiled: "
-            "use np.where, np.maximum, ... instead"
+            f"{at(user_location())}; {advice}"
         )
 
     def __bool__(self):
@@ -223,7 +234,7 @@ class TracedArray:
         self._concrete("int()")
 
     def __index__(self):
-        self._concrete("using an array as an index")
+        self._concrete("using an array as an index", _INDEX_ADVICE)
 
     def __complex__(self):
         self._concrete("complex()")
@@ -232,8 +243,7 @@ class TracedArray:
         self._concrete("`in` (NumPy computes (x == v).any())")
 
     def __array__(self, dtype=None, copy=None):
-        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library, or an "
-                       "np.matrix or masked array meeting a traced array: pass np.asarray(m) instead)")
+        self._concrete("conversion to a NumPy array", _ARRAY_ADVICE)
 
     def __reduce_ex__(self, protocol):
         self._concrete("pickling")
