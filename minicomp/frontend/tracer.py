@@ -91,7 +91,7 @@ class Tracer:
         if isinstance(value, TracedArray):
             if value.tracer is not self:
                 raise UnsupportedError("a traced array from another trace was used in this one")
-            value.check_fresh()
+            value.refresh()
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -181,11 +181,13 @@ class TracedArray:
         self.tracer = tracer
         self.node = node
         # Writes (x[k] = v, x += v) rebind ``node`` (SSA) and count in ``_version``. A view
-        # (y = x[k], x.T ...) remembers its ``_base``, the base's version when taken and, for a
-        # basic index, the ``_key``: a write into y is written through into x[key]; a view read
-        # after its base was written elsewhere is refused (NumPy would show that write).
+        # (y = x[k], x.T ...) remembers its ``_base``, how it is made from it (``_remake``) and
+        # the base's version when made: read after a write into its base, it is made again (so
+        # it shows the write, as in NumPy). A view by a basic index also keeps its ``_key``: a
+        # write into y = x[key] is written through into x[key].
         self._version = 0
         self._base: TracedArray | None = None
+        self._remake: Callable[[TracedArray], TracedArray] | None = None
         self._key: tuple | None = None  # (key,) for a view by basic indexing: base[key] is this view
         self._base_version = 0
 
@@ -266,21 +268,20 @@ class TracedArray:
         self.check_writable("x[...] = v")
         write(self, key, value)
 
-    def check_fresh(self) -> None:
-        """Refuse a view whose base (or its base's base ...) was written after the view was taken."""
-        view = self
-        while view._base is not None:
-            if view._base._version != view._base_version:
-                raise UnsupportedError(
-                    f"{self!r} is a view of an array that was written after the view was taken"
-                    f"{at(user_location())}; NumPy would show that write through the view, a trace "
-                    "cannot: take the view again after the write (y = x[0] after x[0] = ...), or "
-                    "copy it before (y = x[0].copy())")
-            view = view._base
+    def refresh(self) -> None:
+        """A view whose base was written since it was made is made again from the base (NumPy's
+        view shows the write): ``y = x[0]; x[0] = 5`` -> y reads as x[0] now is."""
+        if self._base is None:
+            return
+        self._base.refresh()
+        if self._base._version != self._base_version:
+            self.node = self._remake(self._base).node
+            self._base_version = self._base._version
+            self._version += 1  # (views of this view are made again in turn)
 
     def check_writable(self, what: str) -> None:
-        """Refuse a write into a stale view, or into a view that is not a basic index (x.T, x.reshape)."""
-        self.check_fresh()
+        """Refuse a write into a view that is not a basic index (x.T, x.reshape): NumPy writes its base."""
+        self.refresh()
         if self._base is not None and self._key is None:
             raise UnsupportedError(
                 f"{what}: writing into a reshaped, transposed or broadcast view of another array "
@@ -298,10 +299,10 @@ class TracedArray:
             write(self._base, self._key[0], self)
             self._base_version = self._base._version
 
-    def view_of(self, base: "TracedArray", key: tuple | None = None) -> "TracedArray":
-        """Mark this array a view of ``base``: ``base[key[0]]`` (written through there), or, with
-        ``key=None``, a reshape/transpose/broadcast of it (not writable)."""
-        self._base, self._key, self._base_version = base, key, base._version
+    def view_of(self, base: "TracedArray", remake, key: tuple | None = None) -> "TracedArray":
+        """Mark this array a view of ``base``, made by ``remake(base)``: ``base[key[0]]`` (written
+        through there), or, with ``key=None``, a reshape/transpose/broadcast (not writable)."""
+        self._base, self._remake, self._key, self._base_version = base, remake, key, base._version
         return self
 
     def __delitem__(self, key):
@@ -426,12 +427,14 @@ class TracedArray:
         from .indexing import getitem, is_view_key
 
         result = getitem(self, key)
-        return result.view_of(self, (key,)) if is_view_key(key) else result
+        if not is_view_key(key):
+            return result  # advanced indexing gives a copy
+        return result.view_of(self, lambda base: getitem(base, key), (key,))
 
     # -- methods --------------------------------------------------------------------------------
 
     def _view(self, op: str, **attrs) -> "TracedArray":
-        return self._apply(op, self, **attrs).view_of(self)
+        return self._apply(op, self, **attrs).view_of(self, lambda base: base._apply(op, base, **attrs))
 
     def reshape(self, *shape, order="C"):
         if not isinstance(order, str) or order != "C":
@@ -463,7 +466,7 @@ class TracedArray:
         return self.ravel(order).copy()
 
     def copy(self, order="C"):
-        self.check_fresh()
+        self.refresh()
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
 
     def __copy__(self):
