@@ -16,7 +16,7 @@ import pytest
 import minicomp
 
 ROOT = Path(minicomp.__file__).resolve().parent.parent
-KERNEL_TESTS = ["tests/test_c_ops.py", "tests/test_c_runtime.py"]
+KERNEL_TESTS = ["tests/test_c_ops.py", "tests/test_c_runtime.py", "tests/test_gather_scatter.py"]
 
 
 def sanitizer_env(tmp_path) -> dict:
