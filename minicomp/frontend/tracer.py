@@ -14,10 +14,14 @@ node of the graph instead of being computed:
 
 NumPy arrays the function closes over become constants; Python scalars become constants typed
 the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
-``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
-writes into views, functions, methods and operators minicomp does not know, ``np.matrix`` and
-other ndarray subclasses) raises ``UnsupportedError`` saying so; random numbers drawn while
-tracing become constants and give a ``MinicompWarning`` (``frozen.py``).
+``file:line``. Writes (``x[idx] = v``, ``x += v``, ``out=``, ``np.add.at``) rebind the proxy to
+a new value (``updates.py``): a view writes through into its base, a view read after its base
+was written is made again, and a written argument becomes an extra output that ``jit`` copies
+into the caller's array. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``,
+a traced boolean mask, writes into transposed or reshaped views, functions, methods and
+operators minicomp does not know, ``np.matrix`` and other ndarray subclasses) raises
+``UnsupportedError`` saying so; random numbers drawn while tracing become constants and give a
+``MinicompWarning`` (``frozen.py``).
 """
 
 from __future__ import annotations

@@ -52,21 +52,29 @@ def positions(x: TracedArray, key):
     traced one (``sum over axes of stride * grid[key]``, each grid a broadcast arange, so nothing of
     ``x``'s size is stored) for a key holding traced index arrays."""
     items = key if isinstance(key, tuple) else (key,)
-    if x.ndim == 0 or not any(isinstance(item, TracedArray) for item in items):
-        try:
-            return np.arange(x.size, dtype=np.int64).reshape(x.shape)[key]
-        except (IndexError, TypeError, ValueError) as exc:
-            getitem(_shape_only(x), key)  # minicomp's own message, naming the operand and the line
-            raise ShapeError(f"{exc}; operand {x.node.type}{at(user_location())}") from None
+    constant = not any(isinstance(item, TracedArray) for item in items)
+    if x.ndim == 0:
+        return _constant_positions(x, key, lambda: np.zeros((), np.int64))
     total, stride = None, 1
     for axis in reversed(range(x.ndim)):
         grid = np.arange(x.shape[axis], dtype=np.int64) * stride
         grid = grid.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
-        spread = x.tracer.apply("broadcast_to", [grid], shape=x.shape)
-        part = getitem(spread, key)
+        if constant:  # NumPy indexes a broadcast view (no memory of x's size)
+            part = _constant_positions(x, key, lambda: np.broadcast_to(grid, x.shape))
+        else:
+            part = getitem(x.tracer.apply("broadcast_to", [grid], shape=x.shape), key)
         total = part if total is None else part + total
         stride *= x.shape[axis]
     return total
+
+
+def _constant_positions(x: TracedArray, key, grid) -> np.ndarray:
+    """``grid()[key]`` by NumPy; its errors as minicomp's, naming the operand and the line."""
+    try:
+        return np.asarray(grid()[key], dtype=np.int64)
+    except (IndexError, TypeError, ValueError) as exc:
+        getitem(_shape_only(x), key)  # minicomp's own message where it has one
+        raise ShapeError(f"{exc}; operand {x.node.type}{at(user_location())}") from None
 
 
 def _shape_only(x: TracedArray) -> TracedArray:
