@@ -84,7 +84,7 @@ def numpy_gather(x, indices, axis, mode):
     return x[(slice(None),) * axis + tuple(indices)]
 
 
-@settings(max_examples=25)
+@settings(max_examples=min(25, settings.default.max_examples))
 @given(case=gathers())
 def test_gather_op_equals_numpy(case):
     x, indices, axis, mode = case
@@ -169,7 +169,7 @@ def numpy_scatter(x, positions, written, mode):
     return out.reshape(x.shape)
 
 
-@settings(max_examples=25)
+@settings(max_examples=min(25, settings.default.max_examples))
 @given(case=scatters())
 def test_scatter_op_equals_numpy(case):
     x, positions, written, mode = case
