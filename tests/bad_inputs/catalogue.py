@@ -30,7 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-import minicomp
+# the minicomp of this checkout (not another one installed in the environment)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import minicomp  # noqa: E402
 from minicomp.errors import (DTypeError, IndexOutOfBoundsError, MinicompError, MinicompRuntimeError, MinicompWarning,
                              ShapeError, UnsupportedError)
 from minicomp.testing import assert_close
