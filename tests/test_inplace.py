@@ -61,6 +61,7 @@ UPDATES = {  # y: (rows, cols), i: an index array of rows, v: one row (cols,)
     "y[1:3, ::2] *= 2": lambda y, i, v: _imul(y, (slice(1, 3), slice(None, None, 2)), 2),
     "y[..., -1] = v[0]": lambda y, i, v: y.__setitem__((Ellipsis, -1), v[0]),
     "y[mask] = 0": lambda y, i, v: y.__setitem__(np.arange(y.shape[0]) % 2 == 0, 0),
+    "y[-1] = a list": lambda y, i, v: y.__setitem__(-1, [1.5] * y.shape[1]),
     "y[i, i % cols] = v[0]": lambda y, i, v: y.__setitem__((i, i % y.shape[1]), v[0]),
     "np.add.at(y, i, v)": lambda y, i, v: np.add.at(y, i, v),
     "np.subtract.at(y, (i, 0), 1)": lambda y, i, v: np.subtract.at(y, (i, 0), 1.0),

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError, UnsupportedError, at
 from ..ir.graph import Node
 from .indexing import getitem
-from .tracer import TracedArray, Tracer, describe_operand, user_location
+from .tracer import TracedArray, Tracer, describe_operand, find_tracer, user_location
 
 #: ufuncs whose ``.at`` is a scatter that accumulates, and its mode
 AT_MODES = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.maximum: "maximum",
@@ -84,6 +84,8 @@ def _shape_only(x: TracedArray) -> TracedArray:
 
 def _fit(tracer: Tracer, value, shape: tuple, x: TracedArray, what: str) -> TracedArray:
     """``value`` as a traced array of ``shape`` (NumPy's broadcasting for assignment)."""
+    if isinstance(value, (list, tuple)) and find_tracer(value) is None:
+        value = np.asarray(value)  # x[0] = [1, 2, 3]
     values = value if isinstance(value, TracedArray) else TracedArray(tracer, tracer.node_of(value, (x.dtype,)))
     while values.ndim > len(shape) and values.shape[0] == 1:
         values = values.reshape(values.shape[1:])
