@@ -64,7 +64,7 @@ def gathers(draw):
     picked = draw(hnp.mutually_broadcastable_shapes(num_shapes=count, max_dims=3, min_side=0, max_side=3))
     mode = draw(st.sampled_from(["raise", "wrap", "clip"]))
     x = values(rng, draw(st.sampled_from(list(DTYPES.values()))), shape)
-    if np.prod(picked.result_shape) and any(x.shape[axis + n] == 0 for n in range(count)):
+    if any(x.shape[axis + n] == 0 for n in range(count)):
         x = values(rng, x.dtype, tuple(max(d, 1) for d in shape))  # any index of a size-0 axis is out of range
     indices = []
     for n, index_shape in enumerate(picked.input_shapes):
@@ -136,6 +136,11 @@ def test_out_of_range_in_take_along_axis_and_a_second_index_array(target):
 def test_an_index_into_an_empty_axis_is_refused_when_traced():
     with pytest.raises(ShapeError, match="size 0"):
         minicomp.trace(lambda x, i: x[i], np.zeros((0, 3), np.float32), np.zeros(2, np.int64))
+    with pytest.raises(ShapeError, match=r"pick nothing.*NumPy still checks"):  # x[[7], []]: NumPy raises
+        minicomp.trace(lambda x, i, j: x[i, j], np.zeros((3, 4), np.float32), np.zeros(1, np.int64),
+                       np.zeros(0, np.int64))
+    picks_nothing = minicomp.jit(lambda x, j: x[np.arange(3)[:, None], j])  # constant rows: checked now
+    assert picks_nothing(np.zeros((3, 4), np.float32), np.zeros(0, np.int64)).shape == (3, 0)
     out = minicomp.jit(lambda x, i: x[i])(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
     assert out.shape == (0, 3)
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError, UnsupportedError, at
 from ..ir.ops import GATHER_MODES
 from .functions import _traced, _unsupported_kwargs, implements
+from .indexing import refuse_unchecked_indices
 from .tracer import TracedArray, checked_axis, find_tracer, user_location
 
 
@@ -72,4 +73,5 @@ def _take_along_axis(arr, indices, axis=-1):
     grids = [np.arange(d, dtype=np.int64).reshape([-1 if a == k else 1 for a in range(x.ndim)])
              for k, d in enumerate(x.shape)]
     grids[axis] = index
+    refuse_unchecked_indices(x, grids)
     return find_tracer((x,)).apply("gather", [x, *grids], axis=0)

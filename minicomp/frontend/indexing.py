@@ -19,6 +19,8 @@ boolean mask has a data-dependent shape and is refused (write ``np.where(mask, x
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedError, at
@@ -130,11 +132,29 @@ def _advanced_getitem(x: TracedArray, items: tuple) -> TracedArray:
         x = x._apply("slice", x, starts=starts, stops=stops, steps=steps)
     picked = [axis for axis, entry in enumerate(entries) if not isinstance(entry, slice)]
     indices = [entries[axis] for axis in picked]
+    refuse_unchecked_indices(x, indices)
     if picked == list(range(picked[0], picked[-1] + 1)):  # adjacent: the picked axes stay in place
         return x._apply("gather", x, *indices, axis=picked[0])
     rest = [axis for axis in range(x.ndim) if axis not in picked]  # else they go first (NumPy)
     moved = x._apply("transpose", x, perm=tuple(picked + rest))
     return x._apply("gather", moved, *indices, axis=0)
+
+
+def refuse_unchecked_indices(x: TracedArray, indices: list) -> None:
+    """Index arrays that broadcast to an empty shape pick nothing, and a gather checks nothing;
+    NumPy still checks each non-empty one, so a traced non-empty one is refused (constant ones
+    were checked already)."""
+    shapes = [tuple(np.shape(i)) if not isinstance(i, TracedArray) else i.shape for i in indices]
+    traced = [i for i in indices if isinstance(i, TracedArray) and i.size]
+    try:
+        empty = not math.prod(np.broadcast_shapes(*shapes))
+    except ValueError:
+        return  # they do not broadcast: the gather says so
+    if traced and empty:
+        raise ShapeError(
+            f"index arrays of shapes {', '.join(map(str, shapes))} pick nothing, but NumPy still checks the "
+            f"values of {traced[0]!r}, which the compiled code cannot; operand {x.node.type}"
+            f"{at(user_location())}; leave the indexing out when nothing is picked")
 
 
 def _as_index(item, x: TracedArray):

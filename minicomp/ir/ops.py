@@ -744,8 +744,8 @@ def _gather_infer(types, attrs):
     for n, t in enumerate(indices):
         _check_index_dtype(t, f"index array {n}")
     picked = broadcast_shapes(*(t.shape for t in indices))
-    empty_axis = next((axis + n for n in range(len(indices)) if x.shape[axis + n] == 0), None)
-    if empty_axis is not None and math.prod(picked):
+    empty_axis = next((axis + n for n, t in enumerate(indices) if x.shape[axis + n] == 0 and t.size), None)
+    if empty_axis is not None:
         raise ShapeError(f"index out of bounds: axis {empty_axis} has size 0, so no index fits it")
     shape = x.shape[:axis] + picked + x.shape[axis + len(indices):]
     return TensorType(shape, x.dtype)
@@ -782,7 +782,12 @@ def fix_indices(index: np.ndarray, size: int, mode: str, axis: int = 0) -> np.nd
 
 
 def gather_reference(x, *indices, axis, mode):
-    """``x[:, ..., i0, i1, ...]`` (the index arrays broadcast together, on axes ``axis``...)."""
+    """``x[:, ..., i0, i1, ...]`` (the index arrays broadcast together, on axes ``axis``...).
+
+    Where they broadcast to an empty shape nothing is read, and nothing is checked (NumPy would
+    check a non-empty one: the tracer refuses that case for traced indices)."""
+    if not math.prod(np.broadcast_shapes(*(np.shape(i) for i in indices))):
+        mode = "clip"
     fixed = tuple(fix_indices(i, x.shape[axis + n], mode, axis + n) for n, i in enumerate(indices))
     return x[(slice(None),) * axis + fixed]
 
@@ -795,8 +800,8 @@ register(OpDef(
     normalize=_gather_normalize,
     doc="gather(x, i0, i1, ..., axis=a): x[(:,)*a + (i0, i1, ...)], the index arrays broadcast "
         "together and picking along consecutive axes a, a+1, ...; mode raise (NumPy's indexing: "
-        "negatives count from the end, others out of range are an IndexOutOfBoundsError), wrap or "
-        "clip (np.take's)",
+        "negatives count from the end, others out of range are an IndexOutOfBoundsError; an empty "
+        "pick checks nothing), wrap or clip (np.take's)",
 ))
 
 
