@@ -14,7 +14,7 @@ An advanced index (integer arrays, traced or constant, and constant boolean mask
 
 An int next to an index array is an index array of one element (NumPy's rule too). A traced
 boolean mask has a data-dependent shape and is refused (write ``np.where(mask, x, 0)``).
-``positions(x, key)`` gives the flat positions ``x[key]`` reads: ``x[key] = v`` writes there.
+Writes (``x[key] = v``) index the same way: see ``updates.positions``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def refuse_unchecked_indices(x: TracedArray, indices: list) -> None:
 
 def _as_index(item, x: TracedArray):
     """An index item as the advanced path reads it: a traced int array, a NumPy int array, a
-    tuple of arrays for a constant mask (``np.nonzero``), or a basic item unchanged."""
+    ``_Mask`` for a constant boolean mask, or a basic item unchanged (refusing anything else)."""
     if isinstance(item, TracedArray):
         if item.dtype == np.bool_:
             raise UnsupportedError(
