@@ -271,6 +271,8 @@ def match_attention(pv: Node, outputs: set) -> set | None:
     p = pv.operands[0]
     if len(p.shape) < 2 or len(pv.operands[1].shape) < 2 or pv.shape[-1] > MAX_ATTENTION_HEAD:
         return None
+    if len(p.shape) != len(pv.shape):  # v adds batch axes p lacks: the kernel indexes p by pv's batch
+        return None
     if p.op != "div" or not _only_user(p, pv, outputs):
         return None
     e, total = p.operands
