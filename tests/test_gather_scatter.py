@@ -271,3 +271,13 @@ def test_a_constant_index_out_of_range_is_refused_at_its_line():
         minicomp.trace(lambda x: x[np.array([True, False])], x)
     with pytest.raises(ShapeError, match="np.take: index -5"):
         minicomp.trace(lambda x: np.take(x, [-5], axis=1), x)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64, np.intp])
+def test_constant_index_arrays_of_every_numpy_integer_dtype(dtype):
+    """minicomp's inputs are int32/int64; a constant index array may be any NumPy integer dtype."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    index = np.array([2, 0, 2], dtype)
+    fn = lambda x: (x[index], x[:, index], np.take(x, index, axis=1))  # noqa: E731
+    for target in TARGETS:
+        assert_close(minicomp.jit(fn, target=target)(x), fn(x))
