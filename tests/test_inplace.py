@@ -302,3 +302,24 @@ def test_an_argument_that_is_not_written_stays_as_it_was(x):
     before = x.copy()
     minicomp.jit(lambda x: x[[0, 0]] * 2)(x)
     assert_close(x, before)
+
+
+def test_a_traced_mask_write_of_one_value_is_a_where(x):
+    def fn(x, g):
+        y = x * 1
+        y[y < 0] = 0            # ReLU's way
+        dx = g * 1
+        dx[x <= 0.5] = -1.0     # a backward pass's way
+        rows = x * 1
+        rows[x[:, 0] > 0] = 7   # a mask over the leading axis: whole rows
+        return y, dx, rows
+    check_against_numpy(fn, x, x[::-1].copy())
+
+
+def test_a_traced_mask_write_of_many_values_is_refused_with_the_fix(x):
+    def fn(x):
+        y = x * 1
+        y[x > 0] = np.arange(3, dtype=np.float32)
+        return y
+    with pytest.raises(UnsupportedError, match=r"data-dependent count.*np.where\(mask, v, x\)"):
+        minicomp.trace(fn, x)

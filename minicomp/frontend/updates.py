@@ -7,6 +7,7 @@ A trace has no memory to write into, so a write makes a new value and rebinds th
     x[idx] += v          ->   x = scatter(x, positions, x[idx] + v)        (no accumulation: NumPy)
     np.add.at(x, idx, v) ->   x = scatter(x, positions, v, mode="add")     (accumulates: NumPy)
     np.add(a, b, out=x)  ->   x = a + b
+    x[mask] = 0          ->   x = where(mask, 0, x)                        (a traced mask, one value)
 
 ``positions`` are the flat element numbers ``x[idx]`` reads (``np.arange(x.size).reshape(x.shape)[idx]``):
 computed by NumPy when ``idx`` is constant, traced (with bounds checks) when it holds a traced
@@ -37,6 +38,8 @@ def write(x: TracedArray, key, value, mode: str = "set", what: str = "x[...] = v
     and, for mode set, cast to ``x.dtype`` (NumPy's unsafe casting for assignment).
     """
     tracer = x.tracer
+    if isinstance(key, TracedArray) and key.dtype == np.bool_ and mode == "set":
+        return _masked_write(x, key, value)
     where = positions(x, key)
     shape = tuple(where.shape)
     values = _fit(tracer, value, shape, x, what)
@@ -45,6 +48,27 @@ def write(x: TracedArray, key, value, mode: str = "set", what: str = "x[...] = v
     if math.prod(shape) == 0:
         return  # nothing written (the checks above still ran)
     x.assign(tracer.apply("scatter", [x, where, values], mode=mode).node)
+
+
+def _masked_write(x: TracedArray, mask: TracedArray, value) -> None:
+    """``x[mask] = v`` with a traced mask and one value: ``x = np.where(mask, v, x)`` (the mask
+    spread over x's trailing axes). An array of values would go to the true elements in order:
+    a data-dependent count, refused.
+
+        before: x[x < 0] = 0        after: x = where(x < 0, 0, x)
+    """
+    if mask.shape != x.shape[:mask.ndim]:
+        raise ShapeError(f"x[mask] = v: the boolean mask {mask.node.type} does not match the leading axes of "
+                         f"{x.node.type}{at(user_location())}")
+    count = value.size if isinstance(value, TracedArray) else np.size(value)
+    if count != 1:
+        raise UnsupportedError(
+            f"x[mask] = v with a traced boolean mask and {count} values ({describe_operand(value)}) puts the "
+            f"values into the true elements in order, a data-dependent count; operand {x.node.type}"
+            f"{at(user_location())}; write x = np.where(mask, v, x) with v of x's shape")
+    one = _fit(x.tracer, value, (), x, "x[mask] = v")
+    spread = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    x.assign(x.tracer.apply("where", [spread, one.astype(x.dtype), x]).node)
 
 
 def positions(x: TracedArray, key):
