@@ -207,7 +207,8 @@ BINARY = {
 }
 REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
 MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice")
-OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate")
+OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate",
+          "gather", "scatter")  # these two: tests/test_gather_scatter.py
 
 
 def test_every_op_is_covered_by_this_file():

@@ -694,6 +694,7 @@ def test_every_op_is_covered():
     """A new op in the table needs a row in one of the families above."""
     covered = {*UNARY, *BINARY, *REDUCTIONS, *MOVEMENT, "where", "cast", "constant", "concatenate",
                "matmul", "conv2d",
+               "gather", "scatter",  # tests/test_gather_scatter.py (against NumPy, C and interpreter)
                "fused"}  # fused nodes come from the fusion pass: tests/test_fusion.py
     missing = set(OPS) - {"input"} - covered
     assert not missing, f"ops without a test in tests/test_ops.py: {sorted(missing)}"

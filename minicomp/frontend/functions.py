@@ -50,6 +50,15 @@ def _unsupported_kwargs(name: str, kwargs: dict, allowed=()) -> None:
 def dispatch_ufunc(tracer: Tracer, ufunc: np.ufunc, method: str, inputs, kwargs):
     """Record a ufunc call (``method`` is ``"__call__"`` or ``"reduce"``)."""
     name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+    if method == "at":
+        from .updates import ufunc_at
+
+        return ufunc_at(tracer, ufunc, inputs)
+    if method == "__call__" and kwargs.get("out") is not None:
+        from .updates import ufunc_out
+
+        out = kwargs.pop("out")
+        return ufunc_out(name, _as_traced(tracer, dispatch_ufunc(tracer, ufunc, method, inputs, kwargs)), out)
     if method == "reduce" and ufunc in REDUCE_OPS:
         _unsupported_kwargs(name, kwargs, ("axis", "keepdims", "dtype"))
         x = _as_traced(tracer, inputs[0])
@@ -58,7 +67,7 @@ def dispatch_ufunc(tracer: Tracer, ufunc: np.ufunc, method: str, inputs, kwargs)
         return x._apply(REDUCE_OPS[ufunc], x, axes=kwargs.get("axis", 0), keepdims=kwargs.get("keepdims", False))
     if method != "__call__":
         raise UnsupportedError(f"{name} is not supported{at(user_location())}; supported ufunc methods: "
-                               "__call__, and reduce of add, maximum and minimum")
+                               "__call__, reduce of add, maximum and minimum, and at (np.add.at ...)")
     _unsupported_kwargs(name, kwargs, ("dtype",))
     if kwargs.get("dtype") is not None:
         inputs = [_as_traced(tracer, x).astype(kwargs["dtype"]) for x in inputs]
@@ -406,3 +415,6 @@ def _ndim(a):
 def _size(a, axis=None):
     x = _traced(a)
     return x.size if axis is None else x.shape[checked_axis("np.size", axis, x)]
+
+
+from . import gather  # noqa: E402,F401  (registers np.take, np.take_along_axis)

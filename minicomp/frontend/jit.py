@@ -109,7 +109,8 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         args = self._positional(args, kwargs)
         compiled = self.compiled_for(*args)
-        outputs = compiled.run(*[a for a in args if _is_array(a)])
+        arrays = [a for a in args if _is_array(a)]
+        outputs = update_arguments(compiled.traced, arrays, compiled.run(*arrays))
         if compiled.structure is None:
             return outputs[0]
         return compiled.structure(outputs)
@@ -222,6 +223,27 @@ def _signature(fn: Callable) -> inspect.Signature:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
+
+
+def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
+    """Copy each value the function wrote into an argument (``graph.updated_inputs``) into the
+    caller's array, as NumPy would have left it; return the function's own results.
+
+    >>> f(cache, xk)          # f does cache[:, s:s+L] = xk: afterwards cache holds xk there
+    """
+    if not graph.updated_inputs:
+        return outputs
+    for number in graph.updated_inputs:
+        array = arrays[number]
+        if not isinstance(array, np.ndarray) or not array.flags.writeable:
+            name = graph.inputs[number].name
+            raise MinicompRuntimeError(
+                f"{graph.name}: argument {name!r} is written by the function (x[...] = v or an in-place "
+                f"operator), but the {type(array).__name__} passed is read-only (NumPy: assignment "
+                "destination is read-only); pass a writeable array, or copy it first")
+    for number, slot in graph.updated_inputs.items():
+        np.copyto(arrays[number], outputs[slot], casting="unsafe")
+    return outputs[:len(outputs) - len(graph.updated_inputs)]
 
 
 def _is_array(value) -> bool:

@@ -14,10 +14,14 @@ node of the graph instead of being computed:
 
 NumPy arrays the function closes over become constants; Python scalars become constants typed
 the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
-``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
-writes into views, functions, methods and operators minicomp does not know, ``np.matrix`` and
-other ndarray subclasses) raises ``UnsupportedError`` saying so; random numbers drawn while
-tracing become constants and give a ``MinicompWarning`` (``frozen.py``).
+``file:line``. Writes (``x[idx] = v``, ``x += v``, ``out=``, ``np.add.at``) rebind the proxy to
+a new value (``updates.py``): a view writes through into its base, a view read after its base
+was written is made again, and a written argument becomes an extra output that ``jit`` copies
+into the caller's array. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``,
+a traced boolean mask, writes into transposed or reshaped views, functions, methods and
+operators minicomp does not know, ``np.matrix`` and other ndarray subclasses) raises
+``UnsupportedError`` saying so; random numbers drawn while tracing become constants and give a
+``MinicompWarning`` (``frozen.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py")) + (
     os.path.dirname(os.path.abspath(np.__file__)),
 )
-_VIEW_OPS = {"slice", "reshape", "transpose", "expand_dims", "squeeze", "broadcast_to"}
 
 
 def user_location() -> str | None:
@@ -75,9 +78,12 @@ class Tracer:
     def __init__(self, name: str):
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
+        self.inputs: list[TracedArray] = []  # the argument proxies: written ones are updated in place
 
     def input(self, name: str, type: TensorType) -> "TracedArray":
-        return TracedArray(self, self.graph.add_input(name, type, user_location()))
+        proxy = TracedArray(self, self.graph.add_input(name, type, user_location()))
+        self.inputs.append(proxy)
+        return proxy
 
     def node_of(self, value, partners: tuple[np.dtype, ...] = (), op: str | None = None) -> Node:
         """The node for an operand of ``op``: a proxy's own node, or a new constant.
@@ -89,6 +95,7 @@ class Tracer:
         if isinstance(value, TracedArray):
             if value.tracer is not self:
                 raise UnsupportedError("a traced array from another trace was used in this one")
+            value.refresh()
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -156,6 +163,18 @@ def apply_op(op: str, *operands, **attrs):
 # ----------------------------------------------------------------------------------------------
 
 
+_CONTROL_FLOW_ADVICE = ("data-dependent Python control flow cannot be compiled: use np.where, "
+                        "np.maximum, ... instead")
+_INDEX_ADVICE = ("a Python list, tuple or range indexed by a traced value cannot be compiled: make it an "
+                 "array and write np.take(a, i, axis=0)")
+_ARRAY_ADVICE = (
+    "this happens when a NumPy array that is not an argument (a closed-over weight) is indexed by a "
+    "traced array (W[ids] or np.take(W, ids): NumPy indexes W itself; pass W as an argument); when a traced "
+    "value is written into a NumPy array (a[i] = t: make a traced, e.g. a = np.zeros_like(t)); with "
+    "np.asarray or np.array of a traced array (leave it out: it is an array already); in a non-NumPy "
+    "library; or when an np.matrix or masked array meets a traced array (pass np.asarray(m) instead)")
+
+
 class TracedArray:
     """A stand-in for an ``np.ndarray`` during tracing: shape and dtype, no data."""
 
@@ -165,7 +184,16 @@ class TracedArray:
     def __init__(self, tracer: Tracer, node: Node):
         self.tracer = tracer
         self.node = node
-        self._has_views = False  # a view was taken of this array: in-place writes would leak
+        # Writes (x[k] = v, x += v) rebind ``node`` (SSA) and count in ``_version``. A view
+        # (y = x[k], x.T ...) remembers its ``_base``, how it is made from it (``_remake``) and
+        # the base's version when made: read after a write into its base, it is made again (so
+        # it shows the write, as in NumPy). A view by a basic index also keeps its ``_key``: a
+        # write into y = x[key] is written through into x[key].
+        self._version = 0
+        self._base: TracedArray | None = None
+        self._remake: Callable[[TracedArray], TracedArray] | None = None
+        self._key: tuple | None = None  # (key,) for a view by basic indexing: base[key] is this view
+        self._base_version = 0
 
     # -- attributes -----------------------------------------------------------------------------
 
@@ -196,11 +224,10 @@ class TracedArray:
 
     # -- things a trace cannot do ---------------------------------------------------------------
 
-    def _concrete(self, what: str):
+    def _concrete(self, what: str, advice: str = _CONTROL_FLOW_ADVICE):
         raise UnsupportedError(
             f"{what} needs the values of {self!r}, which do not exist while tracing"
-            f"{at(user_location())}; data-dependent Python control flow cannot be compiled: "
-            "use np.where, np.maximum, ... instead"
+            f"{at(user_location())}; {advice}"
         )
 
     def __bool__(self):
@@ -213,7 +240,7 @@ class TracedArray:
         self._concrete("int()")
 
     def __index__(self):
-        self._concrete("using an array as an index")
+        self._concrete("using an array as an index", _INDEX_ADVICE)
 
     def __complex__(self):
         self._concrete("complex()")
@@ -222,8 +249,7 @@ class TracedArray:
         self._concrete("`in` (NumPy computes (x == v).any())")
 
     def __array__(self, dtype=None, copy=None):
-        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library, or an "
-                       "np.matrix or masked array meeting a traced array: pass np.asarray(m) instead)")
+        self._concrete("conversion to a NumPy array", _ARRAY_ADVICE)
 
     def __reduce_ex__(self, protocol):
         self._concrete("pickling")
@@ -235,10 +261,53 @@ class TracedArray:
         self._concrete(".tolist()")
 
     def __setitem__(self, key, value):
-        raise UnsupportedError(
-            f"item assignment x[...] = v is not supported{at(user_location())}; "
-            "build the result with np.where or np.concatenate"
-        )
+        """``x[key] = value``: x is rebound to ``scatter(x, positions of x[key], value)`` (a view
+        writes through into its base). ``x[k] += v`` ends with ``x[k] = tmp`` where tmp, a view
+        of x[k], already wrote itself through: that last write is skipped."""
+        if value is not self and isinstance(value, TracedArray) and value._base is self and (
+                value._key is not None and value._key[0] is key and value._base_version == self._version):
+            return  # value *is* the up-to-date view self[key]: nothing to write
+        from .updates import write
+
+        self.check_writable("x[...] = v")
+        write(self, key, value)
+
+    def refresh(self) -> None:
+        """A view whose base was written since it was made is made again from the base (NumPy's
+        view shows the write): ``y = x[0]; x[0] = 5`` -> y reads as x[0] now is."""
+        if self._base is None:
+            return
+        self._base.refresh()
+        if self._base._version != self._base_version:
+            self.node = self._remake(self._base).node
+            self._base_version = self._base._version
+            self._version += 1  # (views of this view are made again in turn)
+
+    def check_writable(self, what: str) -> None:
+        """Refuse a write into a view that is not a basic index (x.T, x.reshape): NumPy writes its base."""
+        self.refresh()
+        if self._base is not None and self._key is None:
+            raise UnsupportedError(
+                f"{what}: writing into a reshaped, transposed or broadcast view of another array "
+                f"({self!r}){at(user_location())}; NumPy would change that array too, which minicomp "
+                "traces only through basic indexing (x[1:3] += v): write the base (x[...] = ...), "
+                "or work on a copy (y = x.T.copy())")
+
+    def assign(self, node: Node) -> None:
+        """Rebind this array to a new value (a write); a view writes the value through into its base."""
+        self.node = node
+        self._version += 1
+        if self._base is not None:
+            from .updates import write
+
+            write(self._base, self._key[0], self)
+            self._base_version = self._base._version
+
+    def view_of(self, base: "TracedArray", remake, key: tuple | None = None) -> "TracedArray":
+        """Mark this array a view of ``base``, made by ``remake(base)``: ``base[key[0]]`` (written
+        through there), or, with ``key=None``, a reshape/transpose/broadcast (not writable)."""
+        self._base, self._remake, self._key, self._base_version = base, remake, key, base._version
+        return self
 
     def __delitem__(self, key):
         raise UnsupportedError(f"del x[...]: arrays cannot delete elements (NumPy refuses too){at(user_location())}; "
@@ -329,19 +398,11 @@ class TracedArray:
         return self._apply("abs", self)
 
     # In-place operators rebind this proxy to the new value, so every Python name bound to this
-    # array sees the change, as with NumPy. Views would not see it, so that case is refused.
+    # array sees the change, as with NumPy; a view writes it through into its base (``assign``),
+    # an argument is updated in the caller's array after the call (``trace_with_structure``).
     def _inplace(op, compute=None):
         def method(self, other):
-            if self.node.op == "input":
-                raise UnsupportedError(
-                    f"in-place update of the argument %{self.node.name}{at(user_location())}: "
-                    "compiled functions do not mutate their arguments; write x = x + y"
-                )
-            if self._has_views or self.node.op in _VIEW_OPS:
-                raise UnsupportedError(
-                    f"in-place update of an array that shares memory with another (a view)"
-                    f"{at(user_location())}; write x = x + y"
-                )
+            self.check_writable(f"in-place {op}")
             result = compute(self, other) if compute else self._apply(op, self, other)
             if result.shape != self.shape:
                 raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
@@ -351,7 +412,7 @@ class TracedArray:
                     raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {self.dtype} array "
                                      f"updated in place (NumPy's 'same_kind' rule){at(user_location())}")
                 result = result.astype(self.dtype)  # NumPy casts into the existing buffer
-            self.node = result.node
+            self.assign(result.node)
             return self
         return method
 
@@ -367,16 +428,17 @@ class TracedArray:
     # -- indexing -------------------------------------------------------------------------------
 
     def __getitem__(self, key) -> "TracedArray":
-        from .indexing import getitem
+        from .indexing import getitem, is_view_key
 
-        self._has_views = True
-        return getitem(self, key)
+        result = getitem(self, key)
+        if not is_view_key(key):
+            return result  # advanced indexing gives a copy
+        return result.view_of(self, lambda base: getitem(base, key), (key,))
 
     # -- methods --------------------------------------------------------------------------------
 
     def _view(self, op: str, **attrs) -> "TracedArray":
-        self._has_views = True
-        return self._apply(op, self, **attrs)
+        return self._apply(op, self, **attrs).view_of(self, lambda base: base._apply(op, base, **attrs))
 
     def reshape(self, *shape, order="C"):
         if not isinstance(order, str) or order != "C":
@@ -404,9 +466,11 @@ class TracedArray:
     def ravel(self, order="C"):
         return self.reshape(-1, order=order)
 
-    flatten = ravel
+    def flatten(self, order="C"):
+        return self.ravel(order).copy()
 
     def copy(self, order="C"):
+        self.refresh()
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
 
     def __copy__(self):
@@ -566,6 +630,7 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
     """
     from . import frozen
+    from .updates import written_arguments
 
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
     call_args, static = [], {}
@@ -583,7 +648,11 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
         structure, results = type(result), list(result)
     else:
         structure, results = None, [result]
-    tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
+    outputs = [_output_node(tracer, r) for r in results]
+    for number, value in written_arguments(tracer):  # each written argument: one more output
+        tracer.graph.updated_inputs[number] = len(outputs)
+        outputs.append(value)
+    tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
     return tracer.graph, structure
 

@@ -86,11 +86,11 @@ BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "pow", "maximum", "
 COMPARISON_OPS = ("eq", "ne", "lt", "le", "gt", "ge")
 REDUCTION_OPS = ("sum", "mean", "max", "min")
 INJECTIVE_OPS = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
-                 "concatenate")
+                 "concatenate", "gather")
 
 #: Every op the generator can emit (all of the op table but the sources and ``fused``).
 GENERATED_OPS = frozenset(UNARY_OPS + BINARY_OPS + REDUCTION_OPS + INJECTIVE_OPS
-                          + ("cast", "where", "matmul", "conv2d"))
+                          + ("cast", "where", "matmul", "conv2d", "scatter"))
 #: Ops whose result can jump when an operand changes in its last bit.
 DISCONTINUOUS_OPS = frozenset(COMPARISON_OPS + (
     "floor", "ceil", "sign", "floordiv", "mod", "cast", "logical_not", "logical_and",
@@ -115,13 +115,13 @@ _WEIGHTS = {"unary": 3, "binary": 4, "reduce": 2}
 _BIG_WEIGHTS = {"matmul": 3, "attention": 2, "conv2d": 2}
 _CATEGORIES = {
     "unary": UNARY_OPS, "cast": ("cast",), "binary": BINARY_OPS, "where": ("where",),
-    "reduce": REDUCTION_OPS, "matmul": ("matmul",), "conv2d": ("conv2d",),
+    "reduce": REDUCTION_OPS, "matmul": ("matmul",), "conv2d": ("conv2d",), "scatter": ("scatter",),
     **{name: (name,) for name in INJECTIVE_OPS},
 }
 
 # Exactness (see the module docstring): ops whose float result is exact when their operands
 # are, ops that keep the operands' grid, and the sums and products exact only on a grid.
-_MOVES = {"neg", "abs", "maximum", "minimum", "where", "max", "min", "cast", *INJECTIVE_OPS}
+_MOVES = {"neg", "abs", "maximum", "minimum", "where", "max", "min", "cast", "scatter", *INJECTIVE_OPS}
 _INTEGRAL = {"floor", "ceil", "sign"}
 _GRID_SUMS = {"add", "sub", "sum"}
 _GRID_PRODUCTS = {"mul", "matmul", "conv2d"}
@@ -1081,6 +1081,56 @@ class _Builder:
         parts[0], parts[position] = parts[position], parts[0]
         self.emit(op, parts, {"axis": axis}, lambda *arrays: np.concatenate(arrays, axis=axis),
                   max(p.bound for p in parts))
+
+    def index_constant(self, shape, size: int, spread: int = 1) -> _Val:
+        """A constant int32 or int64 index array of ``shape`` for an axis of ``size``: indices in
+        ``-size..size-1`` (negatives and repeats included), or ``spread`` times wider (for the
+        wrap and clip modes). Constant, so that every index is in range: the runtime error of an
+        index out of range is tested in ``tests/test_gather_scatter.py``."""
+        count = _size(shape)
+        values = self.draw(st.lists(st.integers(-spread * size, spread * size - 1), min_size=count, max_size=count))
+        dtype = self.choose((np.int32, np.int64))
+        return self.new_constant(np.array(values, dtype).reshape(shape), pooled=False)
+
+    def _gather(self, op: str) -> None:
+        x = self.pick(lambda v: len(v.shape) >= 1 and min(v.shape) >= 1)
+        if x is None:
+            return
+        axis = self.draw(st.integers(0, len(x.shape) - 1))
+        count = self.draw(st.integers(1, min(2, len(x.shape) - axis)))
+        mode = self.choose(("raise", "wrap", "clip"))
+        shape = tuple(self.dim() for _ in range(self.draw(st.integers(0, 2))))
+        sizes = x.shape[axis:axis + count]
+        indices = [self.index_constant(shape, size, 1 if mode == "raise" else 3) for size in sizes]
+
+        def numpy_gather(a, *picks):
+            if mode == "wrap":
+                picks = [p % s for p, s in zip(picks, sizes)]
+            elif mode == "clip":
+                picks = [np.clip(p, 0, s - 1) for p, s in zip(picks, sizes)]
+            return a[(slice(None),) * axis + tuple(picks)]
+        self.emit(op, [x, *indices], {"axis": axis, "mode": mode}, numpy_gather, x.bound)
+
+    def _scatter(self, op: str) -> None:
+        x = self.pick(lambda v: _size(v.shape) >= 1)
+        if x is None:
+            return
+        shape = tuple(self.dim() for _ in range(self.draw(st.integers(0, 2))))
+        positions = self.index_constant(shape, _size(x.shape))
+        written = self.pick(lambda v: v.shape == shape and v.dtype == x.dtype) or self.new_leaf(
+            shape, x.dtype, keep_shape=True)
+        mode = self.choose(("set", "maximum", "minimum")) if x.dtype.kind == "f" else "set"
+
+        def numpy_scatter(a, p, v):
+            out = a.copy().reshape(-1)
+            if mode == "set":
+                for position, value in zip(p.reshape(-1), v.reshape(-1)):  # the last write wins
+                    out[position] = value
+            else:
+                getattr(np, mode).at(out, p.reshape(-1), v.reshape(-1))
+            return out.reshape(a.shape)
+        bound = max(x.bound, written.bound) if written is not None else x.bound
+        self.emit(op, [x, positions, written], {"mode": mode}, numpy_scatter, bound)
 
     # -- compositions ---------------------------------------------------------------------------
 

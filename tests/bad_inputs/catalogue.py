@@ -30,9 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-import minicomp
-from minicomp.errors import (DTypeError, MinicompError, MinicompRuntimeError, MinicompWarning, ShapeError,
-                             UnsupportedError)
+# the minicomp of this checkout (not another one installed in the environment)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import minicomp  # noqa: E402
+from minicomp.errors import (DTypeError, IndexOutOfBoundsError, MinicompError, MinicompRuntimeError, MinicompWarning,
+                             ShapeError, UnsupportedError)
 from minicomp.testing import assert_close
 
 HERE = os.path.abspath(__file__)
@@ -1080,12 +1082,43 @@ def _():
 
 @case("tracing/boolean_mask_index")
 def _():
-    check(lambda x: x[x > 0], X34, kind=UnsupportedError, words=["advanced indexing"])
+    check(lambda x: x[x > 0], X34, kind=UnsupportedError, words=["boolean mask", "data-dependent shape",
+                                                                   "np.where(mask, x, 0)"], shapes=["f32[3,4]"])
 
 
 @case("tracing/integer_array_index")
 def _():
-    check(lambda x: x[[0, 2]], X34, kind=UnsupportedError, words=["advanced indexing"])
+    computes(lambda x: (x[[0, 2]], x[:, [-1]], x[[0, -1], [1, 1]], x[np.array([True, False, True])]), X34)
+
+
+@case("tracing/traced_index_out_of_range")
+def _():
+    check(lambda x, i: x[i], X34, np.array([0, 3]), kind=IndexOutOfBoundsError, words=["out of bounds"], at=None)
+    check(lambda x, i: x[i], X34, np.array([0, 3]), target="numpy", kind=IndexOutOfBoundsError,
+          words=["index 3 is out of bounds for axis 0 with size 3"], at=None)
+
+
+@case("tracing/constant_index_out_of_range")
+def _():
+    check(lambda x: x[[0, 5]], X34, kind=ShapeError, words=["index 5", "size 3"], shapes=["f32[3,4]"])
+
+
+@case("tracing/float_index_array")
+def _():
+    check(lambda x: x[x[0]], X34, kind=UnsupportedError, words=["integer", "astype"], shapes=["f32[3,4]"])
+
+
+@case("tracing/traced_index_of_a_closed_over_array")
+def _():
+    weights = np.ones((5, 2), f32)
+    check(lambda i: weights[i], np.array([1, 2]), kind=UnsupportedError, words=["W[ids]", "pass W as an argument"])
+
+
+@case("tracing/add_at_on_a_closed_over_array")
+def _():
+    counts = np.zeros(3, f32)
+    check(lambda i: (np.add.at(counts, i, 1.0), i)[1], np.array([1, 2]), kind=UnsupportedError,
+          op="np.add.at", words=["not an argument"])
 
 
 @case("tracing/bool_scalar_index")
@@ -1103,16 +1136,49 @@ def _():
     def fn(x):
         y = x * 2
         y[0] = 1
+        y[[1, 1], 0] += 5
+        np.add.at(y, ([2, 2], 1), 1.0)
         return y
-    check(fn, X34, kind=UnsupportedError, words=["item assignment"])
+    computes(fn, X34)
+
+
+@case("tracing/item_assignment_into_a_transpose")
+def _():
+    def fn(x):
+        y = (x * 2).T
+        y[0] = 1
+        return y
+    check(fn, X34, kind=UnsupportedError, words=["transposed", ".copy()"], shapes=["f32[4,3]"])
 
 
 @case("tracing/inplace_on_an_argument")
 def _():
     def fn(x):
         x += 1
-        return x
-    check(fn, X34, kind=UnsupportedError, words=["in-place", "%x"])
+        x[0] = 5
+        return x * 2
+    mine, theirs = X34.copy(), X34.copy()
+    same_values(minicomp.jit(fn)(mine), fn(theirs))
+    same_values(mine, theirs)  # the caller's array is left as NumPy leaves it
+
+
+@case("tracing/inplace_on_a_read_only_argument")
+def _():
+    def fn(x):
+        x[0] = 5
+        return x * 2
+    frozen = X34.copy()
+    frozen.flags.writeable = False
+    check(fn, frozen, kind=MinicompRuntimeError, words=["argument 'x'", "read-only"], at=None)
+
+
+@case("tracing/out_into_a_numpy_array")
+def _():
+    def fn(x):
+        total = np.zeros((3, 4), f32)
+        total += x
+        return total
+    check(fn, X34, kind=UnsupportedError, words=["out=a", "a = a + t"])
 
 
 @case("tracing/np_asarray_of_a_traced_value")
