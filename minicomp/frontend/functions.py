@@ -333,7 +333,14 @@ def _where(condition, x=None, y=None):
         raise UnsupportedError(f"np.where(condition) with one argument returns data-dependent "
                                f"indices and cannot be traced{at(user_location())}")
     tracer = find_tracer((condition, x, y))
-    return tracer.apply("where", [condition, x, y])
+    return tracer.apply("where", [_truth(tracer, condition), x, y])
+
+
+def _truth(tracer: Tracer, condition):
+    """A condition as NumPy reads it: any dtype, nonzero (or NaN) is True."""
+    if isinstance(condition, TracedArray):
+        return condition if condition.dtype == np.bool_ else condition != 0
+    return np.asarray(condition).astype(bool)
 
 
 @implements(np.clip)
