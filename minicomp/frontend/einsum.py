@@ -192,11 +192,11 @@ def _combine(a: _Operand, b: _Operand, output: Labels, later: list[_Operand]) ->
     left_dims = a_arr.shape[len(batch):len(batch) + len(left)]
     right_dims = b_arr.shape[len(batch) + len(contracted):]
     k_size = math.prod(a_arr.shape[len(batch) + len(left):])
-    a_mat = a_arr.reshape(a_batch + (math.prod(left_dims), k_size))
-    b_mat = b_arr.reshape(b_batch + (k_size, math.prod(right_dims)))
+    a_mat = _reshaped(a_arr, a_batch + (math.prod(left_dims), k_size))
+    b_mat = _reshaped(b_arr, b_batch + (k_size, math.prod(right_dims)))
     product = a_mat @ b_mat
     batch_dims = product.shape[:len(batch)]
-    return _Operand(product.reshape(batch_dims + left_dims + right_dims), batch + left + right)
+    return _Operand(_reshaped(product, batch_dims + left_dims + right_dims), batch + left + right)
 
 
 def _broadcast_contracted(a: TracedArray, b: TracedArray, a_start: int, b_start: int, count: int):
@@ -225,3 +225,7 @@ def _outer(a: _Operand, b: _Operand, batch: Labels, left: Labels, right: Labels)
 def _arranged(op: _Operand, labels: Labels) -> TracedArray:
     perm = [op.labels.index(label) for label in labels]
     return op.array.transpose(perm) if perm != list(range(len(perm))) else op.array
+
+
+def _reshaped(x: TracedArray, shape: tuple[int, ...]) -> TracedArray:
+    return x if x.shape == tuple(shape) else x.reshape(shape)
