@@ -206,7 +206,8 @@ BINARY = {
     "logical_and": np.logical_and, "logical_or": np.logical_or,
 }
 REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
-MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice")
+MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
+            "as_strided")
 OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate")
 
 
@@ -433,6 +434,9 @@ def movement_attrs(draw, shape):
     bound = st.one_of(st.none(), st.integers(-6, 6))
     index = tuple(slice(draw(bound), draw(bound), draw(st.sampled_from([1, 2, 3, -1, -2])))
                   for _ in shape)
+    window = tuple(draw(st.integers(0, d)) for d in shape)  # sliding_window_view's windows
+    window_shape = tuple(d - w + 1 for d, w in zip(shape, window)) + window
+    window_strides = tuple(math.prod(shape[i + 1:]) for i in range(ndim)) * 2
     return {
         "transpose": ({"perm": perm}, lambda a: np.transpose(a, perm)),
         "reshape": ({"shape": new_shape}, lambda a: np.reshape(a, new_shape)),
@@ -441,13 +445,15 @@ def movement_attrs(draw, shape):
         "squeeze": ({"axes": squeeze}, lambda a: np.squeeze(a, squeeze)),
         "slice": ({"starts": [s.start for s in index], "stops": [s.stop for s in index],
                    "steps": [s.step for s in index]}, lambda a: a[index]),
+        "as_strided": ({"shape": window_shape, "strides": window_strides},
+                       lambda a: np.lib.stride_tricks.sliding_window_view(a, window).copy()),
     }
 
 
 @settings(max_examples=15)
 @given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(max_side=5))
 def test_movement_ops(dtype, shape, data):
-    """transpose, reshape, broadcast_to, expand_dims, squeeze and slice of one input, each
+    """transpose, reshape, broadcast_to, expand_dims, squeeze, slice and as_strided of one input, each
     also applied to the transposed input (a movement op reading through another one)."""
     x = data.draw(arrays(dtype, shape))
     ops = data.draw(movement_attrs(shape))

@@ -529,7 +529,41 @@ def slice_cases(draw, x):
     return attrs, lambda x: x[tuple(slice(*s) for s in per_axis)], [lambda x: x[key]]
 
 
+def strided_reference(dims, strides, offset=0):
+    """NumPy's ``as_strided`` over the C-order elements from ``offset`` (strides in elements), copied;
+    ValueError where a window would read outside the array."""
+    def reference(a):
+        low = offset + sum(s * (d - 1) for d, s in zip(dims, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(dims, strides) if s > 0)
+        if math.prod(dims) == 0:
+            return np.zeros(dims, a.dtype)
+        if low < 0 or high >= a.size:
+            raise ValueError("outside the array")
+        flat = np.ascontiguousarray(a).reshape(-1)
+        return np.lib.stride_tricks.as_strided(flat[offset:], dims, [s * a.itemsize for s in strides]).copy()
+    return reference
+
+
+@st.composite
+def as_strided_cases(draw, x):
+    """Graph API: windows (element strides, as sliding_window_view makes them, or drawn with
+    zero and negative strides and an offset). Tracing: ``sliding_window_view`` (too large a
+    window now and then: NumPy's ValueError) and ``minicomp.nn.as_strided``."""
+    window = tuple(draw(st.integers(0, d + (draw(st.integers(0, 5)) == 0))) for d in x.shape)
+    c_strides = tuple(math.prod(x.shape[i + 1:]) for i in range(x.ndim))
+    shape = tuple(d - w + 1 for d, w in zip(x.shape, window)) + window
+    spellings = [lambda a: np.lib.stride_tricks.sliding_window_view(a, window),
+                 lambda a: minicomp.nn.as_strided(a, shape, [s * a.itemsize for s in c_strides * 2])]
+    if draw(st.booleans()) and min(shape, default=0) >= 0:
+        return {"shape": shape, "strides": c_strides * 2}, strided_reference(shape, c_strides * 2), spellings
+    dims = tuple(draw(st.integers(0, 3)) for _ in range(draw(st.integers(1, 3))))
+    strides = tuple(draw(st.integers(-2, 2)) for _ in dims)
+    offset = draw(st.integers(0, 6))
+    return {"shape": dims, "strides": strides, "offset": offset}, strided_reference(dims, strides, offset), spellings
+
+
 MOVEMENT = {
+    "as_strided": as_strided_cases,
     "transpose": transpose_cases, "reshape": reshape_cases, "broadcast_to": broadcast_to_cases,
     "expand_dims": expand_dims_cases, "squeeze": squeeze_cases, "slice": slice_cases,
 }

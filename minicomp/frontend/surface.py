@@ -44,7 +44,7 @@ def _static_ints(name: str, what: str, value, x: TracedArray) -> np.ndarray:
         raise UnsupportedError(f"{name}: {what} is a traced array, but it must be known at trace time"
                                f"{at(user_location())}; pass a Python int or a list of ints")
     array = np.asarray(value)
-    if array.dtype.kind not in "iub" or array.dtype == np.bool_:
+    if array.size and (array.dtype.kind not in "iu"):
         raise ShapeError(f"{name}: {what} {value!r:.60} must be integers; operand {x.node.type}"
                          f"{at(user_location())}")
     return array.astype(np.int64)
@@ -499,3 +499,78 @@ def cumprod(a, axis=None, dtype=None, out=None):
     """``np.cumprod``: running products along ``axis`` (the flattened array if None); see ``scan``."""
     _unsupported_kwargs("np.cumprod", {"out": out})
     return scan("np.cumprod", a, axis, dtype, "mul")
+
+
+# ----------------------------------------------------------------------------------------------
+# Strided views: sliding_window_view, as_strided
+# ----------------------------------------------------------------------------------------------
+
+
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-order array: ``(3, 4) -> (4, 1)``."""
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+@implements(np.lib.stride_tricks.sliding_window_view)
+def sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=False):
+    """``sliding_window_view``: every window of ``window_shape`` along ``axis``, as one ``as_strided``.
+
+    Requires: ``window_shape`` and ``axis`` known at trace time, no window larger than its axis.
+    The windows' axes come last, in the order of ``axis`` (which may repeat, as in NumPy).
+
+    ``sliding_window_view(f32[5], 3)`` -> ``as_strided(shape=(3, 3), strides=(1, 1)) : f32[3,3]``
+    """
+    name = "sliding_window_view"
+    a = _traced(x)
+    if writeable:
+        raise UnsupportedError(f"{name}(writeable=True): compiled functions do not write through views"
+                               f"{at(user_location())}; drop writeable=True")
+    window = tuple(int(w) for w in _static_ints(name, "window_shape", window_shape, a).reshape(-1))
+    if axis is None:
+        axes = tuple(range(a.ndim))
+        if len(window) != a.ndim:
+            raise ShapeError(f"{name}: since axis is None, window_shape {window} must have one entry per "
+                             f"axis of the input; operand {a.node.type}{at(user_location())}")
+    else:
+        axes = tuple(checked_axis(name, ax, a) for ax in (axis if isinstance(axis, (tuple, list)) else (axis,)))
+        if len(window) != len(axes):
+            raise ShapeError(f"{name}: window_shape {window} and axis {axis!r} must have the same length"
+                             f"{at(user_location())}")
+    if any(w < 0 for w in window):
+        raise ShapeError(f"{name}: window_shape {window} cannot contain negative values{at(user_location())}")
+    shape, strides = list(a.shape), c_strides(a.shape)
+    for ax, w in zip(axes, window):
+        if shape[ax] < w:
+            raise ShapeError(f"{name}: window shape {window} cannot be larger than the input array shape; "
+                             f"operand {a.node.type}{at(user_location())}")
+        shape[ax] -= w - 1
+    return a._view("as_strided", shape=tuple(shape) + window,
+                   strides=strides + tuple(strides[ax] for ax in axes))
+
+
+def as_strided(x, shape, strides):
+    """NumPy's ``as_strided(x, shape, strides)`` for an array in C order (strides in bytes).
+
+    Requires: strides multiples of the itemsize that only read elements of ``x``; otherwise a
+    ``ShapeError`` (NumPy would read memory outside the array). Works on NumPy arrays and, inside
+    ``@minicomp.jit``, on traced ones (NumPy's own ``as_strided`` cannot be traced: it asks for
+    the array's memory).
+
+    ``as_strided(f32[6], (4, 3), (4, 4))`` -> the 4 windows of 3 elements
+    """
+    tracer = find_tracer([x])
+    itemsize = x.dtype.itemsize
+    byte_strides = tuple(int(s) for s in np.asarray(strides).reshape(-1))
+    if any(s % itemsize for s in byte_strides):
+        raise ShapeError(f"as_strided: strides {byte_strides} are not multiples of the itemsize {itemsize}"
+                         f"{at(user_location())}")
+    element_strides = tuple(s // itemsize for s in byte_strides)
+    from .tracer import apply_op
+
+    if tracer is None and not np.asarray(x).flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return apply_op("as_strided", x, shape=tuple(shape), strides=element_strides)

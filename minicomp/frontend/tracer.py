@@ -222,6 +222,11 @@ class TracedArray:
         self._concrete("`in` (NumPy computes (x == v).any())")
 
     def __array__(self, dtype=None, copy=None):
+        if _called_from_numpy("as_strided"):
+            raise UnsupportedError(
+                f"np.lib.stride_tricks.as_strided needs the memory of {self!r}, which does not exist while "
+                f"tracing{at(user_location())}; write minicomp.nn.as_strided(x, shape, strides) (the same "
+                "arguments, for an array in C order) or np.lib.stride_tricks.sliding_window_view")
         self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library, or an "
                        "np.matrix or masked array meeting a traced array: pass np.asarray(m) instead)")
 
@@ -498,6 +503,16 @@ _DEFAULT_ATTRIBUTE_ADVICE = (
     "compute it outside the compiled function, or with what the tracer supports: "
     + ", ".join(sorted(f"x.{name}" for name in _NDARRAY_ATTRIBUTES if name in vars(TracedArray)))
 )
+
+
+def _called_from_numpy(function: str) -> bool:
+    """True if NumPy's ``function`` is on the stack (it called into the proxy)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_code.co_filename.startswith(_INTERNAL[-1]):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def checked_axis(op: str, axis, x: TracedArray, ndim: int | None = None) -> int:

@@ -368,6 +368,20 @@ def _concatenate(node, idx, *xs: Tensor):
     return value
 
 
+@rule("as_strided")
+def _as_strided(node, idx, x: Tensor):
+    """``x.flat[offset + sum(i * stride)]``, the flat index split back into ``x``'s axes."""
+    a = node.attrs
+    flat: Expr = Const(a["offset"])
+    for i, stride in zip(idx, a["strides"]):
+        flat = flat + i * stride if stride else flat
+    in_idx, rest = [], flat
+    for stride in _strides(x.shape):
+        in_idx.append(Binary("/", rest, Const(stride), INDEX) if stride != 1 else rest)
+        rest = Binary("%", rest, Const(stride), INDEX) if stride != 1 else Const(0)
+    return x[in_idx]
+
+
 @rule("constant")
 def _constant(node, idx, *args):
     value = node.attrs["value"]

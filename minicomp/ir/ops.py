@@ -710,6 +710,40 @@ register(OpDef(
 ))
 
 
+def _as_strided_normalize(types, attrs):
+    shape, strides = _shape_tuple(attrs["shape"]), _shape_tuple(attrs["strides"])
+    offset = operator.index(attrs["offset"])
+    if len(shape) != len(strides) or min(shape, default=0) < 0:
+        raise ShapeError(f"as_strided needs one stride per axis and sizes >= 0, got shape {shape}, strides {strides}")
+    if math.prod(shape) > 0:
+        low = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if low < 0 or high >= types[0].size:
+            raise ShapeError(f"as_strided with shape {shape}, strides {strides} (in elements) and offset "
+                             f"{offset} reads elements {low}..{high}, outside the {types[0].size} of the input")
+    return {"shape": shape, "strides": strides, "offset": offset}
+
+
+def as_strided_reference(x, shape, strides, offset):
+    """``out[i, j, ...] = x.flat[offset + i*strides[0] + j*strides[1] + ...]`` (a copy)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    index = np.full(shape, offset, dtype=np.int64)
+    for axis, (dim, stride) in enumerate(zip(shape, strides)):
+        index = index + (np.arange(dim, dtype=np.int64) * stride).reshape((dim,) + (1,) * (len(shape) - axis - 1))
+    return flat[index] if index.size else np.zeros(shape, x.dtype)
+
+
+register(OpDef(
+    "as_strided", Kind.INJECTIVE, 1,
+    infer=lambda types, attrs: TensorType(attrs["shape"], types[0].dtype),
+    reference=as_strided_reference,
+    attrs={"shape": REQUIRED, "strides": REQUIRED, "offset": 0},
+    normalize=_as_strided_normalize,
+    doc="a strided window on x's C-order elements: out[i] = x.flat[offset + i . strides] "
+        "(strides in elements; sliding_window_view)",
+))
+
+
 # ----------------------------------------------------------------------------------------------
 # Fused: a subgraph that runs as one kernel
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ What the generator produces:
   both orders), ``where``, reductions (``axes`` None, an int, a tuple, negative or empty;
   ``keepdims``), ``matmul`` (1-D, 2-D and batched), ``conv2d`` (NCHW and NHWC, strides,
   padding, dilation, groups), ``transpose``, ``reshape`` (with ``-1``), ``broadcast_to``,
-  ``expand_dims``, ``squeeze``, ``slice`` (steps, negative ones included) and ``concatenate``;
+  ``expand_dims``, ``squeeze``, ``slice`` (steps, negative ones included), ``concatenate`` and
+  ``as_strided`` (windows with zero, negative and overlapping strides);
 * the compositions the fusion pass looks for, built from those ops as ``minicomp.nn`` writes
   them: softmax along any axis, layer norm (with and without scale and shift), and attention
   ``softmax(q @ kᵀ [* scale] [masked]) @ v`` with a constant mask (causal or random);
@@ -86,7 +87,7 @@ BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "pow", "maximum", "
 COMPARISON_OPS = ("eq", "ne", "lt", "le", "gt", "ge")
 REDUCTION_OPS = ("sum", "mean", "max", "min")
 INJECTIVE_OPS = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
-                 "concatenate")
+                 "concatenate", "as_strided")
 
 #: Every op the generator can emit (all of the op table but the sources and ``fused``).
 GENERATED_OPS = frozenset(UNARY_OPS + BINARY_OPS + REDUCTION_OPS + INJECTIVE_OPS
@@ -1081,6 +1082,30 @@ class _Builder:
         parts[0], parts[position] = parts[position], parts[0]
         self.emit(op, parts, {"axis": axis}, lambda *arrays: np.concatenate(arrays, axis=axis),
                   max(p.bound for p in parts))
+
+    def _as_strided(self, op: str) -> None:
+        x = self.pick()
+        size = _size(x.shape)
+        rank = self.draw(st.integers(1, 3))
+        shape = [self.draw(st.integers(0 if size == 0 else 1, 4)) for _ in range(rank)]
+        strides = [self.draw(st.integers(-2, 3)) for _ in range(rank)]
+        below = -sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        above = sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if size and below + above >= size:  # too wide: one window of one element
+            shape = [1] * rank
+            below = above = 0
+        if size == 0:
+            shape[0] = 0
+        offset = below + self.draw(st.integers(0, max(size - 1 - below - above, 0)))
+
+        def windows(a):  # NumPy's as_strided on the C-order elements, from the offset
+            flat = np.ascontiguousarray(a).reshape(-1)
+            if not flat.size:
+                return np.zeros(shape, a.dtype)
+            view = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * a.itemsize for s in strides])
+            return view.copy()
+        self.emit(op, [x], {"shape": tuple(shape), "strides": tuple(strides), "offset": offset},
+                  windows, x.bound)
 
     # -- compositions ---------------------------------------------------------------------------
 
