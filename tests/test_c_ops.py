@@ -209,11 +209,12 @@ REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
 MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
             "as_strided")
 OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate")
+SCANS = ("cumsum", "cumprod")
 
 
 def test_every_op_is_covered_by_this_file():
     # "fused" (a subgraph as one kernel) is made by the fusion pass: tests/test_fusion.py
-    assert set(OPS) - {"fused"} == set(UNARY) | set(BINARY) | set(REDUCTIONS) | set(MOVEMENT) | set(OTHERS)
+    assert set(OPS) - {"fused"} == set(UNARY) | set(BINARY) | set(REDUCTIONS) | set(MOVEMENT) | set(OTHERS) | set(SCANS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,6 +486,33 @@ def test_concatenate(shape, n, data):
     graph, nodes = graph_of("concat", *parts)
     graph.set_outputs([graph.add_op("concatenate", nodes, {"axis": axis})])
     check(graph, [data.draw(laid_out(p)) for p in parts], [np.concatenate(parts, axis=axis)])
+
+
+@settings(max_examples=12)
+@given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(min_dims=1, max_side=5))
+def test_scans(dtype, shape, data):
+    """cumsum and cumprod along every axis of one input (NaN, inf and extremes among the
+    values), through C: serial along the axis, NumPy's order and rounding per step."""
+    x = data.draw(arrays(dtype, shape))
+    graph, (node,) = graph_of("scans", x)
+    outputs, expected = [], []
+    for axis in range(-len(shape), len(shape)):
+        for op, fn in (("cumsum", np.cumsum), ("cumprod", np.cumprod)):
+            outputs.append(graph.add_op(op, [node], {"axis": axis}))
+            with np.errstate(all="ignore"):
+                expected.append(fn(x, axis=axis))
+    graph.set_outputs(outputs)
+    check(graph, [data.draw(laid_out(x))], expected)
+
+
+def test_scan_runs_in_parallel_over_the_other_axes(rng):
+    """A large cumsum along the last axis: the rows are a parallel loop, and match NumPy."""
+    x = rng.standard_normal((512, 300)).astype(np.float32)
+    graph, (node,) = graph_of("big_scan", x)
+    graph.set_outputs([graph.add_op("cumsum", [node], {"axis": -1})])
+    compiled = minicomp.compile(graph, target="c")
+    assert "#pragma omp parallel for" in compiled.source
+    assert_close(compiled(x), [np.cumsum(x, axis=-1)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -724,10 +724,26 @@ def test_conv2d(operands, with_bias):
 # ----------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------
+# Scans
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["cumsum", "cumprod"])
+@given(data=st.data(), dtype=dtypes, shape=shapes(min_dims=1))
+def test_scan(op, data, dtype, shape):
+    """cumsum/cumprod along an axis drawn negative or positive (bools and ints give int64)."""
+    x = data.draw(arrays(dtype, shape), "x")
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1), "axis")
+    fn = getattr(np, op)
+    check_graph(op, [x], {"axis": axis}, lambda a: fn(a, axis=axis))
+    check_trace(lambda a: fn(a, axis=axis), [x])
+
+
 def test_every_op_is_covered():
     """A new op in the table needs a row in one of the families above."""
     covered = {*UNARY, *BINARY, *REDUCTIONS, *MOVEMENT, "where", "cast", "constant", "concatenate",
-               "matmul", "conv2d",
+               "matmul", "conv2d", "cumsum", "cumprod",
                "fused"}  # fused nodes come from the fusion pass: tests/test_fusion.py
     missing = set(OPS) - {"input"} - covered
     assert not missing, f"ops without a test in tests/test_ops.py: {sorted(missing)}"

@@ -13,7 +13,7 @@ repeat, tile           expand_dims + broadcast_to + reshape (a scalar count), or
 tril, triu             where with an index mask (j - i <= k) from two small iotas
 argmax, argmin         max/min, ==, where with an iota, min: the first hit wins
 any, all               != 0, then max/min over the axes (bool)
-cumsum, cumprod        a Hillis-Steele scan: log2(n) rounds of slice + add + concatenate
+cumsum, cumprod        the cumsum/cumprod ops (a scan: serial along the axis)
 =====================  =============================================================
 
 Everything a trace cannot know (a count that is an array, a mode NumPy has but minicomp
@@ -461,44 +461,38 @@ def all_(a, axis=None, out=None, keepdims=False, *, where=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def scan(name: str, a, axis, dtype, combine: str) -> TracedArray:
-    """Inclusive scan (``np.cumsum``/``np.cumprod``) as a Hillis-Steele scan.
+def scan(name: str, a, axis, dtype, op: str) -> TracedArray:
+    """``np.cumsum``/``np.cumprod`` as the ``cumsum``/``cumprod`` op (a scan along one axis).
 
-    Round ``s = 1, 2, 4, ...``: ``y[s:] = y[s:] (+) y[:-s]``, written as
-    ``concatenate(y[:s], y[s:] (+) y[:-s])``. log2(n) fully parallel rounds; integers are
-    exact (wrapping adds and multiplies associate); floats are summed in another order than
-    NumPy's left-to-right loop, so they differ by rounding only. Dtype: NumPy's (ints and bools
-    accumulate in int64), or ``dtype``.
+    ``axis=None`` scans the flattened array. Dtype: NumPy's (bools and ints accumulate in
+    int64), or ``dtype``: the input is cast to it, scanned, and the result cast back (integer
+    sums and products wrap the same way in int64 and then int32; for bools, nonzero is NumPy's
+    logical or/and).
 
-    ``np.cumsum(f32[5])`` -> 3 rounds: shifts 1, 2, 4
+    ``np.cumsum(f32[2,5], axis=-1)`` -> ``cumsum(x) {axis=1} : f32[2,5]``
     """
     x = _traced(a)
     if axis is None:
         x, axis = x.reshape(-1), 0
     axis = checked_axis(name, axis, x)
-    result_dtype = dtype if dtype is not None else getattr(np, name[3:])(np.zeros(1, x.dtype)).dtype
-    y = x.astype(result_dtype)
-    n, shift = y.shape[axis], 1
-    while shift < n:
-        head = _axis_slice(y, axis, 0, shift)
-        combined = x.tracer.apply(combine, [_axis_slice(y, axis, shift, n), _axis_slice(y, axis, 0, n - shift)])
-        y = _concat([head, combined.astype(y.dtype)], axis)
-        shift *= 2
-    return y.copy()
+    if dtype is not None:
+        x = x.astype(dtype)
+    result = x._apply(op, x, axis=axis)
+    return result.astype(x.dtype) if dtype is not None else result
 
 
 @implements(np.cumsum)
 def cumsum(a, axis=None, dtype=None, out=None):
     """``np.cumsum``: running sums along ``axis`` (the flattened array if None); see ``scan``."""
     _unsupported_kwargs("np.cumsum", {"out": out})
-    return scan("np.cumsum", a, axis, dtype, "add")
+    return scan("np.cumsum", a, axis, dtype, "cumsum")
 
 
 @implements(np.cumprod)
 def cumprod(a, axis=None, dtype=None, out=None):
     """``np.cumprod``: running products along ``axis`` (the flattened array if None); see ``scan``."""
     _unsupported_kwargs("np.cumprod", {"out": out})
-    return scan("np.cumprod", a, axis, dtype, "mul")
+    return scan("np.cumprod", a, axis, dtype, "cumprod")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -370,6 +370,31 @@ _reduction("min", np.min, lambda d: d, True, "min over axes; NaN if any is NaN")
 
 
 # ----------------------------------------------------------------------------------------------
+# Scans: running sums and products along one axis
+# ----------------------------------------------------------------------------------------------
+
+SCAN_OPS = {"cumsum": "+", "cumprod": "*"}  # op -> the C operator of one step
+
+
+def _scan(name: str, reference, doc: str) -> None:
+    def infer(types, attrs):
+        return TensorType(types[0].shape, _sum_dtype(types[0].dtype))  # ints and bools: int64
+
+    def run(x, axis):
+        return np.asarray(reference(x, axis=axis))
+
+    register(OpDef(
+        name, Kind.OPAQUE, 1, infer=infer, reference=run, attrs={"axis": REQUIRED},
+        normalize=lambda types, attrs: {"axis": normalize_axis(attrs["axis"], types[0].ndim)}, doc=doc,
+    ))
+
+
+_scan("cumsum", np.cumsum, "running sum along axis: out[k] = out[k-1] + x[k], one rounding per step "
+      "(NumPy's order); serial along axis, parallel over the others")
+_scan("cumprod", np.cumprod, "running product along axis: out[k] = out[k-1] * x[k]")
+
+
+# ----------------------------------------------------------------------------------------------
 # Matmul and conv2d: out-elementwise-fusable
 # ----------------------------------------------------------------------------------------------
 

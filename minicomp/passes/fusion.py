@@ -141,6 +141,8 @@ def _consumer_group(node: Node, group_of: dict, outputs: set) -> tuple[Group | N
 
 def _join_refusal(group: Group, node: Node) -> str | None:
     """Why ``node`` may not join ``group`` (None if it may)."""
+    if group.root.kind is Kind.OPAQUE:
+        return f"{group.root.op} runs as a kernel of its own: its operand is stored"
     if group.pattern == "attention":
         return "only data movement (slice, reshape, transpose) joins an attention kernel" \
             if node.kind is not Kind.INJECTIVE else None
