@@ -316,6 +316,8 @@ def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     def element(k):
         return to_arith(x[at(k)], dtype)
 
+    if shape[axis] == 0:  # an empty result: nothing to store (even the first step would write past it)
+        return Block([])
     first = Store(out, linear_index(at(Const(0)), shape), cast(x[at(Const(0))], dtype))
     steps: list[Stmt] = [nest(inner, first, parallel=False)]
     if shape[axis] > 1:
