@@ -135,7 +135,7 @@ def _check_sizes(ops: list[_Operand], subscripts: str) -> None:
                 name = "..." if isinstance(label, tuple) else label
                 _fail(f"label {name!r} has sizes {known} and {dim}: operands "
                       f"{', '.join(str(o.array.node.type) for o in ops)}", subscripts)
-            sizes[label] = max(known, dim)
+            sizes[label] = dim if known == 1 else known
 
 
 # -- the steps ------------------------------------------------------------------------------------
@@ -203,7 +203,8 @@ def _broadcast_contracted(a: TracedArray, b: TracedArray, a_start: int, b_start:
     """Contracted axes of size 1 on one side only are broadcast to the other side's size."""
     a_shape, b_shape = list(a.shape), list(b.shape)
     for i in range(count):
-        n = max(a_shape[a_start + i], b_shape[b_start + i])
+        a_dim, b_dim = a_shape[a_start + i], b_shape[b_start + i]
+        n = b_dim if a_dim == 1 else a_dim  # 1 broadcasts to the other size, 0 included
         a_shape[a_start + i] = b_shape[b_start + i] = n
     if tuple(a_shape) != a.shape:
         a = a._view("broadcast_to", shape=tuple(a_shape))

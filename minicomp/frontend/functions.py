@@ -359,6 +359,9 @@ def _clip(a, a_min=np._NoValue, a_max=np._NoValue, out=None, *, min=np._NoValue,
     a_min = _one_bound("a_min", a_min, "min", min)
     a_max = _one_bound("a_max", a_max, "max", max)
     x = _traced(a, a_min, a_max)
+    if a_min is None and a_max is None and x.dtype == np.bool_:  # NumPy's np.positive, which refuses bools
+        raise DTypeError(f"np.clip with no bounds is np.positive, which NumPy refuses for bool arrays; operand "
+                         f"{x.node.type}{at(user_location())}")
     if a_min is not None:
         x = np.maximum(x, a_min)
     if a_max is not None:
