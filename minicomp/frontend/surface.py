@@ -211,6 +211,9 @@ _PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
 def _pad_pairs(name: str, what: str, value, x: TracedArray, integral: bool) -> np.ndarray:
     """NumPy's pad argument forms (``n``, ``(n,)``, ``(before, after)``, one pair per axis) as (ndim, 2)."""
+    if not integral and find_tracer([value]) is not None:
+        raise UnsupportedError(f"{name}: {what} is a traced array, but it must be known at trace time"
+                               f"{at(user_location())}; pass numbers, or pad with 0 and add a traced border")
     array = _static_ints(name, what, value, x) if integral else np.asarray(value)
     try:
         return np.broadcast_to(array, (x.ndim, 2))
