@@ -50,9 +50,17 @@ def _static_ints(name: str, what: str, value, x: TracedArray) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _constant(x: TracedArray, value, shape) -> TracedArray:
-    """A ``shape`` array filled with ``value`` in ``x``'s dtype (a broadcast scalar constant)."""
-    scalar = np.asarray(value).astype(x.dtype)
+def _constant(x: TracedArray, value, shape, name: str = "np.pad") -> TracedArray:
+    """A ``shape`` array filled with ``value`` in ``x``'s dtype (a broadcast scalar constant).
+
+    ``value`` is assigned as NumPy assigns it (``2.7`` into ints is 2; NaN into ints is refused).
+    """
+    scalar = np.empty((), x.dtype)
+    try:
+        scalar[...] = value
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise ShapeError(f"{name}: the value {value!r:.40} does not fit the {x.dtype} array ({exc}); operand "
+                         f"{x.node.type}{at(user_location())}") from None
     return x.tracer.apply("broadcast_to", [scalar], shape=tuple(shape))
 
 
@@ -441,7 +449,7 @@ def truth_reduce(name: str, a, axis, keepdims: bool, every: bool) -> TracedArray
     if any(x.shape[i] == 0 for i in axes):
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
             tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        return _constant(truth, every, shape)
+        return _constant(truth, every, shape, name)
     return (truth.min if every else truth.max)(axis=axes, keepdims=bool(keepdims))
 
 
