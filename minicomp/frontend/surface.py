@@ -14,6 +14,7 @@ tril, triu             where with an index mask (j - i <= k) from two small iota
 argmax, argmin         max/min, ==, where with an iota, min: the first hit wins
 any, all               != 0, then max/min over the axes (bool)
 cumsum, cumprod        the cumsum/cumprod ops (a scan: serial along the axis)
+sliding_window_view    the as_strided op (an affine index map); minicomp.nn.as_strided
 =====================  =============================================================
 
 Everything a trace cannot know (a count that is an array, a mode NumPy has but minicomp
@@ -22,12 +23,9 @@ lacks) is a ``MinicompError`` naming the function, the user's line and what to w
 
 from __future__ import annotations
 
-import math
-import operator
-
 import numpy as np
 
-from ..errors import DTypeError, ShapeError, UnsupportedError, at
+from ..errors import ShapeError, UnsupportedError, at
 from ..ir.ops import normalize_axes
 from .functions import _as_traced, _traced, _unsupported_kwargs, implements
 from .tracer import TracedArray, checked_axis, find_tracer, user_location
