@@ -350,12 +350,11 @@ def test_where(data, shapes, da, db):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_NAMES[:-1])
-def test_where_needs_a_bool_condition(dtype):
-    """A deliberate difference: NumPy reads any condition by its truth value, minicomp asks for
-    a bool one (write ``np.where(c != 0, ...)``), in the op and when tracing."""
-    cond, x = np.ones(3, DTYPES[dtype]), np.ones(3, np.float32)
-    with pytest.raises(DTypeError):
-        minicomp.trace(lambda c, x: np.where(c, x, 0.0), cond, x)
+def test_where_op_needs_a_bool_condition_np_where_reads_any(dtype):
+    """The where op takes a bool condition; np.where reads any condition by its truth value, as
+    NumPy does (traced as ``c != 0``: NaN is true)."""
+    cond, x = np.array([0, 1, -2]).astype(DTYPES[dtype]), np.arange(3, dtype=np.float32)
+    check_trace(lambda c, x: np.where(c, x, 0.0), [cond, x])
     graph = Graph()
     with pytest.raises(DTypeError):
         graph.add_op("where", [graph.add_input(n, TensorType.of(v)) for n, v in
