@@ -248,6 +248,16 @@ def cmd_fuzz(args) -> int:
     return fuzz_command(options, jobs=args.jobs)
 
 
+def cmd_supported(args) -> None:
+    from .frontend.supported import markdown_table, update_readme
+
+    if args.update_readme:
+        changed = update_readme(args.update_readme)
+        print(f"{args.update_readme}: {'updated' if changed else 'already current'}")
+    else:
+        print(markdown_table())
+
+
 def version_text() -> str:
     """``minicomp 0.1.0 from /path/to/minicomp (Python 3.11.7, NumPy 2.4.6)``.
 
@@ -354,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--timeout", type=float, default=60.0,
                       help="seconds a case may take before it counts as a hang (default: 60)")
     fuzz.set_defaults(run=cmd_fuzz)
+
+    supported = sub.add_parser("supported", help="the NumPy functions, ufuncs, methods, attributes and operators "
+                                                 "the tracer supports (a Markdown table)")
+    supported.add_argument("--update-readme", metavar="README", help="rewrite the table's section in this file")
+    supported.set_defaults(run=cmd_supported)
 
     demo = sub.add_parser("demo", help="trace and compile the workloads, check them against NumPy")
     demo.add_argument("--size", default="cpu", choices=["tiny", "cpu"],

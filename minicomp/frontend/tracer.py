@@ -249,6 +249,11 @@ class TracedArray:
         self._concrete("`in` (NumPy computes (x == v).any())")
 
     def __array__(self, dtype=None, copy=None):
+        if _called_from_numpy("as_strided"):
+            raise UnsupportedError(
+                f"np.lib.stride_tricks.as_strided needs the memory of {self!r}, which does not exist while "
+                f"tracing{at(user_location())}; write minicomp.nn.as_strided(x, shape, strides) (the same "
+                "arguments, for an array in C order) or np.lib.stride_tricks.sliding_window_view")
         self._concrete("conversion to a NumPy array", _ARRAY_ADVICE)
 
     def __reduce_ex__(self, protocol):
@@ -512,6 +517,28 @@ class TracedArray:
     def dot(self, other):
         return np.dot(self, other)
 
+    # NumPy's method forms of functions in surface.py
+    def argmax(self, axis=None, out=None, *, keepdims=False):
+        return np.argmax(self, axis=axis, out=out, keepdims=keepdims)
+
+    def argmin(self, axis=None, out=None, *, keepdims=False):
+        return np.argmin(self, axis=axis, out=out, keepdims=keepdims)
+
+    def any(self, axis=None, out=None, keepdims=False, *, where=None):
+        return np.any(self, axis=axis, out=out, keepdims=keepdims, where=where)
+
+    def all(self, axis=None, out=None, keepdims=False, *, where=None):
+        return np.all(self, axis=axis, out=out, keepdims=keepdims, where=where)
+
+    def cumsum(self, axis=None, dtype=None, out=None):
+        return np.cumsum(self, axis=axis, dtype=dtype, out=out)
+
+    def cumprod(self, axis=None, dtype=None, out=None):
+        return np.cumprod(self, axis=axis, dtype=dtype, out=out)
+
+    def repeat(self, repeats, axis=None):
+        return np.repeat(self, repeats, axis=axis)
+
     # -- NumPy's dispatch protocols -------------------------------------------------------------
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -540,6 +567,16 @@ _DEFAULT_ATTRIBUTE_ADVICE = (
     "compute it outside the compiled function, or with what the tracer supports: "
     + ", ".join(sorted(f"x.{name}" for name in _NDARRAY_ATTRIBUTES if name in vars(TracedArray)))
 )
+
+
+def _called_from_numpy(function: str) -> bool:
+    """True if NumPy's ``function`` is on the stack (it called into the proxy)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_code.co_filename.startswith(_INTERNAL[-1]):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def checked_axis(op: str, axis, x: TracedArray, ndim: int | None = None) -> int:

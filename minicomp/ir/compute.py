@@ -399,6 +399,18 @@ def checked_index(index: Expr, size: int, mode: str = "raise") -> Expr:
         last = Select(Binary(">=", wide, Const(size), BOOL), Const(size - 1), wide)
         return Select(Binary("<", wide, Const(0), BOOL), Const(0), last)
     return Call("mc_index", (wide, Const(size)), INDEX)
+@rule("as_strided")
+def _as_strided(node, idx, x: Tensor):
+    """``x.flat[offset + sum(i * stride)]``, the flat index split back into ``x``'s axes."""
+    a = node.attrs
+    flat: Expr = Const(a["offset"])
+    for i, stride in zip(idx, a["strides"]):
+        flat = flat + i * stride if stride else flat
+    in_idx, rest = [], flat
+    for stride in _strides(x.shape):
+        in_idx.append(Binary("/", rest, Const(stride), INDEX) if stride != 1 else rest)
+        rest = Binary("%", rest, Const(stride), INDEX) if stride != 1 else Const(0)
+    return x[in_idx]
 
 
 @rule("constant")

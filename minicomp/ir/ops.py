@@ -370,6 +370,31 @@ _reduction("min", np.min, lambda d: d, True, "min over axes; NaN if any is NaN")
 
 
 # ----------------------------------------------------------------------------------------------
+# Scans: running sums and products along one axis
+# ----------------------------------------------------------------------------------------------
+
+SCAN_OPS = {"cumsum": "+", "cumprod": "*"}  # op -> the C operator of one step
+
+
+def _scan(name: str, reference, doc: str) -> None:
+    def infer(types, attrs):
+        return TensorType(types[0].shape, _sum_dtype(types[0].dtype))  # ints and bools: int64
+
+    def run(x, axis):
+        return np.asarray(reference(x, axis=axis))
+
+    register(OpDef(
+        name, Kind.OPAQUE, 1, infer=infer, reference=run, attrs={"axis": REQUIRED},
+        normalize=lambda types, attrs: {"axis": normalize_axis(attrs["axis"], types[0].ndim)}, doc=doc,
+    ))
+
+
+_scan("cumsum", np.cumsum, "running sum along axis: out[k] = out[k-1] + x[k], one rounding per step "
+      "(NumPy's order); serial along axis, parallel over the others")
+_scan("cumprod", np.cumprod, "running product along axis: out[k] = out[k-1] * x[k]")
+
+
+# ----------------------------------------------------------------------------------------------
 # Matmul and conv2d: out-elementwise-fusable
 # ----------------------------------------------------------------------------------------------
 
@@ -707,6 +732,40 @@ register(OpDef(
     attrs={"axis": 0},
     normalize=_concat_normalize,
     doc="np.concatenate(xs, axis)",
+))
+
+
+def _as_strided_normalize(types, attrs):
+    shape, strides = _shape_tuple(attrs["shape"]), _shape_tuple(attrs["strides"])
+    offset = operator.index(attrs["offset"])
+    if len(shape) != len(strides) or min(shape, default=0) < 0:
+        raise ShapeError(f"as_strided needs one stride per axis and sizes >= 0, got shape {shape}, strides {strides}")
+    if math.prod(shape) > 0:
+        low = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if low < 0 or high >= types[0].size:
+            raise ShapeError(f"as_strided with shape {shape}, strides {strides} (in elements) and offset "
+                             f"{offset} reads elements {low}..{high}, outside the {types[0].size} of the input")
+    return {"shape": shape, "strides": strides, "offset": offset}
+
+
+def as_strided_reference(x, shape, strides, offset):
+    """``out[i, j, ...] = x.flat[offset + i*strides[0] + j*strides[1] + ...]`` (a copy)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    index = np.full(shape, offset, dtype=np.int64)
+    for axis, (dim, stride) in enumerate(zip(shape, strides)):
+        index = index + (np.arange(dim, dtype=np.int64) * stride).reshape((dim,) + (1,) * (len(shape) - axis - 1))
+    return flat[index] if index.size else np.zeros(shape, x.dtype)
+
+
+register(OpDef(
+    "as_strided", Kind.INJECTIVE, 1,
+    infer=lambda types, attrs: TensorType(attrs["shape"], types[0].dtype),
+    reference=as_strided_reference,
+    attrs={"shape": REQUIRED, "strides": REQUIRED, "offset": 0},
+    normalize=_as_strided_normalize,
+    doc="a strided window on x's C-order elements: out[i] = x.flat[offset + i . strides] "
+        "(strides in elements; sliding_window_view)",
 ))
 
 

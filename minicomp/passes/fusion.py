@@ -142,7 +142,8 @@ def _consumer_group(node: Node, group_of: dict, outputs: set) -> tuple[Group | N
 def _join_refusal(group: Group, node: Node) -> str | None:
     """Why ``node`` may not join ``group`` (None if it may)."""
     if group.root.kind is Kind.OPAQUE:
-        return f"it feeds {group.root.op}, which is opaque (it writes by data, e.g. scatter): nothing fuses into it"
+        return (f"{group.root.op} runs as a kernel of its own (opaque: it writes by data, like scatter, "
+                "or scans in order, like cumsum): its operand is stored")
     if group.pattern == "attention":
         return "only data movement (slice, reshape, transpose) joins an attention kernel" \
             if node.kind is not Kind.INJECTIVE else None

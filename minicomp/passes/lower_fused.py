@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CompileError
-from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index
+from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
                         Load, Select, Stmt, Store, Var, const)
-from ..ir.ops import SCATTER_UFUNCS, Kind
+from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.simplify_indices import simplify_kernel_indices
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
@@ -294,8 +294,45 @@ def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[
     return simplify_kernel_indices(kernel)
 
 
+def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """``cumsum``/``cumprod`` along ``axis``: each step reads the previous output element.
+
+    Loops over the axes before ``axis`` (parallel when there is enough work), then the serial
+    scan loop, then the axes after it (contiguous, independent: gcc may vectorise them)::
+
+        for i (parallel):  out[i, 0, j] = x[i, 0, j]                      for j
+                           for k in 1..n: out[i, k, j] = out[i, k-1, j] + x[i, k, j]   for j
+
+    One rounding per step in the output dtype, in NumPy's order: float16 results are NumPy's.
+    """
+    node = nodes[-1]
+    axis, shape, dtype = node.attrs["axis"], node.shape, node.dtype
+    x = inline.tensor(node.operands[0])
+    idx = output_index(shape)
+    outer = _loops(idx[:axis], shape[:axis])
+    inner = _loops(idx[axis + 1:], shape[axis + 1:])
+
+    def at(k):
+        return idx[:axis] + [k] + idx[axis + 1:]
+
+    def element(k):
+        return to_arith(x[at(k)], dtype)
+
+    if shape[axis] == 0:  # an empty result: nothing to store (even the first step would write past it)
+        return Block([])
+    first = Store(out, linear_index(at(Const(0)), shape), cast(x[at(Const(0))], dtype))
+    steps: list[Stmt] = [nest(inner, first, parallel=False)]
+    if shape[axis] > 1:
+        k = Var(f"i{axis}")
+        previous = to_arith(Load(out, linear_index(at(k), shape)), dtype)
+        value = Binary(SCAN_OPS[node.op], previous, element(k + 1), previous.dtype)
+        step = Store(out, linear_index(at(k + 1), shape), cast(value, dtype))
+        steps.append(For(k, shape[axis] - 1, nest(inner, step, parallel=False)))
+    return nest(outer, Block(steps), parallel=worth_parallel(_work(shape)) and bool(outer))
+
+
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
-             "epilogue": lower_epilogue, "attention": lower_attention}
+             "epilogue": lower_epilogue, "attention": lower_attention, "scan": lower_scan}
 
 
 def lower_scatter(node: Node, inline: Inliner, out: Buffer) -> Stmt:
@@ -336,6 +373,8 @@ def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedu
         pattern = "epilogue"  # the i-k-j order: see accumulates_in_output
     elif node.kind in (Kind.REDUCTION, Kind.OUT_EW_FUSABLE):
         pattern = "reduce"
+    elif node.op in SCAN_OPS:
+        pattern = "scan"
     else:
         pattern = "elemwise"
     statement = LOWERINGS[pattern]([node], inline, buffers[node])
