@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 import os
 import sys
 from typing import Any, Callable
@@ -76,6 +75,10 @@ class Tracer:
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
 
+    def constant_ids(self) -> list[int]:
+        """``id`` of every NumPy array this trace made a constant of (the arrays are kept alive)."""
+        return list(self._constants)
+
     def input(self, name: str, type: TensorType) -> "TracedArray":
         return TracedArray(self, self.graph.add_input(name, type, user_location()))
 
@@ -88,7 +91,11 @@ class Tracer:
         where = f"{op}: " if op else ""
         if isinstance(value, TracedArray):
             if value.tracer is not self:
-                raise UnsupportedError("a traced array from another trace was used in this one")
+                raise UnsupportedError(
+                    f"a traced array from another trace ({value!r}, made at {value.node.loc or 'an unknown line'}) "
+                    f"was used in this one{at(user_location())}: it was kept where minicomp does not look (a "
+                    "global, or an object of a library's class) while that function was traced; return it from "
+                    "the compiled function, or store it in an argument, a closure variable or self")
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -520,12 +527,11 @@ def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> Traced
 
 
 def _argument_type(param: str, value, function: str) -> TensorType | None:
-    """The input type an argument stands for, or None for a static (non-array) value.
+    """The input type an array leaf of an argument stands for, or None for a static value.
 
     Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars and
     ``TensorType`` s are inputs. Refused, naming the parameter: ndarray subclasses such as
-    ``np.matrix`` (``UnsupportedError``), unsupported dtypes (``DTypeError``) and containers
-    holding arrays (``UnsupportedError``: each array must be an argument of its own).
+    ``np.matrix`` (``UnsupportedError``) and unsupported dtypes (``DTypeError``).
     """
     if isinstance(value, TensorType):
         return value
@@ -537,55 +543,95 @@ def _argument_type(param: str, value, function: str) -> TensorType | None:
             return TensorType(np.shape(value), dtype)
         except DTypeError as exc:
             raise DTypeError(f"{what}: {exc}{at(user_location())}") from None
-    if _holds_arrays(value):
-        raise UnsupportedError(
-            f"{what} is a {type(value).__name__} holding arrays{at(user_location())}; minicomp takes "
-            "arrays only as arguments of their own (each becomes an input of the compiled function): "
-            "pass each array as its own argument"
-        )
     return None
 
 
-def _holds_arrays(value) -> bool:
-    """True if ``value`` is a list, tuple, dict or set with an array somewhere inside."""
-    if isinstance(value, (np.ndarray, TracedArray)):
+def _holds_arrays(value, depth: int = 0) -> bool:
+    """True if ``value`` is an array or a list, tuple, dict or set with an array somewhere inside."""
+    if isinstance(value, (np.ndarray, np.generic, TracedArray, TensorType)):
         return True
+    if depth > 100:
+        return False
     if isinstance(value, dict):
-        return any(_holds_arrays(v) for v in value.values())
+        return any(_holds_arrays(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_arrays(v) for v in value)
+        return any(_holds_arrays(v, depth + 1) for v in value)
     return False
 
 
-def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
-    """Trace ``fn(*args)``; return ``(graph, structure)`` where structure is how outputs nest.
+class Structure:
+    """How a traced graph's inputs and outputs map to a call's values.
 
-    Array arguments (``np.ndarray``, NumPy scalars, ``TensorType``) become graph inputs named
-    after ``fn``'s parameters; anything else is passed to ``fn`` unchanged (a static value).
+    ``result``: the pytree key (``pytree.flatten``) of what the function returned; its array
+    leaves are the first ``results`` outputs. ``writes``: ``(Path, key)`` for each traced value
+    the function stored outside (``state.py``); their arrays are the outputs after those.
+    ``lifted``: ``(Path, TensorType)`` of each input after the arguments' array leaves (an
+    array read from outside). ``frozen``: names of outside arrays folded as constants.
+    """
+
+    def __init__(self, result: tuple, results: int, writes: list, lifted: list, frozen: list[str]):
+        self.result, self.results, self.writes, self.lifted, self.frozen = result, results, writes, lifted, frozen
+
+    def finish_call(self, outputs: list, args: tuple):
+        """The function's result from the compiled outputs; stored values written where they were.
+
+        >>> structure.finish_call([a, b], args)    # result key of (x, {"y": x}) -> (a, {"y": b})
+        """
+        from .pytree import count_arrays, unflatten
+
+        if not self.writes:
+            return unflatten(self.result, outputs)
+        start = self.results
+        for path, key in self.writes:
+            count = count_arrays(key)
+            path.assign(args, unflatten(key, outputs[start:start + count]))
+            start += count
+        return unflatten(self.result, outputs[:self.results])
+
+
+def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lift: bool = False):
+    """Trace ``fn(*args)``; return ``(graph, structure)`` (``Structure``: how values map to it).
+
+    Every argument is a pytree (nested tuples, lists, dicts): each array leaf (``np.ndarray``,
+    NumPy scalar, ``TensorType``) becomes a graph input named after its place (``params.w``);
+    anything else is passed to ``fn`` unchanged (static). With ``lift``, arrays ``fn`` reads
+    through its closure, globals and ``self`` become inputs too (``state.py``); without, they
+    are constants. Traced values ``fn`` stores outside are taken out again (``structure.writes``).
     What ``fn`` reads from outside is checked (``frozen``): an ``np.matrix`` or masked array
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
+
+    >>> graph, structure = trace_with_structure(lambda p: {"y": p["x"] * 2}, ({"x": np.ones(3)},))
+    >>> [n.name for n in graph.inputs]
+    ['p.x']
     """
     from . import frozen
+    from .state import TraceState
 
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
-    call_args, static = [], {}
-    for param_name, value in zip(_parameter_names(fn, args, tracer.graph.name), args):
-        type_ = _argument_type(param_name, value, tracer.graph.name)
-        if type_ is None:
-            static[param_name] = value
-        call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
+    names = _parameter_names(fn, args, tracer.graph.name)
+    static = {param: value for param, value in zip(names, args) if not _holds_arrays(value)}
     outside = frozen.outside_values(fn, static)
     frozen.refuse_subclass_constants(fn, outside)
     draws = frozen.RandomDraws(fn, outside)
-    result = _call_traced(fn, call_args, static, tracer.graph.name)
+    state = TraceState(tracer, lift)
+    try:
+        call_args = [state.argument(i, param, value) for i, (param, value) in enumerate(zip(names, args))]
+        state.lift(fn)
+        result = _call_traced(fn, call_args, static, tracer.graph.name)
+        writes = state.take_writes()
+    finally:
+        state.restore()
     draws.warn_if_drawn()
-    if isinstance(result, (tuple, list)):
-        structure, results = type(result), list(result)
-    else:
-        structure, results = None, [result]
-    tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
+    result_key, outputs = _output_tree(tracer, _numbers_as_arrays(result), "returned")
+    results, write_keys = len(outputs), []
+    for write in writes:
+        key, nodes = _output_tree(tracer, write.value, f"stored into {write.path.name}")
+        write_keys.append((write.path, key))
+        outputs += nodes
+    tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
-    return tracer.graph, structure
+    folded = sorted({state.outside[key] for key in tracer.constant_ids() if key in state.outside})
+    return tracer.graph, Structure(result_key, results, write_keys, state.lifted, folded)
 
 
 def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
@@ -602,13 +648,58 @@ def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
         raise
 
 
-def _output_node(tracer: Tracer, value) -> Node:
-    if isinstance(value, (TracedArray, np.ndarray, np.generic, numbers.Number)):
-        return tracer.node_of(value)
-    raise UnsupportedError(
-        f"the traced function {tracer.graph.name} returned a {type(value).__name__}{at(user_location())}; "
-        "return an array, or a tuple or list of arrays"
-    )
+def _numbers_as_arrays(value, depth: int = 0):
+    """A result with each Python number made a 0-d array (a returned ``2.0`` is an output)."""
+    if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
+        return np.asarray(value)
+    if depth > 100:
+        return value
+    if type(value) is tuple or type(value) is list:
+        return type(value)(_numbers_as_arrays(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return {k: _numbers_as_arrays(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _output_tree(tracer: Tracer, value, what: str) -> tuple[tuple, list[Node]]:
+    """The pytree key of an output value and the nodes of its array leaves."""
+    from .pytree import flatten
+
+    leaves: list = []
+    try:
+        key = flatten(value, leaves)
+    except UnsupportedError as exc:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} {exc}{at(user_location())}; "
+            "return (and store) arrays, numbers, None, strings, and tuples, lists and dicts of them"
+        ) from None
+    opaque = _opaque_leaf(key)
+    if opaque is not None:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} a {opaque.__name__} inside its result"
+            f"{at(user_location())}; an object cannot carry traced arrays out: return (and store) arrays, "
+            "numbers, None, strings, and tuples, lists and dicts of them"
+        )
+    return key, [tracer.node_of(leaf) for leaf in leaves]
+
+
+_PLAIN_STATIC = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), slice, np.dtype, type)
+
+
+def _opaque_leaf(key: tuple) -> type | None:
+    """The type of the first static leaf of a result key that is not plain data (a user object)."""
+    from .pytree import ARRAY, DICT, LIST, NAMEDTUPLE, STATIC, TUPLE
+
+    tag = key[0]
+    if tag == STATIC:
+        return None if isinstance(key[2], (frozenset,) + _PLAIN_STATIC) or issubclass(key[1], _PLAIN_STATIC) \
+            else key[1]
+    children = key[2] if tag in (DICT, NAMEDTUPLE) else key[1] if tag in (LIST, TUPLE) else ()
+    for child in children if tag != ARRAY else ():
+        found = _opaque_leaf(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _parameter_names(fn: Callable, args: tuple, function: str) -> list[str]:

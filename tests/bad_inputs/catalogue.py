@@ -255,23 +255,24 @@ def _():
 
 @case("arguments/dict_holding_arrays")
 def _():
-    fn = lambda x, params: x @ params["w"]  # noqa: E731
-    refused(lambda: minicomp.jit(fn)(X34, {"w": rand(4, 2)}), fn, UnsupportedError,
-            words=["'params'", "dict holding arrays", "own argument"], at="call_site")
+    computes(lambda x, params: x @ params["w"] + params["b"], X34, {"w": rand(4, 2), "b": rand(2)})
 
 
 @case("arguments/list_of_arrays")
 def _():
-    fn = lambda x, ws: x @ ws[0]  # noqa: E731
-    refused(lambda: minicomp.jit(fn)(X34, [rand(4, 2)]), fn, UnsupportedError,
-            words=["'ws'", "list holding arrays"], at="call_site")
+    computes(lambda x, ws: x @ ws[0] @ ws[1], X34, [rand(4, 2), rand(2, 3)])
 
 
 @case("arguments/tuple_holding_an_array")
 def _():
-    fn = lambda x, pair: x + pair[1]  # noqa: E731
-    refused(lambda: minicomp.trace(fn, X34, (1, rand(4))), fn, UnsupportedError,
-            words=["'pair'", "tuple holding arrays"], at="call_site")
+    computes(lambda x, pair: x * pair[0] + pair[1], X34, (2.5, rand(4)))
+
+
+@case("arguments/dict_holding_an_unhashable_object")
+def _():
+    fn = lambda x, params: x * 2  # noqa: E731
+    refused(lambda: minicomp.jit(fn)(X34, {"w": rand(4, 2), "cb": bytearray(b"ab")}), fn, UnsupportedError,
+            words=["'params'", "bytearray", "hashable"], at="call_site")
 
 
 @case("arguments/tuple_of_ints_static")
