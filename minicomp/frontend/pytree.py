@@ -49,16 +49,37 @@ def flatten(value, arrays: list, depth: int = 0) -> tuple:
     if depth > MAX_DEPTH:
         raise UnsupportedError(f"a value nested more than {MAX_DEPTH} deep (a list or dict holding itself?)")
     if kind is dict:
-        return (DICT, tuple(map(static_key, value)), tuple([flatten(v, arrays, depth + 1) for v in value.values()]))
+        return (DICT, _dict_keys(value), _children(value.values(), arrays, depth + 1))
     if kind is list:
-        return (LIST, tuple([flatten(v, arrays, depth + 1) for v in value]))
+        return (LIST, _children(value, arrays, depth + 1))
     if kind is tuple:
-        return (TUPLE, tuple([flatten(v, arrays, depth + 1) for v in value]))
+        return (TUPLE, _children(value, arrays, depth + 1))
     if kind is float:
         return (FLOAT, value.hex())
     if kind is int or kind is str or kind is bool or value is None:
         return (STATIC, kind, value)
     return _flatten_other(value, arrays, depth)
+
+
+def _children(values, arrays: list, depth: int) -> tuple:
+    """The keys of a container's items (array leaves inline: the common case, kept cheap)."""
+    keys = []
+    for value in values:
+        if type(value) is np.ndarray:
+            arrays.append(value)
+            keys.append((ARRAY, value.shape, value.dtype))
+        else:
+            keys.append(flatten(value, arrays, depth))
+    return tuple(keys)
+
+
+def _dict_keys(value: dict) -> tuple:
+    """A dict's keys with their types (``{1: a}`` and ``{True: a}`` differ); floats by bits."""
+    keys = tuple(value)
+    types = tuple(map(type, keys))
+    if float in types or complex in types:
+        return (FLOAT, tuple(map(static_key, keys)))
+    return (STATIC, keys, types)
 
 
 def _flatten_other(value, arrays: list, depth: int) -> tuple:
@@ -69,13 +90,11 @@ def _flatten_other(value, arrays: list, depth: int) -> tuple:
         arrays.append(value)
         return (ARRAY, tuple(value.shape), value.dtype, type(value))
     if isinstance(value, tuple) and hasattr(type(value), "_fields"):
-        return (NAMEDTUPLE, type(value), tuple([flatten(v, arrays, depth + 1) for v in value]))
+        return (NAMEDTUPLE, type(value), _children(value, arrays, depth + 1))
     if isinstance(value, dict):  # OrderedDict, defaultdict: a dict node that remembers its type
-        return (DICT, tuple(map(static_key, value)), tuple([flatten(v, arrays, depth + 1) for v in value.values()]),
-                type(value))
+        return (DICT, _dict_keys(value), _children(value.values(), arrays, depth + 1), type(value))
     if isinstance(value, (list, tuple)):
-        return (LIST if isinstance(value, list) else TUPLE, tuple([flatten(v, arrays, depth + 1) for v in value]),
-                type(value))
+        return (LIST if isinstance(value, list) else TUPLE, _children(value, arrays, depth + 1), type(value))
     if isinstance(value, float):
         return (FLOAT, value.hex(), type(value))
     if isinstance(value, complex):
@@ -122,7 +141,7 @@ def _build(key: tuple, leaves):
     if tag == ARRAY:
         return next(leaves)
     if tag == DICT:
-        pairs = [(_build(k, iter(())), _build(v, leaves)) for k, v in zip(key[1], key[2])]
+        pairs = list(zip(_keys_of(key[1]), [_build(v, leaves) for v in key[2]]))
         return _rebuilt(key[3], pairs, dict) if len(key) > 3 else dict(pairs)
     if tag in (LIST, TUPLE):
         items = [_build(v, leaves) for v in key[1]]
@@ -137,6 +156,13 @@ def _build(key: tuple, leaves):
     if key[1] in (set, frozenset):
         return key[1](_build(k, iter(())) for k in key[2])
     return key[2]
+
+
+def _keys_of(keyed: tuple) -> tuple:
+    """A dict's keys from ``_dict_keys``: plain keys (with their types), or each key's own key."""
+    if keyed[0] == STATIC:
+        return keyed[1]
+    return tuple(_build(k, iter(())) for k in keyed[1])
 
 
 def _rebuilt(kind: type, items, plain: type):

@@ -503,7 +503,7 @@ def _():
 def _():
     fast = minicomp.jit(lambda a: a * 2)
     fast(np.asarray(MASKED))  # the signature is compiled: the masked call must still be refused
-    refused(lambda: fast(MASKED), kind=UnsupportedError, words=["%a", "MaskedArray"], at=None)
+    refused(lambda: fast(MASKED), kind=UnsupportedError, words=["'a'", "MaskedArray"], at=None)
 
 
 @case("subclasses/memmap_argument")
