@@ -41,7 +41,7 @@ from ..ir.dtypes import TensorType
 from .frozen import _functions
 from .tracer import TracedArray, Tracer, user_location
 
-CELL, ITEM, ATTR = "cell", "item", "attr"
+CELL, ITEM, ATTR, APPEND = "cell", "item", "attr", "append"
 ARGS = "args"  # the root of a path into the call's positional arguments
 MAX_DEPTH = 8  # how deep outside state is searched for arrays
 _MISSING = object()
@@ -56,7 +56,8 @@ class Path:
     """A place a value is read from or stored to: a root and steps from it.
 
     The root is ``ARGS`` (the call's arguments), a closure cell, a globals dict or an object;
-    each step is ``(CELL, None)``, ``(ITEM, key)`` or ``(ATTR, name)``.
+    each step is ``(CELL, None)``, ``(ITEM, key)`` or ``(ATTR, name)``; a path stored to may end
+    in ``(APPEND, None)``: appended to the list there.
 
     >>> Path(model, ((ATTR, "W"),), "self.W").read(args)   # model.__dict__["W"]
     """
@@ -77,7 +78,7 @@ class Path:
         return value
 
     def assign(self, args: tuple, new) -> None:
-        """Store ``new`` there (a list one past its end grows, as ``append`` did)."""
+        """Store ``new`` there (or append it to the list there)."""
         container = args if self.root is ARGS else self.root
         for kind, key in self.steps[:-1]:
             container = _get(container, kind, key)
@@ -101,7 +102,7 @@ def _set(container, kind: str, key, value) -> None:
         container.cell_contents = value
     elif kind == ATTR:
         container.__dict__[key] = value
-    elif isinstance(container, list) and key == len(container):
+    elif kind == APPEND:
         container.append(value)
     else:
         container[key] = value
@@ -309,7 +310,8 @@ class TraceState:
             if value is old or not self.holds_traced(value):
                 keep.append(value)
                 continue
-            writes.append(Write(path.then(ITEM, index, _name(path.name, index)), value))
+            step = (ITEM, index) if old is not _MISSING else (APPEND, None)
+            writes.append(Write(path.then(*step, _name(path.name, index)), value))
             if old is not _MISSING:
                 keep.append(self._original(old))
         container[:] = keep

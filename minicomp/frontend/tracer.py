@@ -589,14 +589,16 @@ class Structure:
         return unflatten(self.result, outputs[:self.results])
 
 
-def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lift: bool = False):
+def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lift: bool = False,
+                         keep_writes: bool = True):
     """Trace ``fn(*args)``; return ``(graph, structure)`` (``Structure``: how values map to it).
 
     Every argument is a pytree (nested tuples, lists, dicts): each array leaf (``np.ndarray``,
     NumPy scalar, ``TensorType``) becomes a graph input named after its place (``params.w``);
     anything else is passed to ``fn`` unchanged (static). With ``lift``, arrays ``fn`` reads
     through its closure, globals and ``self`` become inputs too (``state.py``); without, they
-    are constants. Traced values ``fn`` stores outside are taken out again (``structure.writes``).
+    are constants. Traced values ``fn`` stores outside are taken out again; with ``keep_writes``
+    they are outputs after the result's (``structure.writes``).
     What ``fn`` reads from outside is checked (``frozen``): an ``np.matrix`` or masked array
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
 
@@ -624,10 +626,15 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lif
     draws.warn_if_drawn()
     result_key, outputs = _output_tree(tracer, _numbers_as_arrays(result), "returned")
     results, write_keys = len(outputs), []
-    for write in writes:
+    for write in writes if keep_writes else ():
         key, nodes = _output_tree(tracer, write.value, f"stored into {write.path.name}")
         write_keys.append((write.path, key))
         outputs += nodes
+    if not outputs:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} returned {_describe_result(result)} and stored no traced array "
+            f"where minicomp takes it back{at(user_location())}: there is no array to compute; return the arrays "
+            "it computes")
     tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
     folded = sorted({state.outside[key] for key in tracer.constant_ids() if key in state.outside})
@@ -646,6 +653,10 @@ def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
             exc.add_note(f"minicomp was tracing {name} with the static (non-array) argument(s) {values}: "
                          "they were passed unchanged; only NumPy arrays become traced inputs")
         raise
+
+
+def _describe_result(value) -> str:
+    return "None" if value is None else f"{type(value).__name__} {value!r:.40} with no array in it"
 
 
 def _numbers_as_arrays(value, depth: int = 0):
@@ -733,4 +744,4 @@ def trace(fn: Callable, *example_args, name: str | None = None) -> Graph:
     >>> [n.op for n in g.op_nodes()]
     ['exp', 'add']
     """
-    return trace_with_structure(fn, example_args, name)[0]
+    return trace_with_structure(fn, example_args, name, keep_writes=False)[0]

@@ -91,6 +91,10 @@ def lines_of(fn) -> set[int]:
 
 def same_values(actual, expected) -> None:
     """NumPy's result exactly where it matters: shape, dtype, NaNs, infinities, signed zeros."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or list(actual) != list(expected):
+            raise CaseFailure(f"expected a dict with keys {list(expected)}, got {actual!r:.200}")
+        actual, expected = list(actual.values()), list(expected.values())
     if isinstance(expected, (tuple, list)):
         if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
             raise CaseFailure(f"expected {len(expected)} results, got {actual!r:.200}")
@@ -1138,12 +1142,18 @@ def _():
 
 @case("tracing/returns_a_dict")
 def _():
-    check(lambda x: {"y": x}, X34, kind=UnsupportedError, words=["returned a dict"], at="call")
+    computes(lambda x: {"y": x * 2, "rest": [x + 1, (x.sum(),)]}, X34)
+
+
+@case("tracing/returns_an_object")
+def _():
+    check(lambda x: (x, object()), X34, kind=UnsupportedError, words=["returned a object", "tuples, lists and dicts"],
+          at="call")
 
 
 @case("tracing/returns_none")
 def _():
-    check(lambda x: None, X34, kind=UnsupportedError, words=["returned a NoneType"], at="call")
+    check(lambda x: None, X34, kind=UnsupportedError, words=["returned None", "no array"], at="call")
 
 
 CLOSED = rand(4)
