@@ -178,9 +178,9 @@ class JitFunction:
 
         place = definition_line(self.fn) or ("<minicomp>", 0)
         names = ", ".join(structure.frozen[:8]) + (", ..." if len(structure.frozen) > 8 else "")
+        function = getattr(self.fn, "__qualname__", "the function")
         warnings.warn_explicit(
-            f"jit(freeze=True): {len(structure.frozen)} array(s) that {getattr(self.fn, '__qualname__', 'the function')} "
-            f"reads from outside its arguments are folded into the compiled code as constants ({names}): "
+            f"jit(freeze=True): {len(structure.frozen)} array(s) that {function} reads from outside its arguments are folded into the compiled code as constants ({names}): "
             "their values now; later changes are not seen. Without freeze=True they are read at every call.",
             MinicompWarning, place[0], place[1])
 
@@ -290,8 +290,9 @@ def _refuse_unkeyable(value, index: int, fn: Callable, problem: str) -> None:
         param = repr(list(inspect.signature(fn).parameters)[index])
     except (TypeError, ValueError, IndexError):
         param = f"#{index}"
+    function = getattr(fn, "__name__", "function").replace("<lambda>", "lambda")
     raise UnsupportedError(
-        f"argument {param} of {getattr(fn, '__name__', 'function').replace('<lambda>', 'lambda')} is or holds {problem}{at(user_location())}; "
+        f"argument {param} of {function} is or holds {problem}{at(user_location())}; "
         "jit compiles once per value of a non-array argument, so pass arrays (alone or in tuples, lists "
         "and dicts) and settings as hashable values (numbers, strings, tuples, a frozen dataclass)"
     )

@@ -16,6 +16,11 @@ A trace runs the function once on proxies. Around that run this module does thre
   array there after each call, as NumPy would have. Whatever was swapped is restored, so the
   caller's objects never keep a traced array.
 
+While a trace runs (under ``jit``'s lock), the swapped globals, closure cells and attributes hold
+proxies: another thread reading them at that moment, outside the traced function, would see
+them. Tracing is short and happens once per signature; do not trace while other threads run
+the same objects' plain NumPy code.
+
     >>> state = TraceState(tracer)
     >>> try:
     ...     args = [state.argument(i, name, value) for ...]; state.lift(fn)
@@ -36,10 +41,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import MinicompRuntimeError
 from ..ir.dtypes import TensorType
 from .frozen import _functions
-from .tracer import TracedArray, Tracer, user_location
+from .tracer import TracedArray, Tracer, _argument_type, user_location
 
 CELL, ITEM, ATTR, APPEND = "cell", "item", "attr", "append"
 ARGS = "args"  # the root of a path into the call's positional arguments
@@ -182,8 +186,6 @@ class TraceState:
     def _rebuild(self, value, path: Path, depth: int):
         kind = type(value)
         if isinstance(value, (np.ndarray, np.generic, TensorType)):
-            from .tracer import _argument_type
-
             return self.tracer.input(path.name, _argument_type(path.name, value, self.tracer.graph.name))
         if kind is dict or isinstance(value, dict):
             new = {key: self._rebuild(item, path.then(ITEM, key, _name(path.name, key)), depth + 1)
@@ -201,7 +203,7 @@ class TraceState:
             items = [self._rebuild(item, path.then(ITEM, i, _name(path.name, i)), depth + 1)
                      for i, item in enumerate(value)]
             return _same_tuple(value, items)
-        if self.lift_arrays and _walkable_object(value):
+        if _walkable_object(value):
             self._swap_object(value, path, depth)  # self passed as an argument: its arrays are lifted
         return value
 
@@ -226,8 +228,6 @@ class TraceState:
 
     def lifted_input(self, path: Path, array: np.ndarray):
         """The graph input for a lifted array, made when the trace first touches its proxy."""
-        from .tracer import _argument_type
-
         type_ = _argument_type(path.name, array, self.tracer.graph.name)
         self.lifted.append((path, type_))
         return self.tracer.graph.add_input(path.name, type_, user_location())
@@ -269,6 +269,8 @@ class TraceState:
         self._remember(container, path, ITEM)
 
     def _swap_object(self, obj, path: Path, depth: int) -> None:
+        if id(obj) in self._walked:
+            return
         self._walked.add(id(obj))
         attributes = obj.__dict__
         for key in list(attributes):
@@ -480,8 +482,3 @@ def read_lifted(lifted: list[tuple[Path, TensorType]], args: tuple) -> list[np.n
             return None
         arrays.append(value)
     return arrays
-
-
-def refuse_changed(fn_name: str) -> MinicompRuntimeError:
-    return MinicompRuntimeError(f"{fn_name}: the arrays it reads from outside its arguments changed while it was "
-                                "being traced (another thread?); call it again")
