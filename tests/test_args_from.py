@@ -115,3 +115,9 @@ def test_a_syntax_error_in_the_arguments_file_names_its_line(capsys, files):
     (files / "bad.py").write_text("def make():\n    return (\n")
     code, out, err = run(capsys, "dump", "model.py:mlp", "--args-from", "bad.py:make")
     assert code == 1 and "SyntaxError" in err and "bad.py:" in err
+
+
+def test_bisect_takes_its_arguments_from_a_file(capsys, files):
+    code, out, err = run(capsys, "bisect", "model.py:mlp", "--args-from", "make_args.py:make")
+    assert code == 0, err
+    assert "no pass changed the results" in out

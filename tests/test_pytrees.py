@@ -5,6 +5,7 @@ containers written back (never leaked), and the program cache keyed on all of it
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 
 import numpy as np
@@ -301,3 +302,46 @@ def test_a_warm_start_with_pytrees_and_lifted_weights_gives_the_right_results(em
     frozen_fn = minicomp.jit(f, freeze=True)  # a frozen weight is a constant: another program
     with pytest.warns(minicomp.MinicompWarning):
         assert_same_tree(frozen_fn(x, p), f(x, p))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataclasses are pytree nodes too; bisect takes pytrees
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Params:
+    w: np.ndarray
+    b: np.ndarray
+    activation: str = "relu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    y: np.ndarray
+    layers: int
+
+
+def test_dataclass_arguments_and_results():
+    def dense(x, p):
+        return Output(np.maximum(x @ p.w + p.b, 0) if p.activation == "relu" else x @ p.w, 1)
+
+    fast = minicomp.jit(dense)
+    x = np.ones((2, 3), f32)
+    for scale in (1, -2):
+        p = Params(np.full((3, 4), scale, f32), np.arange(4, dtype=f32))  # a new object each call
+        out = fast(x, p)
+        assert type(out) is Output and out.layers == 1
+        assert_close(out.y, dense(x, p).y)
+    assert fast.cache_size == 1
+    assert [n.name for n in fast.trace(x, p).inputs] == ["x", "p.w", "p.b"]
+    assert_close(fast(x, Params(p.w, p.b, "linear")).y, x @ p.w)  # a static field: a new signature
+    assert fast.cache_size == 2
+
+
+def test_bisect_takes_pytree_arguments():
+    from minicomp.passes.bisect import bisect
+
+    result = bisect(lambda x, p: {"y": np.tanh(x @ p["w"]), "z": [x.sum()]}, np.ones((2, 3), f32),
+                    {"w": np.ones((3, 4), f32)}, trials=2)
+    assert result.ok

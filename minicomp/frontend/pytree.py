@@ -1,7 +1,7 @@
 """Arguments and results as pytrees: nested tuples, lists, dicts and None around array leaves.
 
-JAX's convention: a *pytree* is a value built from tuples (namedtuples too), lists, dicts and
-``None``; its *leaves* are everything else. Array leaves (``np.ndarray``, NumPy scalars) are the
+JAX's convention: a *pytree* is a value built from tuples (namedtuples too), lists, dicts,
+dataclass instances (their fields) and ``None``; its *leaves* are everything else. Array leaves (``np.ndarray``, NumPy scalars) are the
 inputs of the compiled function; every other leaf (an int, a float, a string, a hashable
 config object) is *static*: passed to the function unchanged and part of the signature.
 
@@ -23,11 +23,14 @@ never share a compiled function.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 
 from ..errors import UnsupportedError
 
-ARRAY, TUPLE, NAMEDTUPLE, LIST, DICT, FLOAT, COMPLEX, STATIC = range(8)
+ARRAY, TUPLE, NAMEDTUPLE, LIST, DICT, FLOAT, COMPLEX, STATIC, DATACLASS = range(9)
 MAX_DEPTH = 100  # deeper nesting is a cycle (a list holding itself) or not a set of arguments
 
 
@@ -101,11 +104,31 @@ def _flatten_other(value, arrays: list, depth: int) -> tuple:
         return (COMPLEX, value.real.hex(), value.imag.hex(), type(value))
     if isinstance(value, (set, frozenset)):
         return (STATIC, type(value), frozenset(static_key(v) for v in value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = field_names(type(value))
+        return (DATACLASS, type(value), names, _children([getattr(value, n) for n in names], arrays, depth + 1))
     try:
         hash(value)
     except TypeError:
         raise UnsupportedError(describe_leaf(value)) from None
     return (STATIC, type(value), value)
+
+
+@functools.lru_cache(maxsize=256)
+def field_names(kind: type) -> tuple[str, ...]:
+    """The field names of a dataclass, in order (remembered: ``fields`` is slow)."""
+    return tuple(field.name for field in dataclasses.fields(kind))
+
+
+def dataclass_with(original_or_kind, values: dict):
+    """A dataclass instance with these field values, made without running ``__init__``."""
+    kind = original_or_kind if isinstance(original_or_kind, type) else type(original_or_kind)
+    new = object.__new__(kind)
+    if not isinstance(original_or_kind, type) and hasattr(original_or_kind, "__dict__"):
+        new.__dict__.update(original_or_kind.__dict__)  # attributes that are not fields too
+    for name, value in values.items():
+        object.__setattr__(new, name, value)  # frozen dataclasses too
+    return new
 
 
 def static_key(value) -> tuple:
@@ -149,6 +172,8 @@ def _build(key: tuple, leaves):
         return _rebuilt(key[2], items, plain) if len(key) > 2 else plain(items)
     if tag == NAMEDTUPLE:
         return key[1](*[_build(v, leaves) for v in key[2]])
+    if tag == DATACLASS:
+        return dataclass_with(key[1], dict(zip(key[2], [_build(v, leaves) for v in key[3]])))
     if tag == FLOAT:
         return (key[2] if len(key) > 2 else float).fromhex(key[1])
     if tag == COMPLEX:
@@ -182,6 +207,8 @@ def count_arrays(key: tuple) -> int:
         return sum(map(count_arrays, key[2]))
     if tag in (LIST, TUPLE):
         return sum(map(count_arrays, key[1]))
+    if tag == DATACLASS:
+        return sum(map(count_arrays, key[3]))
     return 0
 
 
@@ -199,4 +226,6 @@ def leaf_paths(value, prefix: str) -> list[str]:
         return [p for k, v in value.items() for p in leaf_paths(v, f"{prefix}.{k}")]
     if isinstance(value, (list, tuple)):
         return [p for i, v in enumerate(value) for p in leaf_paths(v, f"{prefix}.{i}")]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [p for n in field_names(type(value)) for p in leaf_paths(getattr(value, n), f"{prefix}.{n}")]
     return []

@@ -31,6 +31,7 @@ the same objects' plain NumPy code.
 
 from __future__ import annotations
 
+import dataclasses
 import dis
 import functools
 import os
@@ -43,6 +44,7 @@ import numpy as np
 
 from ..ir.dtypes import TensorType
 from .frozen import _functions
+from .pytree import dataclass_with, field_names
 from .tracer import TracedArray, Tracer, _argument_type, user_location
 
 CELL, ITEM, ATTR, APPEND = "cell", "item", "attr", "append"
@@ -203,9 +205,20 @@ class TraceState:
             items = [self._rebuild(item, path.then(ITEM, i, _name(path.name, i)), depth + 1)
                      for i, item in enumerate(value)]
             return _same_tuple(value, items)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return self._rebuild_dataclass(value, path, depth)
         if _walkable_object(value):
             self._swap_object(value, path, depth)  # self passed as an argument: its arrays are lifted
         return value
+
+    def _rebuild_dataclass(self, value, path: Path, depth: int):
+        """A copy of a dataclass argument whose fields are rebuilt (arrays: inputs)."""
+        fields = {name: self._rebuild(getattr(value, name), path.then(ATTR, name, _name(path.name, name)), depth + 1)
+                  for name in field_names(type(value))}
+        new = dataclass_with(value, fields)
+        if isinstance(getattr(new, "__dict__", None), dict):
+            self._remember(new.__dict__, path, ATTR)
+        return new
 
     def _remember(self, container, path: Path, kind: str) -> None:
         """Watch ``container`` (a dict, list or ``__dict__``) for traced values stored into it."""
@@ -333,6 +346,8 @@ class TraceState:
             return any(self.holds_traced(v, depth + 1) for v in value.values())
         if isinstance(value, (list, tuple)):
             return any(self.holds_traced(v, depth + 1) for v in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return any(self.holds_traced(getattr(value, name), depth + 1) for name in field_names(type(value)))
         return False
 
     def restore(self) -> None:

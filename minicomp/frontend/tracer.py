@@ -700,13 +700,14 @@ _PLAIN_STATIC = (type(None), bool, int, float, complex, str, bytes, type(Ellipsi
 
 def _opaque_leaf(key: tuple) -> type | None:
     """The type of the first static leaf of a result key that is not plain data (a user object)."""
-    from .pytree import ARRAY, DICT, LIST, NAMEDTUPLE, STATIC, TUPLE
+    from .pytree import ARRAY, DATACLASS, DICT, LIST, NAMEDTUPLE, STATIC, TUPLE
 
     tag = key[0]
     if tag == STATIC:
         return None if isinstance(key[2], (frozenset,) + _PLAIN_STATIC) or issubclass(key[1], _PLAIN_STATIC) \
             else key[1]
-    children = key[2] if tag in (DICT, NAMEDTUPLE) else key[1] if tag in (LIST, TUPLE) else ()
+    children = key[2] if tag in (DICT, NAMEDTUPLE) else key[1] if tag in (LIST, TUPLE) else \
+        key[3] if tag == DATACLASS else ()
     for child in children if tag != ARRAY else ():
         found = _opaque_leaf(child)
         if found is not None:
