@@ -172,7 +172,7 @@ class TraceState:
         self.tracer = tracer
         self.lift_arrays = lift
         self.lifted: list[tuple[Path, TensorType]] = []  # graph inputs after the arguments, in order
-        self.outside: dict[int, str] = {}  # id(array) -> its path's name, for every outside array seen
+        self.outside: dict[int, tuple] = {}  # id(array) -> (array, its path's name): every outside array seen
         self._originals: dict[int, tuple] = {}  # id(what was swapped in) -> (it, the original)
         # (container, its path, the step kind of its slots, a copy of it after the swap)
         self._containers: list[tuple[object, Path, str, object]] = []
@@ -249,7 +249,7 @@ class TraceState:
         """``value`` with its arrays swapped for proxies: mutable containers changed in place."""
         kind = type(value)
         if kind is np.ndarray or kind is np.memmap:
-            self.outside.setdefault(id(value), path.name)
+            self.outside.setdefault(id(value), (value, path.name))
             if not self.lift_arrays:
                 return value
             proxy = LiftedArray(self, path, value)

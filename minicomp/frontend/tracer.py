@@ -76,9 +76,9 @@ class Tracer:
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
 
-    def constant_ids(self) -> list[int]:
-        """``id`` of every NumPy array this trace made a constant of (the arrays are kept alive)."""
-        return list(self._constants)
+    def constant_arrays(self) -> list:
+        """Every NumPy array this trace made a constant of."""
+        return [value for value, _ in self._constants.values()]
 
     def input(self, name: str, type: TensorType) -> "TracedArray":
         return TracedArray(self, self.graph.add_input(name, type, user_location()))
@@ -638,8 +638,19 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lif
             "it computes")
     tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
-    folded = sorted({state.outside[key] for key in tracer.constant_ids() if key in state.outside})
+    folded = sorted({_outside_name(array, state.outside) for array in tracer.constant_arrays()} - {None})
     return tracer.graph, Structure(result_key, results, write_keys, state.lifted, folded)
+
+
+def _outside_name(array, outside: dict[int, tuple]) -> str | None:
+    """The name of the outside array ``array`` is, or shares memory with (``w.T``), if any."""
+    if id(array) in outside:
+        return outside[id(array)][1]
+    if isinstance(array, np.ndarray):
+        for other, name in outside.values():
+            if np.may_share_memory(array, other):
+                return name
+    return None
 
 
 def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
