@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
 from ..ir.graph import Graph
 from ..runtime.fork import ForkSafeLock
-from .pytree import describe_leaf, flatten
+from .pytree import flatten
 from .state import read_lifted
 from .tracer import Structure, trace_with_structure
 
@@ -119,7 +119,7 @@ class JitFunction:
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
         self.options = options
         self.signature = _signature(fn)
-        self._compiled: dict[Any, list[Compiled]] = {}  # argument key -> compiled forms (outside arrays differ)
+        self._compiled: dict[Any, list[Compiled]] = {}  # argument key -> forms (their outside arrays differ)
         self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
 
     def __get__(self, instance, owner=None):
@@ -139,24 +139,28 @@ class JitFunction:
         """The compiled form for ``args`` and the arrays it takes: argument leaves, then lifted arrays."""
         arrays: list = []
         key = self._key(args, arrays)
+        found = self._find(key, args)
+        if found is None:
+            with self._lock:
+                found = self._find(key, args)  # another thread may have compiled it meanwhile
+                if found is None:
+                    traced, structure = trace_with_structure(self.fn, tuple(args), lift=not self.freeze)
+                    self._warn_frozen(structure)
+                    self._compiled.setdefault(key, []).append(self._compile(traced, structure))
+                    found = self._find(key, args)
+        if found is None:
+            raise MinicompRuntimeError(f"{getattr(self.fn, '__name__', 'function')}: the arrays it reads from "
+                                       "outside its arguments changed while it was traced (another thread?)")
+        compiled, lifted = found
+        return compiled, arrays + lifted
+
+    def _find(self, key: tuple, args: tuple) -> tuple[Compiled, list] | None:
+        """The compiled form for this argument key whose outside arrays still fit, and those arrays."""
         for compiled in self._compiled.get(key, ()):
             lifted = read_lifted(compiled.structure.lifted, args)
             if lifted is not None:
-                return compiled, arrays + lifted
-        with self._lock:
-            for compiled in self._compiled.get(key, ()):  # another thread compiled it meanwhile
-                lifted = read_lifted(compiled.structure.lifted, args)
-                if lifted is not None:
-                    return compiled, arrays + lifted
-            traced, structure = trace_with_structure(self.fn, tuple(args), lift=not self.freeze)
-            self._warn_frozen(structure)
-            compiled = self._compile(traced, structure)
-            self._compiled.setdefault(key, []).append(compiled)
-        lifted = read_lifted(structure.lifted, args)
-        if lifted is None:
-            raise MinicompRuntimeError(f"{getattr(self.fn, '__name__', 'function')}: the arrays it reads from "
-                                       "outside its arguments changed while it was traced (another thread?)")
-        return compiled, arrays + lifted
+                return compiled, lifted
+        return None
 
     def _key(self, args: tuple, arrays: list) -> tuple:
         """The pytree key of the arguments (``pytree.flatten``); a leaf it cannot key is refused."""
@@ -180,7 +184,8 @@ class JitFunction:
         names = ", ".join(structure.frozen[:8]) + (", ..." if len(structure.frozen) > 8 else "")
         function = getattr(self.fn, "__qualname__", "the function")
         warnings.warn_explicit(
-            f"jit(freeze=True): {len(structure.frozen)} array(s) that {function} reads from outside its arguments are folded into the compiled code as constants ({names}): "
+            f"jit(freeze=True): {len(structure.frozen)} array(s) that {function} reads from outside its arguments "
+            f"are folded into the compiled code as constants ({names}): "
             "their values now; later changes are not seen. Without freeze=True they are read at every call.",
             MinicompWarning, place[0], place[1])
 

@@ -1,9 +1,10 @@
 """Arguments and results as pytrees: nested tuples, lists, dicts and None around array leaves.
 
 JAX's convention: a *pytree* is a value built from tuples (namedtuples too), lists, dicts,
-dataclass instances (their fields) and ``None``; its *leaves* are everything else. Array leaves (``np.ndarray``, NumPy scalars) are the
-inputs of the compiled function; every other leaf (an int, a float, a string, a hashable
-config object) is *static*: passed to the function unchanged and part of the signature.
+dataclass instances (their fields) and ``None``; its *leaves* are everything else. Array leaves
+(``np.ndarray``, NumPy scalars) are the inputs of the compiled function; every other leaf (an
+int, a float, a string, a hashable config object) is *static*: passed to the function unchanged
+and part of the signature.
 
 ``flatten`` returns a hashable *key* that is also the tree's definition: its structure, the
 shape and dtype of each array leaf, and the value of each static leaf, compared exactly and

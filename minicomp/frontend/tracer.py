@@ -14,8 +14,8 @@ node of the graph instead of being computed:
 
 Arguments may be pytrees (nested tuples, lists, dicts: ``pytree.py``). NumPy arrays the function
 reads from outside are constants here (``jit`` lifts them to inputs: ``state.py``); Python
-scalars become constants typed the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
-``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
+scalars become constants typed the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32).
+Every node records the user's ``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
 writes into views, functions, methods and operators minicomp does not know, ``np.matrix`` and
 other ndarray subclasses) raises ``UnsupportedError`` saying so; random numbers drawn while
 tracing become constants and give a ``MinicompWarning`` (``frozen.py``).
