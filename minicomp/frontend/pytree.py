@@ -211,22 +211,3 @@ def count_arrays(key: tuple) -> int:
     if tag == DATACLASS:
         return sum(map(count_arrays, key[3]))
     return 0
-
-
-def leaf_paths(value, prefix: str) -> list[str]:
-    """Readable names of ``value``'s array leaves, in ``flatten`` order: ``params.blocks.0.w``.
-
-    >>> leaf_paths({"w": np.ones(2), "b": [np.ones(2)]}, "p")
-    ['p.w', 'p.b.0']
-    """
-    from .tracer import TracedArray
-
-    if isinstance(value, (np.ndarray, np.generic, TracedArray)):
-        return [prefix]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in leaf_paths(v, f"{prefix}.{k}")]
-    if isinstance(value, (list, tuple)):
-        return [p for i, v in enumerate(value) for p in leaf_paths(v, f"{prefix}.{i}")]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [p for n in field_names(type(value)) for p in leaf_paths(getattr(value, n), f"{prefix}.{n}")]
-    return []

@@ -74,6 +74,7 @@ class Path:
         self.root, self.steps, self.name = root, steps, name
 
     def then(self, kind: str, key, name: str) -> "Path":
+        """This path one step further: ``Path(self.root, self.steps + ((kind, key),), name)``."""
         return Path(self.root, self.steps + ((kind, key),), name)
 
     def read(self, args: tuple):
