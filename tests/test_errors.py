@@ -346,7 +346,7 @@ def test_a_matrix_made_inside_a_helper_is_refused_at_its_line():
 def test_a_subclass_is_refused_by_an_already_compiled_signature():
     fast = minicomp.jit(lambda a: a * 2, target="numpy")
     fast(np.ones(3))
-    with pytest.raises(UnsupportedError, match="argument %a .*MaskedArray"):
+    with pytest.raises(UnsupportedError, match="argument ('a'|%a) .*MaskedArray"):
         fast(np.ma.masked_array(np.ones(3), mask=[0, 1, 0]))
     graph = minicomp.trace(lambda a: a * 2, np.ones((2, 2)))
     with pytest.raises(UnsupportedError, match="np.matrix"):
@@ -425,14 +425,14 @@ def test_axis_errors_name_the_op_the_shape_and_the_line(fn, op):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, kind", [({"w": zeros(4, 2)}, "dict"), ([zeros(4, 2)], "list"),
-                                         ((1, zeros(4, 2)), "tuple")])
-def test_a_container_holding_arrays_is_refused_naming_the_parameter(value, kind):
+@pytest.mark.parametrize("value", [{"w": zeros(4, 2), "f": bytearray(2)}, [zeros(4, 2), bytearray(2)],
+                                   (1, bytearray(2))])
+def test_a_container_holding_an_unhashable_leaf_is_refused_naming_the_parameter(value):
     line = here() + 2
     with pytest.raises(UnsupportedError) as info:
         minicomp.jit(lambda x, params: x, target="numpy")(zeros(3, 4), value)
     message = str(info.value)
-    assert f"argument 'params' of lambda is a {kind} holding arrays" in message and "own argument" in message
+    assert "argument 'params' of lambda is or holds a bytearray" in message and "hashable" in message
     assert_points_at(message, line)
 
 

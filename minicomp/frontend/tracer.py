@@ -12,23 +12,24 @@ node of the graph instead of being computed:
 * array methods and attributes (``x.sum(axis=-1, keepdims=True)``, ``x.T``, ``x.reshape``,
   ``x.astype``, ``x.shape``).
 
-NumPy arrays the function closes over become constants; Python scalars become constants typed
-the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
-``file:line``. Writes (``x[idx] = v``, ``x += v``, ``out=``, ``np.add.at``) rebind the proxy to
-a new value (``updates.py``): a view writes through into its base, a view read after its base
-was written is made again, and a written argument becomes an extra output that ``jit`` copies
-into the caller's array. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``,
-a traced boolean mask, writes into transposed or reshaped views, functions, methods and
-operators minicomp does not know, ``np.matrix`` and other ndarray subclasses) raises
-``UnsupportedError`` saying so; random numbers drawn while tracing become constants and give a
-``MinicompWarning`` (``frozen.py``).
+Arguments may be pytrees (nested tuples, lists, dicts: ``pytree.py``). NumPy arrays the function
+reads from outside are constants here (``jit`` lifts them to inputs: ``state.py``); Python
+scalars become constants typed the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32).
+Every node records the user's ``file:line``. Writes (``x[idx] = v``, ``x += v``, ``out=``,
+``np.add.at``) rebind the proxy to a new value (``updates.py``): a view writes through into its
+base, a view read after its base was written is made again, and a written input (an array leaf
+of an argument, or a lifted outside array) becomes an extra output that ``jit`` copies into the
+caller's array. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, a traced
+boolean mask, writes into transposed or reshaped views, functions, methods and operators
+minicomp does not know, ``np.matrix`` and other ndarray subclasses) raises ``UnsupportedError``
+saying so; random numbers drawn while tracing become constants and give a ``MinicompWarning``
+(``frozen.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 import os
 import sys
 from typing import Any, Callable
@@ -78,7 +79,13 @@ class Tracer:
     def __init__(self, name: str):
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
-        self.inputs: list[TracedArray] = []  # the argument proxies: written ones are updated in place
+        # the proxy of each graph input, in order (argument leaves, then lifted outside arrays):
+        # the ones written into are updated in the caller's arrays after the call
+        self.inputs: list[TracedArray] = []
+
+    def constant_arrays(self) -> list:
+        """Every NumPy array this trace made a constant of."""
+        return [value for value, _ in self._constants.values()]
 
     def input(self, name: str, type: TensorType) -> "TracedArray":
         proxy = TracedArray(self, self.graph.add_input(name, type, user_location()))
@@ -94,8 +101,12 @@ class Tracer:
         where = f"{op}: " if op else ""
         if isinstance(value, TracedArray):
             if value.tracer is not self:
-                raise UnsupportedError("a traced array from another trace was used in this one")
-            value.refresh()
+                raise UnsupportedError(
+                    f"a traced array from another trace ({value!r}, made at {value.node.loc or 'an unknown line'}) "
+                    f"was used in this one{at(user_location())}: it was kept where minicomp does not look (a "
+                    "global, or an object of a library's class) while that function was traced; return it from "
+                    "the compiled function, or store it in an argument, a closure variable or self")
+            value.refresh()  # a view whose base was written since is made again
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -168,7 +179,8 @@ _CONTROL_FLOW_ADVICE = ("data-dependent Python control flow cannot be compiled: 
 _INDEX_ADVICE = ("a Python list, tuple or range indexed by a traced value cannot be compiled: make it an "
                  "array and write np.take(a, i, axis=0)")
 _ARRAY_ADVICE = (
-    "this happens when a NumPy array that is not an argument (a closed-over weight) is indexed by a "
+    "this happens when a NumPy array that is not traced (a weight folded by jit(freeze=True) or "
+    "minicomp.trace, or an array made inside the function) is indexed by a "
     "traced array (W[ids] or np.take(W, ids): NumPy indexes W itself; pass W as an argument); when a traced "
     "value is written into a NumPy array (a[i] = t: make a traced, e.g. a = np.zeros_like(t)); with "
     "np.asarray or np.array of a traced array (leave it out: it is an array already); in a non-NumPy "
@@ -621,12 +633,11 @@ def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> Traced
 
 
 def _argument_type(param: str, value, function: str) -> TensorType | None:
-    """The input type an argument stands for, or None for a static (non-array) value.
+    """The input type an array leaf of an argument stands for, or None for a static value.
 
     Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars and
     ``TensorType`` s are inputs. Refused, naming the parameter: ndarray subclasses such as
-    ``np.matrix`` (``UnsupportedError``), unsupported dtypes (``DTypeError``) and containers
-    holding arrays (``UnsupportedError``: each array must be an argument of its own).
+    ``np.matrix`` (``UnsupportedError``) and unsupported dtypes (``DTypeError``).
     """
     if isinstance(value, TensorType):
         return value
@@ -638,60 +649,120 @@ def _argument_type(param: str, value, function: str) -> TensorType | None:
             return TensorType(np.shape(value), dtype)
         except DTypeError as exc:
             raise DTypeError(f"{what}: {exc}{at(user_location())}") from None
-    if _holds_arrays(value):
-        raise UnsupportedError(
-            f"{what} is a {type(value).__name__} holding arrays{at(user_location())}; minicomp takes "
-            "arrays only as arguments of their own (each becomes an input of the compiled function): "
-            "pass each array as its own argument"
-        )
     return None
 
 
-def _holds_arrays(value) -> bool:
-    """True if ``value`` is a list, tuple, dict or set with an array somewhere inside."""
-    if isinstance(value, (np.ndarray, TracedArray)):
+def _holds_arrays(value, depth: int = 0) -> bool:
+    """True if ``value`` is an array or a list, tuple, dict or set with an array somewhere inside."""
+    if isinstance(value, (np.ndarray, np.generic, TracedArray, TensorType)):
         return True
+    if depth > 100:
+        return False
     if isinstance(value, dict):
-        return any(_holds_arrays(v) for v in value.values())
+        return any(_holds_arrays(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_arrays(v) for v in value)
+        return any(_holds_arrays(v, depth + 1) for v in value)
     return False
 
 
-def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
-    """Trace ``fn(*args)``; return ``(graph, structure)`` where structure is how outputs nest.
+class Structure:
+    """How a traced graph's inputs and outputs map to a call's values.
 
-    Array arguments (``np.ndarray``, NumPy scalars, ``TensorType``) become graph inputs named
-    after ``fn``'s parameters; anything else is passed to ``fn`` unchanged (a static value).
+    ``result``: the pytree key (``pytree.flatten``) of what the function returned; its array
+    leaves are the first ``results`` outputs. ``writes``: ``(Path, key)`` for each traced value
+    the function stored outside (``state.py``); their arrays are the outputs after those.
+    ``lifted``: ``(Path, TensorType)`` of each input after the arguments' array leaves (an
+    array read from outside). ``frozen``: names of outside arrays folded as constants.
+    The outputs after all those are the new values of inputs written in place
+    (``graph.updated_inputs``: input number -> output number), copied into the caller's arrays
+    by ``jit.update_arguments``.
+    """
+
+    def __init__(self, result: tuple, results: int, writes: list, lifted: list, frozen: list[str]):
+        self.result, self.results, self.writes, self.lifted, self.frozen = result, results, writes, lifted, frozen
+
+    def finish_call(self, outputs: list, args: tuple):
+        """The function's result from the compiled outputs; stored values written where they were.
+
+        >>> structure.finish_call([a, b], args)    # result key of (x, {"y": x}) -> (a, {"y": b})
+
+        Outputs after the stored values' (written inputs) are not looked at.
+        """
+        from .pytree import count_arrays, unflatten
+
+        start = self.results
+        for path, key in self.writes:
+            count = count_arrays(key)
+            path.assign(args, unflatten(key, outputs[start:start + count]))
+            start += count
+        return unflatten(self.result, outputs[:self.results])
+
+
+def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lift: bool = False,
+                         keep_writes: bool = True):
+    """Trace ``fn(*args)``; return ``(graph, structure)`` (``Structure``: how values map to it).
+
+    Every argument is a pytree (nested tuples, lists, dicts): each array leaf (``np.ndarray``,
+    NumPy scalar, ``TensorType``) becomes a graph input named after its place (``params.w``);
+    anything else is passed to ``fn`` unchanged (static). With ``lift``, arrays ``fn`` reads
+    through its closure, globals and ``self`` become inputs too (``state.py``); without, they
+    are constants. Traced values ``fn`` stores outside are taken out again; with ``keep_writes``
+    they are outputs after the result's (``structure.writes``).
     What ``fn`` reads from outside is checked (``frozen``): an ``np.matrix`` or masked array
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
+
+    >>> graph, structure = trace_with_structure(lambda p: {"y": p["x"] * 2}, ({"x": np.ones(3)},))
+    >>> [n.name for n in graph.inputs]
+    ['p.x']
     """
     from . import frozen
-    from .updates import written_arguments
+    from .state import TraceState
+    from .updates import written_inputs
 
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
-    call_args, static = [], {}
-    for param_name, value in zip(_parameter_names(fn, args, tracer.graph.name), args):
-        type_ = _argument_type(param_name, value, tracer.graph.name)
-        if type_ is None:
-            static[param_name] = value
-        call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
+    names = _parameter_names(fn, args, tracer.graph.name)
+    static = {param: value for param, value in zip(names, args) if not _holds_arrays(value)}
     outside = frozen.outside_values(fn, static)
     frozen.refuse_subclass_constants(fn, outside)
     draws = frozen.RandomDraws(fn, outside)
-    result = _call_traced(fn, call_args, static, tracer.graph.name)
+    state = TraceState(tracer, lift)
+    try:
+        call_args = [state.argument(i, param, value) for i, (param, value) in enumerate(zip(names, args))]
+        state.lift(fn)
+        result = _call_traced(fn, call_args, static, tracer.graph.name)
+        writes = state.take_writes()
+    finally:
+        state.restore()
     draws.warn_if_drawn()
-    if isinstance(result, (tuple, list)):
-        structure, results = type(result), list(result)
-    else:
-        structure, results = None, [result]
-    outputs = [_output_node(tracer, r) for r in results]
-    for number, value in written_arguments(tracer):  # each written argument: one more output
+    result_key, outputs = _output_tree(tracer, _numbers_as_arrays(result), "returned")
+    results, write_keys = len(outputs), []
+    for write in writes if keep_writes else ():
+        key, nodes = _output_tree(tracer, write.value, f"stored into {write.path.name}")
+        write_keys.append((write.path, key))
+        outputs += nodes
+    for number, value in written_inputs(tracer):  # each input written in place: one more output, last
         tracer.graph.updated_inputs[number] = len(outputs)
         outputs.append(value)
+    if not outputs:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} returned {_describe_result(result)} and stored no traced array "
+            f"where minicomp takes it back (nor wrote into an array it reads){at(user_location())}: there is no array to compute; return the arrays "
+            "it computes")
     tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
-    return tracer.graph, structure
+    folded = sorted({_outside_name(array, state.outside) for array in tracer.constant_arrays()} - {None})
+    return tracer.graph, Structure(result_key, results, write_keys, state.lifted, folded)
+
+
+def _outside_name(array, outside: dict[int, tuple]) -> str | None:
+    """The name of the outside array ``array`` is, or shares memory with (``w.T``), if any."""
+    if id(array) in outside:
+        return outside[id(array)][1]
+    if isinstance(array, np.ndarray):
+        for other, name in outside.values():
+            if np.may_share_memory(array, other):
+                return name
+    return None
 
 
 def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
@@ -708,13 +779,63 @@ def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
         raise
 
 
-def _output_node(tracer: Tracer, value) -> Node:
-    if isinstance(value, (TracedArray, np.ndarray, np.generic, numbers.Number)):
-        return tracer.node_of(value)
-    raise UnsupportedError(
-        f"the traced function {tracer.graph.name} returned a {type(value).__name__}{at(user_location())}; "
-        "return an array, or a tuple or list of arrays"
-    )
+def _describe_result(value) -> str:
+    return "None" if value is None else f"{type(value).__name__} {value!r:.40} with no array in it"
+
+
+def _numbers_as_arrays(value, depth: int = 0):
+    """A result with each Python number made a 0-d array (a returned ``2.0`` is an output)."""
+    if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
+        return np.asarray(value)
+    if depth > 100:
+        return value
+    if type(value) is tuple or type(value) is list:
+        return type(value)(_numbers_as_arrays(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return {k: _numbers_as_arrays(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _output_tree(tracer: Tracer, value, what: str) -> tuple[tuple, list[Node]]:
+    """The pytree key of an output value and the nodes of its array leaves."""
+    from .pytree import flatten
+
+    leaves: list = []
+    try:
+        key = flatten(value, leaves)
+    except UnsupportedError as exc:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} {exc}{at(user_location())}; "
+            "return (and store) arrays, numbers, None, strings, and tuples, lists and dicts of them"
+        ) from None
+    opaque = _opaque_leaf(key)
+    if opaque is not None:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} a {opaque.__name__} inside its result"
+            f"{at(user_location())}; an object cannot carry traced arrays out: return (and store) arrays, "
+            "numbers, None, strings, and tuples, lists and dicts of them"
+        )
+    return key, [tracer.node_of(leaf) for leaf in leaves]
+
+
+_PLAIN_STATIC = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), slice, np.dtype, type)
+
+
+def _opaque_leaf(key: tuple) -> type | None:
+    """The type of the first static leaf of a result key that is not plain data (a user object)."""
+    from .pytree import ARRAY, DATACLASS, DICT, LIST, NAMEDTUPLE, STATIC, TUPLE
+
+    tag = key[0]
+    if tag == STATIC:
+        return None if isinstance(key[2], (frozenset,) + _PLAIN_STATIC) or issubclass(key[1], _PLAIN_STATIC) \
+            else key[1]
+    children = key[2] if tag in (DICT, NAMEDTUPLE) else key[1] if tag in (LIST, TUPLE) else \
+        key[3] if tag == DATACLASS else ()
+    for child in children if tag != ARRAY else ():
+        found = _opaque_leaf(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _parameter_names(fn: Callable, args: tuple, function: str) -> list[str]:
@@ -748,4 +869,4 @@ def trace(fn: Callable, *example_args, name: str | None = None) -> Graph:
     >>> [n.op for n in g.op_nodes()]
     ['exp', 'add']
     """
-    return trace_with_structure(fn, example_args, name)[0]
+    return trace_with_structure(fn, example_args, name, keep_writes=False)[0]

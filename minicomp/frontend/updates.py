@@ -12,7 +12,8 @@ A trace has no memory to write into, so a write makes a new value and rebinds th
 ``positions`` are the flat element numbers ``x[idx]`` reads (``np.arange(x.size).reshape(x.shape)[idx]``):
 computed by NumPy when ``idx`` is constant, traced (with bounds checks) when it holds a traced
 array. A view (``y = x[0]``) writes through into its base (``TracedArray.assign``); a written
-argument is copied into the caller's array after the call (``written_arguments``).
+input (an argument's array, or an array lifted from outside) is copied into the caller's
+array after the call (``written_inputs``).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def ufunc_out(ufunc_name: str, result: TracedArray, out) -> TracedArray:
     return out
 
 
-def written_arguments(tracer: Tracer) -> list[tuple[int, Node]]:
-    """``(argument number, new value)`` for each argument the function wrote into (a KV cache)."""
+def written_inputs(tracer: Tracer) -> list[tuple[int, Node]]:
+    """``(input number, new value)`` for each graph input the function wrote into: an array leaf
+    of an argument (a KV cache, ``cache["k"]``) or an array lifted from outside (``self.W``)."""
     return [(n, proxy.node) for n, proxy in enumerate(tracer.inputs)
             if proxy.node is not tracer.graph.inputs[n]]
