@@ -289,8 +289,11 @@ def _signature(fn: Callable) -> inspect.Signature:
 
 
 def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
-    """Copy each value the function wrote into an argument (``graph.updated_inputs``) into the
-    caller's array, as NumPy would have left it; return the function's own results.
+    """Copy each value the function wrote into an input (``graph.updated_inputs``) into the
+    caller's array, as NumPy would have left it; return the outputs before those.
+
+    ``arrays``: the call's inputs in graph order (argument leaves, then arrays lifted from
+    outside). Each written one must be a writeable ``np.ndarray`` (else ``MinicompRuntimeError``).
 
     >>> f(cache, xk)          # f does cache[:, s:s+L] = xk: afterwards cache holds xk there
     """
