@@ -182,6 +182,36 @@ def bench_workload(workload: Workload, size: str, target: str, min_rounds: int,
     return Result(workload.name, shapes, compile_ms, medians, rounds, flops, nbytes, floor, peer_compile_ms)
 
 
+def bench_function(name: str, fn: Callable, args: list, target: str = "c", min_rounds: int = 10,
+                   min_seconds: float = 1.0, ceilings: Ceilings | None = None) -> Result:
+    """Compile, check and time ``fn(*args)`` (arguments may be pytrees) against NumPy eager.
+
+    Requires: ``fn`` runs under NumPy on ``args``. Guarantees: the compiled result matches NumPy's
+    (every array leaf, ``assert_close``) before anything is timed.
+
+    >>> bench_function("mlp", mlp, [x, {"w": w}]).median_ms    # {'numpy': 1.2, 'minicomp': 0.8}
+    """
+    from . import jit
+    from .frontend.pytree import flatten
+    from .stats import graph_stats, minimum_bytes
+
+    compiled = jit(fn, target=target)
+    start = time.perf_counter()
+    traced = compiled.trace(*args)
+    compile_ms = (time.perf_counter() - start) * 1e3
+    expected_leaves, actual_leaves = [], []
+    if flatten(fn(*args), expected_leaves) != flatten(compiled(*args), actual_leaves):
+        raise MinicompError(f"{name}: the compiled function returned a different structure than NumPy")
+    for actual, expected in zip(actual_leaves, expected_leaves):
+        assert_close(actual, expected)
+    medians, rounds = measure({"numpy": _call(fn, args), "minicomp": _call(compiled, args)}, min_rounds, min_seconds)
+    shapes = " ".join("x".join(map(str, node.shape)) for node in traced.inputs[:4])
+    shapes += f" (+{len(traced.inputs) - 4} inputs)" if len(traced.inputs) > 4 else ""
+    flops, nbytes = graph_stats(traced).flops, minimum_bytes(traced)
+    floor = roofline_floor_ms(flops, nbytes, ceilings or measure_ceilings())
+    return Result(name, shapes, compile_ms, medians, rounds, flops, nbytes, floor)
+
+
 def machine_description() -> str:
     """CPU model and core count, for the report header."""
     model = platform.processor() or platform.machine()

@@ -4,6 +4,7 @@
     minicomp dump model.py:mlp --arg x=f32[256,1024] ...   print the traced graph (text or DOT)
     minicomp inspect model.py:mlp --arg x=f32[256,1024]    the graph with FLOPs and bytes
     minicomp dump --workload softmax --size cpu            the same for a built-in workload
+    minicomp dump gpt2.py:gpt2 --args-from make_args.py:make   arguments (weights in dicts) built by Python
     minicomp dump --workload softmax --emit loops          the loop IR (--emit c: the C source)
     minicomp dump --workload softmax --emit asm            gcc's assembly, SIMD instructions counted
     minicomp dump ... --disable fusion --print-between-passes   the graph after each pass
@@ -11,6 +12,7 @@
                                                            bytes moved and memory before/after
     minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
+    minicomp bench gpt2.py:gpt2 --args-from make_args.py:make   time your function against NumPy
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
     minicomp fuzz --graphs N --seed S [--minutes M]        random graphs compiled vs the interpreter
@@ -18,7 +20,10 @@
 
 A function is named ``path/to/file.py:FUNC`` or ``package.module:FUNC``. Each ``--arg`` gives
 one parameter: a tensor type (``x=f32[256,1024]``) or a Python literal for a static value
-(``heads=12``); parameters with defaults may be left out.
+(``heads=12``); parameters with defaults may be left out. ``--args-from make_args.py:FUNC``
+calls ``FUNC()`` (a file resolved from the current directory) for the arguments: a tuple of
+positional arguments or a dict of keyword arguments, each any pytree of arrays (nested dicts,
+lists and tuples of weights); ``--arg`` options add to it or override it.
 
 ``dump``, ``inspect``, ``explain`` and ``bisect`` run the pass pipeline: the default passes, or
 exactly ``--passes a,b,c`` (``--passes none``: the graph as traced), minus each ``--disable``.
@@ -73,9 +78,10 @@ def parse_arg_value(text: str):
                             "f32[256,1024] or a Python literal") from None
 
 
-def bind_arguments(fn, arg_specs: list[str]) -> list:
-    """Order ``name=value`` specs as ``fn``'s parameters; defaults fill what is not given."""
-    given = {}
+def bind_arguments(fn, arg_specs: list[str], given: dict | None = None) -> list:
+    """Order ``name=value`` specs (and the values ``given`` by name) as ``fn``'s parameters;
+    defaults fill what is not given. ``--arg`` specs override ``given``."""
+    given = dict(given or {})
     for spec in arg_specs:
         if "=" not in spec:
             raise MinicompError(f"--arg takes NAME=VALUE (like x=f32[256,1024]), got {spec!r}")
@@ -98,6 +104,50 @@ def bind_arguments(fn, arg_specs: list[str]) -> list:
     return values
 
 
+def arguments_from(spec: str, fn) -> dict:
+    """The arguments ``FILE.py:FUNC`` (``--args-from``) builds for ``fn``, by parameter name.
+
+    Requires: ``FUNC()`` returns a tuple (or list) of positional arguments or a dict of keyword
+    arguments. Guarantees: any failure (no file, an exception in it, a wrong return value) is
+    a ``MinicompError`` naming the file, the function and the line that raised.
+
+    >>> arguments_from("make_args.py:make", gpt2)     # make() returns {"inputs": ids, "params": {...}}
+    {'inputs': array([...]), 'params': {...}}
+    """
+    try:
+        make = load_function(spec)
+        values = make()
+    except MinicompError as exc:
+        raise MinicompError(f"--args-from {spec}: {exc}") from None
+    except Exception as exc:  # the user's file: report where it failed, not minicomp's traceback
+        raise MinicompError(f"--args-from {spec}: {type(exc).__name__}: {exc}{_where(exc)}") from None
+    try:
+        if isinstance(values, dict):
+            bound = inspect.signature(fn).bind_partial(**values)
+        elif isinstance(values, (tuple, list)):
+            bound = inspect.signature(fn).bind_partial(*values)
+        else:
+            raise MinicompError(f"--args-from {spec}: it returned a {type(values).__name__}; return a tuple of "
+                                "positional arguments or a dict of keyword arguments")
+    except TypeError as exc:  # e.g. "too many positional arguments"
+        raise MinicompError(f"--args-from {spec}: its arguments do not fit {fn.__name__}: {exc}") from None
+    return dict(bound.arguments)
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file.py:12)``: the innermost line of the traceback outside minicomp."""
+    import traceback
+
+    from .errors import at
+
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return at(f"{exc.filename}:{exc.lineno}")
+    package = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(package)
+              and not f.filename.startswith("<frozen")]
+    return at(f"{frames[-1].filename}:{frames[-1].lineno}") if frames else ""
+
+
 def _trace_from_args(args):
     from .frontend import trace
 
@@ -117,7 +167,8 @@ def _function_from_args(args):
     if not args.function:
         raise MinicompError("give a function (FILE.py:FUNC) or --workload NAME")
     fn = load_function(args.function)
-    return fn, bind_arguments(fn, args.arg)
+    given = arguments_from(args.args_from, fn) if getattr(args, "args_from", None) else None
+    return fn, bind_arguments(fn, args.arg, given)
 
 
 def _pass_options(args) -> tuple[list[str] | None, list[str]]:
@@ -185,6 +236,10 @@ def cmd_cache(args) -> None:
 def cmd_bench(args) -> None:
     from .bench import CALLS_PER_BLOCK, run_bench
 
+    functions = [name for name in args.workloads if ":" in name]
+    if functions or args.args_from:
+        _bench_function(args, functions)
+        return
     if args.parallel_threshold:
         from .bench_load import run_parallel_threshold
 
@@ -199,6 +254,26 @@ def cmd_bench(args) -> None:
     run_bench(args.workloads or None, size=args.size, target=args.target,
               min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json,
               without_passes=args.no_passes_column, plot=args.plot)
+
+
+def _bench_function(args, functions: list[str]) -> None:
+    """``minicomp bench FILE.py:FUNC --args-from make_args.py:MAKE``: one function against NumPy."""
+    from .bench import bench_function, format_table
+
+    if len(functions) != 1 or len(args.workloads) != 1 or not args.args_from:
+        raise MinicompError("bench a function as: minicomp bench FILE.py:FUNC --args-from make_args.py:MAKE "
+                            "(one function, no workload names)")
+    fn = load_function(functions[0])
+    values = bind_arguments(fn, [], arguments_from(args.args_from, fn))
+    result = bench_function(functions[0], fn, values, target=args.target, min_rounds=args.rounds,
+                            min_seconds=args.seconds)
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(format_table([result]))
 
 
 def cmd_inspect(args) -> None:
@@ -248,6 +323,16 @@ def cmd_fuzz(args) -> int:
     return fuzz_command(options, jobs=args.jobs)
 
 
+def cmd_supported(args) -> None:
+    from .frontend.supported import markdown_table, update_readme
+
+    if args.update_readme:
+        changed = update_readme(args.update_readme)
+        print(f"{args.update_readme}: {'updated' if changed else 'already current'}")
+    else:
+        print(markdown_table())
+
+
 def version_text() -> str:
     """``minicomp 0.1.0 from /path/to/minicomp (Python 3.11.7, NumPy 2.4.6)``.
 
@@ -275,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("function", nargs="?", help="FILE.py:FUNC or module:FUNC")
         p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                        help="a parameter: a tensor type like x=f32[256,1024] or a Python literal")
+        p.add_argument("--args-from", metavar="FILE.py:FUNC",
+                       help="call FUNC() for the arguments: a tuple, or a dict of keyword arguments "
+                            "(arrays may sit in nested dicts, lists and tuples)")
         p.add_argument("--workload", help="a built-in workload instead of a function")
         p.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"],
                        help="workload size (default: cpu)")
@@ -320,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     bis.set_defaults(run=cmd_bisect)
 
     bench = sub.add_parser("bench", help="time the benchmark workloads against NumPy (medians, ratios)")
-    bench.add_argument("workloads", nargs="*", help="workload names (default: all nine)")
+    bench.add_argument("workloads", nargs="*", help="workload names (default: all nine), or one FILE.py:FUNC "
+                                                    "with --args-from")
+    bench.add_argument("--args-from", metavar="FILE.py:FUNC",
+                       help="with FILE.py:FUNC: call FUNC() for its arguments (a tuple or a dict of keyword arguments)")
     bench.add_argument("--size", default="cpu", choices=["tiny", "cpu", "gpu"])
     bench.add_argument("--target", default="c", help="minicomp target (default: c)")
     bench.add_argument("--rounds", type=int, default=10, help="minimum timed calls per implementation (default: 10)")
@@ -354,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--timeout", type=float, default=60.0,
                       help="seconds a case may take before it counts as a hang (default: 60)")
     fuzz.set_defaults(run=cmd_fuzz)
+
+    supported = sub.add_parser("supported", help="the NumPy functions, ufuncs, methods, attributes and operators "
+                                                 "the tracer supports (a Markdown table)")
+    supported.add_argument("--update-readme", metavar="README", help="rewrite the table's section in this file")
+    supported.set_defaults(run=cmd_supported)
 
     demo = sub.add_parser("demo", help="trace and compile the workloads, check them against NumPy")
     demo.add_argument("--size", default="cpu", choices=["tiny", "cpu"],

@@ -14,6 +14,7 @@ not at minicomp's internals.
     ├── CompileError          a backend could not compile a graph (later issues)
     ├── CacheError            a compile cache directory that cannot be used safely, or written
     └── MinicompRuntimeError  a compiled function called with arguments it cannot take
+        └── IndexOutOfBoundsError  an index array held an out-of-range index (also an IndexError)
 
     MinicompWarning (a UserWarning)   e.g. random numbers drawn while tracing became constants
 """
@@ -68,3 +69,8 @@ class MinicompWarning(UserWarning):
 def at(loc: str | None) -> str:
     """Format a source location as the suffix `` (at file.py:12)``, or nothing if unknown."""
     return f" (at {loc})" if loc else ""
+
+
+class IndexOutOfBoundsError(MinicompRuntimeError, IndexError):
+    """An index array held an index outside its axis at run time, e.g. ``wte[ids]`` with an id of 50257
+    for 50257 rows (NumPy raises ``IndexError``; so does this, being one)."""

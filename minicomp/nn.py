@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .frontend.surface import as_strided  # noqa: F401  (NumPy's, for C-order arrays; traceable)
 from .frontend.tracer import TracedArray, apply_op
 
 SQRT_2_OVER_PI = 0.7978845608  # sqrt(2/pi), as written in the GELU paper's tanh approximation

@@ -206,13 +206,16 @@ BINARY = {
     "logical_and": np.logical_and, "logical_or": np.logical_or,
 }
 REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
-MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice")
-OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate")
+MOVEMENT = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
+            "as_strided")
+OTHERS = ("input", "constant", "cast", "where", "matmul", "conv2d", "concatenate",
+          "gather", "scatter")  # these two: tests/test_gather_scatter.py
+SCANS = ("cumsum", "cumprod")
 
 
 def test_every_op_is_covered_by_this_file():
     # "fused" (a subgraph as one kernel) is made by the fusion pass: tests/test_fusion.py
-    assert set(OPS) - {"fused"} == set(UNARY) | set(BINARY) | set(REDUCTIONS) | set(MOVEMENT) | set(OTHERS)
+    assert set(OPS) - {"fused"} == set(UNARY) | set(BINARY) | set(REDUCTIONS) | set(MOVEMENT) | set(OTHERS) | set(SCANS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,6 +436,9 @@ def movement_attrs(draw, shape):
     bound = st.one_of(st.none(), st.integers(-6, 6))
     index = tuple(slice(draw(bound), draw(bound), draw(st.sampled_from([1, 2, 3, -1, -2])))
                   for _ in shape)
+    window = tuple(draw(st.integers(0, d)) for d in shape)  # sliding_window_view's windows
+    window_shape = tuple(d - w + 1 for d, w in zip(shape, window)) + window
+    window_strides = tuple(math.prod(shape[i + 1:]) for i in range(ndim)) * 2
     return {
         "transpose": ({"perm": perm}, lambda a: np.transpose(a, perm)),
         "reshape": ({"shape": new_shape}, lambda a: np.reshape(a, new_shape)),
@@ -441,13 +447,15 @@ def movement_attrs(draw, shape):
         "squeeze": ({"axes": squeeze}, lambda a: np.squeeze(a, squeeze)),
         "slice": ({"starts": [s.start for s in index], "stops": [s.stop for s in index],
                    "steps": [s.step for s in index]}, lambda a: a[index]),
+        "as_strided": ({"shape": window_shape, "strides": window_strides},
+                       lambda a: np.lib.stride_tricks.sliding_window_view(a, window).copy()),
     }
 
 
 @settings(max_examples=15)
 @given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(max_side=5))
 def test_movement_ops(dtype, shape, data):
-    """transpose, reshape, broadcast_to, expand_dims, squeeze and slice of one input, each
+    """transpose, reshape, broadcast_to, expand_dims, squeeze, slice and as_strided of one input, each
     also applied to the transposed input (a movement op reading through another one)."""
     x = data.draw(arrays(dtype, shape))
     ops = data.draw(movement_attrs(shape))
@@ -479,6 +487,33 @@ def test_concatenate(shape, n, data):
     graph, nodes = graph_of("concat", *parts)
     graph.set_outputs([graph.add_op("concatenate", nodes, {"axis": axis})])
     check(graph, [data.draw(laid_out(p)) for p in parts], [np.concatenate(parts, axis=axis)])
+
+
+@settings(max_examples=12)
+@given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(min_dims=1, max_side=5))
+def test_scans(dtype, shape, data):
+    """cumsum and cumprod along every axis of one input (NaN, inf and extremes among the
+    values), through C: serial along the axis, NumPy's order and rounding per step."""
+    x = data.draw(arrays(dtype, shape))
+    graph, (node,) = graph_of("scans", x)
+    outputs, expected = [], []
+    for axis in range(-len(shape), len(shape)):
+        for op, fn in (("cumsum", np.cumsum), ("cumprod", np.cumprod)):
+            outputs.append(graph.add_op(op, [node], {"axis": axis}))
+            with np.errstate(all="ignore"):
+                expected.append(fn(x, axis=axis))
+    graph.set_outputs(outputs)
+    check(graph, [data.draw(laid_out(x))], expected)
+
+
+def test_scan_runs_in_parallel_over_the_other_axes(rng):
+    """A large cumsum along the last axis: the rows are a parallel loop, and match NumPy."""
+    x = rng.standard_normal((512, 300)).astype(np.float32)
+    graph, (node,) = graph_of("big_scan", x)
+    graph.set_outputs([graph.add_op("cumsum", [node], {"axis": -1})])
+    compiled = minicomp.compile(graph, target="c")
+    assert "#pragma omp parallel for" in compiled.source
+    assert_close(compiled(x), [np.cumsum(x, axis=-1)])
 
 
 # ----------------------------------------------------------------------------------------------

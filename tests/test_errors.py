@@ -189,11 +189,13 @@ def test_a_closed_over_array_of_an_unsupported_dtype():
     assert_points_at(message, line)
 
 
-def test_where_needs_a_bool_condition():
-    line = here() + 1
-    message = error_of(lambda x: np.where(x, x, 0), zeros(3), kind=DTypeError)
-    assert message.startswith("where:") and "bool" in message and "float32" in message
-    assert_points_at(message, line)
+def test_where_op_needs_a_bool_condition_and_np_where_reads_any_as_numpy():
+    graph = minicomp.Graph("g")
+    x = graph.add_input("x", minicomp.TensorType((3,), f32))
+    with pytest.raises(DTypeError, match="where.*bool.*float32"):
+        graph.add_op("where", [x, x, x])
+    graph = minicomp.trace(lambda x: np.where(x, x, 0), zeros(3))  # NumPy: nonzero is true
+    assert [n.op for n in graph.op_nodes()] == ["ne", "where"]
 
 
 def test_a_ufunc_numpy_refuses_for_the_dtype():
@@ -209,7 +211,7 @@ def test_a_ufunc_numpy_refuses_for_the_dtype():
 
 
 @pytest.mark.parametrize("fn, name", [
-    (lambda x: np.einsum("i->", x), "np.einsum"), (lambda x: np.cumsum(x), "np.cumsum"),
+    (lambda x: np.unique(x), "np.unique"), (lambda x: np.argsort(x), "np.argsort"),
     (lambda x: np.fft.fft(x), "np.fft.fft"), (lambda x: np.sort(x), "np.sort"),
 ])
 def test_an_unsupported_numpy_function_names_itself_and_lists_the_supported(fn, name):
@@ -344,7 +346,7 @@ def test_a_matrix_made_inside_a_helper_is_refused_at_its_line():
 def test_a_subclass_is_refused_by_an_already_compiled_signature():
     fast = minicomp.jit(lambda a: a * 2, target="numpy")
     fast(np.ones(3))
-    with pytest.raises(UnsupportedError, match="argument %a .*MaskedArray"):
+    with pytest.raises(UnsupportedError, match="argument ('a'|%a) .*MaskedArray"):
         fast(np.ma.masked_array(np.ones(3), mask=[0, 1, 0]))
     graph = minicomp.trace(lambda a: a * 2, np.ones((2, 2)))
     with pytest.raises(UnsupportedError, match="np.matrix"):
@@ -363,9 +365,9 @@ def test_a_memmap_is_a_plain_array(tmp_path):
 
 
 @pytest.mark.parametrize("fn, name", [
-    (lambda x: x.argmax(), "ndarray.argmax"), (lambda x: x.any(), "ndarray.any"),
+    (lambda x: x.argsort(), "ndarray.argsort"), (lambda x: x.nonzero(), "ndarray.nonzero"),
     (lambda x: x.strides, "ndarray.strides"), (lambda x: x.flags, "ndarray.flags"),
-    (lambda x: x.cumsum(), "ndarray.cumsum"), (lambda x: x.no_such_thing, "no_such_thing"),
+    (lambda x: x.trace(), "ndarray.trace"), (lambda x: x.no_such_thing, "no_such_thing"),
 ])
 def test_a_missing_attribute_names_itself_the_array_and_the_line(fn, name):
     message = error_of(fn, zeros(3, 4), kind=errors.UnsupportedAttributeError)
@@ -423,14 +425,14 @@ def test_axis_errors_name_the_op_the_shape_and_the_line(fn, op):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, kind", [({"w": zeros(4, 2)}, "dict"), ([zeros(4, 2)], "list"),
-                                         ((1, zeros(4, 2)), "tuple")])
-def test_a_container_holding_arrays_is_refused_naming_the_parameter(value, kind):
+@pytest.mark.parametrize("value", [{"w": zeros(4, 2), "f": bytearray(2)}, [zeros(4, 2), bytearray(2)],
+                                   (1, bytearray(2))])
+def test_a_container_holding_an_unhashable_leaf_is_refused_naming_the_parameter(value):
     line = here() + 2
     with pytest.raises(UnsupportedError) as info:
         minicomp.jit(lambda x, params: x, target="numpy")(zeros(3, 4), value)
     message = str(info.value)
-    assert f"argument 'params' of lambda is a {kind} holding arrays" in message and "own argument" in message
+    assert "argument 'params' of lambda is or holds a bytearray" in message and "hashable" in message
     assert_points_at(message, line)
 
 

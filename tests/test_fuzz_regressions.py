@@ -46,3 +46,25 @@ def test_attention_whose_softmax_parts_are_read_elsewhere(shared):
     patterns = {n.attrs["pattern"] for n in fused.op_nodes() if n.op == "fused"}
     assert "attention" not in patterns  # its max, sub or sum must stay a value of its own
     check(text, inputs)
+
+
+# softmax(q @ k) @ v where v has a batch axis the probabilities lack (p: [1,1], v: [1,1,1]):
+# the attention kernel indexed p by the output's batch axes ("3 indices for shape (1, 1)").
+# Found by tests/test_fuzz.py (seed 59475258, graph 375).
+ATTENTION_WITH_A_BATCHED_V = """graph random(%q: f32[1,2], %k: f32[1,2], %v: f32[1,1,1]) {
+  %kt = transpose(%k) {perm=[1,0]} : f32[2,1]
+  %scores = matmul(%q, %kt) : f32[1,1]
+  %max = max(%scores) {axes=[1], keepdims=true} : f32[1,1]
+  %sub = sub(%scores, %max) : f32[1,1]
+  %exp = exp(%sub) : f32[1,1]
+  %sum = sum(%exp) {axes=[1], keepdims=true} : f32[1,1]
+  %div = div(%exp, %sum) : f32[1,1]
+  %out = matmul(%div, %v) : f32[1,1,1]
+  return %out
+}"""
+
+
+def test_attention_whose_values_add_a_batch_axis():
+    inputs = [np.array([[0.5, 1.0]], np.float32), np.array([[-1.0, 0.25]], np.float32),
+              np.array([[[-0.75]]], np.float32)]
+    check(ATTENTION_WITH_A_BATCHED_V, inputs)

@@ -322,3 +322,18 @@ def test_conv_bn_relu_tiny_through_jit_with_the_pass():
     args = wl.inputs("tiny")
     assert_close(minicomp.jit(wl.fn, target="c", passes=["layout"])(*args), wl.fn(*args))
     assert_close(minicomp.jit(wl.fn, target="c")(*args), wl.fn(*args))  # the default pipeline
+
+
+def test_a_transpose_of_fewer_dimensions_broadcast_into_a_chain_is_not_free_to_move():
+    """A 3-D transpose of the same size as a 4-D conv result (it broadcasts in) is not undone by
+    the 4-D layout change: it stays out of the chain (it raised an IndexError; the fuzzer found it)."""
+    g = Graph("g")
+    x = g.add_input("x", TensorType((1, 2, 3, 3), np.float32))
+    w = g.add_input("w", TensorType((2, 2, 1, 1), np.float32))
+    y = g.add_input("y", TensorType((3, 3, 2), np.float32))
+    conv = g.add_op("conv2d", [x, w])
+    g.set_outputs([g.add_op("add", [conv, g.add_op("transpose", [y], {"perm": (2, 0, 1)})])])
+    assert [c.members for c in L.find_chains(g, "NCHW")] == [[conv]]
+    args = [np.random.default_rng(0).standard_normal(t.shape).astype(np.float32) for t in (x.type, w.type, y.type)]
+    expected = minicomp.interpret(g, *args)
+    assert_close(minicomp.compile(g, target="c")(*args), expected)  # the default passes, layout among them

@@ -350,12 +350,11 @@ def test_where(data, shapes, da, db):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_NAMES[:-1])
-def test_where_needs_a_bool_condition(dtype):
-    """A deliberate difference: NumPy reads any condition by its truth value, minicomp asks for
-    a bool one (write ``np.where(c != 0, ...)``), in the op and when tracing."""
-    cond, x = np.ones(3, DTYPES[dtype]), np.ones(3, np.float32)
-    with pytest.raises(DTypeError):
-        minicomp.trace(lambda c, x: np.where(c, x, 0.0), cond, x)
+def test_where_op_needs_a_bool_condition_np_where_reads_any(dtype):
+    """The where op takes a bool condition; np.where reads any condition by its truth value, as
+    NumPy does (traced as ``c != 0``: NaN is true)."""
+    cond, x = np.array([0, 1, -2]).astype(DTYPES[dtype]), np.arange(3, dtype=np.float32)
+    check_trace(lambda c, x: np.where(c, x, 0.0), [cond, x])
     graph = Graph()
     with pytest.raises(DTypeError):
         graph.add_op("where", [graph.add_input(n, TensorType.of(v)) for n, v in
@@ -529,7 +528,41 @@ def slice_cases(draw, x):
     return attrs, lambda x: x[tuple(slice(*s) for s in per_axis)], [lambda x: x[key]]
 
 
+def strided_reference(dims, strides, offset=0):
+    """NumPy's ``as_strided`` over the C-order elements from ``offset`` (strides in elements), copied;
+    ValueError where a window would read outside the array."""
+    def reference(a):
+        low = offset + sum(s * (d - 1) for d, s in zip(dims, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(dims, strides) if s > 0)
+        if math.prod(dims) == 0:
+            return np.zeros(dims, a.dtype)
+        if low < 0 or high >= a.size:
+            raise ValueError("outside the array")
+        flat = np.ascontiguousarray(a).reshape(-1)
+        return np.lib.stride_tricks.as_strided(flat[offset:], dims, [s * a.itemsize for s in strides]).copy()
+    return reference
+
+
+@st.composite
+def as_strided_cases(draw, x):
+    """Graph API: windows (element strides, as sliding_window_view makes them, or drawn with
+    zero and negative strides and an offset). Tracing: ``sliding_window_view`` (too large a
+    window now and then: NumPy's ValueError) and ``minicomp.nn.as_strided``."""
+    window = tuple(draw(st.integers(0, d + (draw(st.integers(0, 5)) == 0))) for d in x.shape)
+    c_strides = tuple(math.prod(x.shape[i + 1:]) for i in range(x.ndim))
+    shape = tuple(d - w + 1 for d, w in zip(x.shape, window)) + window
+    spellings = [lambda a: np.lib.stride_tricks.sliding_window_view(a, window),
+                 lambda a: minicomp.nn.as_strided(a, shape, [s * a.itemsize for s in c_strides * 2])]
+    if draw(st.booleans()) and min(shape, default=0) >= 0:
+        return {"shape": shape, "strides": c_strides * 2}, strided_reference(shape, c_strides * 2), spellings
+    dims = tuple(draw(st.integers(0, 3)) for _ in range(draw(st.integers(1, 3))))
+    strides = tuple(draw(st.integers(-2, 2)) for _ in dims)
+    offset = draw(st.integers(0, 6))
+    return {"shape": dims, "strides": strides, "offset": offset}, strided_reference(dims, strides, offset), spellings
+
+
 MOVEMENT = {
+    "as_strided": as_strided_cases,
     "transpose": transpose_cases, "reshape": reshape_cases, "broadcast_to": broadcast_to_cases,
     "expand_dims": expand_dims_cases, "squeeze": squeeze_cases, "slice": slice_cases,
 }
@@ -690,10 +723,27 @@ def test_conv2d(operands, with_bias):
 # ----------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------
+# Scans
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["cumsum", "cumprod"])
+@given(data=st.data(), dtype=dtypes, shape=shapes(min_dims=1))
+def test_scan(op, data, dtype, shape):
+    """cumsum/cumprod along an axis drawn negative or positive (bools and ints give int64)."""
+    x = data.draw(arrays(dtype, shape), "x")
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1), "axis")
+    fn = getattr(np, op)
+    check_graph(op, [x], {"axis": axis}, lambda a: fn(a, axis=axis))
+    check_trace(lambda a: fn(a, axis=axis), [x])
+
+
 def test_every_op_is_covered():
     """A new op in the table needs a row in one of the families above."""
     covered = {*UNARY, *BINARY, *REDUCTIONS, *MOVEMENT, "where", "cast", "constant", "concatenate",
-               "matmul", "conv2d",
+               "matmul", "conv2d", "cumsum", "cumprod",
+               "gather", "scatter",  # tests/test_gather_scatter.py (against NumPy, C and interpreter)
                "fused"}  # fused nodes come from the fusion pass: tests/test_fusion.py
     missing = set(OPS) - {"input"} - covered
     assert not missing, f"ops without a test in tests/test_ops.py: {sorted(missing)}"

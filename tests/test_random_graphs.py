@@ -150,7 +150,7 @@ def test_generator_produces_every_op_and_feature():
     suites that run on random graphs keep testing what they claim to."""
     ops, features = set(), set()
 
-    @settings(max_examples=500, derandomize=True, database=None, phases=[Phase.generate])
+    @settings(max_examples=700, derandomize=True, database=None, phases=[Phase.generate])
     @given(random_graphs())
     def collect(gen):
         ops.update(n.op for n in gen.graph.nodes())

@@ -16,7 +16,12 @@ import pytest
 import minicomp
 
 ROOT = Path(minicomp.__file__).resolve().parent.parent
-KERNEL_TESTS = ["tests/test_c_ops.py", "tests/test_c_runtime.py"]
+KERNEL_TESTS = ["tests/test_c_ops.py", "tests/test_c_runtime.py"] + [
+    f"tests/test_gather_scatter.py::{name}" for name in (  # indices read and written by data
+        "test_gather_op_equals_numpy", "test_scatter_op_equals_numpy",
+        "test_an_index_out_of_range_is_an_index_error_never_a_read_outside",
+        "test_out_of_range_in_take_along_axis_and_a_second_index_array",
+        "test_a_scatter_position_out_of_range_is_an_index_error")]
 
 
 def sanitizer_env(tmp_path) -> dict:

@@ -123,10 +123,15 @@ def test_closed_over_weights_are_constants_folded_by_tracing_itself():
     w = np.arange(6, dtype=np.float32).reshape(2, 3)
     graph = minicomp.trace(lambda x: x @ w.T, np.ones((4, 3), np.float32))
     assert [n.op for n in graph.nodes()] == ["input", "constant", "matmul"]
-    fast = minicomp.jit(lambda x: (x @ w.T) * np.full_like(x[:, :2], 3.0), passes=SIMPLIFY)
+    # jit reads w at every call (an input: its transpose is traced); freeze=True folds it, as trace does
+    fast = minicomp.jit(lambda x: (x @ w.T) * np.full_like(x[:, :2], 3.0), passes=SIMPLIFY, freeze=True)
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
-    assert_close(fast(x), (x @ w.T) * 3.0)
+    with pytest.warns(minicomp.MinicompWarning, match="freeze=True"):
+        assert_close(fast(x), (x @ w.T) * 3.0)
     assert ops(fast.inspect(x).graph) == ["matmul", "mul"]  # full_like: folded, then a 0-d 3.0
+    lifted = minicomp.jit(lambda x: (x @ w.T) * np.full_like(x[:, :2], 3.0), passes=SIMPLIFY)
+    assert_close(lifted(x), (x @ w.T) * 3.0)
+    assert [n.name for n in lifted.trace(x).inputs] == ["x", "w"]
 
 
 def test_fold_keeps_a_big_broadcast_of_a_scalar():

@@ -112,3 +112,24 @@ def test_block_attention_reads_q_k_v_without_division(monkeypatch):
     packing = [line for line in source.splitlines() if re.search(r"(_kpack|_vpack|qpanel)\[.*\] = ", line)]
     assert len(packing) == 3
     assert not any("/" in line or "%" in line for line in packing), packing
+
+
+@settings(max_examples=150, deadline=None)
+@given(ni=st.integers(1, 9), nj=st.integers(1, 9), c=st.integers(2, 8), m=st.integers(1, 6),
+       a=st.integers(0, 5), c0=st.integers(0, 30))
+def test_divisor_of_the_divisor_resolves_a_repeat_row(ni, nj, c, m, a, c0):
+    """``(i*c*a' + j + c0) / (c*m)`` where ``c`` divides the divisor: the rule behind ``np.repeat``'s
+    ``(h*T*D + t*D + d) / (2*T*D) -> h / 2``, checked on every (i, j) against the kernel as written."""
+    def expr(i, j):
+        x = ix("+", ix("+", ix("*", i, c * a), ix("%", j, c)), c0)
+        return ix("+", ix("*", ix("/", x, c * m), 1000), ix("%", x, c * m))
+    kernel = nest_storing(expr, (ni, nj))
+    assert np.array_equal(values_of(simplify_kernel_indices(kernel), ni * nj), values_of(kernel, ni * nj))
+
+
+def test_repeat_rows_read_without_division():
+    i, j = Var("i"), Var("j")  # out[i, j] = x[i / 2, j]: a (512, 1024) repeat of a (256, 1024) array
+    flat = ix("+", ix("*", i, 1024), j)
+    index = ix("+", ix("*", ix("/", flat, 2048), 1024), ix("%", ix("%", flat, 2048), 1024))
+    simple = simplify_expr(index, {"i": 512, "j": 1024})
+    assert print_expr(simple).count("/") == 1 and "%" not in print_expr(simple)

@@ -23,7 +23,7 @@ every loop on the calling thread (``mc_serial``: the OpenMP ``if`` clause of eac
 loop; a process forked after OpenMP started its threads must not use them, see
 ``runtime/executable.py``). It returns ``mc_status``: 0, or the code of the NumPy error case a
 kernel hit (``STATUS_MESSAGES``). The status belongs to the call, a local of the entry point:
-only kernels that can fail (integer ``x ** y`` with ``y < 0``) get a pointer to it, and their
+only kernels that can fail (integer ``x ** y`` with ``y < 0``, an index out of range) get a pointer to it, and their
 threads store into it atomically, so concurrent calls from several threads never see each
 other's errors.
 
@@ -58,6 +58,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..errors import IndexOutOfBoundsError
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
 from ..ir.rewrite import statements
@@ -154,8 +155,16 @@ PRELUDE = """\
 #endif
 
 #define MC_ERR_NEGATIVE_POWER 1
+#define MC_ERR_INDEX 2
 /* a kernel hit a NumPy error case: record it in its call's status (any thread may) */
 static inline void mc_fail(int *status, int code) { __atomic_store_n(status, code, __ATOMIC_RELAXED); }
+/* an index into an axis of n >= 1 elements: negatives count from the end; out of range fails
+   and gives 0, so that the load it feeds never leaves the buffer */
+static inline int64_t mc_index_i64(int64_t i, int64_t n, int *status) {
+  if (i < 0) i += n;
+  if (i < 0 || i >= n) { mc_fail(status, MC_ERR_INDEX); return 0; }
+  return i;
+}
 
 /* Iterations a thread takes at a time from a parallel loop of n: about an eighth of its share,
    so a thread whose core is busy with another process takes fewer chunks, instead of making
@@ -171,12 +180,16 @@ static inline int64_t mc_chunk(int64_t n) {
 """
 
 #: mc_status codes -> the error NumPy raises in the same case
-STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed."}
+STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed.",
+                   2: "an index array holds an index out of bounds for its axis (an integer-array "
+                      "index, np.take, np.take_along_axis or a write x[idx] = v)"}
+#: mc_status codes whose error is not a plain MinicompRuntimeError
+STATUS_ERRORS = {2: IndexOutOfBoundsError}
 
 
 def can_fail(call: Call) -> bool:
     """Whether the helper ``call`` renders to may hit a NumPy error case (it takes ``mc_status``)."""
-    return call.fn == "mc_pow" and call.dtype.kind in "iu"
+    return (call.fn == "mc_pow" and call.dtype.kind in "iu") or call.fn == "mc_index"
 
 
 def prelude() -> str:

@@ -1,9 +1,11 @@
 """What a traced function reads besides its arguments: the values frozen into the compiled code.
 
 A trace runs the function once. Whatever it reads from outside its arguments is read then and
-baked in: arrays and scalars from its globals and closure become constants, and random numbers
-it draws become constants too (every call of the compiled function returns the same "random"
-numbers). This module finds those outside values cheaply, before and after the trace:
+baked in: scalars from its globals and closure become constants (and arrays, under ``trace`` or
+``jit(f, freeze=True)``; otherwise ``jit`` lifts arrays to inputs read at every call: see
+``state.py``), and random numbers it draws become constants too (every call of the compiled
+function returns the same "random" numbers). This module finds those outside values cheaply,
+before and after the trace:
 
 * ``refuse_subclass_constants`` refuses an ``np.matrix`` or masked array the function reads
   from its closure, defaults or globals, naming it (a plain array would lose what it adds);

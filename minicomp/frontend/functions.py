@@ -10,6 +10,7 @@ NumPy's, so keyword arguments work as users expect. Anything not listed here rai
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 
@@ -50,6 +51,15 @@ def _unsupported_kwargs(name: str, kwargs: dict, allowed=()) -> None:
 def dispatch_ufunc(tracer: Tracer, ufunc: np.ufunc, method: str, inputs, kwargs):
     """Record a ufunc call (``method`` is ``"__call__"`` or ``"reduce"``)."""
     name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+    if method == "at":
+        from .updates import ufunc_at
+
+        return ufunc_at(tracer, ufunc, inputs)
+    if method == "__call__" and kwargs.get("out") is not None:
+        from .updates import ufunc_out
+
+        out = kwargs.pop("out")
+        return ufunc_out(name, _as_traced(tracer, dispatch_ufunc(tracer, ufunc, method, inputs, kwargs)), out)
     if method == "reduce" and ufunc in REDUCE_OPS:
         _unsupported_kwargs(name, kwargs, ("axis", "keepdims", "dtype"))
         x = _as_traced(tracer, inputs[0])
@@ -58,7 +68,7 @@ def dispatch_ufunc(tracer: Tracer, ufunc: np.ufunc, method: str, inputs, kwargs)
         return x._apply(REDUCE_OPS[ufunc], x, axes=kwargs.get("axis", 0), keepdims=kwargs.get("keepdims", False))
     if method != "__call__":
         raise UnsupportedError(f"{name} is not supported{at(user_location())}; supported ufunc methods: "
-                               "__call__, and reduce of add, maximum and minimum")
+                               "__call__, reduce of add, maximum and minimum, and at (np.add.at ...)")
     _unsupported_kwargs(name, kwargs, ("dtype",))
     if kwargs.get("dtype") is not None:
         inputs = [_as_traced(tracer, x).astype(kwargs["dtype"]) for x in inputs]
@@ -163,8 +173,12 @@ def _min(a, axis=None, out=None, keepdims=False, initial=None, where=None):
 def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=None, mean=None,
         correction=None):
     """``np.var`` as mean, subtract, square, sum and divide, exactly as NumPy computes it."""
-    _unsupported_kwargs("np.var", {"out": out, "where": where, "mean": mean, "correction": correction})
+    _unsupported_kwargs("np.var", {"out": out, "where": where, "mean": mean})
     x = _traced(a)
+    if correction is not None:  # the array API's name for ddof
+        if ddof != 0:
+            raise UnsupportedError(f"np.var: ddof and correction are the same; pass one{at(user_location())}")
+        ddof = correction
     if not isinstance(ddof, (int, float, np.integer, np.floating)):
         raise UnsupportedError(f"np.var: ddof={ddof!r:.40} is not a number; operand {x.node.type}{at(user_location())}")
     if dtype is not None:
@@ -176,6 +190,9 @@ def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=Non
     except ShapeError as exc:
         raise ShapeError(f"np.var: {exc}; operand {x.node.type}{at(user_location())}") from None
     count = int(np.prod([x.shape[i] for i in axes], dtype=np.int64))
+    if count - ddof <= 0:  # NumPy warns on every call; the trace warns once, the results are NumPy's
+        warnings.warn(f"np.var: Degrees of freedom <= 0 for slice (ddof={ddof}, {count} element(s))"
+                      f"{at(user_location())}", RuntimeWarning, stacklevel=2)
     deviation = x - x.mean(axis=axes, keepdims=True)
     return (deviation * deviation).sum(axis=axes, keepdims=keepdims) / max(count - ddof, 0)
 
@@ -333,18 +350,39 @@ def _where(condition, x=None, y=None):
         raise UnsupportedError(f"np.where(condition) with one argument returns data-dependent "
                                f"indices and cannot be traced{at(user_location())}")
     tracer = find_tracer((condition, x, y))
-    return tracer.apply("where", [condition, x, y])
+    return tracer.apply("where", [_truth(tracer, condition), x, y])
+
+
+def _truth(tracer: Tracer, condition):
+    """A condition as NumPy reads it: any dtype, nonzero (or NaN) is True."""
+    if isinstance(condition, TracedArray):
+        return condition if condition.dtype == np.bool_ else condition != 0
+    return np.asarray(condition).astype(bool)
 
 
 @implements(np.clip)
-def _clip(a, a_min=None, a_max=None, out=None, **kwargs):
+def _clip(a, a_min=np._NoValue, a_max=np._NoValue, out=None, *, min=np._NoValue, max=np._NoValue, **kwargs):
+    """``np.clip``: ``minimum(maximum(a, a_min), a_max)``; a bound may be None, an array, or
+    given as ``min=``/``max=`` (NumPy 2's names)."""
     _unsupported_kwargs("np.clip", {"out": out, **kwargs})
+    a_min = _one_bound("a_min", a_min, "min", min)
+    a_max = _one_bound("a_max", a_max, "max", max)
     x = _traced(a, a_min, a_max)
+    if a_min is None and a_max is None and x.dtype == np.bool_:  # NumPy's np.positive, which refuses bools
+        raise DTypeError(f"np.clip with no bounds is np.positive, which NumPy refuses for bool arrays; operand "
+                         f"{x.node.type}{at(user_location())}")
     if a_min is not None:
         x = np.maximum(x, a_min)
     if a_max is not None:
         x = np.minimum(x, a_max)
     return x
+
+
+def _one_bound(name: str, value, alias: str, alias_value):
+    if value is not np._NoValue and alias_value is not np._NoValue:
+        raise UnsupportedError(f"np.clip: pass {name} or {alias}, not both{at(user_location())}")
+    value = alias_value if value is np._NoValue else value
+    return None if value is np._NoValue else value
 
 
 @implements(np.dot)
@@ -406,3 +444,6 @@ def _ndim(a):
 def _size(a, axis=None):
     x = _traced(a)
     return x.size if axis is None else x.shape[checked_axis("np.size", axis, x)]
+
+
+from . import gather  # noqa: E402,F401  (registers np.take, np.take_along_axis)

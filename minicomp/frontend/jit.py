@@ -8,24 +8,38 @@
 
     h = minicomp.jit(f, target="numpy")
 
-The first call with a new *signature* (the shapes and dtypes of the array arguments, and the
-values of the non-array arguments, which are baked in as constants) traces the function and
-compiles the graph for the target; later calls with the same signature reuse it. Compilation is
-guarded by a lock, so threads calling at once compile each signature once.
+The first call with a new *signature* traces the function and compiles the graph for the
+target; later calls with the same signature reuse it. Compilation is guarded by a lock, so
+threads calling at once compile each signature once. The signature is
+
+* the arguments as pytrees (``pytree.py``): their nesting (tuples, lists, dicts), the shape and
+  dtype of every array leaf (an input of the compiled function) and the value of every other
+  leaf (static: baked in, compared exactly: ``0.0`` and ``-0.0`` differ, ``1`` and ``1.0`` too);
+* the shape and dtype of every array the function reads through its closure, its globals or
+  ``self`` (``state.py``): such arrays are inputs too, read again at every call, so a weight
+  updated in place or rebound is always seen. ``jit(f, freeze=True)`` folds them into the
+  code as constants instead (and warns, naming them).
+
+Results may be any pytree of arrays; a traced array the function stores into an argument's
+dict or list, a closure variable or ``self`` is stored there, computed, after each call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import types
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
+from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
 from ..ir.graph import Graph
 from ..runtime.fork import ForkSafeLock
-from .tracer import trace_with_structure
+from .pytree import flatten
+from .state import read_lifted
+from .tracer import Structure, trace_with_structure
 
 #: target name -> function ``(graph, **options) -> callable(*arrays) -> list of arrays``
 TARGETS: dict[str, Callable] = {}
@@ -64,11 +78,12 @@ class Compiled:
     ``graph`` and ``report`` are made (``optimise()``) when first asked for.
     """
 
-    def __init__(self, traced: Graph, graph: Graph | None, report, structure, run: Callable, optimise=None):
+    def __init__(self, traced: Graph, graph: Graph | None, report, structure: Structure, run: Callable,
+                 optimise=None):
         self.traced = traced  # as traced, before any pass
         self._graph = graph  # after the pass pipeline: what the target compiled
         self._report = report  # PipelineReport: what each pass did
-        self.structure = structure  # None (one output), tuple or list
+        self.structure = structure  # how arguments, outside arrays and results map to the graph
         self.run = run
         self._optimise = optimise
 
@@ -88,7 +103,7 @@ class Compiled:
 class JitFunction:
     """The callable ``jit`` returns; see the module docstring."""
 
-    def __init__(self, fn: Callable, target: str, options: dict):
+    def __init__(self, fn: Callable, target: str, options: dict, freeze: bool = False):
         from ..passes.pipeline import pipeline_names
 
         if target not in TARGETS:
@@ -98,33 +113,82 @@ class JitFunction:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.target = target
+        self.freeze = freeze  # outside arrays folded as constants (True) or read at every call
         self.passes = options.pop("passes", None)  # default: the default pipeline
         self.disable = tuple(options.pop("disable", ()))
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
         self.options = options
         self.signature = _signature(fn)
-        self._compiled: dict[Any, Compiled] = {}
+        self._compiled: dict[Any, list[Compiled]] = {}  # argument key -> forms (their outside arrays differ)
         self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
+
+    def __get__(self, instance, owner=None):
+        """``@jit`` on a method: ``model.forward`` is this function with ``model`` as ``self``."""
+        return self if instance is None else types.MethodType(self, instance)
 
     def __call__(self, *args, **kwargs):
         args = self._positional(args, kwargs)
-        compiled = self.compiled_for(*args)
-        outputs = compiled.run(*[a for a in args if _is_array(a)])
-        if compiled.structure is None:
-            return outputs[0]
-        return compiled.structure(outputs)
+        compiled, inputs = self._compiled_and_inputs(args)
+        outputs = update_arguments(compiled.traced, inputs, compiled.run(*inputs))
+        return compiled.structure.finish_call(outputs, args)
 
     def compiled_for(self, *args) -> Compiled:
         """The compiled form for these arguments' signature, compiling it on first use."""
-        key = _signature_key(args, self.fn)
-        compiled = self._compiled.get(key)
-        if compiled is None:
+        return self._compiled_and_inputs(args)[0]
+
+    def _compiled_and_inputs(self, args: tuple) -> tuple[Compiled, list]:
+        """The compiled form for ``args`` and the arrays it takes: argument leaves, then lifted arrays."""
+        arrays: list = []
+        key = self._key(args, arrays)
+        found = self._find(key, args)
+        if found is None:
             with self._lock:
-                compiled = self._compiled.get(key)
-                if compiled is None:
-                    traced, structure = trace_with_structure(self.fn, tuple(args))
-                    compiled = self._compiled[key] = self._compile(traced, structure)
-        return compiled
+                found = self._find(key, args)  # another thread may have compiled it meanwhile
+                if found is None:
+                    traced, structure = trace_with_structure(self.fn, tuple(args), lift=not self.freeze)
+                    self._warn_frozen(structure)
+                    self._compiled.setdefault(key, []).append(self._compile(traced, structure))
+                    found = self._find(key, args)
+        if found is None:
+            raise MinicompRuntimeError(f"{getattr(self.fn, '__name__', 'function')}: the arrays it reads from "
+                                       "outside its arguments changed while it was traced (another thread?)")
+        compiled, lifted = found
+        return compiled, arrays + lifted
+
+    def _find(self, key: tuple, args: tuple) -> tuple[Compiled, list] | None:
+        """The compiled form for this argument key whose outside arrays still fit, and those arrays."""
+        for compiled in self._compiled.get(key, ()):
+            lifted = read_lifted(compiled.structure.lifted, args)
+            if lifted is not None:
+                return compiled, lifted
+        return None
+
+    def _key(self, args: tuple, arrays: list) -> tuple:
+        """The pytree key of the arguments (``pytree.flatten``); a leaf it cannot key is refused."""
+        try:
+            return flatten(args, arrays)
+        except UnsupportedError:
+            for index, value in enumerate(args):
+                try:
+                    flatten(value, [])
+                except UnsupportedError as exc:
+                    _refuse_unkeyable(value, index, self.fn, str(exc))
+            raise
+
+    def _warn_frozen(self, structure: Structure) -> None:
+        """``freeze=True``: say which outside arrays became constants of this compiled form."""
+        if not structure.frozen:
+            return
+        from .frozen import definition_line
+
+        place = definition_line(self.fn) or ("<minicomp>", 0)
+        names = ", ".join(structure.frozen[:8]) + (", ..." if len(structure.frozen) > 8 else "")
+        function = getattr(self.fn, "__qualname__", "the function")
+        warnings.warn_explicit(
+            f"jit(freeze=True): {len(structure.frozen)} array(s) that {function} reads from outside its arguments "
+            f"are folded into the compiled code as constants ({names}): "
+            "their values now; later changes are not seen. Without freeze=True they are read at every call.",
+            MinicompWarning, place[0], place[1])
 
     def _compile(self, traced: Graph, structure) -> Compiled:
         """Passes and target for a traced signature, unless the target's program cache has it."""
@@ -158,7 +222,7 @@ class JitFunction:
     @property
     def cache_size(self) -> int:
         """How many signatures have been compiled."""
-        return len(self._compiled)
+        return sum(map(len, self._compiled.values()))
 
     def _positional(self, args, kwargs) -> tuple:
         name = getattr(self.fn, "__name__", "function")
@@ -224,48 +288,58 @@ def _signature(fn: Callable) -> inspect.Signature:
         return inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
 
 
-def _is_array(value) -> bool:
-    return isinstance(value, (np.ndarray, np.generic))
+def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
+    """Copy each value the function wrote into an input (``graph.updated_inputs``) into the
+    caller's array, as NumPy would have left it; return the outputs before those.
+
+    ``arrays``: the call's inputs in graph order (argument leaves, then arrays lifted from
+    outside). Each written one must be a writeable ``np.ndarray`` (else ``MinicompRuntimeError``).
+
+    >>> f(cache, xk)          # f does cache[:, s:s+L] = xk: afterwards cache holds xk there
+    """
+    if not graph.updated_inputs:
+        return outputs
+    for number in graph.updated_inputs:
+        array = arrays[number]
+        if not isinstance(array, np.ndarray) or not array.flags.writeable:
+            name = graph.inputs[number].name
+            raise MinicompRuntimeError(
+                f"{graph.name}: argument {name!r} is written by the function (x[...] = v or an in-place "
+                f"operator), but the {type(array).__name__} passed is read-only (NumPy: assignment "
+                "destination is read-only); pass a writeable array, or copy it first")
+    for number, slot in graph.updated_inputs.items():
+        np.copyto(arrays[number], outputs[slot], casting="unsafe")
+    return outputs[:len(outputs) - len(graph.updated_inputs)]
 
 
-def _signature_key(args, fn: Callable) -> tuple:
-    key = []
-    for index, value in enumerate(args):
-        if _is_array(value):
-            key.append(("array", np.shape(value), np.asarray(value).dtype.str))
-        else:
-            try:
-                hash(value)
-            except TypeError:
-                _refuse_unkeyable(value, index, fn)
-                value = repr(value)
-            key.append(("static", type(value).__name__, value))
-    return tuple(key)
-
-
-_KEYED_BY_REPR = (list, dict, set, tuple)  # containers of plain values: their repr is their value
-
-
-def _refuse_unkeyable(value, index: int, fn: Callable) -> None:
-    """An unhashable static argument other than a container: jit cannot tell its values apart."""
-    if isinstance(value, _KEYED_BY_REPR):
-        return
+def _refuse_unkeyable(value, index: int, fn: Callable, problem: str) -> None:
+    """An argument with a leaf jit cannot key by value: refused, naming the parameter."""
     from .tracer import user_location
 
     try:
         param = repr(list(inspect.signature(fn).parameters)[index])
     except (TypeError, ValueError, IndexError):
         param = f"#{index}"
+    function = getattr(fn, "__name__", "function").replace("<lambda>", "lambda")
     raise UnsupportedError(
-        f"argument {param} of {getattr(fn, '__name__', 'function')} is a {type(value).__name__} "
-        f"({value!r:.40}), neither an array nor a hashable value{at(user_location())}; jit passes "
-        "non-array arguments unchanged and compiles once per value, so pass arrays as arrays and "
-        "settings as hashable values (numbers, strings, tuples, a frozen dataclass)"
+        f"argument {param} of {function} is or holds {problem}{at(user_location())}; "
+        "jit compiles once per value of a non-array argument, so pass arrays (alone or in tuples, lists "
+        "and dicts) and settings as hashable values (numbers, strings, tuples, a frozen dataclass)"
     )
 
 
-def jit(fn: Callable | None = None, *, target: str = DEFAULT_TARGET, **options):
-    """Compile ``fn`` (an unchanged NumPy function) for ``target``; see the module docstring."""
+def jit(fn: Callable | None = None, *, target: str = DEFAULT_TARGET, freeze: bool = False, **options):
+    """Compile ``fn`` (an unchanged NumPy function) for ``target``; see the module docstring.
+
+    Requires: ``fn`` a Python function (or method, or callable object) of NumPy code.
+    Guarantees: calls return what ``fn`` returns (within floating-point rounding), with arrays
+    read through closures, globals and ``self`` as they are at the call (``freeze=True``: as they
+    were when first traced, with a ``MinicompWarning``).
+
+    >>> fast = jit(lambda x, p: x @ p["w"] + p["b"])
+    >>> fast(np.ones((2, 3)), {"w": np.ones((3, 4)), "b": np.zeros(4)}).shape
+    (2, 4)
+    """
     if fn is None:
-        return lambda f: JitFunction(f, target, options)
-    return JitFunction(fn, target, options)
+        return lambda f: JitFunction(f, target, options, freeze)
+    return JitFunction(fn, target, options, freeze)

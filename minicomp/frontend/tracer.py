@@ -12,19 +12,24 @@ node of the graph instead of being computed:
 * array methods and attributes (``x.sum(axis=-1, keepdims=True)``, ``x.T``, ``x.reshape``,
   ``x.astype``, ``x.shape``).
 
-NumPy arrays the function closes over become constants; Python scalars become constants typed
-the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32). Every node records the user's
-``file:line``. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, in-place
-writes into views, functions, methods and operators minicomp does not know, ``np.matrix`` and
-other ndarray subclasses) raises ``UnsupportedError`` saying so; random numbers drawn while
-tracing become constants and give a ``MinicompWarning`` (``frozen.py``).
+Arguments may be pytrees (nested tuples, lists, dicts: ``pytree.py``). NumPy arrays the function
+reads from outside are constants here (``jit`` lifts them to inputs: ``state.py``); Python
+scalars become constants typed the way NumPy 2 would type them (``x_f32 * 2.0`` stays float32).
+Every node records the user's ``file:line``. Writes (``x[idx] = v``, ``x += v``, ``out=``,
+``np.add.at``) rebind the proxy to a new value (``updates.py``): a view writes through into its
+base, a view read after its base was written is made again, and a written input (an array leaf
+of an argument, or a lifted outside array) becomes an extra output that ``jit`` copies into the
+caller's array. What cannot be traced (data-dependent ``if``, ``np.asarray(proxy)``, a traced
+boolean mask, writes into transposed or reshaped views, functions, methods and operators
+minicomp does not know, ``np.matrix`` and other ndarray subclasses) raises ``UnsupportedError``
+saying so; random numbers drawn while tracing become constants and give a ``MinicompWarning``
+(``frozen.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 import os
 import sys
 from typing import Any, Callable
@@ -42,7 +47,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py")) + (
     os.path.dirname(os.path.abspath(np.__file__)),
 )
-_VIEW_OPS = {"slice", "reshape", "transpose", "expand_dims", "squeeze", "broadcast_to"}
 
 
 def user_location() -> str | None:
@@ -75,9 +79,18 @@ class Tracer:
     def __init__(self, name: str):
         self.graph = Graph(name)
         self._constants: dict[int, tuple[Any, Node]] = {}  # id(array) -> (array kept alive, node)
+        # the proxy of each graph input, in order (argument leaves, then lifted outside arrays):
+        # the ones written into are updated in the caller's arrays after the call
+        self.inputs: list[TracedArray] = []
+
+    def constant_arrays(self) -> list:
+        """Every NumPy array this trace made a constant of."""
+        return [value for value, _ in self._constants.values()]
 
     def input(self, name: str, type: TensorType) -> "TracedArray":
-        return TracedArray(self, self.graph.add_input(name, type, user_location()))
+        proxy = TracedArray(self, self.graph.add_input(name, type, user_location()))
+        self.inputs.append(proxy)
+        return proxy
 
     def node_of(self, value, partners: tuple[np.dtype, ...] = (), op: str | None = None) -> Node:
         """The node for an operand of ``op``: a proxy's own node, or a new constant.
@@ -88,7 +101,12 @@ class Tracer:
         where = f"{op}: " if op else ""
         if isinstance(value, TracedArray):
             if value.tracer is not self:
-                raise UnsupportedError("a traced array from another trace was used in this one")
+                raise UnsupportedError(
+                    f"a traced array from another trace ({value!r}, made at {value.node.loc or 'an unknown line'}) "
+                    f"was used in this one{at(user_location())}: it was kept where minicomp does not look (a "
+                    "global, or an object of a library's class) while that function was traced; return it from "
+                    "the compiled function, or store it in an argument, a closure variable or self")
+            value.refresh()  # a view whose base was written since is made again
             return value.node
         if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
             try:
@@ -156,6 +174,19 @@ def apply_op(op: str, *operands, **attrs):
 # ----------------------------------------------------------------------------------------------
 
 
+_CONTROL_FLOW_ADVICE = ("data-dependent Python control flow cannot be compiled: use np.where, "
+                        "np.maximum, ... instead")
+_INDEX_ADVICE = ("a Python list, tuple or range indexed by a traced value cannot be compiled: make it an "
+                 "array and write np.take(a, i, axis=0)")
+_ARRAY_ADVICE = (
+    "this happens when a NumPy array that is not traced (a weight folded by jit(freeze=True) or "
+    "minicomp.trace, or an array made inside the function) is indexed by a "
+    "traced array (W[ids] or np.take(W, ids): NumPy indexes W itself; pass W as an argument); when a traced "
+    "value is written into a NumPy array (a[i] = t: make a traced, e.g. a = np.zeros_like(t)); with "
+    "np.asarray or np.array of a traced array (leave it out: it is an array already); in a non-NumPy "
+    "library; or when an np.matrix or masked array meets a traced array (pass np.asarray(m) instead)")
+
+
 class TracedArray:
     """A stand-in for an ``np.ndarray`` during tracing: shape and dtype, no data."""
 
@@ -165,7 +196,16 @@ class TracedArray:
     def __init__(self, tracer: Tracer, node: Node):
         self.tracer = tracer
         self.node = node
-        self._has_views = False  # a view was taken of this array: in-place writes would leak
+        # Writes (x[k] = v, x += v) rebind ``node`` (SSA) and count in ``_version``. A view
+        # (y = x[k], x.T ...) remembers its ``_base``, how it is made from it (``_remake``) and
+        # the base's version when made: read after a write into its base, it is made again (so
+        # it shows the write, as in NumPy). A view by a basic index also keeps its ``_key``: a
+        # write into y = x[key] is written through into x[key].
+        self._version = 0
+        self._base: TracedArray | None = None
+        self._remake: Callable[[TracedArray], TracedArray] | None = None
+        self._key: tuple | None = None  # (key,) for a view by basic indexing: base[key] is this view
+        self._base_version = 0
 
     # -- attributes -----------------------------------------------------------------------------
 
@@ -196,11 +236,10 @@ class TracedArray:
 
     # -- things a trace cannot do ---------------------------------------------------------------
 
-    def _concrete(self, what: str):
+    def _concrete(self, what: str, advice: str = _CONTROL_FLOW_ADVICE):
         raise UnsupportedError(
             f"{what} needs the values of {self!r}, which do not exist while tracing"
-            f"{at(user_location())}; data-dependent Python control flow cannot be compiled: "
-            "use np.where, np.maximum, ... instead"
+            f"{at(user_location())}; {advice}"
         )
 
     def __bool__(self):
@@ -213,7 +252,7 @@ class TracedArray:
         self._concrete("int()")
 
     def __index__(self):
-        self._concrete("using an array as an index")
+        self._concrete("using an array as an index", _INDEX_ADVICE)
 
     def __complex__(self):
         self._concrete("complex()")
@@ -222,8 +261,12 @@ class TracedArray:
         self._concrete("`in` (NumPy computes (x == v).any())")
 
     def __array__(self, dtype=None, copy=None):
-        self._concrete("conversion to a NumPy array (np.asarray, np.array, a non-NumPy library, or an "
-                       "np.matrix or masked array meeting a traced array: pass np.asarray(m) instead)")
+        if _called_from_numpy("as_strided"):
+            raise UnsupportedError(
+                f"np.lib.stride_tricks.as_strided needs the memory of {self!r}, which does not exist while "
+                f"tracing{at(user_location())}; write minicomp.nn.as_strided(x, shape, strides) (the same "
+                "arguments, for an array in C order) or np.lib.stride_tricks.sliding_window_view")
+        self._concrete("conversion to a NumPy array", _ARRAY_ADVICE)
 
     def __reduce_ex__(self, protocol):
         self._concrete("pickling")
@@ -235,10 +278,53 @@ class TracedArray:
         self._concrete(".tolist()")
 
     def __setitem__(self, key, value):
-        raise UnsupportedError(
-            f"item assignment x[...] = v is not supported{at(user_location())}; "
-            "build the result with np.where or np.concatenate"
-        )
+        """``x[key] = value``: x is rebound to ``scatter(x, positions of x[key], value)`` (a view
+        writes through into its base). ``x[k] += v`` ends with ``x[k] = tmp`` where tmp, a view
+        of x[k], already wrote itself through: that last write is skipped."""
+        if value is not self and isinstance(value, TracedArray) and value._base is self and (
+                value._key is not None and value._key[0] is key and value._base_version == self._version):
+            return  # value *is* the up-to-date view self[key]: nothing to write
+        from .updates import write
+
+        self.check_writable("x[...] = v")
+        write(self, key, value)
+
+    def refresh(self) -> None:
+        """A view whose base was written since it was made is made again from the base (NumPy's
+        view shows the write): ``y = x[0]; x[0] = 5`` -> y reads as x[0] now is."""
+        if self._base is None:
+            return
+        self._base.refresh()
+        if self._base._version != self._base_version:
+            self.node = self._remake(self._base).node
+            self._base_version = self._base._version
+            self._version += 1  # (views of this view are made again in turn)
+
+    def check_writable(self, what: str) -> None:
+        """Refuse a write into a view that is not a basic index (x.T, x.reshape): NumPy writes its base."""
+        self.refresh()
+        if self._base is not None and self._key is None:
+            raise UnsupportedError(
+                f"{what}: writing into a reshaped, transposed or broadcast view of another array "
+                f"({self!r}){at(user_location())}; NumPy would change that array too, which minicomp "
+                "traces only through basic indexing (x[1:3] += v): write the base (x[...] = ...), "
+                "or work on a copy (y = x.T.copy())")
+
+    def assign(self, node: Node) -> None:
+        """Rebind this array to a new value (a write); a view writes the value through into its base."""
+        self.node = node
+        self._version += 1
+        if self._base is not None:
+            from .updates import write
+
+            write(self._base, self._key[0], self)
+            self._base_version = self._base._version
+
+    def view_of(self, base: "TracedArray", remake, key: tuple | None = None) -> "TracedArray":
+        """Mark this array a view of ``base``, made by ``remake(base)``: ``base[key[0]]`` (written
+        through there), or, with ``key=None``, a reshape/transpose/broadcast (not writable)."""
+        self._base, self._remake, self._key, self._base_version = base, remake, key, base._version
+        return self
 
     def __delitem__(self, key):
         raise UnsupportedError(f"del x[...]: arrays cannot delete elements (NumPy refuses too){at(user_location())}; "
@@ -329,19 +415,11 @@ class TracedArray:
         return self._apply("abs", self)
 
     # In-place operators rebind this proxy to the new value, so every Python name bound to this
-    # array sees the change, as with NumPy. Views would not see it, so that case is refused.
+    # array sees the change, as with NumPy; a view writes it through into its base (``assign``),
+    # an argument is updated in the caller's array after the call (``trace_with_structure``).
     def _inplace(op, compute=None):
         def method(self, other):
-            if self.node.op == "input":
-                raise UnsupportedError(
-                    f"in-place update of the argument %{self.node.name}{at(user_location())}: "
-                    "compiled functions do not mutate their arguments; write x = x + y"
-                )
-            if self._has_views or self.node.op in _VIEW_OPS:
-                raise UnsupportedError(
-                    f"in-place update of an array that shares memory with another (a view)"
-                    f"{at(user_location())}; write x = x + y"
-                )
+            self.check_writable(f"in-place {op}")
             result = compute(self, other) if compute else self._apply(op, self, other)
             if result.shape != self.shape:
                 raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
@@ -351,7 +429,7 @@ class TracedArray:
                     raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {self.dtype} array "
                                      f"updated in place (NumPy's 'same_kind' rule){at(user_location())}")
                 result = result.astype(self.dtype)  # NumPy casts into the existing buffer
-            self.node = result.node
+            self.assign(result.node)
             return self
         return method
 
@@ -367,16 +445,17 @@ class TracedArray:
     # -- indexing -------------------------------------------------------------------------------
 
     def __getitem__(self, key) -> "TracedArray":
-        from .indexing import getitem
+        from .indexing import getitem, is_view_key
 
-        self._has_views = True
-        return getitem(self, key)
+        result = getitem(self, key)
+        if not is_view_key(key):
+            return result  # advanced indexing gives a copy
+        return result.view_of(self, lambda base: getitem(base, key), (key,))
 
     # -- methods --------------------------------------------------------------------------------
 
     def _view(self, op: str, **attrs) -> "TracedArray":
-        self._has_views = True
-        return self._apply(op, self, **attrs)
+        return self._apply(op, self, **attrs).view_of(self, lambda base: base._apply(op, base, **attrs))
 
     def reshape(self, *shape, order="C"):
         if not isinstance(order, str) or order != "C":
@@ -404,9 +483,11 @@ class TracedArray:
     def ravel(self, order="C"):
         return self.reshape(-1, order=order)
 
-    flatten = ravel
+    def flatten(self, order="C"):
+        return self.ravel(order).copy()
 
     def copy(self, order="C"):
+        self.refresh()
         return TracedArray(self.tracer, self.node)  # a new array object with the same value
 
     def __copy__(self):
@@ -448,6 +529,28 @@ class TracedArray:
     def dot(self, other):
         return np.dot(self, other)
 
+    # NumPy's method forms of functions in surface.py
+    def argmax(self, axis=None, out=None, *, keepdims=False):
+        return np.argmax(self, axis=axis, out=out, keepdims=keepdims)
+
+    def argmin(self, axis=None, out=None, *, keepdims=False):
+        return np.argmin(self, axis=axis, out=out, keepdims=keepdims)
+
+    def any(self, axis=None, out=None, keepdims=False, *, where=None):
+        return np.any(self, axis=axis, out=out, keepdims=keepdims, where=where)
+
+    def all(self, axis=None, out=None, keepdims=False, *, where=None):
+        return np.all(self, axis=axis, out=out, keepdims=keepdims, where=where)
+
+    def cumsum(self, axis=None, dtype=None, out=None):
+        return np.cumsum(self, axis=axis, dtype=dtype, out=out)
+
+    def cumprod(self, axis=None, dtype=None, out=None):
+        return np.cumprod(self, axis=axis, dtype=dtype, out=out)
+
+    def repeat(self, repeats, axis=None):
+        return np.repeat(self, repeats, axis=axis)
+
     # -- NumPy's dispatch protocols -------------------------------------------------------------
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -476,6 +579,16 @@ _DEFAULT_ATTRIBUTE_ADVICE = (
     "compute it outside the compiled function, or with what the tracer supports: "
     + ", ".join(sorted(f"x.{name}" for name in _NDARRAY_ATTRIBUTES if name in vars(TracedArray)))
 )
+
+
+def _called_from_numpy(function: str) -> bool:
+    """True if NumPy's ``function`` is on the stack (it called into the proxy)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_code.co_filename.startswith(_INTERNAL[-1]):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def checked_axis(op: str, axis, x: TracedArray, ndim: int | None = None) -> int:
@@ -520,12 +633,11 @@ def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> Traced
 
 
 def _argument_type(param: str, value, function: str) -> TensorType | None:
-    """The input type an argument stands for, or None for a static (non-array) value.
+    """The input type an array leaf of an argument stands for, or None for a static value.
 
     Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars and
     ``TensorType`` s are inputs. Refused, naming the parameter: ndarray subclasses such as
-    ``np.matrix`` (``UnsupportedError``), unsupported dtypes (``DTypeError``) and containers
-    holding arrays (``UnsupportedError``: each array must be an argument of its own).
+    ``np.matrix`` (``UnsupportedError``) and unsupported dtypes (``DTypeError``).
     """
     if isinstance(value, TensorType):
         return value
@@ -537,55 +649,120 @@ def _argument_type(param: str, value, function: str) -> TensorType | None:
             return TensorType(np.shape(value), dtype)
         except DTypeError as exc:
             raise DTypeError(f"{what}: {exc}{at(user_location())}") from None
-    if _holds_arrays(value):
-        raise UnsupportedError(
-            f"{what} is a {type(value).__name__} holding arrays{at(user_location())}; minicomp takes "
-            "arrays only as arguments of their own (each becomes an input of the compiled function): "
-            "pass each array as its own argument"
-        )
     return None
 
 
-def _holds_arrays(value) -> bool:
-    """True if ``value`` is a list, tuple, dict or set with an array somewhere inside."""
-    if isinstance(value, (np.ndarray, TracedArray)):
+def _holds_arrays(value, depth: int = 0) -> bool:
+    """True if ``value`` is an array or a list, tuple, dict or set with an array somewhere inside."""
+    if isinstance(value, (np.ndarray, np.generic, TracedArray, TensorType)):
         return True
+    if depth > 100:
+        return False
     if isinstance(value, dict):
-        return any(_holds_arrays(v) for v in value.values())
+        return any(_holds_arrays(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_arrays(v) for v in value)
+        return any(_holds_arrays(v, depth + 1) for v in value)
     return False
 
 
-def trace_with_structure(fn: Callable, args: tuple, name: str | None = None):
-    """Trace ``fn(*args)``; return ``(graph, structure)`` where structure is how outputs nest.
+class Structure:
+    """How a traced graph's inputs and outputs map to a call's values.
 
-    Array arguments (``np.ndarray``, NumPy scalars, ``TensorType``) become graph inputs named
-    after ``fn``'s parameters; anything else is passed to ``fn`` unchanged (a static value).
+    ``result``: the pytree key (``pytree.flatten``) of what the function returned; its array
+    leaves are the first ``results`` outputs. ``writes``: ``(Path, key)`` for each traced value
+    the function stored outside (``state.py``); their arrays are the outputs after those.
+    ``lifted``: ``(Path, TensorType)`` of each input after the arguments' array leaves (an
+    array read from outside). ``frozen``: names of outside arrays folded as constants.
+    The outputs after all those are the new values of inputs written in place
+    (``graph.updated_inputs``: input number -> output number), copied into the caller's arrays
+    by ``jit.update_arguments``.
+    """
+
+    def __init__(self, result: tuple, results: int, writes: list, lifted: list, frozen: list[str]):
+        self.result, self.results, self.writes, self.lifted, self.frozen = result, results, writes, lifted, frozen
+
+    def finish_call(self, outputs: list, args: tuple):
+        """The function's result from the compiled outputs; stored values written where they were.
+
+        >>> structure.finish_call([a, b], args)    # result key of (x, {"y": x}) -> (a, {"y": b})
+
+        Outputs after the stored values' (written inputs) are not looked at.
+        """
+        from .pytree import count_arrays, unflatten
+
+        start = self.results
+        for path, key in self.writes:
+            count = count_arrays(key)
+            path.assign(args, unflatten(key, outputs[start:start + count]))
+            start += count
+        return unflatten(self.result, outputs[:self.results])
+
+
+def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lift: bool = False,
+                         keep_writes: bool = True):
+    """Trace ``fn(*args)``; return ``(graph, structure)`` (``Structure``: how values map to it).
+
+    Every argument is a pytree (nested tuples, lists, dicts): each array leaf (``np.ndarray``,
+    NumPy scalar, ``TensorType``) becomes a graph input named after its place (``params.w``);
+    anything else is passed to ``fn`` unchanged (static). With ``lift``, arrays ``fn`` reads
+    through its closure, globals and ``self`` become inputs too (``state.py``); without, they
+    are constants. Traced values ``fn`` stores outside are taken out again; with ``keep_writes``
+    they are outputs after the result's (``structure.writes``).
     What ``fn`` reads from outside is checked (``frozen``): an ``np.matrix`` or masked array
     is refused, and random numbers drawn while tracing give a ``MinicompWarning``.
+
+    >>> graph, structure = trace_with_structure(lambda p: {"y": p["x"] * 2}, ({"x": np.ones(3)},))
+    >>> [n.name for n in graph.inputs]
+    ['p.x']
     """
     from . import frozen
+    from .state import TraceState
+    from .updates import written_inputs
 
     tracer = Tracer(name or getattr(fn, "__name__", "main").replace("<lambda>", "lambda"))
-    call_args, static = [], {}
-    for param_name, value in zip(_parameter_names(fn, args, tracer.graph.name), args):
-        type_ = _argument_type(param_name, value, tracer.graph.name)
-        if type_ is None:
-            static[param_name] = value
-        call_args.append(tracer.input(param_name, type_) if type_ is not None else value)
+    names = _parameter_names(fn, args, tracer.graph.name)
+    static = {param: value for param, value in zip(names, args) if not _holds_arrays(value)}
     outside = frozen.outside_values(fn, static)
     frozen.refuse_subclass_constants(fn, outside)
     draws = frozen.RandomDraws(fn, outside)
-    result = _call_traced(fn, call_args, static, tracer.graph.name)
+    state = TraceState(tracer, lift)
+    try:
+        call_args = [state.argument(i, param, value) for i, (param, value) in enumerate(zip(names, args))]
+        state.lift(fn)
+        result = _call_traced(fn, call_args, static, tracer.graph.name)
+        writes = state.take_writes()
+    finally:
+        state.restore()
     draws.warn_if_drawn()
-    if isinstance(result, (tuple, list)):
-        structure, results = type(result), list(result)
-    else:
-        structure, results = None, [result]
-    tracer.graph.set_outputs([_output_node(tracer, r) for r in results])
+    result_key, outputs = _output_tree(tracer, _numbers_as_arrays(result), "returned")
+    results, write_keys = len(outputs), []
+    for write in writes if keep_writes else ():
+        key, nodes = _output_tree(tracer, write.value, f"stored into {write.path.name}")
+        write_keys.append((write.path, key))
+        outputs += nodes
+    for number, value in written_inputs(tracer):  # each input written in place: one more output, last
+        tracer.graph.updated_inputs[number] = len(outputs)
+        outputs.append(value)
+    if not outputs:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} returned {_describe_result(result)} and stored no traced array "
+            f"where minicomp takes it back (nor wrote into an array it reads){at(user_location())}: there is no array to compute; return the arrays "
+            "it computes")
+    tracer.graph.set_outputs(outputs)
     tracer.graph.verify(incremental=True)  # add_op type-checked every node as it was recorded
-    return tracer.graph, structure
+    folded = sorted({_outside_name(array, state.outside) for array in tracer.constant_arrays()} - {None})
+    return tracer.graph, Structure(result_key, results, write_keys, state.lifted, folded)
+
+
+def _outside_name(array, outside: dict[int, tuple]) -> str | None:
+    """The name of the outside array ``array`` is, or shares memory with (``w.T``), if any."""
+    if id(array) in outside:
+        return outside[id(array)][1]
+    if isinstance(array, np.ndarray):
+        for other, name in outside.values():
+            if np.may_share_memory(array, other):
+                return name
+    return None
 
 
 def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
@@ -602,13 +779,63 @@ def _call_traced(fn: Callable, call_args: list, static: dict, name: str):
         raise
 
 
-def _output_node(tracer: Tracer, value) -> Node:
-    if isinstance(value, (TracedArray, np.ndarray, np.generic, numbers.Number)):
-        return tracer.node_of(value)
-    raise UnsupportedError(
-        f"the traced function {tracer.graph.name} returned a {type(value).__name__}{at(user_location())}; "
-        "return an array, or a tuple or list of arrays"
-    )
+def _describe_result(value) -> str:
+    return "None" if value is None else f"{type(value).__name__} {value!r:.40} with no array in it"
+
+
+def _numbers_as_arrays(value, depth: int = 0):
+    """A result with each Python number made a 0-d array (a returned ``2.0`` is an output)."""
+    if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
+        return np.asarray(value)
+    if depth > 100:
+        return value
+    if type(value) is tuple or type(value) is list:
+        return type(value)(_numbers_as_arrays(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return {k: _numbers_as_arrays(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _output_tree(tracer: Tracer, value, what: str) -> tuple[tuple, list[Node]]:
+    """The pytree key of an output value and the nodes of its array leaves."""
+    from .pytree import flatten
+
+    leaves: list = []
+    try:
+        key = flatten(value, leaves)
+    except UnsupportedError as exc:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} {exc}{at(user_location())}; "
+            "return (and store) arrays, numbers, None, strings, and tuples, lists and dicts of them"
+        ) from None
+    opaque = _opaque_leaf(key)
+    if opaque is not None:
+        raise UnsupportedError(
+            f"the traced function {tracer.graph.name} {what} a {opaque.__name__} inside its result"
+            f"{at(user_location())}; an object cannot carry traced arrays out: return (and store) arrays, "
+            "numbers, None, strings, and tuples, lists and dicts of them"
+        )
+    return key, [tracer.node_of(leaf) for leaf in leaves]
+
+
+_PLAIN_STATIC = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), slice, np.dtype, type)
+
+
+def _opaque_leaf(key: tuple) -> type | None:
+    """The type of the first static leaf of a result key that is not plain data (a user object)."""
+    from .pytree import ARRAY, DATACLASS, DICT, LIST, NAMEDTUPLE, STATIC, TUPLE
+
+    tag = key[0]
+    if tag == STATIC:
+        return None if isinstance(key[2], (frozenset,) + _PLAIN_STATIC) or issubclass(key[1], _PLAIN_STATIC) \
+            else key[1]
+    children = key[2] if tag in (DICT, NAMEDTUPLE) else key[1] if tag in (LIST, TUPLE) else \
+        key[3] if tag == DATACLASS else ()
+    for child in children if tag != ARRAY else ():
+        found = _opaque_leaf(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _parameter_names(fn: Callable, args: tuple, function: str) -> list[str]:
@@ -642,4 +869,4 @@ def trace(fn: Callable, *example_args, name: str | None = None) -> Graph:
     >>> [n.op for n in g.op_nodes()]
     ['exp', 'add']
     """
-    return trace_with_structure(fn, example_args, name)[0]
+    return trace_with_structure(fn, example_args, name, keep_writes=False)[0]

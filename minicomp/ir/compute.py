@@ -371,6 +371,48 @@ def _concatenate(node, idx, *xs: Tensor):
     return value
 
 
+@rule("gather")
+def _gather(node, idx, x: Tensor, *indices: Tensor):
+    """``out[a, p, b] = x[a, i0[p], i1[p], ..., b]``: each index read at the picked position ``p``
+    (broadcast) and checked (``checked_index``) before ``x`` is read: never outside ``x``."""
+    axis, mode = node.attrs["axis"], node.attrs["mode"]
+    picked_ndim = len(node.shape) - len(x.shape) + len(indices)
+    picked = list(idx[axis:axis + picked_ndim])
+    chosen = [checked_index(i.at(picked), x.shape[axis + n], mode) for n, i in enumerate(indices)]
+    return x[list(idx[:axis]) + chosen + list(idx[axis + picked_ndim:])]
+
+
+def checked_index(index: Expr, size: int, mode: str = "raise") -> Expr:
+    """An index expression (an integer dtype) as an int64 in ``0..size-1`` (``size >= 1``).
+
+    ``raise``: ``mc_index`` counts a negative index from the end and, for one out of range, sets
+    the call's status (an ``IndexOutOfBoundsError`` after the call) and gives 0, so the load it
+    feeds stays inside the buffer. ``wrap``: Python's modulo; ``clip``: clamped, as ``np.take``.
+
+        before: i (an int32 from an index array), size 50
+        after:  mc_index(i, 50)
+    """
+    wide = cast(index, INDEX)
+    if mode == "wrap":
+        return Call("mc_mod", (wide, Const(size)), INDEX)
+    if mode == "clip":
+        last = Select(Binary(">=", wide, Const(size), BOOL), Const(size - 1), wide)
+        return Select(Binary("<", wide, Const(0), BOOL), Const(0), last)
+    return Call("mc_index", (wide, Const(size)), INDEX)
+@rule("as_strided")
+def _as_strided(node, idx, x: Tensor):
+    """``x.flat[offset + sum(i * stride)]``, the flat index split back into ``x``'s axes."""
+    a = node.attrs
+    flat: Expr = Const(a["offset"])
+    for i, stride in zip(idx, a["strides"]):
+        flat = flat + i * stride if stride else flat
+    in_idx, rest = [], flat
+    for stride in _strides(x.shape):
+        in_idx.append(Binary("/", rest, Const(stride), INDEX) if stride != 1 else rest)
+        rest = Binary("%", rest, Const(stride), INDEX) if stride != 1 else Const(0)
+    return x[in_idx]
+
+
 @rule("constant")
 def _constant(node, idx, *args):
     value = node.attrs["value"]

@@ -194,6 +194,9 @@ class Graph:
         self.nx = nx.MultiDiGraph()
         self.inputs: list[Node] = []
         self.outputs: list[Node] = []
+        # input number -> output number: the traced function wrote into that argument (a KV
+        # cache); jit copies the output into the caller's array after each call
+        self.updated_inputs: dict[int, int] = {}
         self._counter = itertools.count()
         self._names: set[str] = set()
         # Caches, kept right by the editing methods below (an edit behind their back, through
@@ -413,4 +416,5 @@ class Graph:
             mapping[node] = clone
         new.inputs = [mapping[i] for i in self.inputs]
         new.outputs = [mapping[o] for o in self.outputs]
+        new.updated_inputs = dict(self.updated_inputs)
         return new

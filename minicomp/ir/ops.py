@@ -370,6 +370,31 @@ _reduction("min", np.min, lambda d: d, True, "min over axes; NaN if any is NaN")
 
 
 # ----------------------------------------------------------------------------------------------
+# Scans: running sums and products along one axis
+# ----------------------------------------------------------------------------------------------
+
+SCAN_OPS = {"cumsum": "+", "cumprod": "*"}  # op -> the C operator of one step
+
+
+def _scan(name: str, reference, doc: str) -> None:
+    def infer(types, attrs):
+        return TensorType(types[0].shape, _sum_dtype(types[0].dtype))  # ints and bools: int64
+
+    def run(x, axis):
+        return np.asarray(reference(x, axis=axis))
+
+    register(OpDef(
+        name, Kind.OPAQUE, 1, infer=infer, reference=run, attrs={"axis": REQUIRED},
+        normalize=lambda types, attrs: {"axis": normalize_axis(attrs["axis"], types[0].ndim)}, doc=doc,
+    ))
+
+
+_scan("cumsum", np.cumsum, "running sum along axis: out[k] = out[k-1] + x[k], one rounding per step "
+      "(NumPy's order); serial along axis, parallel over the others")
+_scan("cumprod", np.cumprod, "running product along axis: out[k] = out[k-1] * x[k]")
+
+
+# ----------------------------------------------------------------------------------------------
 # Matmul and conv2d: out-elementwise-fusable
 # ----------------------------------------------------------------------------------------------
 
@@ -707,6 +732,185 @@ register(OpDef(
     attrs={"axis": 0},
     normalize=_concat_normalize,
     doc="np.concatenate(xs, axis)",
+))
+
+
+def _as_strided_normalize(types, attrs):
+    shape, strides = _shape_tuple(attrs["shape"]), _shape_tuple(attrs["strides"])
+    offset = operator.index(attrs["offset"])
+    if len(shape) != len(strides) or min(shape, default=0) < 0:
+        raise ShapeError(f"as_strided needs one stride per axis and sizes >= 0, got shape {shape}, strides {strides}")
+    if math.prod(shape) > 0:
+        low = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if low < 0 or high >= types[0].size:
+            raise ShapeError(f"as_strided with shape {shape}, strides {strides} (in elements) and offset "
+                             f"{offset} reads elements {low}..{high}, outside the {types[0].size} of the input")
+    return {"shape": shape, "strides": strides, "offset": offset}
+
+
+def as_strided_reference(x, shape, strides, offset):
+    """``out[i, j, ...] = x.flat[offset + i*strides[0] + j*strides[1] + ...]`` (a copy)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    index = np.full(shape, offset, dtype=np.int64)
+    for axis, (dim, stride) in enumerate(zip(shape, strides)):
+        index = index + (np.arange(dim, dtype=np.int64) * stride).reshape((dim,) + (1,) * (len(shape) - axis - 1))
+    return flat[index] if index.size else np.zeros(shape, x.dtype)
+
+
+register(OpDef(
+    "as_strided", Kind.INJECTIVE, 1,
+    infer=lambda types, attrs: TensorType(attrs["shape"], types[0].dtype),
+    reference=as_strided_reference,
+    attrs={"shape": REQUIRED, "strides": REQUIRED, "offset": 0},
+    normalize=_as_strided_normalize,
+    doc="a strided window on x's C-order elements: out[i] = x.flat[offset + i . strides] "
+        "(strides in elements; sliding_window_view)",
+))
+
+
+# ----------------------------------------------------------------------------------------------
+# Gather and scatter: elements picked or written by index arrays (data)
+# ----------------------------------------------------------------------------------------------
+
+GATHER_MODES = ("raise", "wrap", "clip")  # np.take's modes; "raise" is indexing's meaning
+SCATTER_MODES = ("set", "add", "sub", "mul", "maximum", "minimum")
+SCATTER_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply,
+                  "maximum": np.maximum, "minimum": np.minimum}
+
+
+def _check_index_dtype(t: TensorType, what: str) -> None:
+    if t.dtype.kind not in "iu":
+        raise DTypeError(f"{what} must be an integer array, got {t.dtype} (NumPy: arrays used as "
+                         "indices must be of integer (or boolean) type)")
+
+
+def _gather_normalize(types, attrs):
+    if len(types) < 2:
+        raise ShapeError("gather needs an array and at least one index array")
+    if attrs["mode"] not in GATHER_MODES:
+        raise ShapeError(f"gather mode must be one of {', '.join(GATHER_MODES)}, got {attrs['mode']!r:.40}")
+    ndim, count = types[0].ndim, len(types) - 1
+    axis = normalize_axis(attrs["axis"], ndim) if ndim else attrs["axis"]
+    if not isinstance(axis, int) or axis + count > ndim:
+        raise ShapeError(f"{count} index array(s) from axis {attrs['axis']} do not fit an array of "
+                         f"dimension {ndim}")
+    return {"axis": axis, "mode": attrs["mode"]}
+
+
+def _gather_infer(types, attrs):
+    x, indices, axis = types[0], types[1:], attrs["axis"]
+    for n, t in enumerate(indices):
+        _check_index_dtype(t, f"index array {n}")
+    picked = broadcast_shapes(*(t.shape for t in indices))
+    empty_axis = next((axis + n for n, t in enumerate(indices) if x.shape[axis + n] == 0 and t.size), None)
+    if empty_axis is not None:
+        raise ShapeError(f"index out of bounds: axis {empty_axis} has size 0, so no index fits it")
+    shape = x.shape[:axis] + picked + x.shape[axis + len(indices):]
+    return TensorType(shape, x.dtype)
+
+
+def out_of_bounds(index, size: int, axis: int):
+    """The ``IndexOutOfBoundsError`` NumPy's IndexError corresponds to (its words)."""
+    from ..errors import IndexOutOfBoundsError
+
+    return IndexOutOfBoundsError(f"index {index} is out of bounds for axis {axis} with size {size}")
+
+
+def fix_indices(index: np.ndarray, size: int, mode: str, axis: int = 0) -> np.ndarray:
+    """Indices into an axis of ``size`` as NumPy reads them, as int64 in ``0..size-1``.
+
+    ``raise``: negative indices count from the end, anything else outside raises
+    ``IndexOutOfBoundsError``; ``wrap``: modulo ``size``; ``clip``: to ``0..size-1``.
+
+    >>> fix_indices(np.array([0, -1, 7]), 4, "wrap")
+    array([0, 3, 3])
+    """
+    index = np.asarray(index)
+    if mode == "clip":
+        return np.clip(index, 0, max(size - 1, 0)).astype(np.int64)
+    if mode == "wrap":
+        if index.dtype == np.uint64:
+            return (index % np.uint64(max(size, 1))).astype(np.int64)
+        return (index.astype(np.int64) % max(size, 1)).astype(np.int64)
+    outside = (index >= size) | ((index < -size) if index.dtype.kind == "i" else False)
+    if np.any(outside):
+        raise out_of_bounds(index[outside].reshape(-1)[0], size, axis)
+    wide = index.astype(np.int64)
+    return np.where(wide < 0, wide + size, wide)
+
+
+def gather_reference(x, *indices, axis, mode):
+    """``x[:, ..., i0, i1, ...]`` (the index arrays broadcast together, on axes ``axis``...).
+
+    Where they broadcast to an empty shape nothing is read, and nothing is checked (NumPy would
+    check a non-empty one: the tracer refuses that case for traced indices)."""
+    if not math.prod(np.broadcast_shapes(*(np.shape(i) for i in indices))):
+        mode = "clip"
+    fixed = tuple(fix_indices(i, x.shape[axis + n], mode, axis + n) for n, i in enumerate(indices))
+    return x[(slice(None),) * axis + fixed]
+
+
+register(OpDef(
+    "gather", Kind.INJECTIVE, None,
+    infer=_gather_infer,
+    reference=gather_reference,
+    attrs={"axis": 0, "mode": "raise"},
+    normalize=_gather_normalize,
+    doc="gather(x, i0, i1, ..., axis=a): x[(:,)*a + (i0, i1, ...)], the index arrays broadcast "
+        "together and picking along consecutive axes a, a+1, ...; mode raise (NumPy's indexing: "
+        "negatives count from the end, others out of range are an IndexOutOfBoundsError; an empty "
+        "pick checks nothing), wrap or clip (np.take's)",
+))
+
+
+def _scatter_normalize(types, attrs):
+    if attrs["mode"] not in SCATTER_MODES:
+        raise ShapeError(f"scatter mode must be one of {', '.join(SCATTER_MODES)}, got {attrs['mode']!r:.40}")
+    return {"mode": attrs["mode"]}
+
+
+def _scatter_infer(types, attrs):
+    x, positions, values = types
+    _check_index_dtype(positions, "positions")
+    if values.shape != positions.shape:
+        raise ShapeError(f"values {values.shape} must have the shape of the positions {positions.shape}")
+    if x.size == 0 and positions.size:
+        raise ShapeError("index out of bounds: the array written has no elements")
+    ufunc = SCATTER_UFUNCS.get(attrs["mode"])
+    if ufunc is not None:
+        result = ufunc_dtype(ufunc, x.dtype, values.dtype)
+        if not np.can_cast(result, x.dtype, "same_kind"):
+            raise DTypeError(f"cannot cast the {result} result of {ufunc.__name__} into the {x.dtype} array "
+                             "written (NumPy's 'same_kind' rule)")
+    return x
+
+
+def scatter_reference(x, positions, values, mode):
+    """A copy of ``x`` with ``x.flat[positions] = values`` (mode set: where positions repeat, the last
+    one wins, as NumPy's ``x[idx] = v``) or ``ufunc.at(x.flat, positions, values)`` (mode add, sub,
+    mul, maximum, minimum: repeated positions accumulate, as ``np.add.at``)."""
+    out = np.array(x, copy=True).reshape(-1)
+    flat = fix_indices(positions, out.size, "raise").reshape(-1)
+    values = np.asarray(values).reshape(-1)
+    if mode == "set":  # the last write of each position wins: keep only that one
+        last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
+        out[flat[last]] = values[last]
+    else:
+        SCATTER_UFUNCS[mode].at(out, flat, values)
+    return out.reshape(x.shape)
+
+
+register(OpDef(
+    "scatter", Kind.OPAQUE, 3,
+    infer=_scatter_infer,
+    reference=scatter_reference,
+    attrs={"mode": "set"},
+    normalize=_scatter_normalize,
+    doc="scatter(x, positions, values, mode): a copy of x with its flat elements at positions set "
+        "(the last of repeated positions wins, as x[idx] = v) or combined with values by add, sub, "
+        "mul, maximum or minimum (accumulating, as np.add.at); positions out of range are an "
+        "IndexOutOfBoundsError",
 ))
 
 

@@ -134,8 +134,25 @@ def resolve_divmod(op: str, x: Affine, k: int, ranges: Ranges) -> Affine:
     r = Affine.of(remainder, x.const % k)
     q_span, r_span = bounds(q, ranges, []), bounds(r, ranges, [])
     if q_span is None or r_span is None or q_span[0] < 0 or r_span[0] < 0 or r_span[1] >= k:
-        return Affine(((DivMod(op, x, k), 1),))
+        return _resolve_by_a_divisor(op, x, k, ranges)
     return q if op == "/" else r
+
+
+def _resolve_by_a_divisor(op: str, x: Affine, k: int, ranges: Ranges) -> Affine:
+    """``x / k`` through a divisor ``c`` of ``k``: when ``x = c*y + r`` with ``y >= 0`` and
+    ``0 <= r < c``, ``x / k = y / (k/c)`` and ``x % k = (y % (k/c))*c + r`` (a smaller division,
+    often resolved in turn). A row ``h`` of a ``repeat`` along an axis: ``(h*T*D + t*D + d) / (2*T*D)``
+    -> ``h / 2``.
+    """
+    for c in sorted({abs(coef) for _, coef in x.terms if 1 < abs(coef) < k and k % abs(coef) == 0}, reverse=True):
+        y = Affine.of({a: coef // c for a, coef in x.terms if coef % c == 0}, x.const // c)
+        r = Affine.of({a: coef for a, coef in x.terms if coef % c}, x.const % c)
+        y_span, r_span = bounds(y, ranges, []), bounds(r, ranges, [])
+        if y_span is None or r_span is None or y_span[0] < 0 or r_span[0] < 0 or r_span[1] >= c:
+            continue
+        m = k // c
+        return resolve_divmod("/", y, m, ranges) if op == "/" else resolve_divmod("%", y, m, ranges).scale(c) + r
+    return Affine(((DivMod(op, x, k), 1),))
 
 
 def _decide_guard(cond: Binary, ranges: Ranges) -> Expr | None:

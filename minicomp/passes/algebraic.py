@@ -401,9 +401,9 @@ def divide_by_power_of_two(node: Node) -> Node | None:
 
 def exact_reciprocal(value: np.ndarray) -> np.ndarray | None:
     """``1 / value`` if every element is a power of two whose reciprocal is exact; else None."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # 1 / 0 is inf, and inf * 0 NaN: not exact, and no warning
         inverse = np.reciprocal(value)
-    powers_of_two = (np.abs(np.frexp(value)[0]) == 0.5) & (np.abs(np.frexp(inverse)[0]) == 0.5)
-    exact = inverse.astype(np.float64) * value == 1  # a product of powers of two is exact
+        powers_of_two = (np.abs(np.frexp(value)[0]) == 0.5) & (np.abs(np.frexp(inverse)[0]) == 0.5)
+        exact = inverse.astype(np.float64) * value == 1  # a product of powers of two is exact
     return inverse if np.all(powers_of_two & exact) else None
 

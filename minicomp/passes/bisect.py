@@ -153,8 +153,13 @@ def _is_tensor(value) -> bool:
 
 
 def _flatten(result) -> list[np.ndarray]:
-    results = list(result) if isinstance(result, (tuple, list)) else [result]
-    return [np.asarray(r) for r in results]
+    """The arrays of a result pytree in the order the traced graph outputs them."""
+    from ..frontend.pytree import flatten
+    from ..frontend.tracer import _numbers_as_arrays
+
+    leaves: list = []
+    flatten(_numbers_as_arrays(result), leaves)
+    return [np.asarray(r) for r in leaves]
 
 
 @dataclass
@@ -197,14 +202,36 @@ def _prepare(fn_or_graph, args: tuple, trials: int, seed: int):
             call_args = list(args)
         else:
             tensors = iter(names)
-            call_args = [random_array(TensorType.of(a) if not isinstance(a, TensorType) else a, rng,
-                                      next(tensors)) if _is_tensor(a) else a for a in args]
+            call_args = [_random_leaves(a, rng, tensors) for a in args]
         with np.errstate(all="ignore"):
             expected = _flatten(fn(*call_args))
-        sets.append(InputSet([a for a in call_args if _is_tensor(a)], expected,
-                             _in_float64(fn, call_args)))
+        sets.append(InputSet(_array_leaves(call_args), expected, _in_float64(fn, call_args)))
     reference = "NumPy (the function run eagerly), and in float64 for float results"
     return graph, graph.name, reference, sets
+
+
+def _array_leaves(call_args: list) -> list:
+    """The arrays of the arguments in the order the trace made them inputs (pytrees flattened)."""
+    from ..frontend.pytree import flatten
+
+    leaves: list = []
+    for value in call_args:
+        if isinstance(value, TensorType) or _is_tensor(value):
+            leaves.append(value)
+        else:
+            flatten(value, leaves)
+    return leaves
+
+
+def _random_leaves(value, rng: np.random.Generator, names):
+    """``value`` with each array (or ``TensorType``) replaced by a random array of its type."""
+    from ..frontend.pytree import flatten, unflatten
+
+    if isinstance(value, TensorType) or _is_tensor(value):
+        return random_array(TensorType.of(value) if not isinstance(value, TensorType) else value, rng, next(names))
+    leaves: list = []
+    key = flatten(value, leaves)
+    return unflatten(key, [random_array(TensorType.of(leaf), rng, next(names)) for leaf in leaves]) if leaves else value
 
 
 def _in_float64(fn: Callable, call_args: list) -> list[np.ndarray] | None:

@@ -141,6 +141,9 @@ def _consumer_group(node: Node, group_of: dict, outputs: set) -> tuple[Group | N
 
 def _join_refusal(group: Group, node: Node) -> str | None:
     """Why ``node`` may not join ``group`` (None if it may)."""
+    if group.root.kind is Kind.OPAQUE:
+        return (f"{group.root.op} runs as a kernel of its own (opaque: it writes by data, like scatter, "
+                "or scans in order, like cumsum): its operand is stored")
     if group.pattern == "attention":
         return "only data movement (slice, reshape, transpose) joins an attention kernel" \
             if node.kind is not Kind.INJECTIVE else None
@@ -268,6 +271,8 @@ def match_attention(pv: Node, outputs: set) -> set | None:
         return None
     p = pv.operands[0]
     if len(p.shape) < 2 or len(pv.operands[1].shape) < 2 or pv.shape[-1] > MAX_ATTENTION_HEAD:
+        return None
+    if len(p.shape) != len(pv.shape):  # v adds batch axes p lacks: the kernel indexes p by pv's batch
         return None
     if p.op != "div" or not _only_user(p, pv, outputs):
         return None

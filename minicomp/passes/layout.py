@@ -197,7 +197,8 @@ def free_to_move(node: Node, perm: tuple[int, ...]) -> bool:
     """Whether ``transpose(node, perm)`` costs nothing at run time: one element, a constant
     (transposed now), or a transpose that ``perm`` undoes."""
     return (node.type.size == 1 or node.op == "constant"
-            or (node.op == "transpose" and is_identity(compose(node.attrs["perm"], perm))))
+            or (node.op == "transpose" and len(node.attrs["perm"]) == len(perm)  # a 3-D one may broadcast in
+                and is_identity(compose(node.attrs["perm"], perm))))
 
 
 # ----------------------------------------------------------------------------------------------

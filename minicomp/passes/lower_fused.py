@@ -28,17 +28,19 @@ One lowering per fusion pattern (``minicomp.passes.fusion``):
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CompileError
-from ..ir.compute import Reduce, Tensor, _batch_index, compute, linear_index
+from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
+from ..ir.dtypes import TensorType
 from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
                         Load, Select, Stmt, Store, Var, const)
-from ..ir.ops import Kind
+from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.simplify_indices import simplify_kernel_indices
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
@@ -292,17 +294,87 @@ def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[
     return simplify_kernel_indices(kernel)
 
 
+def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """``cumsum``/``cumprod`` along ``axis``: each step reads the previous output element.
+
+    Loops over the axes before ``axis`` (parallel when there is enough work), then the serial
+    scan loop, then the axes after it (contiguous, independent: gcc may vectorise them)::
+
+        for i (parallel):  out[i, 0, j] = x[i, 0, j]                      for j
+                           for k in 1..n: out[i, k, j] = out[i, k-1, j] + x[i, k, j]   for j
+
+    One rounding per step in the output dtype, in NumPy's order: float16 results are NumPy's.
+    """
+    node = nodes[-1]
+    axis, shape, dtype = node.attrs["axis"], node.shape, node.dtype
+    x = inline.tensor(node.operands[0])
+    idx = output_index(shape)
+    outer = _loops(idx[:axis], shape[:axis])
+    inner = _loops(idx[axis + 1:], shape[axis + 1:])
+
+    def at(k):
+        return idx[:axis] + [k] + idx[axis + 1:]
+
+    def element(k):
+        return to_arith(x[at(k)], dtype)
+
+    if shape[axis] == 0:  # an empty result: nothing to store (even the first step would write past it)
+        return Block([])
+    first = Store(out, linear_index(at(Const(0)), shape), cast(x[at(Const(0))], dtype))
+    steps: list[Stmt] = [nest(inner, first, parallel=False)]
+    if shape[axis] > 1:
+        k = Var(f"i{axis}")
+        previous = to_arith(Load(out, linear_index(at(k), shape)), dtype)
+        value = Binary(SCAN_OPS[node.op], previous, element(k + 1), previous.dtype)
+        step = Store(out, linear_index(at(k + 1), shape), cast(value, dtype))
+        steps.append(For(k, shape[axis] - 1, nest(inner, step, parallel=False)))
+    return nest(outer, Block(steps), parallel=worth_parallel(_work(shape)) and bool(outer))
+
+
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
-             "epilogue": lower_epilogue, "attention": lower_attention}
+             "epilogue": lower_epilogue, "attention": lower_attention, "scan": lower_scan}
+
+
+def lower_scatter(node: Node, inline: Inliner, out: Buffer) -> Stmt:
+    """Copy ``x`` into the output, then one serial loop over the positions writes (or combines)
+    each value: in order, so the last of repeated positions wins (mode set), or each combines
+    with what is there (add, ...: ``np.add.at``). A position out of range sets the status and
+    writes element 0 instead (``checked_index``), never outside the output::
+
+        for i: out[i] = x[i]
+        for j: p = mc_index(positions[j], size); out[p] = out[p] + values[j]
+    """
+    x, positions, values = (inline.tensor(o) for o in node.operands)
+    idx = output_index(node.shape)
+    copy = nest(_loops(idx, node.shape), Store(out, linear_index(idx, node.shape), x[idx]), parallel=False)
+    j = [Const(0) if extent == 1 else Var(f"j{axis}") for axis, extent in enumerate(positions.shape)]
+    p = Var("p")
+    value = values[j]
+    if node.attrs["mode"] != "set":
+        rule_node = SimpleNamespace(op=node.attrs["mode"], dtype=SCATTER_UFUNCS[node.attrs["mode"]].resolve_dtypes(
+            (node.dtype, values.dtype, None))[-1])
+        old = Tensor(TensorType((), node.dtype), lambda i: Load(out, p))
+        new = Tensor(TensorType((), values.dtype), lambda i: value)
+        value = compute(rule_node, [], [old, new])
+    write = Block([Declare(p, checked_index(positions[j], max(node.type.size, 1))),
+                   Store(out, p, cast(value, node.dtype))])
+    return Block([copy, nest(_loops(j, positions.shape), write, parallel=False)])
 
 
 def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedule: bool = True) -> Kernel:
     """The kernel of one op: a group of one, lowered by the same pattern lowerings."""
     inline = Inliner({o: operand_tensor(o) for o in node.operands})
+    if node.op == "scatter":  # writes by data: its own lowering, no schedule
+        inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
+        source = [f"%{node.name} = scatter" + (f"  at {node.loc}" if node.loc else "")]
+        return _kernel(buffers[node].name, inputs, buffers[node], lower_scatter(node, inline, buffers[node]),
+                       source, None)
     if node.kind is Kind.OUT_EW_FUSABLE and accumulates_in_output(node):
         pattern = "epilogue"  # the i-k-j order: see accumulates_in_output
     elif node.kind in (Kind.REDUCTION, Kind.OUT_EW_FUSABLE):
         pattern = "reduce"
+    elif node.op in SCAN_OPS:
+        pattern = "scan"
     else:
         pattern = "elemwise"
     statement = LOWERINGS[pattern]([node], inline, buffers[node])

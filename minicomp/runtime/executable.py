@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codegen.c import STATUS_MESSAGES, render_c
+from ..codegen.c import STATUS_ERRORS, STATUS_MESSAGES, render_c
 from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
@@ -143,7 +143,8 @@ class Executable:
         if self._threads:
             self._threads.record(parallel, time.perf_counter() - start)
         if status:
-            raise MinicompRuntimeError(f"{plan.graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
+            error = STATUS_ERRORS.get(status, MinicompRuntimeError)
+            raise error(f"{plan.graph.name}: {STATUS_MESSAGES.get(status, f'error {status}')}")
         results, seen = [], set()
         for slot in plan.output_order:  # a value returned twice comes back as two separate arrays
             results.append(outputs[slot].copy() if slot in seen else outputs[slot])

@@ -21,7 +21,9 @@ What the generator produces:
   both orders), ``where``, reductions (``axes`` None, an int, a tuple, negative or empty;
   ``keepdims``), ``matmul`` (1-D, 2-D and batched), ``conv2d`` (NCHW and NHWC, strides,
   padding, dilation, groups), ``transpose``, ``reshape`` (with ``-1``), ``broadcast_to``,
-  ``expand_dims``, ``squeeze``, ``slice`` (steps, negative ones included) and ``concatenate``;
+  ``expand_dims``, ``squeeze``, ``slice`` (steps, negative ones included), ``concatenate`` and
+  ``as_strided`` (windows with zero, negative and overlapping strides); ``cumsum`` and ``cumprod``
+  along any axis;
 * the compositions the fusion pass looks for, built from those ops as ``minicomp.nn`` writes
   them: softmax along any axis, layer norm (with and without scale and shift), and attention
   ``softmax(q @ kᵀ [* scale] [masked]) @ v`` with a constant mask (causal or random);
@@ -85,12 +87,13 @@ BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "pow", "maximum", "
               "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or")
 COMPARISON_OPS = ("eq", "ne", "lt", "le", "gt", "ge")
 REDUCTION_OPS = ("sum", "mean", "max", "min")
+SCAN_OPS = ("cumsum", "cumprod")
 INJECTIVE_OPS = ("transpose", "reshape", "broadcast_to", "expand_dims", "squeeze", "slice",
-                 "concatenate")
+                 "concatenate", "gather", "as_strided")
 
 #: Every op the generator can emit (all of the op table but the sources and ``fused``).
-GENERATED_OPS = frozenset(UNARY_OPS + BINARY_OPS + REDUCTION_OPS + INJECTIVE_OPS
-                          + ("cast", "where", "matmul", "conv2d"))
+GENERATED_OPS = frozenset(UNARY_OPS + BINARY_OPS + REDUCTION_OPS + INJECTIVE_OPS + SCAN_OPS
+                          + ("cast", "where", "matmul", "conv2d", "scatter"))
 #: Ops whose result can jump when an operand changes in its last bit.
 DISCONTINUOUS_OPS = frozenset(COMPARISON_OPS + (
     "floor", "ceil", "sign", "floordiv", "mod", "cast", "logical_not", "logical_and",
@@ -115,16 +118,17 @@ _WEIGHTS = {"unary": 3, "binary": 4, "reduce": 2}
 _BIG_WEIGHTS = {"matmul": 3, "attention": 2, "conv2d": 2}
 _CATEGORIES = {
     "unary": UNARY_OPS, "cast": ("cast",), "binary": BINARY_OPS, "where": ("where",),
-    "reduce": REDUCTION_OPS, "matmul": ("matmul",), "conv2d": ("conv2d",),
+    "reduce": REDUCTION_OPS, "matmul": ("matmul",), "conv2d": ("conv2d",), "scatter": ("scatter",),
+    "scan": SCAN_OPS,
     **{name: (name,) for name in INJECTIVE_OPS},
 }
 
 # Exactness (see the module docstring): ops whose float result is exact when their operands
 # are, ops that keep the operands' grid, and the sums and products exact only on a grid.
-_MOVES = {"neg", "abs", "maximum", "minimum", "where", "max", "min", "cast", *INJECTIVE_OPS}
+_MOVES = {"neg", "abs", "maximum", "minimum", "where", "max", "min", "cast", "scatter", *INJECTIVE_OPS}
 _INTEGRAL = {"floor", "ceil", "sign"}
-_GRID_SUMS = {"add", "sub", "sum"}
-_GRID_PRODUCTS = {"mul", "matmul", "conv2d"}
+_GRID_SUMS = {"add", "sub", "sum", "cumsum"}
+_GRID_PRODUCTS = {"mul", "matmul", "conv2d", "cumprod"}
 _MANTISSA_BITS = {np.dtype(np.float16): 11, np.dtype(np.float32): 24, np.dtype(np.float64): 53}
 _MAX_GRID = 12  # finest grid tracked: multiples of 2**-12
 
@@ -875,6 +879,22 @@ class _Builder:
         self.emit(op, [x], {"axes": axis, "keepdims": keepdims},
                   lambda a: fn(a, axis=axis, keepdims=keepdims), bound)
 
+    def _scan(self, op: str) -> None:
+        x = self.pick(lambda v: len(v.shape) >= 1)
+        if x is None:
+            return
+        axis = self.draw(st.integers(-len(x.shape), len(x.shape) - 1))
+        count = max(x.shape[axis], 1)
+        if op == "cumsum" and x.bound * count > LIMIT:
+            x = self.scale_down(x, LIMIT / count) if self.big else self.tame(x, 1.0)
+        if op == "cumprod" and x.bound > 1.0:
+            x = self.tame(x, 1.0)  # products of numbers within 1 stay within 1
+        if x is None:
+            return
+        bound = x.bound * count if op == "cumsum" else x.bound
+        fn = np.cumsum if op == "cumsum" else np.cumprod
+        self.emit(op, [x], {"axis": axis}, lambda a: fn(a, axis=axis), bound)
+
     def _matmul(self, op: str) -> None:
         if self.big and self.draw(st.booleans()):
             self.large_matmul()
@@ -1081,6 +1101,80 @@ class _Builder:
         parts[0], parts[position] = parts[position], parts[0]
         self.emit(op, parts, {"axis": axis}, lambda *arrays: np.concatenate(arrays, axis=axis),
                   max(p.bound for p in parts))
+
+    def index_constant(self, shape, size: int, spread: int = 1) -> _Val:
+        """A constant int32 or int64 index array of ``shape`` for an axis of ``size``: indices in
+        ``-size..size-1`` (negatives and repeats included), or ``spread`` times wider (for the
+        wrap and clip modes). Constant, so that every index is in range: the runtime error of an
+        index out of range is tested in ``tests/test_gather_scatter.py``."""
+        count = _size(shape)
+        values = self.draw(st.lists(st.integers(-spread * size, spread * size - 1), min_size=count, max_size=count))
+        dtype = self.choose((np.int32, np.int64))
+        return self.new_constant(np.array(values, dtype).reshape(shape), pooled=False)
+
+    def _gather(self, op: str) -> None:
+        x = self.pick(lambda v: len(v.shape) >= 1 and min(v.shape) >= 1)
+        if x is None:
+            return
+        axis = self.draw(st.integers(0, len(x.shape) - 1))
+        count = self.draw(st.integers(1, min(2, len(x.shape) - axis)))
+        mode = self.choose(("raise", "wrap", "clip"))
+        shape = tuple(self.dim() for _ in range(self.draw(st.integers(0, 2))))
+        sizes = x.shape[axis:axis + count]
+        indices = [self.index_constant(shape, size, 1 if mode == "raise" else 3) for size in sizes]
+
+        def numpy_gather(a, *picks):
+            if mode == "wrap":
+                picks = [p % s for p, s in zip(picks, sizes)]
+            elif mode == "clip":
+                picks = [np.clip(p, 0, s - 1) for p, s in zip(picks, sizes)]
+            return a[(slice(None),) * axis + tuple(picks)]
+        self.emit(op, [x, *indices], {"axis": axis, "mode": mode}, numpy_gather, x.bound)
+
+    def _scatter(self, op: str) -> None:
+        x = self.pick(lambda v: _size(v.shape) >= 1)
+        if x is None:
+            return
+        shape = tuple(self.dim() for _ in range(self.draw(st.integers(0, 2))))
+        positions = self.index_constant(shape, _size(x.shape))
+        written = self.pick(lambda v: v.shape == shape and v.dtype == x.dtype) or self.new_leaf(
+            shape, x.dtype, keep_shape=True)
+        mode = self.choose(("set", "maximum", "minimum")) if x.dtype.kind == "f" else "set"
+
+        def numpy_scatter(a, p, v):
+            out = a.copy().reshape(-1)
+            if mode == "set":
+                for position, value in zip(p.reshape(-1), v.reshape(-1)):  # the last write wins
+                    out[position] = value
+            else:
+                getattr(np, mode).at(out, p.reshape(-1), v.reshape(-1))
+            return out.reshape(a.shape)
+        bound = max(x.bound, written.bound) if written is not None else x.bound
+        self.emit(op, [x, positions, written], {"mode": mode}, numpy_scatter, bound)
+
+    def _as_strided(self, op: str) -> None:
+        x = self.pick()
+        size = _size(x.shape)
+        rank = self.draw(st.integers(1, 3))
+        shape = [self.draw(st.integers(0 if size == 0 else 1, 4)) for _ in range(rank)]
+        strides = [self.draw(st.integers(-2, 3)) for _ in range(rank)]
+        below = -sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        above = sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if size and below + above >= size:  # too wide: one window of one element
+            shape = [1] * rank
+            below = above = 0
+        if size == 0:
+            shape[0] = 0
+        offset = below + self.draw(st.integers(0, max(size - 1 - below - above, 0)))
+
+        def windows(a):  # NumPy's as_strided on the C-order elements, from the offset
+            flat = np.ascontiguousarray(a).reshape(-1)
+            if not flat.size:
+                return np.zeros(shape, a.dtype)
+            view = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * a.itemsize for s in strides])
+            return view.copy()
+        self.emit(op, [x], {"shape": tuple(shape), "strides": tuple(strides), "offset": offset},
+                  windows, x.bound)
 
     # -- compositions ---------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ _CALLS = {
     "mc_maximum_first": lambda a, b: a if (a >= b or a != a) else b,  # a tie: a
     "mc_minimum_first": lambda a, b: a if (a <= b or a != a) else b,
     "mc_sigmoid": lambda x: 1 / (1 + np.exp(-x)), "mc_sign": np.sign,
+    "mc_index": lambda i, n: (i + n if i < 0 else i) if -n <= i < n else 0,  # (C also sets the status)
+    "mc_mod": lambda a, b: a % b if b else 0,
 }
 
 _BINARY = {
