@@ -421,14 +421,8 @@ class TracedArray:
         def method(self, other):
             self.check_writable(f"in-place {op}")
             result = compute(self, other) if compute else self._apply(op, self, other)
-            if result.shape != self.shape:
-                raise ShapeError(f"{op}: non-broadcastable output operand with shape {self.shape} "
-                                 f"doesn't match the broadcast shape {result.shape}{at(user_location())}")
-            if result.dtype != self.dtype:
-                if not np.can_cast(result.dtype, self.dtype, "same_kind"):
-                    raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {self.dtype} array "
-                                     f"updated in place (NumPy's 'same_kind' rule){at(user_location())}")
-                result = result.astype(self.dtype)  # NumPy casts into the existing buffer
+            from .updates import fitted_for_write
+            result = fitted_for_write(result, self, op, "array updated in place")
             self.assign(result.node)
             return self
         return method

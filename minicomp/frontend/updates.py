@@ -159,15 +159,8 @@ def ufunc_out(ufunc_name: str, result: TracedArray, out) -> TracedArray:
             "a traced value: write a = np.add(...) (for a += t: a = a + t), or make a traced "
             "(a = np.zeros_like(x))")
     out.check_writable(f"{ufunc_name}(out=...)")
-    if result.shape != out.shape:
-        raise ShapeError(f"{ufunc_name}: non-broadcastable output operand with shape {out.shape} doesn't "
-                         f"match the broadcast shape {result.shape}{at(user_location())}")
-    if result.dtype != out.dtype:
-        if not np.can_cast(result.dtype, out.dtype, "same_kind"):
-            raise DTypeError(f"{ufunc_name}: cannot cast the {result.dtype} result into the {out.dtype} "
-                                   f"array out= (NumPy's 'same_kind' rule){at(user_location())}; write "
-                                   f"x = {ufunc_name}(...).astype(x.dtype)")
-        result = result.astype(out.dtype)
+    result = fitted_for_write(result, out, ufunc_name, "array out=",
+                              f"; write x = {ufunc_name}(...).astype(x.dtype)")
     out.assign(result.node)
     return out
 
@@ -177,3 +170,22 @@ def written_inputs(tracer: Tracer) -> list[tuple[int, Node]]:
     of an argument (a KV cache, ``cache["k"]``) or an array lifted from outside (``self.W``)."""
     return [(n, proxy.node) for n, proxy in enumerate(tracer.inputs)
             if proxy.node is not tracer.graph.inputs[n]]
+
+
+def fitted_for_write(result: TracedArray, target: TracedArray, op: str, target_role: str,
+                     advice: str = "") -> TracedArray:
+    """``result`` as NumPy writes it into ``target`` (``out=``, ``x += v``): the same shape, else
+    NumPy's "non-broadcastable output operand" ``ShapeError``; cast to ``target``'s dtype when
+    NumPy's 'same_kind' rule allows it, else a ``DTypeError``.
+
+        fitted_for_write(f64 [2,3], f32 [2,3] target, "add", "array out=")  ->  f32 [2,3]
+    """
+    if result.shape != target.shape:
+        raise ShapeError(f"{op}: non-broadcastable output operand with shape {target.shape} doesn't "
+                         f"match the broadcast shape {result.shape}{at(user_location())}")
+    if result.dtype == target.dtype:
+        return result
+    if not np.can_cast(result.dtype, target.dtype, "same_kind"):
+        raise DTypeError(f"{op}: cannot cast the {result.dtype} result into the {target.dtype} {target_role} "
+                         f"(NumPy's 'same_kind' rule){at(user_location())}{advice}")
+    return result.astype(target.dtype)  # NumPy casts into the existing buffer
