@@ -63,7 +63,7 @@ def test_at_least_3000_graphs_per_ci_run():
 def test_random_graphs_compile_to_what_the_interpreter_computes(run, tmp_path):
     seed = BASE_SEED * RUNS + run
     report = run_fuzz(FuzzOptions(seed=seed, graphs=GRAPHS, out=str(tmp_path), shrink_seconds=60,
-                                  max_shrunk=2))
+                                  max_shrunk=2, timeout=IN_PROCESS_TIMEOUT))
     again = f"minicomp fuzz --seed {seed} --graphs {GRAPHS} --jobs 0   (MINICOMP_FUZZ_SEED={BASE_SEED})"
     assert not report.failures, f"{again}\n{report.summary()}"
     assert report.graphs >= 0.95 * GRAPHS, report.summary()
@@ -109,6 +109,30 @@ def test_a_planted_bug_is_caught_shrunk_and_reproduced(maximum_is_minimum, tmp_p
     maximum_is_minimum()  # undo it
     assert run_reproducer(first.reproducer) == 0
     assert "OK: the compiled graph matches the interpreter" in capsys.readouterr().out
+    assert_reproducer_leaves_no_timer(text, tmp_path)
+
+
+LIVES_ON = """
+import runpy, sys, time
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except SystemExit as exit_:
+    print("reproducer exited", exit_.code, flush=True)
+time.sleep(3)
+print("still alive")
+"""
+
+
+def assert_reproducer_leaves_no_timer(text: str, tmp_path: Path) -> None:
+    """A reproducer run in a process that goes on (runpy, as above) must not end that process
+    later: its hang timer (faulthandler, exit=True) once outlived it and ended pytest workers
+    mid-test, 60 s after this test ("node down: Not properly terminated")."""
+    assert "TIMEOUT = 60.0" in text
+    quick = tmp_path / "quick_timeout.py"
+    quick.write_text(text.replace("TIMEOUT = 60.0", "TIMEOUT = 1.0"))
+    result = subprocess.run([sys.executable, "-c", LIVES_ON, str(quick)], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert result.returncode == 0 and "still alive" in result.stdout, result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -296,7 +320,7 @@ def test_the_same_seed_gives_the_same_graphs_in_another_process():
 
 def test_workers_share_the_rounds_out(tmp_path):
     """``--jobs 2``: worker 1 runs rounds 1, 3, ... and numbers graphs as a single run would."""
-    options = FuzzOptions(seed=2, graphs=2 * fuzz.ROUND + 5, out=str(tmp_path))
+    options = FuzzOptions(seed=2, graphs=2 * fuzz.ROUND + 5, out=str(tmp_path), timeout=IN_PROCESS_TIMEOUT)
     report = run_fuzz(options, worker=1, workers=2)
     assert report.graphs == fuzz.ROUND and not report.failures
 

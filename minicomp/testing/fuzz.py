@@ -769,7 +769,16 @@ $layouts
 
 
 def main() -> int:
+    # a hang ends the process; the timer is cancelled on return, so that a process that runs this
+    # file with runpy (a test) is not ended TIMEOUT seconds later in the middle of something else
     faulthandler.dump_traceback_later(TIMEOUT, exit=True, file=sys.__stderr__)
+    try:
+        return check()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def check() -> int:
     graph = minicomp.Graph.parse(GRAPH)
     args, buffers = arguments()
     before = [b.tobytes() for b in buffers]
