@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedError, at
+from ..ir.ops import whole_symbolic_axis
+from ..ir.symbolic import Sym, SymbolicShapeError
 from .tracer import TracedArray, user_location
 
 
@@ -36,7 +38,8 @@ def getitem(x: TracedArray, key) -> TracedArray:
             axis += 1
     result = x
     full = [(0, d, 1) for d in x.shape]
-    normalized = [slice(*r).indices(d) for r, d in zip(ranges, x.shape)]
+    normalized = [whole_symbolic_axis(d, *r) if isinstance(d, Sym) else slice(*r).indices(d)
+                  for r, d in zip(ranges, x.shape)]
     if normalized != full:
         starts, stops, steps = zip(*ranges) if ranges else ((), (), ())
         result = x._apply("slice", x, starts=starts, stops=stops, steps=steps)
@@ -78,6 +81,9 @@ def _why_not_basic(item) -> str:
 
 def _int_index(index, x: TracedArray, axis: int) -> tuple[int, int, int]:
     index, size = int(index), x.shape[axis]
+    if isinstance(size, Sym):
+        raise SymbolicShapeError(f"indexing axis {axis} of symbolic size {size} with an int is not "
+                                 f"supported yet; operand {x.node.type}{at(user_location())}")
     if not -size <= index < size:
         raise ShapeError(f"index {index} is out of bounds for axis {axis} with size {size}; operand "
                          f"{x.node.type}{at(user_location())}")

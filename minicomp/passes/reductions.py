@@ -37,6 +37,7 @@ from ..ir.graph import Node
 from ..ir.loops import (Allocate, Assign, Block, Buffer, Call, Const, Declare, Expr, For, Load, Stmt,
                         Store, Var, walk)
 from ..ir.ops import Kind
+from ..ir.symbolic import Sym
 from .lower import combine, nest, reduction_init
 
 LANES = 16  # partial accumulators: one AVX-512 register of float32, two AVX2 registers
@@ -125,7 +126,7 @@ def reduces_columns(root: Node, r: Reduce) -> bool:
     accumulator is the output's dtype (so the output can hold the running value exactly)."""
     last = len(root.operands[0].shape) - 1
     return (root.kind is Kind.REDUCTION and bool(r.axes) and r.dtype == root.dtype
-            and last not in root.attrs["axes"] and root.shape[-1] > 1)
+            and last not in root.attrs["axes"] and (isinstance(root.shape[-1], Sym) or root.shape[-1] > 1))
 
 
 def reduce_columns(r: Reduce, out: Buffer, idx: list, shape: tuple[int, ...], parallel: bool) -> Stmt:
