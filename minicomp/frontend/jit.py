@@ -12,6 +12,20 @@ The first call with a new *signature* (the shapes and dtypes of the array argume
 values of the non-array arguments, which are baked in as constants) traces the function and
 compiles the graph for the target; later calls with the same signature reuse it. Compilation is
 guarded by a lock, so threads calling at once compile each signature once.
+
+**Dynamic dimensions** (``docs/dynamic_dimensions.md``). A dimension may be compiled as a
+*symbolic size*, so that one compile serves every length of it:
+
+    @minicomp.jit(dynamic={"x": [0]})  # x.shape[0] is the size symbol x_0
+    def step(x, w): ...
+
+Without ``dynamic=``, the C target does what torch.compile calls *automatic dynamic*: a call
+whose signature differs from one seen before only in some dimension sizes compiles those
+dimensions as symbols (once), so a generation loop over a growing sequence compiles twice,
+not once per token. ``dynamic=False`` turns that off (every shape compiles on its own).
+Where the function cannot be compiled with a symbolic size (Python code that needs its value:
+``range(n)``, ``if n > 3``, ``x[-1]`` along it, an op without symbolic support yet), the
+signature is compiled with static sizes instead, with a ``MinicompWarning`` saying why.
 """
 
 from __future__ import annotations
@@ -22,8 +36,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
+import warnings
+
+from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
+from ..ir.dtypes import TensorType
 from ..ir.graph import Graph
+from ..ir.symbolic import Sym
 from ..runtime.fork import ForkSafeLock
 from .tracer import trace_with_structure
 
@@ -64,8 +82,10 @@ class Compiled:
     ``graph`` and ``report`` are made (``optimise()``) when first asked for.
     """
 
-    def __init__(self, traced: Graph, graph: Graph | None, report, structure, run: Callable, optimise=None):
+    def __init__(self, traced: Graph, graph: Graph | None, report, structure, run: Callable, optimise=None,
+                 sizes: dict | None = None):
         self.traced = traced  # as traced, before any pass
+        self.sizes = sizes or {}  # dynamic dimensions: size symbol -> "x.shape[0]" (empty: static)
         self._graph = graph  # after the pass pipeline: what the target compiled
         self._report = report  # PipelineReport: what each pass did
         self.structure = structure  # None (one output), tuple or list
@@ -101,9 +121,14 @@ class JitFunction:
         self.passes = options.pop("passes", None)  # default: the default pipeline
         self.disable = tuple(options.pop("disable", ()))
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
+        self.dynamic = options.pop("dynamic", None)  # None: automatic; False: off; {name: [axes]}
         self.options = options
         self.signature = _signature(fn)
+        _check_dynamic(self.dynamic, self.signature, target, getattr(fn, "__name__", "function"))
         self._compiled: dict[Any, Compiled] = {}
+        self._first_shapes: dict[Any, tuple] = {}  # signature class -> the first call's shapes
+        self._varying: dict[Any, set] = {}  # signature class -> (argument, axis) seen with two sizes
+        self._static_only: dict[Any, str] = {}  # symbolic key -> why it could not compile so
         self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
 
     def __call__(self, *args, **kwargs):
@@ -115,24 +140,100 @@ class JitFunction:
         return compiled.structure(outputs)
 
     def compiled_for(self, *args) -> Compiled:
-        """The compiled form for these arguments' signature, compiling it on first use."""
+        """The compiled form for these arguments' signature, compiling it on first use.
+
+        With dynamic dimensions (marked, or seen varying) the symbolic compile serves every
+        size of them; see the module docstring.
+        """
         key = _signature_key(args, self.fn)
         compiled = self._compiled.get(key)
-        if compiled is None:
-            with self._lock:
-                compiled = self._compiled.get(key)
-                if compiled is None:
-                    traced, structure = trace_with_structure(self.fn, tuple(args))
-                    compiled = self._compiled[key] = self._compile(traced, structure)
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                compiled = self._compiled_dynamic(args, key)
+            if compiled is None:
+                traced, structure = trace_with_structure(self.fn, tuple(args))
+                compiled = self._compiled[key] = self._compile(traced, structure)
         return compiled
 
-    def _compile(self, traced: Graph, structure) -> Compiled:
-        """Passes and target for a traced signature, unless the target's program cache has it."""
+    def _dynamic_axes(self, args, key) -> dict[int, set]:
+        """Argument index -> the axes to compile as symbolic sizes for this call (may be empty)."""
+        if self.dynamic is False or self.target != "c":
+            return {}
+        names = list(self.signature.parameters)
+        axes: dict[int, set] = {}
+        for name, marked in (self.dynamic or {}).items():
+            index = names.index(name)
+            if index < len(args) and _is_array(args[index]):
+                ndim = np.ndim(args[index])
+                bad = [a for a in marked if not -ndim <= a < ndim]
+                if bad:
+                    raise MinicompError(f"jit(dynamic={{{name!r}: {list(marked)}}}): argument {name!r} has "
+                                        f"{ndim} dimension(s) (shape {np.shape(args[index])}), so axis "
+                                        f"{bad[0]} does not exist")
+                axes.setdefault(index, set()).update(a % ndim for a in marked)
+        if self.dynamic is None:  # automatic: the axes whose size changed between calls
+            for index, axis in self._observe(key):
+                axes.setdefault(index, set()).add(axis)
+        return {i: a for i, a in axes.items() if a}
+
+    def _observe(self, key) -> set:
+        """Remember this signature's shapes; the (argument, axis) pairs seen with two sizes."""
+        group = tuple((k[0], len(k[1]), k[2]) if k[0] == "array" else k for k in key)
+        shapes = [k[1] if k[0] == "array" else None for k in key]
+        first = self._first_shapes.setdefault(group, shapes)
+        varying = self._varying.setdefault(group, set())
+        varying.update((i, axis) for i, (a, b) in enumerate(zip(first, shapes)) if a is not None
+                       for axis, (m, n) in enumerate(zip(a, b)) if m != n)
+        return varying
+
+    def _compiled_dynamic(self, args, key) -> Compiled | None:
+        """The symbolic compile serving these arguments, made on first use; None when there are
+        no dynamic dimensions here or the function needs their values (then: static sizes)."""
+        axes = self._dynamic_axes(args, key)
+        if not axes:
+            return None
+        names = list(self.signature.parameters)
+        symbolic_args, sizes = list(args), {}
+        for index, dims in axes.items():
+            shape = list(np.shape(args[index]))
+            for axis in sorted(dims):
+                symbol = _size_symbol(names[index] if index < len(names) else f"arg{index}", axis, sizes)
+                sizes[symbol] = f"{names[index] if index < len(names) else f'args[{index}]'}.shape[{axis}]"
+                shape[axis] = Sym.symbol(symbol)
+            symbolic_args[index] = TensorType(shape, np.asarray(args[index]).dtype.newbyteorder("="))
+        symbolic_key = _signature_key(symbolic_args, self.fn)
+        compiled = self._compiled.get(symbolic_key)
+        if compiled is not None or symbolic_key in self._static_only:
+            return compiled
+        try:
+            traced, structure = trace_with_structure(self.fn, tuple(symbolic_args))
+            compiled = self._compile(traced, structure, sizes)
+        except Exception as exc:  # needs a size's value: compile this signature with static sizes
+            self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with the dynamic "
+                          f"dimension(s) {', '.join(sizes.values())} as symbolic sizes ({reason:.300}); "
+                          "compiling with static sizes, once per shape", MinicompWarning, stacklevel=4)
+            return None
+        self._compiled[symbolic_key] = compiled
+        return compiled
+
+    def _compile(self, traced: Graph, structure, sizes: dict | None = None) -> Compiled:
+        """Passes and target for a traced signature, unless the target's program cache has it.
+
+        A symbolic compile (``sizes``) is not kept in the program cache yet.
+        """
         from ..passes.pipeline import pipeline_names, run_pipeline
 
         def optimise():
             return run_pipeline(traced, self.passes, self.disable)
 
+        if sizes:
+            graph, report = optimise()
+            return Compiled(traced, graph, report, structure, TARGETS[self.target](graph, **self.options),
+                            sizes=sizes)
         programs = PROGRAM_CACHES.get(self.target)
         if programs is not None:
             key = programs.program_key(traced, pipeline_names(self.passes, self.disable), self.options)
@@ -157,8 +258,8 @@ class JitFunction:
 
     @property
     def cache_size(self) -> int:
-        """How many signatures have been compiled."""
-        return len(self._compiled)
+        """How many signatures have been compiled (a symbolic compile counts once)."""
+        return len(set(map(id, self._compiled.values())))
 
     def _positional(self, args, kwargs) -> tuple:
         name = getattr(self.fn, "__name__", "function")
@@ -222,6 +323,33 @@ def _signature(fn: Callable) -> inspect.Signature:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
+
+
+def _check_dynamic(dynamic, signature: inspect.Signature, target: str, name: str) -> None:
+    """``dynamic=`` is None, False, True (automatic) or ``{argument name: [axes]}``; else ``MinicompError``."""
+    if dynamic is None or dynamic is False:
+        return
+    where = f"jit({name}, dynamic={dynamic!r:.60})"
+    if target != "c":
+        raise MinicompError(f"{where}: dynamic dimensions need the C target, not {target!r}")
+    if not isinstance(dynamic, dict):
+        raise MinicompError(f"{where}: write dynamic={{'x': [0]}} (argument name -> axes), or dynamic=False")
+    for arg, axes in dynamic.items():
+        if arg not in signature.parameters:
+            raise MinicompError(f"{where}: {name} has no argument {arg!r}; its arguments: "
+                                f"{', '.join(signature.parameters)}")
+        if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool)
+                                                         for a in axes):
+            raise MinicompError(f"{where}: the axes of {arg!r} must be a list of ints, like [0]")
+
+
+def _size_symbol(argument: str, axis: int, taken: dict) -> str:
+    """The name of the size symbol for ``argument.shape[axis]``: ``x_0`` (C-safe, unique)."""
+    base = f"{argument}_{axis}" if argument.isascii() and argument.isidentifier() else f"s{len(taken)}"
+    name, n = base, 1
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name
 
 
 def _is_array(value) -> bool:
