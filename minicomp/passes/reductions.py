@@ -53,7 +53,8 @@ CACHED_ROW_BYTES = 1 << 18  # rows up to this size stay in L2 between the passes
 def splits_into_lanes(r: Reduce) -> bool:
     """Float reductions whose innermost loop has at least ``LANES`` iterations (and whose
     result does not depend on the order, as ``first_wins`` max/min does for signed zeros)."""
-    return r.dtype.kind == "f" and bool(r.axes) and r.axes[-1][1] >= LANES and not r.first_wins
+    return (r.dtype.kind == "f" and bool(r.axes) and not isinstance(r.axes[-1][1], Sym)  # symbolic: plain
+            and r.axes[-1][1] >= LANES and not r.first_wins)
 
 
 def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list[Stmt]:
