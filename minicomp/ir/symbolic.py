@@ -72,6 +72,9 @@ class Sym:
             return {(): value}
         if type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu":
             return {(): int(value)}
+        if isinstance(value, float) or type(value).__module__ == "numpy":  # cost models, NumPy scalars
+            raise SymbolicShapeError(f"arithmetic of a symbolic size with {value!r} "
+                                     "(not an int) is not exact")
         return None
 
     # -- arithmetic -----------------------------------------------------------------------------
