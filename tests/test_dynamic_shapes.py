@@ -179,8 +179,28 @@ def test_equal_symbols_must_be_equal_sizes():
         run(x, np.ones((5, 4), np.float32))
 
 
-@pytest.mark.parametrize("fn", [lambda x: x[-1] * 2,                       # an int index on the symbolic axis
-                                lambda x: x[:2] + 1,                       # part of the symbolic axis
+def test_slices_and_indices_along_the_symbolic_axis():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x):
+        return x[-1] * 2, x[1:] - x[:-1], x[0] + x[-2:].sum(axis=0), x[:, -1]
+
+    check(f, lambda rng, n: (rand(rng, n, 5),), sizes=[2, 3, 9, 40])
+
+
+def test_a_call_that_breaks_a_guard_compiles_static():
+    fn = lambda x: x[2:] + x[:3].sum(axis=0)  # noqa: E731  (assumes 3 <= x.shape[0])
+    f = minicomp.jit(fn, dynamic={"x": [0]})
+    compiled = f.compiled_for(np.ones((5, 2), np.float32))
+    assert [(str(e), m) for e, m, _ in compiled.guards] == [("x_0", 2), ("x_0 - 2", 0), ("x_0", 3)]
+    for n in [5, 7, 3, 2, 1, 0]:  # 2, 1, 0: NumPy clamps x[:3] and x[2:]; compiled for that shape
+        x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+        np.testing.assert_array_equal(f(x), fn(x))
+    assert f.cache_size == 4
+    with pytest.raises(MinicompError, match="out of bounds"):  # NumPy's IndexError at this size
+        minicomp.jit(lambda x: x[-1], dynamic={"x": [0]})(np.ones((0, 2), np.float32))
+
+
+@pytest.mark.parametrize("fn", [lambda x: x[::2] + 1,                      # a step along the symbolic axis
                                 lambda x: x * np.arange(x.shape[0], dtype=np.float32)[:, None],
                                 lambda x: x * 2 if x.shape[0] > 3 else x - 1])  # Python control flow
 def test_what_needs_a_size_compiles_static_and_says_so(fn):

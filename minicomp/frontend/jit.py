@@ -41,7 +41,7 @@ import warnings
 from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph
-from ..ir.symbolic import Sym
+from ..ir.symbolic import Sym, collect_guards, guards_hold
 from ..runtime.fork import ForkSafeLock
 from .tracer import trace_with_structure
 
@@ -86,6 +86,7 @@ class Compiled:
                  sizes: dict | None = None):
         self.traced = traced  # as traced, before any pass
         self.sizes = sizes or {}  # dynamic dimensions: size symbol -> "x.shape[0]" (empty: static)
+        self.guards: list = []  # what a symbolic compile assumed: (Sym, minimum, why), see ir/symbolic.py
         self._graph = graph  # after the pass pipeline: what the target compiled
         self._report = report  # PipelineReport: what each pass did
         self.structure = structure  # None (one output), tuple or list
@@ -191,32 +192,51 @@ class JitFunction:
 
     def _compiled_dynamic(self, args, key) -> Compiled | None:
         """The symbolic compile serving these arguments, made on first use; None when there are
-        no dynamic dimensions here or the function needs their values (then: static sizes)."""
+        no dynamic dimensions here, the function needs their values, or this call breaks a guard
+        the symbolic compile assumed (``x[-1]`` needs ``x_0 >= 1``): then static sizes."""
         axes = self._dynamic_axes(args, key)
         if not axes:
             return None
+        symbolic_args, where = self._symbolic_arguments(args, axes)
+        symbolic_key = _signature_key(symbolic_args, self.fn)
+        compiled = self._compiled.get(symbolic_key)
+        if compiled is None and symbolic_key not in self._static_only:
+            compiled = self._compile_symbolic(symbolic_args, symbolic_key, where)
+        if compiled is None:
+            return None
+        sizes = {symbol: np.shape(args[i])[axis] for symbol, (i, axis) in where.items()}
+        return compiled if guards_hold(compiled.guards, sizes) else None
+
+    def _symbolic_arguments(self, args, axes: dict[int, set]) -> tuple[list, dict]:
+        """The arguments with ``TensorType`` s whose dynamic axes are size symbols, and for each
+        symbol the ``(argument index, axis)`` it stands for."""
         names = list(self.signature.parameters)
-        symbolic_args, sizes = list(args), {}
+        symbolic_args, where = list(args), {}
         for index, dims in axes.items():
             shape = list(np.shape(args[index]))
             for axis in sorted(dims):
-                symbol = _size_symbol(names[index] if index < len(names) else f"arg{index}", axis, sizes)
-                sizes[symbol] = f"{names[index] if index < len(names) else f'args[{index}]'}.shape[{axis}]"
+                symbol = _size_symbol(names[index] if index < len(names) else f"arg{index}", axis, where)
+                where[symbol] = (index, axis)
                 shape[axis] = Sym.symbol(symbol)
             symbolic_args[index] = TensorType(shape, np.asarray(args[index]).dtype.newbyteorder("="))
-        symbolic_key = _signature_key(symbolic_args, self.fn)
-        compiled = self._compiled.get(symbolic_key)
-        if compiled is not None or symbolic_key in self._static_only:
-            return compiled
+        return symbolic_args, where
+
+    def _compile_symbolic(self, symbolic_args: list, symbolic_key, where: dict) -> Compiled | None:
+        """Trace and compile with symbolic sizes; None (and a ``MinicompWarning``) if that fails."""
+        names = list(self.signature.parameters)
+        sizes = {symbol: f"{names[i] if i < len(names) else f'args[{i}]'}.shape[{axis}]"
+                 for symbol, (i, axis) in where.items()}
         try:
-            traced, structure = trace_with_structure(self.fn, tuple(symbolic_args))
+            with collect_guards() as guards:
+                traced, structure = trace_with_structure(self.fn, tuple(symbolic_args))
             compiled = self._compile(traced, structure, sizes)
         except Exception as exc:  # needs a size's value: compile this signature with static sizes
             self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with the dynamic "
                           f"dimension(s) {', '.join(sizes.values())} as symbolic sizes ({reason:.300}); "
-                          "compiling with static sizes, once per shape", MinicompWarning, stacklevel=4)
+                          "compiling with static sizes, once per shape", MinicompWarning, stacklevel=5)
             return None
+        compiled.guards = guards
         self._compiled[symbolic_key] = compiled
         return compiled
 

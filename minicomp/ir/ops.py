@@ -689,18 +689,25 @@ def _slice_normalize(types, attrs):
 
 
 def whole_symbolic_axis(dim: Sym, start, stop, step) -> tuple:
-    """``(0, dim, 1)`` for a slice that keeps all of a symbolic axis (``x[:, 1:3]`` of ``[T, 8]``).
+    """The canonical range of a slice along a symbolic axis: ``(start, stop, 1)``.
 
-    Any other slice of a symbolic axis is not supported yet: ``SymbolicShapeError``
-    (the signature is compiled with static sizes).
+    ``(0, dim, 1)`` for a slice that keeps all of it (``x[:, 1:3]`` of ``[T, 8]``). Other
+    canonical ranges (``(T - 1, T, 1)`` for ``x[-1:]``) are made by the tracer, which records
+    the guards that keep them inside the axis (``frontend/indexing.py``), and are kept as
+    they are: a start or stop that is ``Sym`` or an int >= 0, step 1. Anything else (a
+    negative int, a step other than 1) is not supported yet: ``SymbolicShapeError``.
     """
     if start in (None, 0) and (stop is None or stop == dim) and step in (None, 1):
         return (0, dim, 1)
-    raise SymbolicShapeError(f"slicing part of an axis of symbolic size {dim} is not supported yet")
+    canonical = all(isinstance(v, Sym) or (isinstance(v, int) and v >= 0) for v in (start, stop))
+    if canonical and step == 1:
+        return (start, stop, 1)
+    raise SymbolicShapeError(f"slicing an axis of symbolic size {dim} with {start}:{stop}:{step} "
+                             "is not supported yet")
 
 
 def _slice_infer(types, attrs):
-    shape = tuple(d if isinstance(d, Sym) else len(range(*slice(a, b, c).indices(d)))
+    shape = tuple(b - a if isinstance(d, Sym) else len(range(*slice(a, b, c).indices(d)))
                   for d, a, b, c in zip(types[0].shape, attrs["starts"], attrs["stops"], attrs["steps"]))
     return TensorType(shape, types[0].dtype)
 

@@ -26,6 +26,9 @@ Pure Python and small on purpose: ``import minicomp`` must stay fast.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 from ..errors import MinicompError
 
 
@@ -320,3 +323,51 @@ def bind_shape(pattern: tuple, shape: tuple, sizes: dict) -> bool:
         if evaluate(want, sizes) != got:
             return False
     return True
+
+
+# -- guards: what a symbolic compile assumed about the sizes ---------------------------------------
+
+_collecting = threading.local()
+
+
+@contextmanager
+def collect_guards():
+    """Collect the guards ``require`` records while tracing: ``with collect_guards() as guards:``.
+
+    A guard ``(expr, minimum, why)`` holds for a call when ``expr >= minimum`` at its sizes;
+    ``frontend/jit.py`` checks them before using a symbolic compile, and compiles a call
+    that breaks one with static sizes (torch.compile's guard failure, then recompile).
+    """
+    outer = getattr(_collecting, "guards", None)
+    _collecting.guards = guards = []
+    try:
+        yield guards
+    finally:
+        _collecting.guards = outer
+
+
+def require(expr, minimum: int, why: str) -> None:
+    """Assume ``expr >= minimum`` (a guard, checked at every call); provable ones are not recorded.
+
+    Outside ``collect_guards`` (nobody would check it) the assumption is refused:
+    ``SymbolicShapeError``.
+    """
+    if not isinstance(expr, Sym):
+        if expr < minimum:
+            raise SymbolicShapeError(f"{why}: needs {expr} >= {minimum}")
+        return
+    try:
+        if expr >= minimum:
+            return
+    except SymbolicShapeError:
+        pass
+    guards = getattr(_collecting, "guards", None)
+    if guards is None:
+        raise SymbolicShapeError(f"{why} needs {expr} >= {minimum}, which holds only for some sizes")
+    if all((expr, minimum) != guard[:2] for guard in guards):
+        guards.append((expr, minimum, why))
+
+
+def guards_hold(guards, sizes: dict) -> bool:
+    """Whether every guard ``(expr, minimum, why)`` holds at ``sizes``."""
+    return all(evaluate(expr, sizes) >= minimum for expr, minimum, _ in guards)
