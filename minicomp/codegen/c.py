@@ -62,6 +62,7 @@ from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, B
                         Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
 from ..ir.rewrite import statements
 from ..ir.symbolic import Sym, shape_symbols
+from ..passes.lower import PARALLEL_MIN_WORK
 from . import gemm
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -419,8 +420,11 @@ class CRenderer:
             # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
             # holds nobody up; if: a forked child runs the loop on its one thread
             self.uses.add("mc_serial")
+            condition = "!mc_serial"
+            if isinstance(loop.extent, Sym):  # threads only when this call's sizes make enough work
+                condition += f" && {self.size(nest_work(loop))} >= {PARALLEL_MIN_WORK}"
             lines.append(f"{pad}#pragma omp parallel for schedule(dynamic, mc_chunk({iterations}))"
-                         f"{collapse} if(!mc_serial)")
+                         f"{collapse} if({condition})")
         elif loop.kind == "vectorized":
             lines.append(f"{pad}#pragma omp simd")
         elif loop.kind == "unrolled":
@@ -513,6 +517,19 @@ class CRenderer:
         lines.append(f"{pad}return mc_status;")
         lines.append("}")
         return "\n".join(lines)
+
+
+def nest_work(loop: For):
+    """Iterations of ``loop`` times those of the loops nested first inside it (a ``Sym`` when a
+    size is symbolic): the work a symbolic parallel loop compares with ``PARALLEL_MIN_WORK`` at
+    run time."""
+    work, stmt = 1, loop
+    while True:
+        if isinstance(stmt, Block) and stmt.stmts:
+            stmt = next((s for s in stmt.stmts if isinstance(s, For)), stmt.stmts[0])
+        if not isinstance(stmt, For):
+            return work
+        work, stmt = work * stmt.extent, stmt.body
 
 
 def size_name(symbol: str) -> str:
