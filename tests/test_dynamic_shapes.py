@@ -224,3 +224,26 @@ def test_dynamic_axis_must_exist():
     f = minicomp.jit(lambda x: x, dynamic={"x": [2]})
     with pytest.raises(MinicompError, match="axis 2 does not exist"):
         f(np.ones((2, 3), np.float32))
+
+
+def test_dimensions_of_equal_size_share_a_symbol():
+    def attention(x, mask, w):  # the mask is an argument of shape [T, T]
+        q = x @ w
+        s = q @ q.T / 4.0 + mask
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)) @ q
+
+    f = minicomp.jit(attention)
+    rng = np.random.default_rng(3)
+    w = rand(rng, 8, 8)
+    for n in range(1, 9):
+        x, mask = rand(rng, n, 8), ((1 - np.tri(n)) * -1e10).astype(np.float32)
+        np.testing.assert_allclose(f(x, mask, w), attention(x, mask, w), rtol=1e-4, atol=1e-5)
+    assert f.cache_size == 2
+    assert f.compiled_for(x, mask, w).sizes == {"x_0": "x.shape[0]"}
+
+
+def test_the_fallback_warning_names_the_users_line():
+    f = minicomp.jit(lambda x: x * np.tri(x.shape[0], dtype=x.dtype), dynamic={"x": [0]})
+    with pytest.warns(MinicompWarning, match=r"x\.shape\[0\].*test_dynamic_shapes\.py:\d+"):
+        np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.tri(3, dtype=np.float32))

@@ -209,14 +209,21 @@ class JitFunction:
 
     def _symbolic_arguments(self, args, axes: dict[int, set]) -> tuple[list, dict]:
         """The arguments with ``TensorType`` s whose dynamic axes are size symbols, and for each
-        symbol the ``(argument index, axis)`` it stands for."""
+        symbol the first ``(argument index, axis)`` it stands for.
+
+        Dynamic dimensions of equal size in this call share one symbol (torch.compile's *duck
+        sizing*): ``x: [T, C]`` and a mask ``[T, T]`` broadcast together. A later call where
+        they differ has another signature, so it never uses this compile.
+        """
         names = list(self.signature.parameters)
-        symbolic_args, where = list(args), {}
-        for index, dims in axes.items():
+        symbolic_args, where, symbol_of_size = list(args), {}, {}
+        for index, dims in sorted(axes.items()):
             shape = list(np.shape(args[index]))
             for axis in sorted(dims):
-                symbol = _size_symbol(names[index] if index < len(names) else f"arg{index}", axis, where)
-                where[symbol] = (index, axis)
+                symbol = symbol_of_size.get(shape[axis])
+                if symbol is None:
+                    symbol = _size_symbol(names[index] if index < len(names) else f"arg{index}", axis, where)
+                    symbol_of_size[shape[axis]], where[symbol] = symbol, (index, axis)
                 shape[axis] = Sym.symbol(symbol)
             symbolic_args[index] = TensorType(shape, np.asarray(args[index]).dtype.newbyteorder("="))
         return symbolic_args, where
@@ -231,7 +238,7 @@ class JitFunction:
                 traced, structure = trace_with_structure(self.fn, tuple(symbolic_args))
             compiled = self._compile(traced, structure, sizes)
         except Exception as exc:  # needs a size's value: compile this signature with static sizes
-            self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}"
+            self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}{_user_line(exc)}"
             warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with the dynamic "
                           f"dimension(s) {', '.join(sizes.values())} as symbolic sizes ({reason:.300}); "
                           "compiling with static sizes, once per shape", MinicompWarning, stacklevel=5)
@@ -361,6 +368,17 @@ def _check_dynamic(dynamic, signature: inspect.Signature, target: str, name: str
         if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool)
                                                          for a in axes):
             raise MinicompError(f"{where}: the axes of {arg!r} must be a list of ints, like [0]")
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` (at file.py:12)``: the innermost line of the traceback outside minicomp and NumPy, or ""."""
+    import os
+    import traceback
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(package) and f"{os.sep}numpy{os.sep}" not in f.filename]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _size_symbol(argument: str, axis: int, taken: dict) -> str:

@@ -165,29 +165,29 @@ class Sym:
     def __hash__(self):
         return self._hash
 
-    def _sign_of_difference(self, other, op: str) -> int:
-        """1 if ``self - other >= 0`` for every size, -1 if ``< 0`` for every size, else raise."""
-        diff = self - other
+    @staticmethod
+    def _nonnegative(diff, question: str) -> bool:
+        """Whether ``diff >= 0`` for every size (True), for none (False); else raise."""
         if isinstance(diff, int):
-            return 1 if diff >= 0 else -1
+            return diff >= 0
         if not isinstance(diff, Sym):
-            raise TypeError(f"cannot compare {self} with {other!r}")
+            raise TypeError(f"cannot decide {question}")
         constant = dict(diff.terms).get((), 0)
         others = [c for m, c in diff.terms if m]
         if constant >= 0 and all(c >= 0 for c in others):
-            return 1
+            return True
         if constant < 0 and all(c <= 0 for c in others):
-            return -1
-        raise SymbolicShapeError(f"{self} {op} {other} depends on the symbolic size")
+            return False
+        raise SymbolicShapeError(f"whether {question} depends on the symbolic size (true for some sizes only)")
 
     def __ge__(self, other):
-        return self._sign_of_difference(other, ">=") > 0
+        return Sym._nonnegative(self - other, f"{self} >= {other}")
 
     def __lt__(self, other):
         return not self >= other
 
     def __le__(self, other):
-        return (-self)._sign_of_difference(-other, "<=") > 0
+        return Sym._nonnegative(other - self, f"{self} <= {other}")
 
     def __gt__(self, other):
         return not self <= other
