@@ -247,3 +247,14 @@ def test_the_fallback_warning_names_the_users_line():
     f = minicomp.jit(lambda x: x * np.tri(x.shape[0], dtype=x.dtype), dynamic={"x": [0]})
     with pytest.warns(MinicompWarning, match=r"x\.shape\[0\].*test_dynamic_shapes\.py:\d+"):
         np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.tri(3, dtype=np.float32))
+
+
+def test_packed_matmul_with_symbolic_rows():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, w, b):
+        return np.tanh(x @ w + b)
+
+    check(f, lambda rng, n: (rand(rng, n, 256), rand(rng, 256, 200) * 0.1, rand(rng, 200)),
+          sizes=[0, 1, 5, 6, 7, 13, 64, 101], rtol=2e-4, atol=2e-4)
+    x = np.ones((3, 256), np.float32)
+    assert "mc_gemm" in f.inspect(x, np.ones((256, 200), np.float32), np.ones(200, np.float32)).source
