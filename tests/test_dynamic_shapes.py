@@ -258,3 +258,16 @@ def test_packed_matmul_with_symbolic_rows():
           sizes=[0, 1, 5, 6, 7, 13, 64, 101], rtol=2e-4, atol=2e-4)
     x = np.ones((3, 256), np.float32)
     assert "mc_gemm" in f.inspect(x, np.ones((256, 200), np.float32), np.ones(200, np.float32)).source
+
+
+def test_dump_prints_a_symbolic_graph_and_its_guards(tmp_path, capsys):
+    from minicomp.cli import main
+
+    source = tmp_path / "model.py"
+    source.write_text("import numpy as np\n\ndef f(x, w):\n    return np.tanh(x @ w)[-1]\n")
+    assert main(["dump", f"{source}:f", "--arg", "x=f32[T,64]", "--arg", "w=f32[64,32]"]) in (0, None)
+    captured = capsys.readouterr()
+    assert "%x: f32[T,64]" in captured.out and "starts=[T-1,0]" in captured.out
+    assert "assuming T >= 1" in captured.err
+    assert main(["dump", f"{source}:f", "--arg", "x=f32[T,64]", "--arg", "w=f32[64,32]", "--emit", "c"]) in (0, None)
+    assert "int64_t mc_size_T = ((const int64_t *)args[" in capsys.readouterr().out
