@@ -21,7 +21,10 @@ The entry point ``int minicomp_entry(void **args)`` reads ``args``: the program'
 (``Program.params`` order), the workspace, then one more pointer: NULL, or non-NULL to run
 every loop on the calling thread (``mc_serial``: the OpenMP ``if`` clause of each parallel
 loop; a process forked after OpenMP started its threads must not use them, see
-``runtime/executable.py``). It returns ``mc_status``: 0, or the code of the NumPy error case a
+``runtime/executable.py``), then, for a program with dynamic dimensions, a pointer to the
+call's sizes (``int64_t``, in ``program_sizes`` order): every kernel of such a program takes
+them as ``int64_t mc_size_<symbol>`` parameters after its buffers, and symbolic extents,
+indices and workspace offsets are C expressions of them (``(768*mc_size_T)``). It returns ``mc_status``: 0, or the code of the NumPy error case a
 kernel hit (``STATUS_MESSAGES``). The status belongs to the call, a local of the entry point:
 only kernels that can fail (integer ``x ** y`` with ``y < 0``) get a pointer to it, and their
 threads store into it atomically, so concurrent calls from several threads never see each

@@ -24,19 +24,20 @@ whose signature differs from one seen before only in some dimension sizes compil
 dimensions as symbols (once), so a generation loop over a growing sequence compiles twice,
 not once per token. ``dynamic=False`` turns that off (every shape compiles on its own).
 Where the function cannot be compiled with a symbolic size (Python code that needs its value:
-``range(n)``, ``if n > 3``, ``x[-1]`` along it, an op without symbolic support yet), the
-signature is compiled with static sizes instead, with a ``MinicompWarning`` saying why.
+``range(n)``, ``if n > 3``, ``np.tri(n)``, an op without symbolic support yet), the signature
+is compiled with static sizes instead, with a ``MinicompWarning`` naming the line. What a
+symbolic compile assumed (``x[-1]`` along it needs ``n >= 1``) is a guard checked before it
+serves a call; a call that breaks one compiles with static sizes.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import Any, Callable
 
 import numpy as np
-
-import warnings
 
 from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
 from ..ir.dtypes import TensorType
@@ -154,6 +155,8 @@ class JitFunction:
             compiled = self._compiled.get(key)
             if compiled is None:
                 compiled = self._compiled_dynamic(args, key)
+                if compiled is not None:  # this shape's later calls find it at once
+                    self._compiled[key] = compiled
             if compiled is None:
                 traced, structure = trace_with_structure(self.fn, tuple(args))
                 compiled = self._compiled[key] = self._compile(traced, structure)
