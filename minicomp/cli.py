@@ -149,10 +149,17 @@ def _where(exc: BaseException) -> str:
 
 
 def _trace_from_args(args):
+    """The traced graph. Argument types may have symbolic sizes (``--arg x=f32[T,768]``): the
+    guards the trace assumed (``T >= 1`` for ``x[-1]``) are said on stderr."""
     from .frontend import trace
+    from .ir.symbolic import collect_guards
 
     fn, values = _function_from_args(args)
-    return trace(fn, *values)
+    with collect_guards() as guards:
+        graph = trace(fn, *values)
+    for expr, minimum, why in guards:
+        print(f"minicomp: assuming {expr} >= {minimum} ({why})", file=sys.stderr)
+    return graph
 
 
 def _function_from_args(args):

@@ -21,7 +21,10 @@ The entry point ``int minicomp_entry(void **args)`` reads ``args``: the program'
 (``Program.params`` order), the workspace, then one more pointer: NULL, or non-NULL to run
 every loop on the calling thread (``mc_serial``: the OpenMP ``if`` clause of each parallel
 loop; a process forked after OpenMP started its threads must not use them, see
-``runtime/executable.py``). It returns ``mc_status``: 0, or the code of the NumPy error case a
+``runtime/executable.py``), then, for a program with dynamic dimensions, a pointer to the
+call's sizes (``int64_t``, in ``program_sizes`` order): every kernel of such a program takes
+them as ``int64_t mc_size_<symbol>`` parameters after its buffers, and symbolic extents,
+indices and workspace offsets are C expressions of them (``(768*mc_size_T)``). It returns ``mc_status``: 0, or the code of the NumPy error case a
 kernel hit (``STATUS_MESSAGES``). The status belongs to the call, a local of the entry point:
 only kernels that can fail (integer ``x ** y`` with ``y < 0``, an index out of range) get a pointer to it, and their
 threads store into it atomically, so concurrent calls from several threads never see each
@@ -60,8 +63,10 @@ import numpy as np
 
 from ..errors import IndexOutOfBoundsError
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
-                        Expr, For, Kernel, Load, Select, Stmt, Store, Unary, Var)
+                        Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
 from ..ir.rewrite import statements
+from ..ir.symbolic import Sym, shape_symbols
+from ..passes.lower import PARALLEL_MIN_WORK
 from . import gemm
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -315,6 +320,7 @@ class CRenderer:
                                         # by loop_header and expr as they render)
         self.functions: dict[Kernel, str] = {}  # the file's kernel function names
         self.kernel_uses: dict[Kernel, set[str]] = {}  # each rendered kernel's ``uses``
+        self.sizes: list[str] = []  # the program's size symbols: parameters of every kernel
 
     # -- expressions ----------------------------------------------------------------------------
 
@@ -324,6 +330,8 @@ class CRenderer:
             return self.literal(e.value, e.dtype)
         if isinstance(e, Var):
             return self.names.variables[e.name]  # (inlined self.var: the hottest path)
+        if isinstance(e, Size):
+            return self.size(e.value)
         if isinstance(e, Load):
             return f"{self.names.buffers[e.buffer.name]}[{self.expr(e.index)}]"
         if isinstance(e, Binary):
@@ -344,6 +352,13 @@ class CRenderer:
         if isinstance(e, Address):
             return f"&{self.name(e.buffer)}[{self.expr(e.index)}]"
         raise TypeError(f"cannot render {e!r}")
+
+    def size(self, value) -> str:
+        """A size: an int literal, or a symbolic size over the sizes the function receives
+        (``768*T`` -> ``(768*mc_size_T)``; every size is an ``int64_t``)."""
+        if not isinstance(value, Sym):
+            return self.literal(value, INDEX)
+        return f"({value.render(size_name)})"
 
     def literal(self, value, dtype: np.dtype) -> str:
         """An exact C literal: hexadecimal floats, INT*_C for 64-bit integers."""
@@ -415,20 +430,23 @@ class CRenderer:
         pad = self.indent * depth
         lines = []
         if loop.kind == "parallel":
-            collapse, iterations = "", loop.extent
-            if loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
-                collapse, iterations = " collapse(2)", loop.extent * loop.body.extent
+            collapse, iterations = "", self.size(loop.extent)
+            if not isinstance(loop.extent, Sym) and loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
+                collapse, iterations = " collapse(2)", self.size(loop.extent * loop.body.extent)
             # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
             # holds nobody up; if: a forked child runs the loop on its one thread
             self.uses.add("mc_serial")
+            condition = "!mc_serial"
+            if isinstance(loop.extent, Sym):  # threads only when this call's sizes make enough work
+                condition += f" && {self.size(nest_work(loop))} >= {PARALLEL_MIN_WORK}"
             lines.append(f"{pad}#pragma omp parallel for schedule(dynamic, mc_chunk({iterations}))"
-                         f"{collapse} if(!mc_serial)")
+                         f"{collapse} if({condition})")
         elif loop.kind == "vectorized":
             lines.append(f"{pad}#pragma omp simd")
         elif loop.kind == "unrolled":
             lines.append(f"{pad}#pragma GCC unroll {min(loop.extent, 64)}")
         v = self.var(loop.var)
-        lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.literal(loop.extent, INDEX)}; ++{v}) {{")
+        lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.size(loop.extent)}; ++{v}) {{")
         return lines
 
     # -- kernels and the whole file ---------------------------------------------------------------
@@ -457,6 +475,7 @@ class CRenderer:
         params = [self.param(b, written=b is k.output or b in k.scratch, aliased=b in k.aliases)
                   for b in k.params]
         body = self.stmt(k.body, 1)
+        params += [f"int64_t {size_name(name)}" for name in self.sizes]
         params += ["bool mc_serial"] * ("mc_serial" in self.uses)
         params += ["int *mc_status"] * ("mc_status" in self.uses)
         self.kernel_uses[k] = self.uses
@@ -472,6 +491,7 @@ class CRenderer:
     def program(self, program) -> str:
         """The whole translation unit: prelude, kernels, and the entry point."""
         self.functions = function_names(program.kernels)
+        self.sizes = program_sizes(program)
         parts = [f"/* generated by minicomp from graph '{comment_text(program.graph.name)}' */", prelude()]
         micro_kernels = [fn for fn in intrinsics_used(program.kernels) if gemm.is_micro_kernel(fn)]
         parts += [gemm.types_source(s) for s in sorted({gemm.dtype_suffix(fn) for fn in micro_kernels})]
@@ -495,9 +515,11 @@ class CRenderer:
             ctype = ARRAY_C_TYPES[buffer.dtype]
             lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)args[{i}];")
         lines.append(f"{pad}char *workspace = (char *)args[{len(program.params)}];")
+        for n, name in enumerate(self.sizes):  # dynamic dimensions: the sizes of this call
+            lines.append(f"{pad}int64_t {size_name(name)} = ((const int64_t *)args[{len(program.params) + 2}])[{n}];")
         for buffer, offset in program.workspace.items():
             ctype = ARRAY_C_TYPES[buffer.dtype]
-            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {offset});")
+            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {self.size(offset)});")
         lines.append(f"{pad}(void)workspace;")
         uses = [self.kernel_uses[k] for k in program.kernels]
         if any("mc_serial" in u for u in uses):
@@ -505,12 +527,40 @@ class CRenderer:
                          "/* run every loop on this thread */")
         lines.append(f"{pad}int mc_status = 0;  /* this call's: a NumPy error case a kernel hit */")
         for k, k_uses in zip(program.kernels, uses):
-            args = [self.name(b) for b in k.params]
+            args = [self.name(b) for b in k.params] + [size_name(name) for name in self.sizes]
             args += ["mc_serial"] * ("mc_serial" in k_uses) + ["&mc_status"] * ("mc_status" in k_uses)
             lines.append(f"{pad}{self.functions[k]}({', '.join(args)});")
         lines.append(f"{pad}return mc_status;")
         lines.append("}")
         return "\n".join(lines)
+
+
+def nest_work(loop: For):
+    """Iterations of ``loop`` times those of the loops nested first inside it (a ``Sym`` when a
+    size is symbolic): the work a symbolic parallel loop compares with ``PARALLEL_MIN_WORK`` at
+    run time."""
+    work, stmt = 1, loop
+    while True:
+        if isinstance(stmt, Block) and stmt.stmts:
+            stmt = next((s for s in stmt.stmts if isinstance(s, For)), stmt.stmts[0])
+        if not isinstance(stmt, For):
+            return work
+        work, stmt = work * stmt.extent, stmt.body
+
+
+def size_name(symbol: str) -> str:
+    """The C name of size symbol ``symbol`` (an identifier of ``[A-Za-z0-9_]``): ``mc_size_T``."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", symbol):
+        raise ValueError(f"not a size symbol: {symbol!r}")
+    return f"mc_size_{symbol}"
+
+
+def program_sizes(program) -> list[str]:
+    """The size symbols of a program's buffers and workspace, sorted: the order of the sizes
+    array the entry point receives (``runtime/executable.py`` binds it)."""
+    shapes = [b.shape for b in program.params] + [b.shape for b in program.workspace]
+    shapes += [b.shape for k in program.kernels for b in k.params]
+    return sorted(shape_symbols([d for shape in shapes for d in shape]))
 
 
 def intrinsics_used(kernels: list[Kernel]) -> list[str]:

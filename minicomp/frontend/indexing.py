@@ -24,6 +24,8 @@ import math
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedError, at
+from ..ir.ops import whole_symbolic_axis
+from ..ir.symbolic import Sym, SymbolicShapeError, require
 from .tracer import TracedArray, user_location
 
 
@@ -52,7 +54,10 @@ def _basic_getitem(x: TracedArray, items: tuple) -> TracedArray:
         elif isinstance(item, slice):
             if item.step == 0:
                 raise ShapeError(f"slice step cannot be zero{at(user_location())}")
-            ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
+            if isinstance(x.shape[axis], Sym):
+                ranges.append(_symbolic_slice(item, x, axis))
+            else:
+                ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
             axis, out_dim = axis + 1, out_dim + 1
         else:
             ranges.append(_int_index(item, x, axis))
@@ -60,7 +65,8 @@ def _basic_getitem(x: TracedArray, items: tuple) -> TracedArray:
             axis += 1
     result = x
     full = [(0, d, 1) for d in x.shape]
-    normalized = [slice(*r).indices(d) for r, d in zip(ranges, x.shape)]
+    normalized = [whole_symbolic_axis(d, *r) if isinstance(d, Sym) else slice(*r).indices(d)
+                  for r, d in zip(ranges, x.shape)]
     if normalized != full:
         starts, stops, steps = zip(*ranges) if ranges else ((), (), ())
         result = x._apply("slice", x, starts=starts, stops=stops, steps=steps)
@@ -100,8 +106,32 @@ def _why_not_basic(item) -> str:
     return f"is a {type(item).__name__}, not an index"
 
 
+def _bound(value: int, size: Sym, why: str):
+    """``value`` (an int start or stop) along an axis of symbolic ``size``, guarded to lie in it:
+    ``-1`` -> ``size - 1`` (guard ``size >= 1``), ``2`` -> ``2`` (guard ``size >= 2``)."""
+    value = int(value)
+    require(size, abs(value), why)
+    return size + value if value < 0 else value
+
+
+def _symbolic_slice(item: slice, x: TracedArray, axis: int) -> tuple:
+    """The canonical range of ``item`` along symbolic axis ``axis`` of ``x``, with its guards."""
+    size, why = x.shape[axis], f"slice {item.start}:{item.stop} of axis {axis} of {x.node.type}{at(user_location())}"
+    if item.step not in (None, 1):
+        raise SymbolicShapeError(f"{why}: a step other than 1 along a symbolic axis is not supported yet")
+    start = 0 if item.start is None else _bound(item.start, size, why)
+    stop = size if item.stop is None else _bound(item.stop, size, why)
+    require(stop - start, 0, why)
+    return (start, stop, 1)
+
+
 def _int_index(index, x: TracedArray, axis: int) -> tuple[int, int, int]:
     index, size = int(index), x.shape[axis]
+    if isinstance(size, Sym):  # x[-1] along a symbolic axis: guard that the index exists
+        why = f"index {index} of axis {axis} of {x.node.type}{at(user_location())}"
+        start = _bound(index, size, why) if index < 0 else index
+        require(size, start + 1 if index >= 0 else 1, why)
+        return (start, start + 1, 1)
     if not -size <= index < size:
         raise ShapeError(f"index {index} is out of bounds for axis {axis} with size {size}; operand "
                          f"{x.node.type}{at(user_location())}")
@@ -145,6 +175,11 @@ def refuse_unchecked_indices(x: TracedArray, indices: list) -> None:
     NumPy still checks each non-empty one, so a traced non-empty one is refused (constant ones
     were checked already)."""
     shapes = [tuple(np.shape(i)) if not isinstance(i, TracedArray) else i.shape for i in indices]
+    if len(indices) == 1:
+        return  # one index array: when it is empty, there is no value to check
+    if any(isinstance(d, Sym) for shape in shapes for d in shape):
+        raise SymbolicShapeError(f"several index arrays with a symbolic size {shapes}: whether they pick "
+                                 "nothing (and NumPy still checks them) depends on the size")
     traced = [i for i in indices if isinstance(i, TracedArray) and i.size]
     try:
         empty = not math.prod(np.broadcast_shapes(*shapes))

@@ -22,6 +22,22 @@ threads calling at once compile each signature once. The signature is
 
 Results may be any pytree of arrays; a traced array the function stores into an argument's
 dict or list, a closure variable or ``self`` is stored there, computed, after each call.
+
+**Dynamic dimensions** (``docs/dynamic_dimensions.md``). A dimension may be compiled as a
+*symbolic size*, so that one compile serves every length of it:
+
+    @minicomp.jit(dynamic={"x": [0]})  # x.shape[0] is the size symbol x_0
+    def step(x, w): ...
+
+Without ``dynamic=``, the C target does what torch.compile calls *automatic dynamic*: a call
+whose signature differs from one seen before only in the sizes of some array leaves' dimensions
+compiles those dimensions as symbols (once), so a generation loop over a growing sequence
+compiles twice, not once per token. ``dynamic=False`` turns that off (every shape compiles on
+its own). Where the function cannot be compiled with a symbolic size (Python code that needs its
+value: ``range(n)``, ``if n > 3``, an op without symbolic support yet), the signature is compiled
+with static sizes instead, with a ``MinicompWarning`` naming the line. What a symbolic compile
+assumed (``x[-1]`` along it needs ``n >= 1``) is a guard checked before it serves a call; a call
+that breaks one compiles with static sizes.
 """
 
 from __future__ import annotations
@@ -35,9 +51,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
+from ..ir.dtypes import TensorType
 from ..ir.graph import Graph
+from ..ir.symbolic import Sym, collect_guards, guards_hold
 from ..runtime.fork import ForkSafeLock
-from .pytree import flatten
+from .pytree import flatten, unflatten
 from .state import read_lifted
 from .tracer import Structure, trace_with_structure
 
@@ -79,8 +97,10 @@ class Compiled:
     """
 
     def __init__(self, traced: Graph, graph: Graph | None, report, structure: Structure, run: Callable,
-                 optimise=None):
+                 optimise=None, sizes: dict | None = None):
         self.traced = traced  # as traced, before any pass
+        self.sizes = sizes or {}  # dynamic dimensions: size symbol -> "x.shape[0]" (empty: static)
+        self.guards: list = []  # what a symbolic compile assumed: (Sym, minimum, why), see ir/symbolic.py
         self._graph = graph  # after the pass pipeline: what the target compiled
         self._report = report  # PipelineReport: what each pass did
         self.structure = structure  # how arguments, outside arrays and results map to the graph
@@ -117,9 +137,14 @@ class JitFunction:
         self.passes = options.pop("passes", None)  # default: the default pipeline
         self.disable = tuple(options.pop("disable", ()))
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
+        self.dynamic = options.pop("dynamic", None)  # None: automatic; False: off; {name: [axes]}
         self.options = options
         self.signature = _signature(fn)
+        _check_dynamic(self.dynamic, self.signature, target, getattr(fn, "__name__", "function"))
         self._compiled: dict[Any, list[Compiled]] = {}  # argument key -> forms (their outside arrays differ)
+        self._first_shapes: dict[Any, list] = {}  # signature class -> the first call's leaf shapes
+        self._varying: dict[Any, set] = {}  # signature class -> (leaf, axis) seen with two sizes
+        self._static_only: dict[Any, str] = {}  # symbolic key -> why it could not compile so
         self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
 
     def __get__(self, instance, owner=None):
@@ -145,9 +170,8 @@ class JitFunction:
             with self._lock:
                 found = self._find(key, args)  # another thread may have compiled it meanwhile
                 if found is None:
-                    traced, structure = trace_with_structure(self.fn, tuple(args), lift=not self.freeze)
-                    self._warn_frozen(structure)
-                    self._compiled.setdefault(key, []).append(self._compile(traced, structure))
+                    self._compiled.setdefault(key, []).append(self._compiled_dynamic(args, key, arrays)
+                                                              or self._compile_static(args))
                     found = self._find(key, args)
         if found is None:
             raise MinicompRuntimeError(f"{getattr(self.fn, '__name__', 'function')}: the arrays it reads from "
@@ -175,6 +199,98 @@ class JitFunction:
                     _refuse_unkeyable(value, index, self.fn, str(exc))
             raise
 
+    def _compile_static(self, args: tuple) -> Compiled:
+        """Trace ``args`` as they are (every size a number) and compile."""
+        traced, structure = trace_with_structure(self.fn, tuple(args), lift=not self.freeze)
+        self._warn_frozen(structure)
+        return self._compile(traced, structure)
+
+    # -- dynamic dimensions -----------------------------------------------------------------------
+
+    def _compiled_dynamic(self, args: tuple, key: tuple, arrays: list) -> Compiled | None:
+        """The symbolic compile serving these arguments, made on first use; None when there are
+        no dynamic dimensions here, the function needs their values, or this call breaks a guard
+        the symbolic compile assumed (``x[-1]`` needs ``x_0 >= 1``): then static sizes.
+
+        ``arrays``: the arguments' array leaves, in ``flatten`` order."""
+        axes = self._dynamic_axes(args, key, arrays)
+        if not axes:
+            return None
+        names = _leaf_names(self.signature, args)
+        leaves, where = _symbolic_leaves(arrays, axes, names)
+        symbolic_args = unflatten(key, leaves)
+        symbolic_key = (flatten(symbolic_args, []), "symbolic")
+        forms = self._compiled.get(symbolic_key)
+        if not forms and symbolic_key not in self._static_only:
+            forms = self._compile_symbolic(symbolic_args, symbolic_key, where, names)
+        if not forms:
+            return None
+        sizes = {symbol: arrays[leaf].shape[axis] for symbol, (leaf, axis) in where.items()}
+        for compiled in forms:
+            if guards_hold(compiled.guards, sizes) and read_lifted(compiled.structure.lifted, args) is not None:
+                return compiled
+        return None
+
+    def _dynamic_axes(self, args: tuple, key: tuple, arrays: list) -> dict[int, set]:
+        """Array leaf number -> the axes to compile as symbolic sizes for this call (may be empty).
+
+        ``dynamic={"x": [0]}`` names top-level array arguments; automatic dynamic (the default)
+        takes every leaf axis seen with two sizes in calls of one signature class."""
+        if self.dynamic is False or self.target != "c":
+            return {}
+        axes: dict[int, set] = {}
+        first_leaf = _first_leaves(args)
+        for name, marked in (self.dynamic or {}).items():
+            index = list(self.signature.parameters).index(name)
+            if index >= len(args):
+                continue
+            if type(args[index]) is not np.ndarray:
+                raise MinicompError(f"jit(dynamic={{{name!r}: {list(marked)}}}): argument {name!r} is a "
+                                    f"{type(args[index]).__name__}, not an array; dynamic= names array arguments")
+            leaf, ndim = first_leaf[index], args[index].ndim
+            bad = [a for a in marked if not -ndim <= a < ndim]
+            if bad:
+                raise MinicompError(f"jit(dynamic={{{name!r}: {list(marked)}}}): argument {name!r} has "
+                                    f"{ndim} dimension(s) (shape {args[index].shape}), so axis "
+                                    f"{bad[0]} does not exist")
+            axes.setdefault(leaf, set()).update(a % ndim for a in marked)
+        if self.dynamic is None:  # automatic: the axes whose size changed between calls
+            for leaf, axis in self._observe(key, arrays):
+                axes.setdefault(leaf, set()).add(axis)
+        return {leaf: a for leaf, a in axes.items() if a and type(arrays[leaf]) is np.ndarray}
+
+    def _observe(self, key: tuple, arrays: list) -> set:
+        """Remember this signature class's leaf shapes; the (leaf, axis) pairs seen with two sizes.
+
+        A signature class is the argument key with each array's shape replaced by its rank."""
+        shapes = [np.shape(a) for a in arrays]
+        group = flatten(unflatten(key, [_Rank(len(s)) for s in shapes]), [])
+        first = self._first_shapes.setdefault(group, shapes)
+        varying = self._varying.setdefault(group, set())
+        varying.update((leaf, axis) for leaf, (a, b) in enumerate(zip(first, shapes))
+                       for axis, (m, n) in enumerate(zip(a, b)) if m != n)
+        return varying
+
+    def _compile_symbolic(self, symbolic_args, symbolic_key, where: dict, names: list[str]) -> list | None:
+        """Trace and compile with symbolic sizes; None (and a ``MinicompWarning``) if that fails."""
+        try:
+            with collect_guards() as guards:
+                traced, structure = trace_with_structure(self.fn, tuple(symbolic_args), lift=not self.freeze)
+            self._warn_frozen(structure)
+            sizes = {symbol: f"{traced.inputs[leaf].name}.shape[{axis}]" for symbol, (leaf, axis) in where.items()}
+            compiled = self._compile(traced, structure, sizes)
+        except Exception as exc:  # needs a size's value: compile this signature with static sizes
+            dims = ", ".join(f"{names[leaf]}.shape[{axis}]" for leaf, axis in where.values())
+            self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}{_user_line(exc)}"
+            warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with the dynamic "
+                          f"dimension(s) {dims} as symbolic sizes ({reason:.300}); "
+                          "compiling with static sizes, once per shape", MinicompWarning, stacklevel=5)
+            return None
+        compiled.guards = guards
+        forms = self._compiled.setdefault(symbolic_key, [])
+        forms.append(compiled)
+        return forms
+
     def _warn_frozen(self, structure: Structure) -> None:
         """``freeze=True``: say which outside arrays became constants of this compiled form."""
         if not structure.frozen:
@@ -190,13 +306,20 @@ class JitFunction:
             "their values now; later changes are not seen. Without freeze=True they are read at every call.",
             MinicompWarning, place[0], place[1])
 
-    def _compile(self, traced: Graph, structure) -> Compiled:
-        """Passes and target for a traced signature, unless the target's program cache has it."""
+    def _compile(self, traced: Graph, structure, sizes: dict | None = None) -> Compiled:
+        """Passes and target for a traced signature, unless the target's program cache has it.
+
+        A symbolic compile (``sizes``) is not kept in the program cache yet.
+        """
         from ..passes.pipeline import pipeline_names, run_pipeline
 
         def optimise():
             return run_pipeline(traced, self.passes, self.disable)
 
+        if sizes:
+            graph, report = optimise()
+            return Compiled(traced, graph, report, structure, TARGETS[self.target](graph, **self.options),
+                            sizes=sizes)
         programs = PROGRAM_CACHES.get(self.target)
         if programs is not None:
             key = programs.program_key(traced, pipeline_names(self.passes, self.disable), self.options)
@@ -221,8 +344,8 @@ class JitFunction:
 
     @property
     def cache_size(self) -> int:
-        """How many signatures have been compiled."""
-        return sum(map(len, self._compiled.values()))
+        """How many signatures have been compiled (a symbolic compile counts once)."""
+        return len({id(compiled) for forms in self._compiled.values() for compiled in forms})
 
     def _positional(self, args, kwargs) -> tuple:
         name = getattr(self.fn, "__name__", "function")
@@ -343,3 +466,104 @@ def jit(fn: Callable | None = None, *, target: str = DEFAULT_TARGET, freeze: boo
     if fn is None:
         return lambda f: JitFunction(f, target, options, freeze)
     return JitFunction(fn, target, options, freeze)
+
+
+# -- dynamic dimensions: helpers -------------------------------------------------------------------
+
+
+class _Rank:
+    """A stand-in for an array leaf in a signature class: only its rank is part of the key."""
+
+    def __init__(self, ndim: int):
+        self.ndim = ndim
+
+    def __eq__(self, other):
+        return isinstance(other, _Rank) and other.ndim == self.ndim
+
+    def __hash__(self):
+        return hash((_Rank, self.ndim))
+
+
+def _symbolic_leaves(arrays: list, axes: dict[int, set], names: list[str]) -> tuple[list, dict]:
+    """The array leaves with ``TensorType`` s whose dynamic axes are size symbols, and for each
+    symbol the first ``(leaf, axis)`` it stands for.
+
+    Dynamic dimensions of equal size in this call share one symbol (torch.compile's *duck
+    sizing*): ``x: [T, C]`` and a mask ``[T, T]`` broadcast together. A later call where they
+    differ has another signature, so it never uses this compile.
+    """
+    leaves, where, symbol_of_size = list(arrays), {}, {}
+    for leaf, dims in sorted(axes.items()):
+        shape = list(arrays[leaf].shape)
+        for axis in sorted(dims):
+            symbol = symbol_of_size.get(shape[axis])
+            if symbol is None:
+                symbol = _size_symbol(names[leaf], axis, where)
+                symbol_of_size[shape[axis]], where[symbol] = symbol, (leaf, axis)
+            shape[axis] = Sym.symbol(symbol)
+        leaves[leaf] = TensorType(shape, arrays[leaf].dtype.newbyteorder("="))
+    return leaves, where
+
+
+def _first_leaves(args: tuple) -> list[int]:
+    """For each argument, the number of its first array leaf in the arguments' ``flatten`` order."""
+    firsts, count = [], 0
+    for value in args:
+        firsts.append(count)
+        leaves: list = []
+        flatten(value, leaves)
+        count += len(leaves)
+    return firsts
+
+
+def _leaf_names(signature: inspect.Signature, args) -> list[str]:
+    """A name per array leaf (``x`` for a top-level array, ``params_3`` for a nested one)."""
+    params = list(signature.parameters)
+    names = []
+    for index, value in enumerate(args):
+        param = params[index] if index < len(params) and params[index] not in ("args",) else f"arg{index}"
+        leaves: list = []
+        flatten(value, leaves)
+        if type(value) is np.ndarray:
+            names.append(param)
+        else:
+            names += [f"{param}_{n}" for n in range(len(leaves))]
+    return names
+
+
+def _check_dynamic(dynamic, signature: inspect.Signature, target: str, name: str) -> None:
+    """``dynamic=`` is None, False or ``{argument name: [axes]}``; else ``MinicompError``."""
+    if dynamic is None or dynamic is False:
+        return
+    where = f"jit({name}, dynamic={dynamic!r:.60})"
+    if target != "c":
+        raise MinicompError(f"{where}: dynamic dimensions need the C target, not {target!r}")
+    if not isinstance(dynamic, dict):
+        raise MinicompError(f"{where}: write dynamic={{'x': [0]}} (argument name -> axes), or dynamic=False")
+    for arg, axes in dynamic.items():
+        if arg not in signature.parameters:
+            raise MinicompError(f"{where}: {name} has no argument {arg!r}; its arguments: "
+                                f"{', '.join(signature.parameters)}")
+        if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool)
+                                                         for a in axes):
+            raise MinicompError(f"{where}: the axes of {arg!r} must be a list of ints, like [0]")
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` (at file.py:12)``: the innermost line of the traceback outside minicomp and NumPy, or ""."""
+    import os
+    import traceback
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(package) and f"{os.sep}numpy{os.sep}" not in f.filename]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _size_symbol(argument: str, axis: int, taken: dict) -> str:
+    """The name of the size symbol for ``argument.shape[axis]``: ``x_0`` (C-safe, unique)."""
+    base = f"{argument}_{axis}" if argument.isascii() and argument.isidentifier() else f"s{len(taken)}"
+    name, n = base, 1
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name

@@ -20,15 +20,17 @@ NumPy does), and NumPy's meanings C lacks are helper calls (``mc_floordiv``, ``m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .dtypes import TensorType
-from .loops import (BOOL, INDEX, Binary, Buffer, Call, Cast, Const, Expr, Load, Select, Unary,
+from .loops import (BOOL, INDEX, Binary, Buffer, Call, Cast, Const, Expr, Load, Select, Size, Unary,
                     Var, as_expr, const)
 from .ops import conv2d_dims
+from .symbolic import Sym
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
@@ -237,9 +239,9 @@ def _reduction(node, idx, x: Tensor):
         return Reduce(node.op, loops, body, acc, lambda v: cast(v, out), first_wins=out == F16)
     if node.op == "sum":
         return Reduce("sum", loops, body, acc, lambda v: cast(v, out))
-    count = int(np.prod([d for _, d in loops], dtype=np.int64))
-    return Reduce("sum", loops, body, acc,
-                  lambda v: cast(Binary("/", v, const(count, acc), acc), out))
+    count = math.prod(d for _, d in loops)  # a Sym over a symbolic axis: its value at call time
+    divisor = Cast(Size(count), acc) if isinstance(count, Sym) else const(count, acc)
+    return Reduce("sum", loops, body, acc, lambda v: cast(Binary("/", v, divisor, acc), out))
 
 
 # -- matmul and conv2d ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DTypeError
+from .symbolic import Sym, parse_size
 
 #: short name -> NumPy dtype, in the order the text form documents them.
 DTYPES: dict[str, np.dtype] = {
@@ -67,6 +68,9 @@ def is_float(dtype) -> bool:
 class TensorType:
     """The static type of a value: a shape (tuple of ints >= 0) and a NumPy dtype.
 
+    A dimension may be a symbolic size (``minicomp.ir.symbolic.Sym``, a dynamic dimension):
+    ``f32[T,768]``. Its ``size`` and ``nbytes`` are then symbolic too.
+
     >>> TensorType((2, 3), "f32")
     f32[2,3]
     """
@@ -75,8 +79,8 @@ class TensorType:
     dtype: np.dtype
 
     def __init__(self, shape, dtype):
-        shape = tuple(map(int, shape))
-        if shape and min(shape) < 0:
+        shape = tuple(d if isinstance(d, Sym) else int(d) for d in shape)
+        if any(d < 0 for d in shape if not isinstance(d, Sym)):
             raise DTypeError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
         canonical = dtype.__class__ in _DTYPE_CLASSES and dtype in _SHORT_NAMES  # the common case
@@ -103,7 +107,7 @@ class TensorType:
     @classmethod
     def parse(cls, text: str) -> "TensorType":
         """Parse ``"f32[256,1024]"`` (``"f32[]"`` is a scalar); the inverse of ``str``."""
-        match = re.fullmatch(r"\s*(\w+)\[([\d,\s]*)\]\s*", text)
+        match = re.fullmatch(r"\s*(\w+)\[([\w,\s*+-]*)\]\s*", text)
         if not match or match.group(1) not in DTYPES and match.group(1) not in _LONG_NAMES:
             raise DTypeError(
                 f"cannot read tensor type {text!r}; write it like f32[256,1024] "
@@ -111,9 +115,14 @@ class TensorType:
             )
         name = _LONG_NAMES.get(match.group(1), match.group(1))
         dims = [d for d in match.group(2).replace(" ", "").split(",") if d]
-        return cls(tuple(int(d) for d in dims), name)
+        try:
+            shape = tuple(parse_size(d) for d in dims)
+        except ValueError:
+            raise DTypeError(f"cannot read tensor type {text!r}: a dimension is neither a number "
+                             "nor a size symbol") from None
+        return cls(shape, name)
 
     def __str__(self) -> str:
-        return f"{short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+        return f"{short_name(self.dtype)}[{','.join(str(d).replace(' ', '') for d in self.shape)}]"
 
     __repr__ = __str__

@@ -13,6 +13,7 @@ from ..errors import MinicompError, MinicompRuntimeError, UnsupportedError, at
 from .dtypes import TensorType
 from .graph import Graph, Node
 from .ops import get_op
+from .symbolic import bind_shape, shape_symbols
 
 
 class Interpreter:
@@ -46,14 +47,17 @@ def interpret(graph: Graph, *args) -> list[np.ndarray]:
     return Interpreter(graph).run(*args)
 
 
-def check_arguments(graph: Graph, args) -> list[np.ndarray]:
+def check_arguments(graph: Graph, args, sizes: dict | None = None) -> list[np.ndarray]:
     """Check count, shape and dtype of ``args`` against the graph inputs; return them as arrays.
 
     Anything ``np.asarray`` takes is accepted (a byte-swapped array counts as its native dtype:
     the C target swaps it); ndarray subclasses whose meaning a plain array would lose
     (``np.matrix``, masked arrays) raise ``UnsupportedError``; the rest ``MinicompRuntimeError``
-    naming the input.
+    naming the input. A graph with dynamic dimensions (symbolic sizes) binds each size symbol
+    in ``sizes`` from the arguments' shapes; an argument whose shape disagrees with the sizes
+    bound before it (two dimensions of one symbol that differ) is refused, naming them.
     """
+    sizes = {} if sizes is None else sizes
     if len(args) != len(graph.inputs):
         raise MinicompRuntimeError(
             f"graph {graph.name!r} takes {len(graph.inputs)} argument(s) "
@@ -64,9 +68,13 @@ def check_arguments(graph: Graph, args) -> list[np.ndarray]:
         refuse_array_subclass(arg, f"argument %{node.name} of graph {graph.name!r}")
         array = _as_array(arg, node, graph)
         dtype = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
-        if array.shape != node.shape or dtype != node.dtype:
+        symbolic = shape_symbols(node.shape)
+        if dtype != node.dtype or (not bind_shape(node.shape, array.shape, sizes) if symbolic
+                                   else array.shape != node.shape):
+            bound = ", ".join(f"{k} = {v}" for k, v in sorted(sizes.items()) if k in symbolic)
             raise MinicompRuntimeError(
-                f"argument %{node.name} of graph {graph.name!r} must be {node.type}, got {_describe(arg, array)}"
+                f"argument %{node.name} of graph {graph.name!r} must be {node.type}"
+                f"{f' (with {bound})' if bound else ''}, got {_describe(arg, array)}"
             )
         arrays.append(array)
     return arrays

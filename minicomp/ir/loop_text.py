@@ -12,7 +12,7 @@ import numpy as np
 
 from .dtypes import short_name
 from .loops import (Address, Allocate, If, Intrinsic, Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
-                    Select, Stmt, Store, Unary, Var)
+                    Select, Size, Stmt, Store, Unary, Var)
 
 
 def print_expr(e: Expr) -> str:
@@ -23,6 +23,8 @@ def print_expr(e: Expr) -> str:
         return str(e.value) if e.dtype.kind in "iu" else f"{str(e.value)}{_suffix(e.dtype)}"
     if isinstance(e, Var):
         return e.name
+    if isinstance(e, Size):
+        return str(e.value).replace(" ", "")
     if isinstance(e, Load):
         return f"{e.buffer.name}[{_strip(print_expr(e.index))}]"
     if isinstance(e, Binary):

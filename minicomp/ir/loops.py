@@ -23,12 +23,14 @@ functions that the C renderer defines once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from .dtypes import short_name, to_dtype
+from .symbolic import Sym
 
 INDEX = np.dtype(np.int64)  # the dtype of every loop variable and index expression
 BOOL = np.dtype(np.bool_)
@@ -48,6 +50,9 @@ class Buffer:
 
     @property
     def size(self) -> int:
+        """Number of elements (a ``Sym`` when a dimension is a symbolic size)."""
+        if any(isinstance(d, Sym) for d in self.shape):
+            return math.prod(self.shape)
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
@@ -106,6 +111,15 @@ class Var(Expr):
     """A loop variable or a local scalar."""
 
     name: str
+    dtype: np.dtype = INDEX
+
+
+@dataclass(frozen=True, eq=False)
+class Size(Expr):
+    """A symbolic size (``minicomp.ir.symbolic.Sym``, e.g. ``768*T``): a value known at call
+    time, which every kernel of a program with dynamic dimensions receives as a parameter."""
+
+    value: Sym
     dtype: np.dtype = INDEX
 
 
@@ -209,6 +223,8 @@ def as_expr(value) -> Expr:
         return value
     if isinstance(value, (int, np.integer)):
         return Const(int(value), INDEX)
+    if isinstance(value, Sym):
+        return Size(value)
     raise TypeError(f"cannot use {value!r} as a loop-IR expression")
 
 
@@ -222,6 +238,10 @@ def simplify_binary(op: str, a: Expr, b: Expr) -> Expr:
     """Build an index expression, folding the trivial cases (x*1, x+0, 0*x, constants)."""
     ca = a.value if isinstance(a, Const) and a.dtype == INDEX else None
     cb = b.value if isinstance(b, Const) and b.dtype == INDEX else None
+    if isinstance(a, Size) or isinstance(b, Size):  # sizes and constants fold into one size
+        sa, sb = (e.value if isinstance(e, Size) else c for e, c in ((a, ca), (b, cb)))
+        if sa is not None and sb is not None:
+            return as_expr({"+": lambda: sa + sb, "-": lambda: sa - sb, "*": lambda: sa * sb}[op]())
     if ca is not None and cb is not None:
         return Const({"+": ca + cb, "-": ca - cb, "*": ca * cb}[op], INDEX)
     if op == "+" and ca == 0:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from .dtypes import TensorType, to_dtype
+from .symbolic import Sym, SymbolicShapeError
 
 
 class Kind(str, Enum):
@@ -144,12 +145,34 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """NumPy broadcasting of shapes; ``ShapeError`` if they do not broadcast."""
     if shapes and all(s == shapes[0] for s in shapes[1:]):  # the common case, without NumPy
         return tuple(shapes[0])
+    if any(isinstance(d, Sym) for s in shapes for d in s):
+        return _broadcast_symbolic(shapes)
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
         raise ShapeError(
             "shapes " + " and ".join(str(tuple(s)) for s in shapes) + " cannot be broadcast together"
         ) from None
+
+
+def _broadcast_symbolic(shapes) -> tuple:
+    """Broadcasting where some dimension is a symbolic size: it matches itself and 1 only.
+
+    ``T`` against ``768`` (or another symbol) could broadcast only for some sizes, so it raises
+    ``SymbolicShapeError``: the signature is then compiled with static sizes.
+    """
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for axis in range(ndim):
+        dims = {s[len(s) - ndim + axis] for s in shapes if len(s) - ndim + axis >= 0} - {1}
+        if len(dims) > 1:
+            if all(not isinstance(d, Sym) for d in dims):
+                raise ShapeError("shapes " + " and ".join(str(tuple(s)) for s in shapes)
+                                 + " cannot be broadcast together")
+            raise SymbolicShapeError("shapes " + " and ".join(str(tuple(s)) for s in shapes)
+                                     + " broadcast only for some values of their symbolic sizes")
+        result.append(dims.pop() if dims else 1)
+    return tuple(result)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -586,7 +609,9 @@ register(OpDef(
 def _shape_tuple(shape) -> tuple[int, ...]:
     """``4 -> (4,)``; any sequence of ints -> tuple of ints; ``ShapeError`` for anything else."""
     try:
-        return (operator.index(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(operator.index, shape))
+        if isinstance(shape, (int, np.integer, Sym)):
+            shape = (shape,)
+        return tuple(d if isinstance(d, Sym) else operator.index(d) for d in shape)
     except TypeError:
         raise ShapeError(f"shape {shape!r:.60} is not an integer or a sequence of integers") from None
 
@@ -677,6 +702,9 @@ def _slice_normalize(types, attrs):
     for dim, start, stop, step in zip(shape, starts, stops, steps):
         if step == 0:
             raise ShapeError("slice step cannot be zero")
+        if isinstance(dim, Sym):
+            norm.append(whole_symbolic_axis(dim, start, stop, step))
+            continue
         start, stop, step = slice(start, stop, step).indices(dim)
         if step < 0:  # "before index 0" is -dim-1, which slice.indices maps back to -1
             start, stop = (-dim - 1 if v < 0 else v for v in (start, stop))
@@ -685,8 +713,26 @@ def _slice_normalize(types, attrs):
             "steps": tuple(n[2] for n in norm)}
 
 
+def whole_symbolic_axis(dim: Sym, start, stop, step) -> tuple:
+    """The canonical range of a slice along a symbolic axis: ``(start, stop, 1)``.
+
+    ``(0, dim, 1)`` for a slice that keeps all of it (``x[:, 1:3]`` of ``[T, 8]``). Other
+    canonical ranges (``(T - 1, T, 1)`` for ``x[-1:]``) are made by the tracer, which records
+    the guards that keep them inside the axis (``frontend/indexing.py``), and are kept as
+    they are: a start or stop that is ``Sym`` or an int >= 0, step 1. Anything else (a
+    negative int, a step other than 1) is not supported yet: ``SymbolicShapeError``.
+    """
+    if start in (None, 0) and (stop is None or stop == dim) and step in (None, 1):
+        return (0, dim, 1)
+    canonical = all(isinstance(v, Sym) or (isinstance(v, int) and v >= 0) for v in (start, stop))
+    if canonical and step == 1:
+        return (start, stop, 1)
+    raise SymbolicShapeError(f"slicing an axis of symbolic size {dim} with {start}:{stop}:{step} "
+                             "is not supported yet")
+
+
 def _slice_infer(types, attrs):
-    shape = tuple(len(range(*slice(a, b, c).indices(d)))
+    shape = tuple(b - a if isinstance(d, Sym) else len(range(*slice(a, b, c).indices(d)))
                   for d, a, b, c in zip(types[0].shape, attrs["starts"], attrs["stops"], attrs["steps"]))
     return TensorType(shape, types[0].dtype)
 

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import MinicompError, ParseError
 from .dtypes import DTYPES, TensorType, short_name, to_dtype
 from .graph import Graph, Node
+from .symbolic import Sym
 
 # ----------------------------------------------------------------------------------------------
 # Printing
@@ -137,6 +138,8 @@ def format_attr(value) -> str:
         return f"@{format_graph_name(value.name)}"
     if isinstance(value, (tuple, list)):
         return "[" + ",".join(format_attr(v) for v in value) + "]"
+    if isinstance(value, Sym):  # a symbolic size (printed only: attributes do not parse it back yet)
+        return str(value).replace(" ", "")
     raise ParseError(f"attribute value {value!r} has no text form")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import broadcast_shapes, ufunc_dtype
+from ..ir.symbolic import SymbolicShapeError
 from .pipeline import register_pass
 
 Rewrite = Callable[[Node], "Node | None"]
@@ -73,7 +74,10 @@ def _rewrite_once(graph: Graph) -> bool:
         if not node.users and node not in outputs:
             continue  # dead: nothing to gain, dce removes it
         for fn in REWRITES.get(node.op, ()):
-            new = fn(node)
+            try:
+                new = fn(node)
+            except SymbolicShapeError:  # the rule needs a symbolic size's value: not applied
+                continue  # (rules build their replacement before using it: at most dead nodes)
             if new is not None:
                 graph.replace_all_uses(node, new)
                 graph.erase(node)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
+from ..ir.symbolic import Sym
 from .lower import accumulates_in_output
 from .pipeline import register_pass
 
@@ -270,7 +271,9 @@ def match_attention(pv: Node, outputs: set) -> set | None:
     if pv.op != "matmul" or pv.dtype.kind != "f" or pv.dtype.itemsize < 4:
         return None
     p = pv.operands[0]
-    if len(p.shape) < 2 or len(pv.operands[1].shape) < 2 or pv.shape[-1] > MAX_ATTENTION_HEAD:
+    if len(p.shape) < 2 or len(pv.operands[1].shape) < 2:
+        return None
+    if isinstance(pv.shape[-1], Sym) or pv.shape[-1] > MAX_ATTENTION_HEAD:  # a head row on the stack
         return None
     if len(p.shape) != len(pv.shape):  # v adds batch axes p lacks: the kernel indexes p by pv's batch
         return None

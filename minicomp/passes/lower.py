@@ -27,6 +27,7 @@ from ..ir.compute import Tensor, arith_dtype, linear_index
 from ..ir.graph import Graph, Node
 from ..ir.loops import BOOL, Binary, Buffer, Call, Const, For, Kernel, Stmt, Store, Var, const
 from ..ir.ops import Kind
+from ..ir.symbolic import Sym, SymbolicShapeError, align_up
 
 # Work (elements x reduction length; elementwise elements weighed by schedules.element_cost)
 # below which threads cost more than they give. Measured with `minicomp bench
@@ -111,13 +112,13 @@ def _place_scratch(program: Program) -> None:
     """
     if not any(kernel.scratch for kernel in program.kernels):
         return
-    base = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
+    base = align_up(program.workspace_bytes, ALIGNMENT)
     for kernel in program.kernels:
         offset = base
         for buffer in kernel.scratch:
             program.workspace[buffer] = offset
-            offset += -(-buffer.size * buffer.dtype.itemsize // ALIGNMENT) * ALIGNMENT
-        program.workspace_bytes = max(program.workspace_bytes, offset)
+            offset += align_up(buffer.size * buffer.dtype.itemsize, ALIGNMENT)
+        program.workspace_bytes = upper_bound(program.workspace_bytes, offset)
 
 
 def _buffer_namer():
@@ -149,15 +150,27 @@ def _place(program: Program, buffer: Buffer, storage: tuple[int, int] | None = N
     """The buffer's workspace offset: the memory plan's, else the next free cache line."""
     if storage is not None:
         return storage[0]
-    offset = -(-program.workspace_bytes // ALIGNMENT) * ALIGNMENT
+    offset = align_up(program.workspace_bytes, ALIGNMENT)
     program.workspace_bytes = offset + buffer.size * buffer.dtype.itemsize
     return offset
 
 
+def upper_bound(a, b):
+    """``max(a, b)``; for symbolic sizes a polynomial no smaller than either (their sum, when
+    neither is provably the larger): workspace bytes to reserve."""
+    try:
+        return max(a, b)
+    except SymbolicShapeError:
+        return a + b
+
+
 def _overlapping_params(kernel: Kernel, workspace: dict[Buffer, int]) -> frozenset[Buffer]:
     """The kernel's workspace parameters that share bytes with another one (in place)."""
+    # symbolic offsets come from plain placement (the memory plan leaves symbolic values out):
+    # one after another, never overlapping anything
     spans = [(b, workspace[b], workspace[b] + b.size * b.dtype.itemsize)
-             for b in kernel.params if b in workspace]
+             for b in kernel.params if b in workspace and not isinstance(workspace[b], Sym)
+             and not isinstance(b.size, Sym)]
     return frozenset(a for a, start, end in spans for b, s, e in spans
                      if a is not b and start < e and s < end)
 
@@ -192,7 +205,7 @@ def accumulates_in_output(node: Node) -> bool:
     """
     accumulator = arith_dtype(node.dtype)
     return (node.op in ("matmul", "conv2d") and accumulator == node.dtype and node.dtype != BOOL
-            and len(node.shape) >= 1 and node.shape[-1] > 1)
+            and len(node.shape) >= 1 and (isinstance(node.shape[-1], Sym) or node.shape[-1] > 1))
 
 
 def output_index(shape: tuple[int, ...]) -> list:
@@ -230,16 +243,21 @@ def worth_parallel(work: int) -> bool:
     """Whether a kernel doing ``work`` (elements x reduction length) should use several threads.
 
     Below ``PARALLEL_MIN_WORK`` starting and joining the threads costs more than they save
-    (``minicomp bench --parallel-threshold`` measures where that is on a machine).
+    (``minicomp bench --parallel-threshold`` measures where that is on a machine). Symbolic
+    work is parallel when it could reach that amount (the call's thread choice,
+    ``runtime/threads.py``, still runs small calls on one thread).
     """
+    if isinstance(work, Sym):
+        return any(c * PARALLEL_MIN_WORK >= PARALLEL_MIN_WORK for m, c in work.terms if m)
     return work >= PARALLEL_MIN_WORK
 
 
 def nest(loops: list[tuple[Var, int]], body: Stmt, parallel: bool) -> Stmt:
     """Wrap ``body`` in loops (outermost first); the outermost is parallel if asked."""
     for depth, (var, extent) in reversed(list(enumerate(loops))):
-        kind = "parallel" if parallel and depth == 0 and extent > 1 else "serial"
-        body = For(var, int(extent), body, kind)
+        symbolic = isinstance(extent, Sym)
+        kind = "parallel" if parallel and depth == 0 and (symbolic or extent > 1) else "serial"
+        body = For(var, extent if symbolic else int(extent), body, kind)
     return body
 
 

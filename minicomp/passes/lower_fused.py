@@ -27,6 +27,7 @@ One lowering per fusion pattern (``minicomp.passes.fusion``):
 
 from __future__ import annotations
 
+import math
 import re
 from types import SimpleNamespace
 from contextlib import contextmanager
@@ -42,11 +43,25 @@ from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Con
                         Load, Select, Stmt, Store, Var, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.simplify_indices import simplify_kernel_indices
+from ..ir.symbolic import SymbolicShapeError
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
 from .lower_matmul import lower_gemm
 from .lower import (accumulates_in_output, combine, is_inline_constant, nest,
                     output_index, reduction_init, worth_parallel)
+
+
+def unless_symbolic(lowering, *args):
+    """``lowering(*args)``, or None when it needs the value of a symbolic size.
+
+    Tiled lowerings and schedules choose tiles and thresholds from sizes; where a size is
+    symbolic (a dynamic dimension) the plain loop nest, which is correct for every size, is
+    used instead (its static loops keep their schedule-free but vectorisable form).
+    """
+    try:
+        return lowering(*args)
+    except SymbolicShapeError:
+        return None
 
 
 def _ident(name: str) -> str:
@@ -101,7 +116,8 @@ def _loops(idx: list, shape) -> list[tuple[Var, int]]:
 
 
 def _work(shape, *extra: int) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * int(np.prod(extra, dtype=np.int64))
+    """Elements times reduction length (a ``Sym`` where a size is symbolic)."""
+    return math.prod(shape) * math.prod(extra)
 
 
 def reduce_into(acc: Var, r: Reduce) -> list[Stmt]:
@@ -210,7 +226,7 @@ def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> "Stmt | N
     r = compute(anchor, idx, [inline.tensor(o) for o in anchor.operands])
     inline.bind(anchor, lambda i: Load(acc, linear_index(i, result.shape)))
     value_at = None if result is anchor and not moved else (lambda i: inline.tensor(result)[i])
-    packed = lower_gemm(anchor, idx, r, acc, value_at, store_at)
+    packed = unless_symbolic(lower_gemm, anchor, idx, r, acc, value_at, store_at)
     if packed is not None:  # a float matmul or NHWC conv big enough: packed panels + micro-kernel
         body, panels, tiling = packed
         return Nest(body, scratch + panels, [tiling])
@@ -232,7 +248,7 @@ def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     qk = scores
     while qk.op != "matmul":
         qk = next(o for o in qk.operands if o.shape == qk.shape and o.kind is not Kind.SOURCE)
-    tiled = lower_tiled_attention(pv, qk, scores, inline, out)
+    tiled = unless_symbolic(lower_tiled_attention, pv, qk, scores, inline, out)
     if tiled is not None:  # float and big enough: FlashAttention tiles on the micro-kernel
         return tiled
     idx = output_index(pv.shape)
@@ -290,7 +306,7 @@ def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[
     nest_ = lowered if isinstance(lowered, Nest) else Nest(lowered)
     kernel = Kernel(name, inputs, out, nest_.body, source, scratch=nest_.scratch, schedule=nest_.schedule)
     if pattern is not None:
-        kernel = apply_default_schedule(kernel, pattern)
+        kernel = unless_symbolic(apply_default_schedule, kernel, pattern) or kernel
     return simplify_kernel_indices(kernel)
 
 

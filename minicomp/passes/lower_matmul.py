@@ -27,6 +27,11 @@ panels (a layer's weights), the tasks are B's panels and each packs its own into
 Edge tiles (``M`` or ``N`` not a multiple of the tile) run the same micro-kernel into a local
 tile and copy the valid part out, so the packed panels are zero-padded and never overrun.
 
+A symbolic ``M`` (a dynamic dimension: the tokens of a sequence) is packed in the variant where
+the tasks are B's panels (A packed whole, rows ``0..M`` guarded by ``m < M``; packed A sized for
+``M + MR - 1`` rows). Any other variant, or a symbolic ``N`` or ``K``, raises
+``SymbolicShapeError``: the caller then lowers the plain loop nest.
+
 The matmul is found *in the compute rule*, not by op name: the reduction body is
 ``a_expr * b_expr`` where ``b_expr`` uses the output's last axis ``j`` and ``a_expr`` does not.
 Output axes that ``b_expr`` also uses are batch loops; the others are flattened into the rows
@@ -37,6 +42,7 @@ implicit GEMM: packing A *is* im2col, done one panel at a time. Several reductio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,8 +51,9 @@ from ..codegen import gemm
 from ..ir.affine import affine
 from ..ir.compute import Reduce, linear_index
 from ..ir.graph import Node
+from ..ir.symbolic import Sym, SymbolicShapeError
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
-                        If, Intrinsic, Load, Select, Stmt, Store, Var, const, simplify_binary, walk)
+                        If, Intrinsic, Load, Select, Stmt, Store, Var, as_expr, const, simplify_binary, walk)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 PARALLEL_WORK = 1 << 20
@@ -108,7 +115,8 @@ class MatmulShape:
 
     @property
     def m(self) -> int:
-        return int(np.prod([e for _, e in self.rows], dtype=np.int64))
+        """Rows (a ``Sym`` when a row axis is symbolic)."""
+        return math.prod(e for _, e in self.rows)
 
     @property
     def n(self) -> int:
@@ -116,7 +124,7 @@ class MatmulShape:
 
     @property
     def k(self) -> int:
-        return int(np.prod([e for _, e in self.red], dtype=np.int64))
+        return math.prod(e for _, e in self.red)
 
 
 def uses(expr: Expr, var: Var) -> bool:
@@ -129,7 +137,7 @@ def find_matmul(anchor: Node, idx: list, r: Reduce) -> MatmulShape | None:
     if r.combiner != "sum" or not gemm.supported(r.dtype) or r.dtype != anchor.dtype:
         return None
     shape = anchor.shape
-    if len(shape) < 2 or not isinstance(idx[-1], Var) or min(shape) == 0:
+    if len(shape) < 2 or not isinstance(idx[-1], Var) or any(d == 0 for d in shape):
         return None
     body, cond = r.body, None
     if isinstance(body, Select) and isinstance(body.b, Const) and body.b.value == 0:
@@ -165,7 +173,7 @@ def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var
 
 def as_index(value) -> Expr:
     """An index expression: Python ints become constants."""
-    return Const(int(value), INDEX) if isinstance(value, (int, np.integer)) else value
+    return Const(int(value), INDEX) if isinstance(value, (int, np.integer)) else as_expr(value)
 
 
 def index_op(op: str, a, b) -> Expr:
@@ -197,20 +205,29 @@ class GemmBuilder:
         self.k0, self.inner = shape.red[0][1], int(np.prod([e for _, e in shape.red[1:]], dtype=np.int64))
         self.chunk = max(1, min(self.k0, tiling.kc // max(self.inner, 1)))
         self.kce = self.chunk * self.inner
-        self.mp = -(-shape.m // tiling.mr) * tiling.mr
+        self.symbolic = isinstance(shape.m, Sym)
+        if self.symbolic and (len(shape.rows) != 1 or isinstance(shape.n, Sym) or isinstance(self.k0, Sym)):
+            raise SymbolicShapeError(f"packed matmul with {shape.m} rows: only one symbolic row axis")
+        # rows of packed A: M rounded up to whole MR panels (for a symbolic M, an upper bound)
+        self.mp = shape.m + tiling.mr - 1 if self.symbolic else -(-shape.m // tiling.mr) * tiling.mr
+        # loop over MR panels of rows: ceil(M / MR), or for a symbolic M, M iterations guarded by m0 < M
+        self.row_panels = shape.m if self.symbolic else self.mp // tiling.mr
         self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
-        self.a_per_task = self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
+        self.a_per_task = not self.symbolic and self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
         n_padded = -(-shape.n // tiling.nr) * tiling.nr  # N in whole NR panels
         if not self.a_per_task and n_padded // tiling.nr >= B_TASK_PANELS:
             self.t = tiling = replace(tiling, nc=n_padded, b_per_task=True)
+        elif self.symbolic:
+            raise SymbolicShapeError(f"packed matmul with {shape.m} rows needs {B_TASK_PANELS} panels of B")
         self.nce = min(tiling.nc, n_padded)
         self.n_jb = self.nce // tiling.nr  # NR panels per NC block
-        self.n_ic = -(-shape.m // tiling.mc)  # MC row blocks
+        self.n_ic = None if self.symbolic else -(-shape.m // tiling.mc)  # MC row blocks
         # B packed whole per (jc, pc) block, except when each task packs its own panel
         self.b_pack = None if tiling.b_per_task else Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
-        self.parallel = "parallel" if shape.m * shape.n * shape.k >= PARALLEL_WORK else "serial"
+        work = shape.n * shape.k if self.symbolic else shape.m * shape.n * shape.k  # symbolic: at one row
+        self.parallel = "parallel" if work >= PARALLEL_WORK else "serial"
 
     @property
     def n_jc(self) -> int:
@@ -225,7 +242,7 @@ class GemmBuilder:
         if self.a_per_task:  # A is too big to pack at once: each task packs its MC rows
             work = [self.pack_b(), self.compute_per_row_block(epilogue)]
         elif self.t.b_per_task:
-            work = [self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
+            work = [self.pack_a(self.a_pack, Const(0), self.row_panels, self.parallel),
                     self.compute_per_panel(epilogue)]
         else:
             work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
@@ -286,7 +303,10 @@ class GemmBuilder:
                      If(index_op("<", m, self.s.m),
                         Block(declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
                         self._reduction_loops(store(const(0, self.dtype))))])
-        return For(p, panels, For(r, mr, row), kind)
+        rows = For(r, mr, row)
+        if self.symbolic:  # M iterations: only the first ceil(M / MR) are panels of A
+            rows = If(index_op("<", index_op("*", p, mr), self.s.m), rows)
+        return For(p, panels, rows, kind)
 
     def _c_offset(self, m: Expr, n0: Expr) -> Expr:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
@@ -335,7 +355,7 @@ class GemmBuilder:
         per_tile = Block([Declare(m0, index_op("*", ir, self.t.mr)),
                           self._tile(epilogue, m0, jb, a_panel, Address(panel, Const(0)))])
         return For(jb, self.n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
-                                    For(ir, self.mp // self.t.mr, per_tile)]), self.parallel)
+                                    For(ir, self.row_panels, per_tile)]), self.parallel)
 
     def compute_per_row_block(self, epilogue) -> Stmt:
         """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
@@ -386,9 +406,10 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
     buffers (packed panels) and the tiling used.
     """
     shape = find_matmul(anchor, idx, r)
-    if shape is None or shape.m * shape.n * shape.k < MIN_WORK:
+    symbolic = shape is not None and isinstance(shape.m, Sym)
+    if shape is None or (shape.n * shape.k if symbolic else shape.m * shape.n * shape.k) < MIN_WORK:
         return None
-    tiling = balanced(default_tiling(acc.dtype), shape.m)
+    tiling = default_tiling(acc.dtype) if symbolic else balanced(default_tiling(acc.dtype), shape.m)
     builder = GemmBuilder(shape, acc, idx, tiling, acc.name)
 
     def epilogue(m0, n0, full):

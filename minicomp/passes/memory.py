@@ -78,6 +78,7 @@ from dataclasses import dataclass
 
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
+from ..ir.symbolic import shape_symbols
 from .lower import ALIGNMENT
 from .pipeline import register_pass
 
@@ -87,9 +88,13 @@ def _align(n: int) -> int:
 
 
 def intermediates(graph: Graph) -> list[Node]:
-    """The computing nodes that are not graph outputs, in execution order: what needs planning."""
+    """The computing nodes that are not graph outputs, in execution order: what needs planning.
+
+    Values of symbolic size (dynamic dimensions) are left out: lowering places them after the
+    planned ones, one after another (their offsets are expressions of the sizes).
+    """
     outputs = set(graph.outputs)
-    return [n for n in graph.op_nodes() if n not in outputs]
+    return [n for n in graph.op_nodes() if n not in outputs and not shape_symbols(n.shape)]
 
 
 def live_intervals(graph: Graph) -> dict[Node, tuple[int, int]]:

@@ -30,6 +30,12 @@ from typing import Callable, Iterable
 
 from ..errors import GraphError, MinicompError
 from ..ir.graph import Graph
+from ..ir.symbolic import SymbolicShapeError, shape_symbols
+
+
+def has_symbolic_sizes(graph: Graph) -> bool:
+    """Whether any value of ``graph`` has a symbolic dimension."""
+    return any(shape_symbols(node.shape) for node in graph.nodes())
 
 PASSES: dict[str, Callable[[Graph], Graph]] = {}
 
@@ -76,6 +82,7 @@ class PassRecord:
     ops_after: int
     milliseconds: float
     skipped: bool = False
+    symbolic: str = ""  # why the pass was left out on a graph with symbolic sizes (else "")
 
 
 @dataclass
@@ -87,7 +94,9 @@ class PipelineReport:
     def __str__(self) -> str:
         lines = [f"{'pass':<20} {'ops before':>10} {'ops after':>10} {'ms':>8}"]
         for r in self.records:
-            if r.skipped:
+            if r.symbolic:
+                lines.append(f"{r.name:<20} {'(skipped: symbolic size)':>10} {r.symbolic}")
+            elif r.skipped:
                 lines.append(f"{r.name:<20} {'(disabled)':>10}")
             else:
                 lines.append(f"{r.name:<20} {r.ops_before:>10} {r.ops_after:>10} {r.milliseconds:>8.2f}")
@@ -112,6 +121,11 @@ def run_pipeline(graph: Graph, passes: Iterable[str] | None = None, disable: Ite
 
     ``full_verify``: re-derive every node's type after every pass (default: only when the
     environment variable ``MINICOMP_VERIFY`` is ``full``).
+
+    On a graph with symbolic sizes (dynamic dimensions, ``minicomp.ir.symbolic``) a pass that
+    needs the value of a size raises ``SymbolicShapeError``; it is then left out (the graph
+    restored from a copy taken before it ran) and the report says why. Passes are
+    optimisations: leaving one out never changes the results.
     """
     _load_passes()
     if full_verify is None:
@@ -120,6 +134,7 @@ def run_pipeline(graph: Graph, passes: Iterable[str] | None = None, disable: Ite
     enabled = set(pipeline_names(all_names, disable))
     report = PipelineReport()
     graph = graph.copy()
+    symbolic = has_symbolic_sizes(graph)
     if print_between:
         printer(f"// ---- input ----\n{graph}")
     for name in all_names:
@@ -128,7 +143,15 @@ def run_pipeline(graph: Graph, passes: Iterable[str] | None = None, disable: Ite
             continue
         before = len(graph.op_nodes())
         start = time.perf_counter()
-        graph = PASSES[name](graph)
+        snapshot = graph.copy() if symbolic else None
+        try:
+            graph = PASSES[name](graph)
+        except SymbolicShapeError as exc:  # the pass needed a size: leave it out, keep the graph as it was
+            if snapshot is None:
+                raise
+            graph = snapshot
+            report.records.append(PassRecord(name, before, before, 0.0, skipped=True, symbolic=str(exc)))
+            continue
         elapsed = (time.perf_counter() - start) * 1e3
         try:
             graph.verify(incremental=not full_verify)

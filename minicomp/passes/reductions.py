@@ -37,6 +37,7 @@ from ..ir.graph import Node
 from ..ir.loops import (Allocate, Assign, Block, Buffer, Call, Const, Declare, Expr, For, Load, Stmt,
                         Store, Var, walk)
 from ..ir.ops import Kind
+from ..ir.symbolic import Sym
 from .lower import combine, nest, reduction_init
 
 LANES = 16  # partial accumulators: one AVX-512 register of float32, two AVX2 registers
@@ -52,7 +53,8 @@ CACHED_ROW_BYTES = 1 << 18  # rows up to this size stay in L2 between the passes
 def splits_into_lanes(r: Reduce) -> bool:
     """Float reductions whose innermost loop has at least ``LANES`` iterations (and whose
     result does not depend on the order, as ``first_wins`` max/min does for signed zeros)."""
-    return r.dtype.kind == "f" and bool(r.axes) and r.axes[-1][1] >= LANES and not r.first_wins
+    return (r.dtype.kind == "f" and bool(r.axes) and not isinstance(r.axes[-1][1], Sym)  # symbolic: plain
+            and r.axes[-1][1] >= LANES and not r.first_wins)
 
 
 def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = ()) -> list[Stmt]:
@@ -125,7 +127,7 @@ def reduces_columns(root: Node, r: Reduce) -> bool:
     accumulator is the output's dtype (so the output can hold the running value exactly)."""
     last = len(root.operands[0].shape) - 1
     return (root.kind is Kind.REDUCTION and bool(r.axes) and r.dtype == root.dtype
-            and last not in root.attrs["axes"] and root.shape[-1] > 1)
+            and last not in root.attrs["axes"] and (isinstance(root.shape[-1], Sym) or root.shape[-1] > 1))
 
 
 def reduce_columns(r: Reduce, out: Buffer, idx: list, shape: tuple[int, ...], parallel: bool) -> Stmt:

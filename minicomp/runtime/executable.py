@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codegen.c import STATUS_ERRORS, STATUS_MESSAGES, render_c
+from ..codegen.c import STATUS_ERRORS, STATUS_MESSAGES, program_sizes, render_c
 from ..codegen.compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
@@ -33,6 +33,7 @@ from ..ir.interpreter import check_arguments
 from ..passes.lower import ALIGNMENT, Program, lower
 from ..ir.loops import For
 from ..ir.rewrite import statements
+from ..ir.symbolic import evaluate
 from .fork import openmp_used, run_serially
 from .threads import ThreadChoice
 
@@ -67,6 +68,7 @@ class CallPlan:
     output_order: list[int]
     workspace_bytes: int
     threads: bool
+    sizes: tuple[str, ...] = ()  # size symbols (dynamic dimensions), in the entry point's order
 
     @classmethod
     def of(cls, program: Program) -> "CallPlan":
@@ -75,7 +77,8 @@ class CallPlan:
                       for k in program.kernels for s in statements(k.body))
         return cls(program.graph, [prepare_argument(value, value.dtype) for _, value in program.constants],
                    [(b.shape, b.dtype) for b in program.outputs],
-                   [slot[node] for node in program.graph.outputs], program.workspace_bytes, threads)
+                   [slot[node] for node in program.graph.outputs], program.workspace_bytes, threads,
+                   tuple(program_sizes(program)))
 
 
 class Executable:
@@ -112,11 +115,12 @@ class Executable:
             self._source = render_c(self.program)
         return self._source
 
-    def _workspace(self) -> np.ndarray:
-        """This thread's workspace (concurrent calls from two threads never share one)."""
+    def _workspace(self, nbytes: int) -> np.ndarray:
+        """This thread's workspace of at least ``nbytes`` (concurrent calls from two threads
+        never share one; with dynamic dimensions it grows to the largest call's need)."""
         workspace = getattr(self._per_thread, "workspace", None)
-        if workspace is None:
-            workspace = self._per_thread.workspace = aligned_empty(self.plan.workspace_bytes)
+        if workspace is None or len(workspace) < nbytes:
+            workspace = self._per_thread.workspace = aligned_empty(nbytes)
         return workspace
 
     def _parallel_next(self) -> bool:
@@ -129,15 +133,22 @@ class Executable:
         return parallel
 
     def __call__(self, *args) -> list[np.ndarray]:
-        plan = self.plan
+        plan, sizes = self.plan, {}
         arrays = [prepare_argument(a, node.dtype)
-                  for a, node in zip(check_arguments(plan.graph, args), plan.graph.inputs)]
-        outputs = [np.empty(shape, dtype) for shape, dtype in plan.outputs]
-        workspace = self._workspace()
+                  for a, node in zip(check_arguments(plan.graph, args, sizes), plan.graph.inputs)]
+        if plan.sizes:  # dynamic dimensions: shapes and workspace for this call's sizes
+            outputs = [np.empty(tuple(evaluate(d, sizes) for d in shape), dtype) for shape, dtype in plan.outputs]
+            workspace = self._workspace(evaluate(plan.workspace_bytes, sizes))
+        else:
+            outputs = [np.empty(shape, dtype) for shape, dtype in plan.outputs]
+            workspace = self._workspace(plan.workspace_bytes)
         pointers = [self._ffi.cast("void *", a.ctypes.data)
                     for a in arrays + plan.constants + outputs + [workspace]]
         parallel = self._parallel_next()
         pointers.append(self._ffi.NULL if parallel else self._ffi.cast("void *", 1))  # mc_serial
+        if plan.sizes:
+            size_values = np.array([sizes[name] for name in plan.sizes], np.int64)
+            pointers.append(self._ffi.cast("void *", size_values.ctypes.data))
         start = time.perf_counter()
         status = self._lib.minicomp_entry(self._ffi.new("void *[]", pointers))
         if self._threads:

@@ -1,0 +1,273 @@
+"""Dynamic dimensions: one compile with a symbolic size serves every length (docs/dynamic_dimensions.md)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import minicomp
+from minicomp.errors import MinicompError, MinicompRuntimeError, MinicompWarning
+from minicomp.frontend.tracer import trace_with_structure
+from minicomp.ir.dtypes import TensorType
+from minicomp.ir.symbolic import Sym, SymbolicShapeError, parse_size
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.runtime.executable import compile_graph_c
+
+SIZES = [0, 1, 2, 7, 33, 100]  # empty, single, and sizes that are no multiple of any tile
+T = Sym.symbol("T")
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def check(jitted, make_args, sizes=SIZES, rtol=2e-5, atol=2e-5):
+    """``jitted`` matches NumPy at every size, through one compile."""
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MinicompWarning)  # no fallback to static sizes
+        for n in sizes:
+            args = make_args(rng, n)
+            got, want = jitted(*args), jitted.fn(*args)
+            for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want))):
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"size {n}")
+    assert jitted.cache_size == 1
+
+
+# -- the symbolic integers -----------------------------------------------------------------------
+
+
+def test_symbolic_arithmetic_is_exact():
+    assert str(T * 768 // 12) == "64*T"
+    assert (T + 1) - 1 == T and isinstance(T - T, int)
+    assert (T * 768).evaluate({"T": 5}) == 3840
+    assert (3 * T * T - 2 * T + 1).evaluate({"T": 4}) == 41
+    assert parse_size(str(3 * T * T - 2 * T + 1)) == 3 * T * T - 2 * T + 1
+    assert T >= 0 and T + 1 > 0 and T * 4 // T == 4
+    assert T != 768 and hash(T * 2) == hash(2 * T)
+
+
+@pytest.mark.parametrize("undecidable", [lambda: T > 1, lambda: T // 5, lambda: int(T), lambda: range(T),
+                                         lambda: bool(T), lambda: np.empty((T, 3))])
+def test_symbolic_sizes_never_decide_silently(undecidable):
+    with pytest.raises(SymbolicShapeError):
+        undecidable()
+
+
+def test_types_print_and_parse_symbols():
+    t = TensorType((T, 768), "f32")
+    assert str(t) == "f32[T,768]" and TensorType.parse(str(t)) == t
+    assert TensorType.parse("f32[768*T-1,4]").shape == (768 * T - 1, 4)
+
+
+# -- one compile for every size ------------------------------------------------------------------
+
+
+def test_elementwise_and_reductions():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, b):
+        y = np.tanh(x * 2.0 + b)
+        return y, y.sum(axis=0), y.mean(axis=0), x.max(axis=1), y.mean()
+
+    check(f, lambda rng, n: (rand(rng, n, 24), rand(rng, 24)), sizes=[1, 2, 7, 33, 100])
+
+
+def test_softmax_and_layernorm_rows():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, g, b):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        soft = e / e.sum(axis=-1, keepdims=True)
+        mu = x.mean(axis=-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+        return soft, (x - mu) / np.sqrt(var + 1e-5) * g + b
+
+    check(f, lambda rng, n: (rand(rng, n, 40), rand(rng, 40), rand(rng, 40)))
+
+
+def test_matmul_with_symbolic_rows():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, w, b):
+        return np.maximum(x @ w + b, 0.0)
+
+    check(f, lambda rng, n: (rand(rng, n, 48), rand(rng, 48, 72), rand(rng, 72)), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_with_symbolic_length_on_both_sides():
+    heads, dim = 4, 8
+
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, w):
+        q = (x @ w).reshape(x.shape[0], heads, dim).transpose(1, 0, 2)
+        scores = q @ q.transpose(0, 2, 1) / np.sqrt(dim)
+        e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
+        out = (p @ q).transpose(1, 0, 2).reshape(x.shape[0], heads * dim)
+        return out, out[:, 3:9]
+
+    check(f, lambda rng, n: (rand(rng, n, 16), rand(rng, 16, heads * dim)), sizes=[1, 2, 7, 33],
+          rtol=1e-4, atol=1e-4)
+
+
+def test_symbolic_graph_prints_symbols():
+    f = minicomp.jit(lambda x: x * 2, dynamic={"x": [1]})
+    compiled = f.compiled_for(np.ones((3, 5), np.float32))
+    assert "f32[3,x_1]" in str(compiled.traced)
+    assert compiled.sizes == {"x_1": "x.shape[1]"}
+    assert "mc_size_x_1" in f.inspect(np.ones((3, 5), np.float32)).source
+
+
+# -- automatic dynamic ---------------------------------------------------------------------------
+
+
+def test_second_size_compiles_a_symbolic_size_once():
+    f = minicomp.jit(lambda x, w: np.exp(x @ w))
+    rng = np.random.default_rng(1)
+    w = rand(rng, 8, 5)
+    for n in [3, 4, 5, 1, 30]:
+        x = rand(rng, n, 8) * 0.1
+        np.testing.assert_allclose(f(x, w), np.exp(x @ w), rtol=1e-5)
+    assert f.cache_size == 2  # the first shape, then one symbolic compile for all the others
+
+
+def test_dynamic_false_compiles_every_shape():
+    f = minicomp.jit(lambda x: x + 1, dynamic=False)
+    for n in [3, 4, 5]:
+        f(np.ones(n, np.float32))
+    assert f.cache_size == 3
+
+
+def test_generation_loop_compiles_twice_not_per_token():
+    rng = np.random.default_rng(2)
+    C, layers = 16, 2
+    weights = [(rand(rng, C, 3 * C) * 0.2, rand(rng, C, C) * 0.2, rand(rng, C, 4 * C) * 0.2,
+                rand(rng, 4 * C, C) * 0.2) for _ in range(layers)]
+
+    def block(x, w_qkv, w_o, w_1, w_2):
+        mu = x.mean(axis=-1, keepdims=True)
+        h = (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + 1e-5)
+        qkv = h @ w_qkv
+        q, k, v = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
+        s = q @ k.T / float(np.sqrt(C))
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        x = x + (e / e.sum(axis=-1, keepdims=True)) @ v @ w_o
+        return x + np.tanh(x @ w_1) @ w_2
+
+    def model(x, *ws):
+        for i in range(layers):
+            x = block(x, *ws[4 * i:4 * i + 4])
+        return x
+
+    jitted = minicomp.jit(model)
+    flat = [w for layer in weights for w in layer]
+    tokens = rand(rng, 1, C)
+    for _ in range(12):  # each step's input has one more token
+        out = jitted(tokens, *flat)
+        np.testing.assert_allclose(out, model(tokens, *flat), rtol=1e-4, atol=1e-4)
+        tokens = np.concatenate([tokens, np.tanh(out[-1:])], axis=0)
+    assert jitted.cache_size == 2, [(k[0], v.sizes) for k, v in jitted._compiled.items()]
+
+
+# -- guards and fallbacks ------------------------------------------------------------------------
+
+
+def test_equal_symbols_must_be_equal_sizes():
+    graph, _ = trace_with_structure(lambda x, y: x + y, (TensorType((T, 4), "f32"), TensorType((T, 4), "f32")))
+    run = compile_graph_c(run_pipeline(graph)[0])
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(run(x, x)[0], x + x)
+    with pytest.raises(MinicompRuntimeError, match=r"must be f32\[T,4\] \(with T = 3\), got f32\[5,4\]"):
+        run(x, np.ones((5, 4), np.float32))
+
+
+def test_slices_and_indices_along_the_symbolic_axis():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x):
+        return x[-1] * 2, x[1:] - x[:-1], x[0] + x[-2:].sum(axis=0), x[:, -1]
+
+    check(f, lambda rng, n: (rand(rng, n, 5),), sizes=[2, 3, 9, 40])
+
+
+def test_a_call_that_breaks_a_guard_compiles_static():
+    fn = lambda x: x[2:] + x[:3].sum(axis=0)  # noqa: E731  (assumes 3 <= x.shape[0])
+    f = minicomp.jit(fn, dynamic={"x": [0]})
+    compiled = f.compiled_for(np.ones((5, 2), np.float32))
+    assert [(str(e), m) for e, m, _ in compiled.guards] == [("x_0", 2), ("x_0 - 2", 0), ("x_0", 3)]
+    for n in [5, 7, 3, 2, 1, 0]:  # 2, 1, 0: NumPy clamps x[:3] and x[2:]; compiled for that shape
+        x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+        np.testing.assert_array_equal(f(x), fn(x))
+    assert f.cache_size == 4
+    with pytest.raises(MinicompError, match="out of bounds"):  # NumPy's IndexError at this size
+        minicomp.jit(lambda x: x[-1], dynamic={"x": [0]})(np.ones((0, 2), np.float32))
+
+
+@pytest.mark.parametrize("fn", [lambda x: x[::2] + 1,                      # a step along the symbolic axis
+                                lambda x: x * np.arange(x.shape[0], dtype=np.float32)[:, None],
+                                lambda x: x * 2 if x.shape[0] > 3 else x - 1])  # Python control flow
+def test_what_needs_a_size_compiles_static_and_says_so(fn):
+    f = minicomp.jit(fn, dynamic={"x": [0]})
+    for n in [2, 5, 6]:
+        x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        with pytest.warns(MinicompWarning, match="static sizes") if n == 2 else warnings.catch_warnings():
+            np.testing.assert_array_equal(f(x), fn(x))
+    assert f.cache_size == 3
+
+
+@pytest.mark.parametrize("dynamic, message", [({"y": [0]}, "has no argument 'y'"),
+                                              ({"x": 0}, "must be a list of ints"),
+                                              ("x", "argument name -> axes")])
+def test_dynamic_option_is_checked(dynamic, message):
+    with pytest.raises(MinicompError, match=message):
+        minicomp.jit(lambda x: x, dynamic=dynamic)
+
+
+def test_dynamic_axis_must_exist():
+    f = minicomp.jit(lambda x: x, dynamic={"x": [2]})
+    with pytest.raises(MinicompError, match="axis 2 does not exist"):
+        f(np.ones((2, 3), np.float32))
+
+
+def test_dimensions_of_equal_size_share_a_symbol():
+    def attention(x, mask, w):  # the mask is an argument of shape [T, T]
+        q = x @ w
+        s = q @ q.T / 4.0 + mask
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)) @ q
+
+    f = minicomp.jit(attention)
+    rng = np.random.default_rng(3)
+    w = rand(rng, 8, 8)
+    for n in range(1, 9):
+        x, mask = rand(rng, n, 8), ((1 - np.tri(n)) * -1e10).astype(np.float32)
+        np.testing.assert_allclose(f(x, mask, w), attention(x, mask, w), rtol=1e-4, atol=1e-5)
+    assert f.cache_size == 2
+    assert f.compiled_for(x, mask, w).sizes == {"x_0": "x.shape[0]"}
+
+
+def test_the_fallback_warning_names_the_users_line():
+    f = minicomp.jit(lambda x: x * np.tri(x.shape[0], dtype=x.dtype), dynamic={"x": [0]})
+    with pytest.warns(MinicompWarning, match=r"x\.shape\[0\].*test_dynamic_shapes\.py:\d+"):
+        np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.tri(3, dtype=np.float32))
+
+
+def test_packed_matmul_with_symbolic_rows():
+    @minicomp.jit(dynamic={"x": [0]})
+    def f(x, w, b):
+        return np.tanh(x @ w + b)
+
+    check(f, lambda rng, n: (rand(rng, n, 256), rand(rng, 256, 200) * 0.1, rand(rng, 200)),
+          sizes=[0, 1, 5, 6, 7, 13, 64, 101], rtol=2e-4, atol=2e-4)
+    x = np.ones((3, 256), np.float32)
+    assert "mc_gemm" in f.inspect(x, np.ones((256, 200), np.float32), np.ones(200, np.float32)).source
+
+
+def test_dump_prints_a_symbolic_graph_and_its_guards(tmp_path, capsys):
+    from minicomp.cli import main
+
+    source = tmp_path / "model.py"
+    source.write_text("import numpy as np\n\ndef f(x, w):\n    return np.tanh(x @ w)[-1]\n")
+    assert main(["dump", f"{source}:f", "--arg", "x=f32[T,64]", "--arg", "w=f32[64,32]"]) in (0, None)
+    captured = capsys.readouterr()
+    assert "%x: f32[T,64]" in captured.out and "starts=[T-1,0]" in captured.out
+    assert "assuming T >= 1" in captured.err
+    assert main(["dump", f"{source}:f", "--arg", "x=f32[T,64]", "--arg", "w=f32[64,32]", "--emit", "c"]) in (0, None)
+    assert "int64_t mc_size_T = ((const int64_t *)args[" in capsys.readouterr().out
