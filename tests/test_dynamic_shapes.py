@@ -201,7 +201,7 @@ def test_a_call_that_breaks_a_guard_compiles_static():
 
 
 @pytest.mark.parametrize("fn", [lambda x: x[::2] + 1,                      # a step along the symbolic axis
-                                lambda x: x * np.arange(x.shape[0], dtype=np.float32)[:, None],
+                                lambda x: x[:, :1] * np.arange(0, 2 * x.shape[0], 2)[:, None],  # step 2
                                 lambda x: x * 2 if x.shape[0] > 3 else x - 1])  # Python control flow
 def test_what_needs_a_size_compiles_static_and_says_so(fn):
     f = minicomp.jit(fn, dynamic={"x": [0]})
@@ -244,9 +244,9 @@ def test_dimensions_of_equal_size_share_a_symbol():
 
 
 def test_the_fallback_warning_names_the_users_line():
-    f = minicomp.jit(lambda x: x * np.tri(x.shape[0], dtype=x.dtype), dynamic={"x": [0]})
+    f = minicomp.jit(lambda x: x * len(range(x.shape[0])), dynamic={"x": [0]})
     with pytest.warns(MinicompWarning, match=r"x\.shape\[0\].*test_dynamic_shapes\.py:\d+"):
-        np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.tri(3, dtype=np.float32))
+        np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.full((3, 3), 3, np.float32))
 
 
 def test_packed_matmul_with_symbolic_rows():
@@ -271,3 +271,113 @@ def test_dump_prints_a_symbolic_graph_and_its_guards(tmp_path, capsys):
     assert "assuming T >= 1" in captured.err
     assert main(["dump", f"{source}:f", "--arg", "x=f32[T,64]", "--arg", "w=f32[64,32]", "--emit", "c"]) in (0, None)
     assert "int64_t mc_size_T = ((const int64_t *)args[" in capsys.readouterr().out
+
+
+# -- NumPy functions that take a size: np.tri(x.shape[0]) and friends (frontend/sizes.py) -----------
+
+
+def gpt_attention(q, k, v):
+    """picoGPT's causal self-attention, as written there: the mask from np.tri of the length."""
+    causal_mask = (1 - np.tri(q.shape[0], dtype=q.dtype)) * -1e10
+    s = q @ k.T / np.sqrt(q.shape[-1]) + causal_mask
+    e = np.exp(s - np.max(s, axis=-1, keepdims=True))
+    return (e / np.sum(e, axis=-1, keepdims=True)) @ v
+
+
+SIZED = {
+    "tri": lambda x: x * np.tri(x.shape[0], dtype=x.dtype),
+    "tri k=-1, float64": lambda x: x * np.tri(x.shape[0], k=-1),
+    "tri N x M": lambda x: x[:, :3] + np.tri(x.shape[0], 3, 1, dtype=np.float32),
+    "eye": lambda x: x + np.eye(x.shape[0], dtype=x.dtype),
+    "arange": lambda x: x * np.arange(x.shape[0])[:, None],
+    "arange start, dtype": lambda x: x + np.arange(2, x.shape[0] + 2, dtype=np.float32)[:, None],
+    "ones, zeros, full": lambda x: x + np.ones((x.shape[0], 1)) - np.zeros(x.shape, np.float32)
+                                   + np.full((x.shape[0], x.shape[0]), 0.5, np.float32),
+    "cumsum along the symbolic axis": lambda x: np.cumsum(x, axis=0) + np.cumprod(x[:, :1] * 0 + 1, axis=0),
+}
+
+
+@pytest.mark.parametrize("name", SIZED)
+def test_size_taking_numpy_functions_compile_with_a_symbolic_size(name):
+    square = name in ("tri", "tri k=-1, float64", "eye", "ones, zeros, full")  # x is [T, T]
+    check(minicomp.jit(SIZED[name], dynamic={"x": [0, 1] if square else [0]}),
+          lambda rng, n: (rand(rng, n, n if square else 4),))
+
+
+def test_picogpt_causal_attention_compiles_once_for_every_length():
+    f = minicomp.jit(gpt_attention)
+    rng = np.random.default_rng(1)
+    for n in [1, 2, 5, 16, 33, 3]:
+        q, k, v = (rand(rng, n, 16) for _ in range(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", MinicompWarning)
+            np.testing.assert_allclose(f(q, k, v), gpt_attention(q, k, v), rtol=1e-4, atol=1e-5)
+    assert f.cache_size == 2  # the first shape, then one symbolic compile
+    compiled = f.compiled_for(q, k, v)
+    assert compiled.sizes == {"q_0": "q.shape[0]"}
+    assert "cumsum" in str(compiled.traced)  # the mask is built from graph ops, not a constant
+    patterns = [n.attrs.get("pattern") for n in compiled.graph.op_nodes() if n.op == "fused"]
+    assert "attention" in patterns, patterns  # the computed mask is read by the fused attention
+
+
+def test_heads_sharing_a_computed_mask_fuse_as_attention():
+    """A mask computed in the graph (not a constant) and read by several heads is an operand of
+    each head's fused attention, as a constant mask is."""
+    def heads(q, k, v, bias):
+        mask = np.where(bias > 0, 0.0, -1e9).astype(np.float32)
+        return [softmax_rows(q[:, h] @ k[:, h].T + mask) @ v[:, h] for h in range(2)]
+
+    def softmax_rows(s):
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rand(rng, 9, 2, 8) for _ in range(3))
+    bias = rand(rng, 9, 9)
+    f = minicomp.jit(heads, dynamic=False)
+    for got, want in zip(f(q, k, v, bias), heads(q, k, v, bias)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    patterns = [n.attrs.get("pattern") for n in f.compiled_for(q, k, v, bias).graph.op_nodes() if n.op == "fused"]
+    assert patterns.count("attention") == 2, patterns
+
+
+def test_numpy_is_itself_again_after_a_symbolic_trace():
+    originals = (np.arange, np.tri, np.ones, np.zeros, np.full, np.empty, np.eye)
+    f = minicomp.jit(SIZED["tri"], dynamic={"x": [0, 1]})
+    f(np.ones((3, 3), np.float32))
+    assert (np.arange, np.tri, np.ones, np.zeros, np.full, np.empty, np.eye) == originals
+
+
+def test_a_size_function_imported_by_name_compiles_static_and_says_so():
+    from numpy import tri  # bound before the trace: NumPy's own, which asks for the size's value
+
+    f = minicomp.jit(lambda x: x * tri(x.shape[0], dtype=x.dtype), dynamic={"x": [0]})
+    with pytest.warns(MinicompWarning, match="static sizes"):
+        np.testing.assert_array_equal(f(np.ones((3, 3), np.float32)), np.tri(3, dtype=np.float32))
+
+
+def test_slices_with_symbolic_bounds_of_a_static_axis():
+    """``wpe[:T]``, ``wpe[2:T + 2]``: the bounds are guarded to lie in the axis (NumPy would
+    clamp beyond it; such a call compiles with static sizes)."""
+    wpe = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+
+    def positions(x):
+        n = x.shape[0]
+        return x + wpe[:n] + wpe[2:n + 2] - wpe[np.arange(n)]
+
+    f = minicomp.jit(positions, dynamic={"x": [0]})
+    rng = np.random.default_rng(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MinicompWarning)
+        for n in [1, 5, 0, 62, 17]:
+            x = rand(rng, n, 3)
+            np.testing.assert_array_equal(f(x), positions(x))
+    assert f.cache_size == 1
+    guards = [str(expr) for expr, _, _ in f.compiled_for(x).guards]
+    assert "-x_0+62" in [g.replace(" ", "") for g in guards], guards
+    x = rand(rng, 63, 3)  # n + 2 = 65 > 64: NumPy clamps wpe[2:65] to 62 rows and cannot add
+    with pytest.raises(ValueError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        positions(x)
+    with pytest.raises(ValueError, match="broadcast"):
+        f(x)

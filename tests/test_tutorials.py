@@ -29,6 +29,7 @@ def test_tutorial_runs(script: Path, tmp_path: Path):
     env = dict(os.environ)
     package_root = str(Path(minicomp.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["MINICOMP_TUTORIAL_SMALL"] = "1"  # tutorials with a big model (16: GPT-2) run a small one
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=TIMEOUT_S)

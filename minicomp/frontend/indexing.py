@@ -54,7 +54,7 @@ def _basic_getitem(x: TracedArray, items: tuple) -> TracedArray:
         elif isinstance(item, slice):
             if item.step == 0:
                 raise ShapeError(f"slice step cannot be zero{at(user_location())}")
-            if isinstance(x.shape[axis], Sym):
+            if any(isinstance(v, Sym) for v in (x.shape[axis], item.start, item.stop)):
                 ranges.append(_symbolic_slice(item, x, axis))
             else:
                 ranges.append((item.start, item.stop, item.step if item.step is not None else 1))
@@ -65,7 +65,8 @@ def _basic_getitem(x: TracedArray, items: tuple) -> TracedArray:
             axis += 1
     result = x
     full = [(0, d, 1) for d in x.shape]
-    normalized = [whole_symbolic_axis(d, *r) if isinstance(d, Sym) else slice(*r).indices(d)
+    normalized = [whole_symbolic_axis(d, *r) if isinstance(d, Sym) else
+                  r if isinstance(r[0], Sym) or isinstance(r[1], Sym) else slice(*r).indices(d)
                   for r, d in zip(ranges, x.shape)]
     if normalized != full:
         starts, stops, steps = zip(*ranges) if ranges else ((), (), ())
@@ -106,19 +107,26 @@ def _why_not_basic(item) -> str:
     return f"is a {type(item).__name__}, not an index"
 
 
-def _bound(value: int, size: Sym, why: str):
-    """``value`` (an int start or stop) along an axis of symbolic ``size``, guarded to lie in it:
-    ``-1`` -> ``size - 1`` (guard ``size >= 1``), ``2`` -> ``2`` (guard ``size >= 2``)."""
+def _bound(value, size, why: str):
+    """``value`` (a start or stop) along an axis of ``size``, one of them symbolic, guarded to
+    lie in it: ``-1`` -> ``size - 1`` (guard ``size >= 1``), ``2`` -> ``2`` (guard ``size >= 2``),
+    ``T`` on an axis of 1024 -> ``T`` (guard ``1024 - T >= 0``: NumPy would clamp beyond)."""
+    if isinstance(value, Sym):
+        require(size - value, 0, why)
+        return value
     value = int(value)
+    if not isinstance(size, Sym):  # a static axis: NumPy's clamping
+        return min(max(size + value if value < 0 else value, 0), size)
     require(size, abs(value), why)
     return size + value if value < 0 else value
 
 
 def _symbolic_slice(item: slice, x: TracedArray, axis: int) -> tuple:
-    """The canonical range of ``item`` along symbolic axis ``axis`` of ``x``, with its guards."""
+    """The canonical range of ``item`` along axis ``axis`` of ``x`` where the axis or a bound is
+    symbolic (``x[:, :T]``), with its guards."""
     size, why = x.shape[axis], f"slice {item.start}:{item.stop} of axis {axis} of {x.node.type}{at(user_location())}"
     if item.step not in (None, 1):
-        raise SymbolicShapeError(f"{why}: a step other than 1 along a symbolic axis is not supported yet")
+        raise SymbolicShapeError(f"{why}: a step other than 1 with a symbolic size is not supported yet")
     start = 0 if item.start is None else _bound(item.start, size, why)
     stop = size if item.stop is None else _bound(item.stop, size, why)
     require(stop - start, 0, why)

@@ -41,6 +41,7 @@ from ..errors import (DTypeError, MinicompError, MinicompRuntimeError, ShapeErro
 from ..ir.dtypes import TensorType, to_dtype
 from ..ir.graph import Graph, Node
 from ..ir.interpreter import refuse_array_subclass
+from ..ir.symbolic import Sym
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Frames in these files are minicomp's machinery or NumPy's, never "the user's line".
@@ -710,6 +711,7 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lif
     ['p.x']
     """
     from . import frozen
+    from .sizes import sized_creation
     from .state import TraceState
     from .updates import written_inputs
 
@@ -723,7 +725,9 @@ def trace_with_structure(fn: Callable, args: tuple, name: str | None = None, lif
     try:
         call_args = [state.argument(i, param, value) for i, (param, value) in enumerate(zip(names, args))]
         state.lift(fn)
-        result = _call_traced(fn, call_args, static, tracer.graph.name)
+        symbolic = any(isinstance(d, Sym) for node in tracer.graph.inputs for d in node.type.shape)
+        with sized_creation(tracer, symbolic):  # np.tri(x.shape[0]) with a symbolic size
+            result = _call_traced(fn, call_args, static, tracer.graph.name)
         writes = state.take_writes()
     finally:
         state.restore()

@@ -705,6 +705,11 @@ def _slice_normalize(types, attrs):
         if isinstance(dim, Sym):
             norm.append(whole_symbolic_axis(dim, start, stop, step))
             continue
+        if isinstance(start, Sym) or isinstance(stop, Sym):  # x[:T] of a static axis (guarded by the tracer)
+            if step != 1:
+                raise SymbolicShapeError(f"slicing with symbolic bounds {start}:{stop}:{step} needs step 1")
+            norm.append((start, stop, 1))
+            continue
         start, stop, step = slice(start, stop, step).indices(dim)
         if step < 0:  # "before index 0" is -dim-1, which slice.indices maps back to -1
             start, stop = (-dim - 1 if v < 0 else v for v in (start, stop))
@@ -732,7 +737,7 @@ def whole_symbolic_axis(dim: Sym, start, stop, step) -> tuple:
 
 
 def _slice_infer(types, attrs):
-    shape = tuple(b - a if isinstance(d, Sym) else len(range(*slice(a, b, c).indices(d)))
+    shape = tuple(b - a if any(isinstance(v, Sym) for v in (d, a, b)) else len(range(*slice(a, b, c).indices(d)))
                   for d, a, b, c in zip(types[0].shape, attrs["starts"], attrs["stops"], attrs["steps"]))
     return TensorType(shape, types[0].dtype)
 

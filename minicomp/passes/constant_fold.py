@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from ..ir.interpreter import Interpreter
+from ..ir.symbolic import Sym
 from .pipeline import register_pass
 
 #: A folded constant may always have this many elements (256 KiB of float32) ...
@@ -49,7 +50,9 @@ def constant_fold(graph: Graph) -> Graph:
 
 
 def _small_enough(node: Node) -> bool:
-    """The size rule of the docstring."""
+    """The size rule of the docstring; a result of symbolic size has no value yet: never folded."""
+    if isinstance(node.type.size, Sym):
+        return False
     operand_elements = sum(o.type.size for o in node.operands)
     return node.type.size <= max(FOLD_ALWAYS_ELEMENTS, operand_elements)
 

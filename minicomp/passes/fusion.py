@@ -301,20 +301,22 @@ def match_attention(pv: Node, outputs: set) -> set | None:
 
 
 def _score_chain(scores: Node, users: set, outputs: set) -> list[Node] | None:
-    """``scores`` back to a matmul through elementwise ops used only inside the pattern."""
-    chain, node, allowed = [], scores, users
-    while True:
-        if node in outputs or {u for u, _ in node.users} - allowed or node.dtype.kind != "f":
-            return None
-        chain.append(node)
-        if node.op == "matmul":
-            return chain if len(node.operands[0].shape) >= 2 and len(node.operands[1].shape) >= 2 else None
-        if node.kind not in (Kind.ELEMWISE, Kind.BROADCAST):
-            return None
-        sources = [o for o in node.operands if o.shape == node.shape and o.kind is not Kind.SOURCE]
-        if len(sources) != 1:
-            return None
-        allowed, node = {node}, sources[0]
+    """``scores`` back to a matmul through elementwise ops used only inside the pattern.
+
+    Of an op's operands of its own shape, the chain follows the one that leads to the matmul;
+    the others (a mask computed in the graph, read by every head) are read by the fused kernel.
+    """
+    if scores in outputs or {u for u, _ in scores.users} - users or scores.dtype.kind != "f":
+        return None
+    if scores.op == "matmul":
+        return [scores] if len(scores.operands[0].shape) >= 2 and len(scores.operands[1].shape) >= 2 else None
+    if scores.kind not in (Kind.ELEMWISE, Kind.BROADCAST):
+        return None
+    for source in [o for o in scores.operands if o.shape == scores.shape and o.kind is not Kind.SOURCE]:
+        chain = _score_chain(source, {scores}, outputs)
+        if chain is not None:
+            return [scores] + chain
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,11 +39,11 @@ from ..errors import CompileError
 from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph, Node
-from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, Kernel,
-                        Load, Select, Stmt, Store, Var, const)
+from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If, Kernel,
+                        Load, Select, Stmt, Store, Var, as_expr, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.simplify_indices import simplify_kernel_indices
-from ..ir.symbolic import SymbolicShapeError
+from ..ir.symbolic import Sym, SymbolicShapeError
 from .lower_attention import lower_tiled_attention
 from .schedules import apply_default_schedule
 from .lower_matmul import lower_gemm
@@ -334,17 +334,21 @@ def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     def element(k):
         return to_arith(x[at(k)], dtype)
 
-    if shape[axis] == 0:  # an empty result: nothing to store (even the first step would write past it)
+    length, symbolic = shape[axis], isinstance(shape[axis], Sym)
+    if not symbolic and length == 0:  # an empty result: nothing to store (even the first step would write past it)
         return Block([])
     first = Store(out, linear_index(at(Const(0)), shape), cast(x[at(Const(0))], dtype))
     steps: list[Stmt] = [nest(inner, first, parallel=False)]
-    if shape[axis] > 1:
+    if symbolic or length > 1:
         k = Var(f"i{axis}")
         previous = to_arith(Load(out, linear_index(at(k), shape)), dtype)
         value = Binary(SCAN_OPS[node.op], previous, element(k + 1), previous.dtype)
         step = Store(out, linear_index(at(k + 1), shape), cast(value, dtype))
-        steps.append(For(k, shape[axis] - 1, nest(inner, step, parallel=False)))
-    return nest(outer, Block(steps), parallel=worth_parallel(_work(shape)) and bool(outer))
+        steps.append(For(k, length - 1, nest(inner, step, parallel=False)))
+    body: Stmt = Block(steps)
+    if symbolic:  # a length only known at the call: an empty one stores nothing
+        body = If(Binary(">", as_expr(length), Const(0), BOOL), body)
+    return nest(outer, body, parallel=not symbolic and worth_parallel(_work(shape)) and bool(outer))
 
 
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,

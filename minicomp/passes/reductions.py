@@ -196,7 +196,7 @@ def keeps_operand(reduction: Node, root: Node, out: Buffer, inline) -> bool:
     row = 1
     for axis in reduction.attrs["axes"]:
         row *= operand.shape[axis]
-    if row * operand.dtype.itemsize > CACHED_ROW_BYTES:
+    if isinstance(row, Sym) or row * operand.dtype.itemsize > CACHED_ROW_BYTES:  # a symbolic row: any length
         return False
     probe = inline.tensor(operand)[[Var(f"i{a}") for a in range(len(operand.shape))]]
     return any(isinstance(e, Call) for e in walk(probe)) and _read_in_place(root, operand)
