@@ -320,12 +320,24 @@ def _transpose(node, idx, x: Tensor):
 
 @rule("reshape")
 def _reshape(node, idx, x: Tensor):
-    flat = linear_index(idx, node.shape)
-    in_idx, rest = [], flat
-    for stride in _strides(x.shape):
-        in_idx.append(Binary("/", rest, Const(stride), INDEX) if stride != 1 else rest)
-        rest = Binary("%", rest, Const(stride), INDEX) if stride != 1 else Const(0)
-    return x[in_idx]
+    """Axes the reshape leaves alone at either end map straight through; the axes between are
+    flattened and split again (``[B, T, C] -> [B, T, H, C/H]``: ``x[b, t, h*(C/H) + d]``). With
+    a symbolic size only there would a division by a run-time size appear."""
+    out_shape, in_shape = list(node.shape), list(x.shape)
+    head = 0
+    while head < min(len(out_shape), len(in_shape)) and out_shape[head] == in_shape[head]:
+        head += 1
+    tail = 0
+    while (tail < min(len(out_shape), len(in_shape)) - head
+           and out_shape[len(out_shape) - 1 - tail] == in_shape[len(in_shape) - 1 - tail]):
+        tail += 1
+    middle_out, middle_in = slice(head, len(out_shape) - tail), slice(head, len(in_shape) - tail)
+    rest = linear_index(list(idx[middle_out]), out_shape[middle_out])
+    split = []
+    for stride in _strides(in_shape[middle_in]):
+        split.append(Binary("/", rest, as_expr(stride), INDEX) if stride != 1 else rest)
+        rest = Binary("%", rest, as_expr(stride), INDEX) if stride != 1 else Const(0)
+    return x[list(idx[:head]) + split + list(idx[len(out_shape) - tail:])]
 
 
 def _strides(shape):
