@@ -381,3 +381,79 @@ def test_slices_with_symbolic_bounds_of_a_static_axis():
         positions(x)
     with pytest.raises(ValueError, match="broadcast"):
         f(x)
+
+
+# -- int arguments that vary: compiled as sizes (frontend/dynamic.py) ----------------------------
+
+
+def kv_step(cache, x, start_pos):
+    """Write x's positions into the cache, attend over everything written so far."""
+    T = x.shape[0]
+    cache[start_pos:start_pos + T] = x
+    keys = cache[:start_pos + T]
+    scores = x @ keys.T
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)) @ keys
+
+
+def test_a_varying_int_argument_compiles_once_as_a_size():
+    f = minicomp.jit(kv_step)
+    rng = np.random.default_rng(6)
+    ours, theirs = np.zeros((24, 8), np.float32), np.zeros((24, 8), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MinicompWarning)
+        for position in range(0, 20):
+            x = rand(rng, 1, 8)
+            np.testing.assert_allclose(f(ours, x, position), kv_step(theirs, x, position), rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(ours, theirs)
+    assert f.cache_size == 2  # position 0, then one compile with start_pos as a size
+    compiled = f.compiled_for(ours, x, 19)
+    assert compiled.sizes == {"start_pos": "start_pos"} and compiled.int_symbols == {"start_pos": 0}
+    assert "size_start_pos" in [node.name for node in compiled.traced.inputs]  # the size carrier
+
+
+def test_a_prompt_then_single_tokens_share_one_compile_over_the_position():
+    """The prompt's length and the position both vary between the first two calls; the function
+    needs the length's value (``if T > 1``), so the int alone becomes a size."""
+    def step(cache, x, start_pos):
+        T = x.shape[0]
+        cache[start_pos:start_pos + T] = x
+        scale = 0.5 if T > 1 else 1.0  # Python control flow on the length
+        return cache[:start_pos + T].sum(axis=0) * scale
+
+    f = minicomp.jit(step)
+    rng = np.random.default_rng(7)
+    ours, theirs = np.zeros((16, 4), np.float32), np.zeros((16, 4), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MinicompWarning)
+        for position, length in [(0, 5)] + [(p, 1) for p in range(5, 12)]:
+            x = rand(rng, length, 4)
+            np.testing.assert_array_equal(f(ours, x, position), step(theirs, x, position))
+            np.testing.assert_array_equal(ours, theirs)
+    assert f.cache_size == 2
+
+
+@pytest.mark.parametrize("fn, values", [
+    (lambda x, n: x * 2 if n > 2 else x, [1, 2, 3, 4]),                # Python control flow on the int
+    (lambda x, n: x.reshape(n, -1).sum(axis=0), [2, 4, 8]),            # the int as a shape: needs its value
+    (lambda x, n: x[n:n + 2] * 1, [-3, -2, 1]),                          # negative: NumPy's wrap, never a size
+])
+def test_an_int_that_cannot_be_a_size_compiles_static_with_numpys_result(fn, values):
+    f = minicomp.jit(fn)
+    x = np.arange(16, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MinicompWarning)
+        for n in values:
+            np.testing.assert_array_equal(f(x, n), fn(x, n))
+
+
+def test_ints_stay_static_with_dynamic_false_and_bools_are_never_sizes():
+    f = minicomp.jit(lambda x, n: x[:n] + 1, dynamic=False)
+    x = np.arange(8, dtype=np.float32)
+    for n in [1, 2, 3]:
+        np.testing.assert_array_equal(f(x, n), x[:n] + 1)
+    assert f.cache_size == 3
+    g = minicomp.jit(lambda x, flag: x + 1 if flag else x - 1)
+    for flag in [True, False, True]:
+        np.testing.assert_array_equal(g(x, flag), x + 1 if flag else x - 1)
+    assert g.cache_size == 2

@@ -46,14 +46,15 @@ def test_llama_block_prefill_then_decode_writes_the_kv_cache_as_numpy():
     f = minicomp.jit(llama_block.llama_block)
     same_tree(f(**ours), llama_block.llama_block(**theirs))  # the prompt: 7 positions, causal mask
     rng = np.random.default_rng(1)
-    for position in range(7, 10):  # one token at a time
+    for position in range(7, 12):  # one token at a time
         x = rng.standard_normal((2, 1, 64)).astype(np.float32)
         ours.update(x=x, start_pos=position)
         theirs.update(x=x.copy(), start_pos=position)
         same_tree(f(**ours), llama_block.llama_block(**theirs))
         for cache in ("cache_k", "cache_v"):  # written in place, as NumPy wrote them
             assert_close(ours[cache], theirs[cache], rtol=1e-5, atol=1e-6)
-    assert np.abs(ours["cache_k"][:, 10:]).max() == 0  # nothing written past the last position
+    assert np.abs(ours["cache_k"][:, 12:]).max() == 0  # nothing written past the last position
+    assert f.cache_size == 2  # the prompt; then one compile with start_pos as a size for every step
 
 
 def test_cnn_with_pad_and_im2col_fancy_indexing():

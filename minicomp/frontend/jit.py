@@ -55,7 +55,8 @@ from ..ir.dtypes import TensorType
 from ..ir.graph import Graph
 from ..ir.symbolic import Sym, collect_guards, guards_hold
 from ..runtime.fork import ForkSafeLock
-from .pytree import flatten, unflatten
+from .dynamic import DynamicSizes, SymbolicPlan, int_leaves, size_carriers, user_line
+from .pytree import flatten
 from .state import read_lifted
 from .tracer import Structure, trace_with_structure
 
@@ -101,6 +102,7 @@ class Compiled:
         self.traced = traced  # as traced, before any pass
         self.sizes = sizes or {}  # dynamic dimensions: size symbol -> "x.shape[0]" (empty: static)
         self.guards: list = []  # what a symbolic compile assumed: (Sym, minimum, why), see ir/symbolic.py
+        self.int_symbols: dict[str, int] = {}  # int arguments compiled as sizes: symbol -> int leaf
         self._graph = graph  # after the pass pipeline: what the target compiled
         self._report = report  # PipelineReport: what each pass did
         self.structure = structure  # how arguments, outside arrays and results map to the graph
@@ -137,13 +139,11 @@ class JitFunction:
         self.passes = options.pop("passes", None)  # default: the default pipeline
         self.disable = tuple(options.pop("disable", ()))
         pipeline_names(self.passes, self.disable)  # unknown pass names fail now, not at first call
-        self.dynamic = options.pop("dynamic", None)  # None: automatic; False: off; {name: [axes]}
+        dynamic = options.pop("dynamic", None)
         self.options = options
         self.signature = _signature(fn)
-        _check_dynamic(self.dynamic, self.signature, target, getattr(fn, "__name__", "function"))
+        self.dynamic = DynamicSizes(dynamic, self.signature, target, getattr(fn, "__name__", "function"))
         self._compiled: dict[Any, list[Compiled]] = {}  # argument key -> forms (their outside arrays differ)
-        self._first_shapes: dict[Any, list] = {}  # signature class -> the first call's leaf shapes
-        self._varying: dict[Any, set] = {}  # signature class -> (leaf, axis) seen with two sizes
         self._static_only: dict[Any, str] = {}  # symbolic key -> why it could not compile so
         self._lock = ForkSafeLock()  # a forked child never waits for its parent's compile
 
@@ -177,6 +177,8 @@ class JitFunction:
             raise MinicompRuntimeError(f"{getattr(self.fn, '__name__', 'function')}: the arrays it reads from "
                                        "outside its arguments changed while it was traced (another thread?)")
         compiled, lifted = found
+        if compiled.int_symbols:  # ints compiled as sizes: their values as size carriers
+            return compiled, arrays + lifted + size_carriers(compiled.int_symbols, key)
         return compiled, arrays + lifted
 
     def _find(self, key: tuple, args: tuple) -> tuple[Compiled, list] | None:
@@ -208,86 +210,44 @@ class JitFunction:
     # -- dynamic dimensions -----------------------------------------------------------------------
 
     def _compiled_dynamic(self, args: tuple, key: tuple, arrays: list) -> Compiled | None:
-        """The symbolic compile serving these arguments, made on first use; None when there are
-        no dynamic dimensions here, the function needs their values, or this call breaks a guard
-        the symbolic compile assumed (``x[-1]`` needs ``x_0 >= 1``): then static sizes.
+        """The symbolic compile serving these arguments, made on first use (``dynamic.py``); None
+        when nothing here is dynamic, the function needs a size's value, or this call breaks a
+        guard the symbolic compile assumed (``x[-1]`` needs ``x_0 >= 1``): then static sizes.
 
         ``arrays``: the arguments' array leaves, in ``flatten`` order."""
-        axes = self._dynamic_axes(args, key, arrays)
-        if not axes:
-            return None
-        names = _leaf_names(self.signature, args)
-        leaves, where = _symbolic_leaves(arrays, axes, names)
-        symbolic_args = unflatten(key, leaves)
-        symbolic_key = (flatten(symbolic_args, []), "symbolic")
-        forms = self._compiled.get(symbolic_key)
-        if not forms and symbolic_key not in self._static_only:
-            forms = self._compile_symbolic(symbolic_args, symbolic_key, where, names)
-        if not forms:
-            return None
-        sizes = {symbol: arrays[leaf].shape[axis] for symbol, (leaf, axis) in where.items()}
-        for compiled in forms:
-            if guards_hold(compiled.guards, sizes) and read_lifted(compiled.structure.lifted, args) is not None:
-                return compiled
+        plans = self.dynamic.plans(args, key, arrays)
+        failures = []
+        for plan in plans:
+            forms = self._compiled.get(plan.key)
+            if not forms and plan.key not in self._static_only:
+                forms = self._compile_symbolic(plan)
+                if not forms:
+                    failures.append(plan)
+            sizes = plan.sizes(arrays, int_leaves(key))
+            for compiled in forms or ():
+                if guards_hold(compiled.guards, sizes) and read_lifted(compiled.structure.lifted, args) is not None:
+                    return compiled
+        if failures and len(failures) == len(plans):  # say why, once: the first (fullest) reason
+            warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with "
+                          f"{', '.join(failures[0].described.values())} as symbolic sizes "
+                          f"({self._static_only[failures[0].key]:.300}); compiling with static sizes, once per shape",
+                          MinicompWarning, stacklevel=4)
         return None
 
-    def _dynamic_axes(self, args: tuple, key: tuple, arrays: list) -> dict[int, set]:
-        """Array leaf number -> the axes to compile as symbolic sizes for this call (may be empty).
-
-        ``dynamic={"x": [0]}`` names top-level array arguments; automatic dynamic (the default)
-        takes every leaf axis seen with two sizes in calls of one signature class."""
-        if self.dynamic is False or self.target != "c":
-            return {}
-        axes: dict[int, set] = {}
-        first_leaf = _first_leaves(args)
-        for name, marked in (self.dynamic or {}).items():
-            index = list(self.signature.parameters).index(name)
-            if index >= len(args):
-                continue
-            if type(args[index]) is not np.ndarray:
-                raise MinicompError(f"jit(dynamic={{{name!r}: {list(marked)}}}): argument {name!r} is a "
-                                    f"{type(args[index]).__name__}, not an array; dynamic= names array arguments")
-            leaf, ndim = first_leaf[index], args[index].ndim
-            bad = [a for a in marked if not -ndim <= a < ndim]
-            if bad:
-                raise MinicompError(f"jit(dynamic={{{name!r}: {list(marked)}}}): argument {name!r} has "
-                                    f"{ndim} dimension(s) (shape {args[index].shape}), so axis "
-                                    f"{bad[0]} does not exist")
-            axes.setdefault(leaf, set()).update(a % ndim for a in marked)
-        if self.dynamic is None:  # automatic: the axes whose size changed between calls
-            for leaf, axis in self._observe(key, arrays):
-                axes.setdefault(leaf, set()).add(axis)
-        return {leaf: a for leaf, a in axes.items() if a and type(arrays[leaf]) is np.ndarray}
-
-    def _observe(self, key: tuple, arrays: list) -> set:
-        """Remember this signature class's leaf shapes; the (leaf, axis) pairs seen with two sizes.
-
-        A signature class is the argument key with each array's shape replaced by its rank."""
-        shapes = [np.shape(a) for a in arrays]
-        group = flatten(unflatten(key, [_Rank(len(s)) for s in shapes]), [])
-        first = self._first_shapes.setdefault(group, shapes)
-        varying = self._varying.setdefault(group, set())
-        varying.update((leaf, axis) for leaf, (a, b) in enumerate(zip(first, shapes))
-                       for axis, (m, n) in enumerate(zip(a, b)) if m != n)
-        return varying
-
-    def _compile_symbolic(self, symbolic_args, symbolic_key, where: dict, names: list[str]) -> list | None:
-        """Trace and compile with symbolic sizes; None (and a ``MinicompWarning``) if that fails."""
+    def _compile_symbolic(self, plan: SymbolicPlan) -> list | None:
+        """Trace and compile ``plan`` with symbolic sizes; None (the reason in ``_static_only``) if that fails."""
         try:
             with collect_guards() as guards:
-                traced, structure = trace_with_structure(self.fn, tuple(symbolic_args), lift=not self.freeze)
+                traced, structure = trace_with_structure(self.fn, plan.args, lift=not self.freeze)
             self._warn_frozen(structure)
-            sizes = {symbol: f"{traced.inputs[leaf].name}.shape[{axis}]" for symbol, (leaf, axis) in where.items()}
-            compiled = self._compile(traced, structure, sizes)
+            for symbol in plan.ints:  # each int's value reaches the code as a carrier's length
+                traced.add_input(f"size_{symbol}", TensorType([Sym.symbol(symbol)], np.bool_))
+            compiled = self._compile(traced, structure, plan.described)
         except Exception as exc:  # needs a size's value: compile this signature with static sizes
-            dims = ", ".join(f"{names[leaf]}.shape[{axis}]" for leaf, axis in where.values())
-            self._static_only[symbolic_key] = reason = f"{type(exc).__name__}: {exc}{_user_line(exc)}"
-            warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with the dynamic "
-                          f"dimension(s) {dims} as symbolic sizes ({reason:.300}); "
-                          "compiling with static sizes, once per shape", MinicompWarning, stacklevel=5)
+            self._static_only[plan.key] = f"{type(exc).__name__}: {exc}{user_line(exc)}"
             return None
-        compiled.guards = guards
-        forms = self._compiled.setdefault(symbolic_key, [])
+        compiled.guards, compiled.int_symbols = guards, plan.ints
+        forms = self._compiled.setdefault(plan.key, [])
         forms.append(compiled)
         return forms
 
@@ -466,104 +426,3 @@ def jit(fn: Callable | None = None, *, target: str = DEFAULT_TARGET, freeze: boo
     if fn is None:
         return lambda f: JitFunction(f, target, options, freeze)
     return JitFunction(fn, target, options, freeze)
-
-
-# -- dynamic dimensions: helpers -------------------------------------------------------------------
-
-
-class _Rank:
-    """A stand-in for an array leaf in a signature class: only its rank is part of the key."""
-
-    def __init__(self, ndim: int):
-        self.ndim = ndim
-
-    def __eq__(self, other):
-        return isinstance(other, _Rank) and other.ndim == self.ndim
-
-    def __hash__(self):
-        return hash((_Rank, self.ndim))
-
-
-def _symbolic_leaves(arrays: list, axes: dict[int, set], names: list[str]) -> tuple[list, dict]:
-    """The array leaves with ``TensorType`` s whose dynamic axes are size symbols, and for each
-    symbol the first ``(leaf, axis)`` it stands for.
-
-    Dynamic dimensions of equal size in this call share one symbol (torch.compile's *duck
-    sizing*): ``x: [T, C]`` and a mask ``[T, T]`` broadcast together. A later call where they
-    differ has another signature, so it never uses this compile.
-    """
-    leaves, where, symbol_of_size = list(arrays), {}, {}
-    for leaf, dims in sorted(axes.items()):
-        shape = list(arrays[leaf].shape)
-        for axis in sorted(dims):
-            symbol = symbol_of_size.get(shape[axis])
-            if symbol is None:
-                symbol = _size_symbol(names[leaf], axis, where)
-                symbol_of_size[shape[axis]], where[symbol] = symbol, (leaf, axis)
-            shape[axis] = Sym.symbol(symbol)
-        leaves[leaf] = TensorType(shape, arrays[leaf].dtype.newbyteorder("="))
-    return leaves, where
-
-
-def _first_leaves(args: tuple) -> list[int]:
-    """For each argument, the number of its first array leaf in the arguments' ``flatten`` order."""
-    firsts, count = [], 0
-    for value in args:
-        firsts.append(count)
-        leaves: list = []
-        flatten(value, leaves)
-        count += len(leaves)
-    return firsts
-
-
-def _leaf_names(signature: inspect.Signature, args) -> list[str]:
-    """A name per array leaf (``x`` for a top-level array, ``params_3`` for a nested one)."""
-    params = list(signature.parameters)
-    names = []
-    for index, value in enumerate(args):
-        param = params[index] if index < len(params) and params[index] not in ("args",) else f"arg{index}"
-        leaves: list = []
-        flatten(value, leaves)
-        if type(value) is np.ndarray:
-            names.append(param)
-        else:
-            names += [f"{param}_{n}" for n in range(len(leaves))]
-    return names
-
-
-def _check_dynamic(dynamic, signature: inspect.Signature, target: str, name: str) -> None:
-    """``dynamic=`` is None, False or ``{argument name: [axes]}``; else ``MinicompError``."""
-    if dynamic is None or dynamic is False:
-        return
-    where = f"jit({name}, dynamic={dynamic!r:.60})"
-    if target != "c":
-        raise MinicompError(f"{where}: dynamic dimensions need the C target, not {target!r}")
-    if not isinstance(dynamic, dict):
-        raise MinicompError(f"{where}: write dynamic={{'x': [0]}} (argument name -> axes), or dynamic=False")
-    for arg, axes in dynamic.items():
-        if arg not in signature.parameters:
-            raise MinicompError(f"{where}: {name} has no argument {arg!r}; its arguments: "
-                                f"{', '.join(signature.parameters)}")
-        if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool)
-                                                         for a in axes):
-            raise MinicompError(f"{where}: the axes of {arg!r} must be a list of ints, like [0]")
-
-
-def _user_line(exc: BaseException) -> str:
-    """`` (at file.py:12)``: the innermost line of the traceback outside minicomp and NumPy, or ""."""
-    import os
-    import traceback
-
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(package) and f"{os.sep}numpy{os.sep}" not in f.filename]
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-
-
-def _size_symbol(argument: str, axis: int, taken: dict) -> str:
-    """The name of the size symbol for ``argument.shape[axis]``: ``x_0`` (C-safe, unique)."""
-    base = f"{argument}_{axis}" if argument.isascii() and argument.isidentifier() else f"s{len(taken)}"
-    name, n = base, 1
-    while name in taken:
-        name, n = f"{base}_{n}", n + 1
-    return name

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError, UnsupportedError, at
 from ..ir.graph import Node
+from ..ir.symbolic import Sym
 from .indexing import getitem
 from .tracer import TracedArray, Tracer, describe_operand, find_tracer, user_location
 
@@ -77,7 +78,7 @@ def positions(x: TracedArray, key):
     traced one (``sum over axes of stride * grid[key]``, each grid a broadcast arange, so nothing of
     ``x``'s size is stored) for a key holding traced index arrays."""
     items = key if isinstance(key, tuple) else (key,)
-    constant = not any(isinstance(item, TracedArray) for item in items)
+    constant = not any(isinstance(item, TracedArray) or _symbolic_slice(item) for item in items)
     if x.ndim == 0:
         return _constant_positions(x, key, lambda: np.zeros((), np.int64))
     total, stride = None, 1
@@ -91,6 +92,12 @@ def positions(x: TracedArray, key):
         total = part if total is None else part + total
         stride *= x.shape[axis]
     return total
+
+
+def _symbolic_slice(item) -> bool:
+    """Whether ``item`` is a slice with a symbolic bound (``cache[:, pos:pos + T]``): NumPy cannot
+    index with it, so its positions are traced."""
+    return isinstance(item, slice) and any(isinstance(v, Sym) for v in (item.start, item.stop, item.step))
 
 
 def _constant_positions(x: TracedArray, key, grid) -> np.ndarray:

@@ -134,7 +134,7 @@ class Executable:
 
     def __call__(self, *args) -> list[np.ndarray]:
         plan, sizes = self.plan, {}
-        arrays = [prepare_argument(a, node.dtype)
+        arrays = [prepare_argument(a, node.dtype) if node.users else a  # unread (a size carrier): as given
                   for a, node in zip(check_arguments(plan.graph, args, sizes), plan.graph.inputs)]
         if plan.sizes:  # dynamic dimensions: shapes and workspace for this call's sizes
             outputs = [np.empty(tuple(evaluate(d, sizes) for d in shape), dtype) for shape, dtype in plan.outputs]
