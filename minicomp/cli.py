@@ -256,7 +256,8 @@ def cmd_bench(args) -> None:
         from .bench_load import run_load_bench
 
         blocks = max(2, -(-args.rounds // CALLS_PER_BLOCK))
-        run_load_bench(args.workloads or None, size=args.size, target=args.target, min_blocks=blocks)
+        run_load_bench(args.workloads or None, size=args.size, target=args.target, min_blocks=blocks,
+                       peers=not args.no_peers)
         return
     run_bench(args.workloads or None, size=args.size, target=args.target,
               min_rounds=args.rounds, min_seconds=args.seconds, as_json=args.json,
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--under-load", action="store_true",
                        help="time each workload idle and with another process spinning on one core: "
                             "median and 90th percentile of both")
+    bench.add_argument("--no-peers", action="store_true",
+                       help="with --under-load: time NumPy and minicomp only (torch.compile's compiles take minutes)")
     bench.add_argument("--parallel-threshold", action="store_true",
                        help="time kernels of growing size on one thread and on all: where threads start to pay")
     bench.set_defaults(run=cmd_bench)

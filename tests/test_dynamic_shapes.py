@@ -457,3 +457,36 @@ def test_ints_stay_static_with_dynamic_false_and_bools_are_never_sizes():
     for flag in [True, False, True]:
         np.testing.assert_array_equal(g(x, flag), x + 1 if flag else x - 1)
     assert g.cache_size == 2
+
+
+def test_an_equality_on_a_size_or_int_in_the_users_code_is_a_guard_never_a_wrong_branch():
+    """``if x.shape[0] == 5`` with a symbolic size takes the False branch: the trace records
+    the guard ``x_0 != 5``, so the call where it is 5 compiles on its own (and gets NumPy's
+    branch), as does ``mode == 5`` with an int compiled as a size."""
+    by_shape = lambda x: x * 3 if x.shape[0] == 5 else x + 1  # noqa: E731
+    by_int = lambda x, mode: x * 3 if mode == 5 else x + 1  # noqa: E731
+    by_tuple = lambda x: x * 3 if x.shape == (5, 2) else x + 1  # noqa: E731
+    f, g, h = minicomp.jit(by_shape), minicomp.jit(by_int), minicomp.jit(by_tuple)
+    for n in [3, 4, 5, 6, 5]:
+        x = np.arange(n, dtype=np.float32)
+        np.testing.assert_array_equal(f(x), by_shape(x))
+        np.testing.assert_array_equal(g(x[:2], n), by_int(x[:2], n))
+        np.testing.assert_array_equal(h(np.ones((n, 2), np.float32)), by_tuple(np.ones((n, 2), np.float32)))
+    assert f.cache_size == 3  # 3, then symbolic (serving 4 and 6), then 5 on its own
+    assert any("== 5 was taken as False" in why for _, _, why in f.compiled_for(np.ones(4, np.float32)).guards)
+
+
+def test_only_inputs_no_kernel_reads_are_passed_unprepared():
+    """Size carriers are passed as given (no copy of a zero-stride array); an input returned as
+    it is, unread by any kernel, is still made contiguous first (the fuzzer caught a strided
+    one returned as garbage when every input without users was passed as given)."""
+    graph = minicomp.Graph.parse("graph g(%x: f32[3,4], %y: f32[3,4]) {\n"
+                                 "  %a = add(%y, %y) : f32[3,4]\n  return %x, %a\n}")
+    run = minicomp.compile(graph)
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)[::2]  # every other row: not contiguous
+    out = run(x, np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(out[0], x)
+    f = minicomp.jit(kv_step)
+    cache, x1 = np.zeros((8, 4), np.float32), np.ones((1, 4), np.float32)
+    f(cache, x1, 2), f(cache, x1, 3)
+    assert f.compiled_for(cache, x1, 3).run._unread  # the size carrier of start_pos

@@ -31,8 +31,9 @@ dict or list, a closure variable or ``self`` is stored there, computed, after ea
 
 Without ``dynamic=``, the C target does what torch.compile calls *automatic dynamic*: a call
 whose signature differs from one seen before only in the sizes of some array leaves' dimensions
-compiles those dimensions as symbols (once), so a generation loop over a growing sequence
-compiles twice, not once per token. ``dynamic=False`` turns that off (every shape compiles on
+or in the values of some ``int`` leaves compiles those as symbols (once, ``dynamic.py``), so a
+generation loop over a growing sequence or a KV cache's position compiles twice, not once per
+token. ``dynamic=False`` turns that off (every shape compiles on
 its own). Where the function cannot be compiled with a symbolic size (Python code that needs its
 value: ``range(n)``, ``if n > 3``, an op without symbolic support yet), the signature is compiled
 with static sizes instead, with a ``MinicompWarning`` naming the line. What a symbolic compile

@@ -16,16 +16,20 @@ symbols (each symbol stands for a size ``>= 0``):
 Anything that would have to *decide* something about an unknown size raises
 ``SymbolicShapeError``: ``int(T)``, ``range(T)``, ``bool(T)``, ``T // 5``, and comparisons that
 do not hold (or fail) for every size (``T >= 0`` is True, ``T + 1 > 0`` is True, ``T > 1`` raises).
-``==`` is structural: ``T == T`` is True, ``T == 768`` is False (the two may differ, so code
-written for two different sizes stays correct when they happen to meet). The jit catches the
-error and compiles that signature with static sizes instead (see ``frontend/jit.py``): an
-unknown size is never silently baked into the code.
+``==`` is structural: ``T == T`` is True, ``T == 768`` is False. Inside minicomp that is the
+meaning wanted (code written for two different sizes stays correct when they happen to meet).
+In the user's code it is an assumption: ``if x.shape[0] == 768`` takes the False branch, so
+the trace records the guard ``T != 768`` (kept as ``(T - 768)**2 >= 1``, see ``require``) and a
+call with ``T = 768`` compiles on its own. The jit catches ``SymbolicShapeError`` and compiles
+that signature with static sizes instead (see ``frontend/jit.py``): an unknown size is never
+silently baked into the code.
 
 Pure Python and small on purpose: ``import minicomp`` must stay fast.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -157,10 +161,23 @@ class Sym:
     # -- comparisons: structural equality; an order only where it holds for every size ---------
 
     def __eq__(self, other):
-        return isinstance(other, Sym) and self.terms == other.terms
+        return self._equals(other, sys._getframe(1))
 
     def __ne__(self, other):
-        return not self == other
+        return not self._equals(other, sys._getframe(1))
+
+    def _equals(self, other, caller) -> bool:
+        """Structural equality; a comparison made by the user's code that could go either way
+        records the guard that it went the way taken (unequal)."""
+        if isinstance(other, Sym) and self.terms == other.terms:
+            return True
+        if not isinstance(other, (int, Sym)) or isinstance(other, bool):
+            return False
+        diff = self - other
+        if isinstance(diff, int) or not caller.f_globals.get("__name__", "").startswith("minicomp."):
+            if not isinstance(diff, int):
+                assume_unequal(diff, f"{self} == {other} was taken as False ({_where(caller)})")
+        return False
 
     def __hash__(self):
         return self._hash
@@ -366,6 +383,22 @@ def require(expr, minimum: int, why: str) -> None:
         raise SymbolicShapeError(f"{why} needs {expr} >= {minimum}, which holds only for some sizes")
     if all((expr, minimum) != guard[:2] for guard in guards):
         guards.append((expr, minimum, why))
+
+
+def assume_unequal(diff: "Sym", why: str) -> None:
+    """Assume ``diff != 0``: nothing to record when it holds for every size (``T + 1``);
+    otherwise the guard ``diff**2 >= 1`` (exact for integers) while guards are collected."""
+    try:
+        if Sym._nonnegative(diff - 1, "") or Sym._nonnegative(-diff - 1, ""):
+            return
+    except SymbolicShapeError:
+        pass
+    if getattr(_collecting, "guards", None) is not None:
+        require(diff * diff, 1, why)
+
+
+def _where(frame) -> str:
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def guards_hold(guards, sizes: dict) -> bool:

@@ -100,6 +100,9 @@ class Executable:
         self.plan = plan or CallPlan.of(program)
         self._per_thread = threading.local()
         self._threads = ThreadChoice() if self.plan.threads else None  # all cores or one, call by call
+        outputs = set(self.plan.graph.outputs)  # inputs no kernel reads (size carriers) are passed as given
+        self._unread = frozenset(i for i, node in enumerate(self.plan.graph.inputs)
+                                 if not node.users and node not in outputs)
 
     @property
     def program(self) -> Program:
@@ -134,8 +137,8 @@ class Executable:
 
     def __call__(self, *args) -> list[np.ndarray]:
         plan, sizes = self.plan, {}
-        arrays = [prepare_argument(a, node.dtype) if node.users else a  # unread (a size carrier): as given
-                  for a, node in zip(check_arguments(plan.graph, args, sizes), plan.graph.inputs)]
+        arrays = [a if i in self._unread else prepare_argument(a, node.dtype)
+                  for i, (a, node) in enumerate(zip(check_arguments(plan.graph, args, sizes), plan.graph.inputs))]
         if plan.sizes:  # dynamic dimensions: shapes and workspace for this call's sizes
             outputs = [np.empty(tuple(evaluate(d, sizes) for d in shape), dtype) for shape, dtype in plan.outputs]
             workspace = self._workspace(evaluate(plan.workspace_bytes, sizes))
