@@ -129,13 +129,25 @@ def test_static_arguments_are_part_of_the_key():
         traces.append(k)
         return x * k
 
-    fast = minicomp.jit(scale)
+    fast = minicomp.jit(scale, dynamic=False)  # (by default, the second int would be tried as a size too)
     x = np.arange(4, dtype=f32)
     assert_close(fast(x, 2), x * 2)
     assert_close(fast(x, 3), x * 3)
     assert_close(fast(x, 2.5), x * 2.5)
     assert_close(fast(x, 2), x * 2)
     assert fast.cache_size == 3 and traces == [2, 3, 2.5]
+
+
+def test_an_int_used_as_a_value_stays_static_quietly():
+    """Automatic dynamic tries a varying int as a size once; ``x * k`` needs its value, so
+    every value compiles on its own, as without automatic dynamic, and nothing is printed."""
+    fast = minicomp.jit(lambda x, k: x * k)
+    x = np.arange(4, dtype=f32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for k in [2, 3, 4, 3]:
+            assert_close(fast(x, k), x * k)
+    assert fast.cache_size == 3
 
 
 def test_unhashable_static_arguments_are_keyed_by_value():

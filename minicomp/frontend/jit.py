@@ -228,7 +228,8 @@ class JitFunction:
             for compiled in forms or ():
                 if guards_hold(compiled.guards, sizes) and read_lifted(compiled.structure.lifted, args) is not None:
                     return compiled
-        if failures and len(failures) == len(plans):  # say why, once: the first (fullest) reason
+        if failures and len(failures) == len(plans) and any(plan.dims for plan in plans):
+            # say why, once, with the first (fullest) reason; ints that cannot be sizes stay static quietly
             warnings.warn(f"{getattr(self.fn, '__name__', 'function')}: could not compile with "
                           f"{', '.join(failures[0].described.values())} as symbolic sizes "
                           f"({self._static_only[failures[0].key]:.300}); compiling with static sizes, once per shape",
