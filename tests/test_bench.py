@@ -137,3 +137,20 @@ def test_cli_plot(monkeypatch, tmp_path, capsys):
     assert main(["bench", "softmax", "matmul", "--size", "tiny", "--rounds", "2", "--seconds", "0",
                  "--plot", str(path)]) == 0
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_function_takes_numpys_scalars_for_the_0d_arrays_minicomp_returns(monkeypatch):
+    """NumPy returns a loss as a NumPy scalar where minicomp returns a 0-d array: the same
+    structure for ``bench FILE.py:FUNC`` (a training step's ``loss, (grads, ...)`` was refused)."""
+    import numpy as np
+
+    monkeypatch.setattr(bench, "measure_ceilings", lambda: Ceilings(10.0, 100.0))
+
+    def loss_and_grads(x, w):
+        return np.sum(x @ w) / 4, [x.T @ x]
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    assert isinstance(loss_and_grads(x, w)[0], np.generic)
+    result = bench.bench_function("loss", loss_and_grads, [x, w], min_rounds=2, min_seconds=0.0)
+    assert set(result.median_ms) == {"numpy", "minicomp"}

@@ -26,6 +26,7 @@ F32, F64 = np.float32, np.float64
 @pytest.fixture
 def always_packed(monkeypatch):
     monkeypatch.setattr(lower_matmul, "MIN_WORK", 0)
+    monkeypatch.setattr(lower_matmul, "MIN_ROWS", 0)
 
 
 def schedules(fn, *args) -> list[str]:
@@ -56,7 +57,8 @@ def test_micro_kernel_tile_fits_the_vector_width():
 @given(m=st.integers(1, 80), k=st.integers(1, 70), n=st.integers(2, 150), f64=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
-    lower_matmul.MIN_WORK, saved = 0, lower_matmul.MIN_WORK
+    saved = lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS
+    lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS = 0, 0
     try:
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
@@ -64,7 +66,7 @@ def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
         assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
     finally:
-        lower_matmul.MIN_WORK = saved
+        lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS = saved
 
 
 @pytest.mark.parametrize("m, k, n", [(1024 // 4, 400, 1030), (7, 1000, 130), (145, 385, 65)])
@@ -205,8 +207,8 @@ def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
     k up to 900 crosses kc blocks, so tiles accumulate over several passes; the epilogue
     (bias + GELU) must still run once per tile, after the last one.
     """
-    saved = lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS
-    lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS = 0, 1
+    saved = lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS
+    lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS = 0, 1, 0
     try:
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
@@ -216,7 +218,7 @@ def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
         fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
         assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
     finally:
-        lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS = saved
+        lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS = saved
 
 
 @pytest.mark.parametrize("m, k, n", [(3, 4, 5), (70, 90, 130)])  # the naive and the packed path
@@ -299,3 +301,14 @@ def test_masks_that_hide_no_whole_block_or_vary_by_batch_are_not_skipped():
         program = lower(run_pipeline(minicomp.trace(masked, q, q, q))[0])
         assert "if kb <" not in str(program.kernels[0])
         assert_close(jit(masked)(q, q, q), masked(q, q, q))
+
+
+def test_a_matmul_with_fewer_rows_than_the_micro_kernel_is_not_packed():
+    """A decode step's ``x[1, K] @ W[K, N]`` reads W once: packing W would copy it for nothing."""
+    rng = np.random.default_rng(3)
+    for m in (1, 5):
+        a, b = randn(rng, (m, 512), F32), randn(rng, (512, 384), F32)
+        assert not any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+        assert_close(jit(matmul)(a, b), a @ b)
+    a = randn(rng, (6, 512), F32)
+    assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))

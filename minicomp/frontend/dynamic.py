@@ -143,20 +143,20 @@ def size_carriers(plan_ints: dict[str, int], key: tuple) -> list[np.ndarray]:
 # -- walking a pytree key --------------------------------------------------------------------------
 
 
-def _map_key(key: tuple, array, integer) -> tuple:
+def map_key(key: tuple, array, integer) -> tuple:
     """``key`` with each array leaf's key replaced by ``array(k)`` and each int leaf's by
     ``integer(k)`` (the grammar of ``pytree.flatten``)."""
     tag = key[0]
     if tag == ARRAY:
         return array(key)
     if tag == DICT:
-        return key[:2] + (tuple(_map_key(c, array, integer) for c in key[2]),) + key[3:]
+        return key[:2] + (tuple(map_key(c, array, integer) for c in key[2]),) + key[3:]
     if tag in (LIST, TUPLE):
-        return (tag, tuple(_map_key(c, array, integer) for c in key[1])) + key[2:]
+        return (tag, tuple(map_key(c, array, integer) for c in key[1])) + key[2:]
     if tag == NAMEDTUPLE:
-        return (tag, key[1], tuple(_map_key(c, array, integer) for c in key[2]))
+        return (tag, key[1], tuple(map_key(c, array, integer) for c in key[2]))
     if tag == DATACLASS:
-        return (tag, key[1], key[2], tuple(_map_key(c, array, integer) for c in key[3]))
+        return (tag, key[1], key[2], tuple(map_key(c, array, integer) for c in key[3]))
     if tag == STATIC and key[1] is int:
         return integer(key)
     assert tag in (STATIC, FLOAT, COMPLEX), key
@@ -166,19 +166,19 @@ def _map_key(key: tuple, array, integer) -> tuple:
 def int_leaves(key: tuple) -> list[int]:
     """The values of the ``int`` leaves of a key, in order (bools and other types excluded)."""
     values: list[int] = []
-    _map_key(key, lambda k: k, lambda k: values.append(k[2]) or k)
+    map_key(key, lambda k: k, lambda k: values.append(k[2]) or k)
     return values
 
 
 def replace_ints(key: tuple, symbols: dict[int, Sym]) -> tuple:
     """``key`` with int leaf number ``n`` (in ``int_leaves`` order) holding ``symbols[n]``."""
     count = iter(range(1 << 62))
-    return _map_key(key, lambda k: k, lambda k: (STATIC, int, symbols.get(next(count), k[2])))
+    return map_key(key, lambda k: k, lambda k: (STATIC, int, symbols.get(next(count), k[2])))
 
 
 def signature_class(key: tuple) -> tuple:
     """``key`` with each array's shape replaced by its rank and each int by "an int"."""
-    return _map_key(key, lambda k: (ARRAY, len(k[1])) + k[2:], lambda k: (STATIC, int, None))
+    return map_key(key, lambda k: (ARRAY, len(k[1])) + k[2:], lambda k: (STATIC, int, None))
 
 
 # -- names and symbols -----------------------------------------------------------------------------

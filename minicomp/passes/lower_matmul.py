@@ -56,6 +56,7 @@ from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, C
                         If, Intrinsic, Load, Select, Stmt, Store, Var, as_expr, const, simplify_binary, walk)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
+MIN_ROWS = 6  # fewer rows than the micro-kernel's MR: packing B costs a copy of B and saves nothing
 PARALLEL_WORK = 1 << 20
 A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
 B_TASK_PANELS = 8  # with A packed whole and this many NR panels or more: tasks are panels, each packs its B
@@ -409,6 +410,8 @@ def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
     symbolic = shape is not None and isinstance(shape.m, Sym)
     if shape is None or (shape.n * shape.k if symbolic else shape.m * shape.n * shape.k) < MIN_WORK:
         return None
+    if not symbolic and shape.m < MIN_ROWS:
+        return None  # a decode step's x @ W: each packed element of B would be read once
     tiling = default_tiling(acc.dtype) if symbolic else balanced(default_tiling(acc.dtype), shape.m)
     builder = GemmBuilder(shape, acc, idx, tiling, acc.name)
 

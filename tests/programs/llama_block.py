@@ -4,6 +4,7 @@ position embeddings on even/odd pairs (``x[..., 0::2]``), grouped-query attentio
 (``cache_k[:B, start_pos:start_pos + T] = xk``) and a SwiGLU feed-forward.
 
     minicomp bench tests/programs/llama_block.py:llama_block --args-from tests/programs/llama_block.py:make_args
+    minicomp bench tests/programs/llama_block.py:llama_block --args-from tests/programs/llama_block.py:make_decode_args
 """
 
 import math
@@ -96,3 +97,12 @@ def make_args(batch=1, seq=64, start_pos=0, dim=512, n_heads=8, n_kv_heads=2, hi
     return {"x": x, "start_pos": start_pos, "freqs_cos": freqs_cos, "freqs_sin": freqs_sin,
             "cache_k": cache_k, "cache_v": cache_v, "params": params, "n_heads": n_heads,
             "n_kv_heads": n_kv_heads}
+
+
+def make_decode_args(position=64, **sizes):
+    """One token at ``position`` with the cache filled before it (a generation step)."""
+    args = make_args(seq=1, start_pos=position, **sizes)
+    rng = np.random.default_rng(1)
+    for cache in ("cache_k", "cache_v"):
+        args[cache][:, :position] = rng.standard_normal(args[cache][:, :position].shape).astype(np.float32)
+    return args
