@@ -1,5 +1,6 @@
 """Dynamic dimensions: one compile with a symbolic size serves every length (docs/dynamic_dimensions.md)."""
 
+import re
 import warnings
 
 import numpy as np
@@ -490,3 +491,20 @@ def test_only_inputs_no_kernel_reads_are_passed_unprepared():
     cache, x1 = np.zeros((8, 4), np.float32), np.ones((1, 4), np.float32)
     f(cache, x1, 2), f(cache, x1, 3)
     assert f.compiled_for(cache, x1, 3).run._unread  # the size carrier of start_pos
+
+
+def test_symbolic_row_counts_keep_the_static_schedules():
+    """Over a symbolic row count, an elementwise kernel is still vectorised and parallel, and a
+    row kernel's run-time thread condition counts a row's whole work (it counted only its first
+    loop, so softmax over 4096 rows of 1024 ran on one thread)."""
+    def softmax(x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    gelu = lambda x: 0.5 * x * (1 + np.tanh(0.79788456 * (x + 0.044715 * x**3)))  # noqa: E731
+    x = np.ones((8, 1024), np.float32)
+    elementwise = minicomp.jit(gelu, dynamic={"x": [0]}).compiled_for(x).run.program
+    assert [str(step) for step in elementwise.kernels[0].schedule] == ["vectorize(i1)", "parallel(i0)"]
+    source = minicomp.jit(softmax, dynamic={"x": [0]}).compiled_for(x).run.source
+    [condition] = re.findall(r"if\(!mc_serial && \((\d+)\*mc_size_x_0\) >= \d+\)", source)
+    assert int(condition) >= 3 * 1024  # max, exp and sum, divide: three passes over the row

@@ -65,6 +65,7 @@ from ..errors import IndexOutOfBoundsError
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
 from ..ir.rewrite import statements
+from ..ir.schedule import _collapsed
 from ..ir.symbolic import Sym, shape_symbols
 from ..passes.lower import PARALLEL_MIN_WORK
 from . import gemm
@@ -431,7 +432,7 @@ class CRenderer:
         lines = []
         if loop.kind == "parallel":
             collapse, iterations = "", self.size(loop.extent)
-            if not isinstance(loop.extent, Sym) and loop.extent < 64 and isinstance(loop.body, For) and loop.body.kind == "serial":
+            if _collapsed(loop):
                 collapse, iterations = " collapse(2)", self.size(loop.extent * loop.body.extent)
             # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
             # holds nobody up; if: a forked child runs the loop on its one thread
@@ -536,16 +537,22 @@ class CRenderer:
 
 
 def nest_work(loop: For):
-    """Iterations of ``loop`` times those of the loops nested first inside it (a ``Sym`` when a
-    size is symbolic): the work a symbolic parallel loop compares with ``PARALLEL_MIN_WORK`` at
-    run time."""
-    work, stmt = 1, loop
-    while True:
-        if isinstance(stmt, Block) and stmt.stmts:
-            stmt = next((s for s in stmt.stmts if isinstance(s, For)), stmt.stmts[0])
-        if not isinstance(stmt, For):
-            return work
-        work, stmt = work * stmt.extent, stmt.body
+    """Iterations of every loop nested in ``loop``, summed over sibling loops, times its own
+    extent (a ``Sym`` when a size is symbolic): the work a symbolic parallel loop compares with
+    ``PARALLEL_MIN_WORK`` at run time. A row kernel over ``T`` rows of 1024 is about ``3000*T``."""
+    return loop.extent * _iterations(loop.body)
+
+
+def _iterations(stmt) -> int:
+    """Statements ``stmt`` runs, counting each loop's iterations (1 for a plain statement)."""
+    if isinstance(stmt, For):
+        return stmt.extent * _iterations(stmt.body)
+    if isinstance(stmt, Block):
+        total = sum((_iterations(s) for s in stmt.stmts), 0)
+        return total if isinstance(total, Sym) or total else 1
+    if isinstance(stmt, If):
+        return _iterations(stmt.then) + (_iterations(stmt.otherwise) if stmt.otherwise is not None else 0)
+    return 1
 
 
 def size_name(symbol: str) -> str:

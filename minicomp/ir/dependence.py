@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .affine import Affine, affine, bounds, determines, guards_of
+from .symbolic import Sym
 from .loops import (Address, Allocate, Assign, Binary, Block, Buffer, Call, Declare, Expr, For, If, Intrinsic, Kernel,
                     Load, Stmt, Store, Unary)
 from .rewrite import declared_names, exprs_of, loads, statements
@@ -84,7 +85,8 @@ def loop_ranges(s: Stmt) -> dict[str, int]:
     ranges: dict[str, int] = {}
     for sub in statements(s):
         if isinstance(sub, For):
-            ranges[sub.var.name] = max(ranges.get(sub.var.name, 0), sub.extent)
+            seen = ranges.get(sub.var.name, 0)
+            ranges[sub.var.name] = sub.extent if seen == 0 or seen == sub.extent else max(seen, sub.extent)
     return {name: extent for name, extent in ranges.items() if name not in scalar_names(s)}
 
 
@@ -166,7 +168,7 @@ def _group_conflict(group: list[Access], names: list[str], ranges: dict[str, int
         return f"the index of {name} mixes loop variables with other values in a way not analysed"
     ignored = []
     for var in names:
-        if ranges[var] <= 1:  # one iteration (or none) conflicts with nothing
+        if not isinstance(ranges[var], Sym) and ranges[var] <= 1:  # one iteration (or none) conflicts with nothing
             continue
         if var not in varying.names():
             ignored.append(var)

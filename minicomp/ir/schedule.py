@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 from ..errors import MinicompError
 from .affine import guard_cond, simplify_index
 from .dependence import conflict
+from .symbolic import Sym
 from .loops import BOOL, INDEX, Address, Binary, Block, Buffer, Const, Expr, For, If, Kernel, Load, Stmt, Store, Var
 from .rewrite import (allocated, declared_names, map_expr, map_stmt_exprs, rename_vars, replace_buffer,
                       statements, substitute_stmt)
@@ -221,7 +222,8 @@ def parallel_problem(kernel: Kernel, body: Stmt, loop: For) -> str | None:
 
 def _collapsed(loop: For) -> bool:
     """Whether the C renderer parallelises ``loop`` together with the serial loop directly inside it."""
-    return loop.extent < COLLAPSE_BELOW and isinstance(loop.body, For) and loop.body.kind == "serial"
+    return (not isinstance(loop.extent, Sym) and loop.extent < COLLAPSE_BELOW  # symbolic: never collapsed
+            and isinstance(loop.body, For) and loop.body.kind == "serial")
 
 
 def vectorize_problem(kernel: Kernel, body: Stmt, loop: For) -> str | None:

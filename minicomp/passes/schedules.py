@@ -30,10 +30,13 @@ printed kernel lists what was done (``# schedule: ...``) and every step was lega
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir.affine import affine
 from ..ir.loops import Block, Call, For, Kernel, Load, Store, walk
+from ..ir.symbolic import Sym, SymbolicShapeError
 from ..ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
 from .lower import worth_parallel
 
@@ -85,10 +88,11 @@ def elementwise_steps(kernel: Kernel) -> list[Primitive]:
     if nest is None:
         return []
     chain, store = nest
-    work = int(np.prod([loop.extent for loop in chain], dtype=np.int64)) * element_cost(store.value)
+    work = math.prod(loop.extent for loop in chain) * element_cost(store.value)  # a Sym for symbolic extents
     inner = chain[-1]
+    static_inner = not isinstance(inner.extent, Sym)
     steps: list[Primitive] = []
-    moved = transposed_loop(chain, store) if inner.extent >= TILE else None
+    moved = transposed_loop(chain, store) if static_inner and inner.extent >= TILE else None
     if moved is not None:
         order = [loop.var.name for loop in chain if loop.var.name not in (moved, inner.var.name)]
         order += [moved, inner.var.name]
@@ -98,7 +102,7 @@ def elementwise_steps(kernel: Kernel) -> list[Primitive]:
         outermost = order[0] if len(order) > 2 else f"{moved}_o"
     else:
         outermost = chain[0].var.name
-        if store.buffer.dtype in VECTOR_DTYPES and inner.extent >= 8 and unit_stride(chain, store):
+        if store.buffer.dtype in VECTOR_DTYPES and static_inner and inner.extent >= 8 and unit_stride(chain, store):
             steps.append(Vectorize(inner.var.name))
     if worth_parallel(work):
         steps.append(Parallel(outermost))
@@ -136,6 +140,6 @@ def apply_default_schedule(kernel: Kernel, pattern: str) -> Kernel:
     for step in elementwise_steps(kernel):
         try:
             kernel = step.apply(kernel)
-        except ScheduleError:
+        except (ScheduleError, SymbolicShapeError):  # refused, or needs a symbolic size's value
             continue
     return kernel
