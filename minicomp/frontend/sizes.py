@@ -83,18 +83,21 @@ def arange(*args, dtype=None, like=None, **kwargs):
 
 
 def full(shape, fill_value, dtype=None, order="C", **kwargs):
+    """``np.full``; with a symbolic size, a broadcast of ``fill_value`` (its dtype unless ``dtype``)."""
     if not _symbolic(shape):
         return _numpy["full"](shape, fill_value, dtype=dtype, order=order, **kwargs)
     return _filled(shape, fill_value, dtype)
 
 
 def ones(shape, dtype=None, order="C", **kwargs):
+    """``np.ones``; with a symbolic size, a broadcast of 1 (float64 unless ``dtype``)."""
     if not _symbolic(shape):
         return _numpy["ones"](shape, dtype=dtype, order=order, **kwargs)
     return _filled(shape, 1, dtype or np.float64)
 
 
 def zeros(shape, dtype=float, order="C", **kwargs):
+    """``np.zeros``; with a symbolic size, a broadcast of 0."""
     if not _symbolic(shape):
         return _numpy["zeros"](shape, dtype=dtype, order=order, **kwargs)
     return _filled(shape, 0, dtype)
@@ -120,12 +123,14 @@ def _diagonals(n, m, k, compare: str, dtype):
 
 
 def tri(N, M=None, k=0, dtype=float, **kwargs):
+    """``np.tri``: ones at and below diagonal ``k`` (``j <= i + k``); graph ops for a symbolic N or M."""
     if not _symbolic(N, M if M is not None else 0):
         return _numpy["tri"](N, M, k, dtype=dtype, **kwargs)
     return _diagonals(N, M, k, "ge", dtype)
 
 
 def eye(N, M=None, k=0, dtype=float, order="C", **kwargs):
+    """``np.eye``: ones on diagonal ``k`` (``j == i + k``); graph ops for a symbolic N or M."""
     if not _symbolic(N, M if M is not None else 0):
         return _numpy["eye"](N, M, k, dtype=dtype, order=order, **kwargs)
     return _diagonals(N, M, k, "eq", dtype)
