@@ -65,7 +65,7 @@ from ..errors import IndexOutOfBoundsError
 from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
                         Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
 from ..ir.rewrite import statements
-from ..ir.schedule import _collapsed
+from ..ir.schedule import collapsed
 from ..ir.symbolic import Sym, shape_symbols
 from ..passes.lower import PARALLEL_MIN_WORK
 from . import gemm
@@ -432,7 +432,7 @@ class CRenderer:
         lines = []
         if loop.kind == "parallel":
             collapse, iterations = "", self.size(loop.extent)
-            if _collapsed(loop):
+            if collapsed(loop):
                 collapse, iterations = " collapse(2)", self.size(loop.extent * loop.body.extent)
             # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
             # holds nobody up; if: a forked child runs the loop on its one thread

@@ -82,13 +82,15 @@ class DynamicSizes:
         axes = {leaf: a for leaf, a in axes.items() if type(arrays[leaf]) is np.ndarray}
         ints = {leaf for leaf in ints if 0 <= int_values[leaf] < MAX_INT_SIZE}
         candidates = [(axes, ints)] + ([({}, ints), (axes, set())] if axes and ints else [])
-        return [self._plan(args, key, arrays, a, i) for a, i in candidates if a or i]
+        names = leaf_names(self.signature, args), int_leaf_names(self.signature, key)
+        return [self._plan(key, arrays, a, i, names) for a, i in candidates if a or i]
 
-    def _plan(self, args: tuple, key: tuple, arrays: list, axes: dict[int, set], ints: set) -> SymbolicPlan:
-        """The symbolic signature with these array axes and int leaves as symbols."""
-        names = leaf_names(self.signature, args)
+    @staticmethod
+    def _plan(key: tuple, arrays: list, axes: dict[int, set], ints: set, names: tuple) -> SymbolicPlan:
+        """The symbolic signature with these array axes and int leaves as symbols; ``names``:
+        the array leaves' and the int leaves' names."""
+        names, int_names = names
         leaves, dims = symbolic_leaves(arrays, axes, names)
-        int_names = int_leaf_names(self.signature, key)
         int_symbols = {}
         for leaf in sorted(ints):
             int_symbols[size_symbol(int_names[leaf], None, {**dims, **int_symbols})] = leaf

@@ -33,10 +33,10 @@ Without ``dynamic=``, the C target does what torch.compile calls *automatic dyna
 whose signature differs from one seen before only in the sizes of some array leaves' dimensions
 or in the values of some ``int`` leaves compiles those as symbols (once, ``dynamic.py``), so a
 generation loop over a growing sequence or a KV cache's position compiles twice, not once per
-token. ``dynamic=False`` turns that off (every shape compiles on
-its own). Where the function cannot be compiled with a symbolic size (Python code that needs its
-value: ``range(n)``, ``if n > 3``, an op without symbolic support yet), the signature is compiled
-with static sizes instead, with a ``MinicompWarning`` naming the line. What a symbolic compile
+token. ``dynamic=False`` turns that off (every shape compiles on its own). Where the function
+cannot be compiled with a symbolic size (Python code that needs its value: ``range(n)``,
+``if n > 3``, an op without symbolic support yet), the signature is compiled with static sizes
+instead, with a ``MinicompWarning`` naming the line. What a symbolic compile
 assumed (``x[-1]`` along it needs ``n >= 1``) is a guard checked before it serves a call; a call
 that breaks one compiles with static sizes.
 """
@@ -217,14 +217,14 @@ class JitFunction:
 
         ``arrays``: the arguments' array leaves, in ``flatten`` order."""
         plans = self.dynamic.plans(args, key, arrays)
-        failures = []
+        failures, int_values = [], int_leaves(key)
         for plan in plans:
             forms = self._compiled.get(plan.key)
             if not forms and plan.key not in self._static_only:
                 forms = self._compile_symbolic(plan)
                 if not forms:
                     failures.append(plan)
-            sizes = plan.sizes(arrays, int_leaves(key))
+            sizes = plan.sizes(arrays, int_values)
             for compiled in forms or ():
                 if guards_hold(compiled.guards, sizes) and read_lifted(compiled.structure.lifted, args) is not None:
                     return compiled

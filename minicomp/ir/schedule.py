@@ -215,12 +215,12 @@ def parallel_problem(kernel: Kernel, body: Stmt, loop: For) -> str | None:
     if any(isinstance(s, For) and s.kind == "parallel" for s in path[:-1] + list(statements(loop.body))):
         return "it would nest one parallel loop in another"
     scope = [loop]
-    if _collapsed(loop):
+    if collapsed(loop):
         scope.append(loop.body)  # the C renderer runs both loops' iterations in parallel (collapse)
     return conflict(kernel, scope, scope[-1].body, every_var=True)
 
 
-def _collapsed(loop: For) -> bool:
+def collapsed(loop: For) -> bool:
     """Whether the C renderer parallelises ``loop`` together with the serial loop directly inside it."""
     return (not isinstance(loop.extent, Sym) and loop.extent < COLLAPSE_BELOW  # symbolic: never collapsed
             and isinstance(loop.body, For) and loop.body.kind == "serial")

@@ -247,8 +247,8 @@ def worth_parallel(work: int) -> bool:
     work is parallel when it could reach that amount (the call's thread choice,
     ``runtime/threads.py``, still runs small calls on one thread).
     """
-    if isinstance(work, Sym):
-        return any(c * PARALLEL_MIN_WORK >= PARALLEL_MIN_WORK for m, c in work.terms if m)
+    if isinstance(work, Sym):  # some term grows with a size: large sizes reach the threshold
+        return any(c > 0 for m, c in work.terms if m)
     return work >= PARALLEL_MIN_WORK
 
 
