@@ -12,10 +12,10 @@ __version__ = "0.1.0"  # first: the compile cache keys on it
 from . import errors, nn
 from .errors import MinicompError, MinicompWarning
 from .frontend import TracedArray, trace
-from .frontend.jit import compile, jit
+from .driver import compile, jit
 from .runtime import executable as _executable  # noqa: F401  (registers the "c" target)
 from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
-from .passes.explain import explain  # why each op was fused or not, kernels and bytes before/after
+from .tools.explain import explain  # why each op was fused or not, kernels and bytes before/after
 
 __all__ = [
     "Graph", "Interpreter", "Kind", "MinicompError", "MinicompWarning", "Node", "TensorType", "TracedArray",

@@ -210,11 +210,11 @@ def cmd_dump(args) -> None:
     if args.format == "dot":
         raise MinicompError("--format dot only applies to --emit graph")
     from .codegen.c import render_c
-    from .passes.lower import lower
+    from .lower.program import lower
 
     program = lower(graph)
     if args.emit == "asm":
-        from .codegen.asm import assembly, format_summary, simd_summary
+        from .tools.asm import assembly, format_summary, simd_summary
 
         text = assembly(program, args.kernel)
         print(f"# SIMD evidence: vector instructions by register width\n{format_summary(simd_summary(text))}\n")
@@ -294,14 +294,14 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from .passes.explain import explain
+    from .tools.explain import explain
 
     passes, disable = _pass_options(args)
     print(explain(_trace_from_args(args), passes=passes, disable=disable))
 
 
 def cmd_bisect(args) -> int:
-    from .passes.bisect import bisect
+    from .tools.bisect import bisect
 
     passes, disable = _pass_options(args)
     fn, values = _function_from_args(args)

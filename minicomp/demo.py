@@ -19,7 +19,7 @@ import numpy as np
 from . import jit, trace
 from .bench import SETTLE_S
 from .codegen.c import render_c
-from .passes.lower import lower
+from .lower.program import lower
 from .passes.pipeline import run_pipeline
 from .stats import format_stats, graph_stats, human
 from .testing import assert_close

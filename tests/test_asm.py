@@ -17,12 +17,12 @@ import pytest
 
 import minicomp
 from minicomp.cli import main
-from minicomp.codegen.asm import (assembly, instruction_width, kernel_sections, simd_summary,
+from minicomp.tools.asm import (assembly, instruction_width, kernel_sections, simd_summary,
                                   widest_vector_register)
-from minicomp.codegen.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
+from minicomp.runtime.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
 from minicomp.codegen.c import render_c
 from minicomp.ir.dtypes import TensorType
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.workloads import WORKLOADS
 

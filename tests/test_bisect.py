@@ -17,8 +17,8 @@ import pytest
 import minicomp
 from minicomp import Graph, TensorType
 from minicomp.cli import main
-from minicomp.frontend.jit import TARGETS, register_target
-from minicomp.passes.bisect import TRACED, BisectResult, bisect, random_array
+from minicomp.driver import TARGETS, register_target
+from minicomp.tools.bisect import TRACED, BisectResult, bisect, random_array
 from minicomp.passes.pipeline import DEFAULT_PIPELINE, PASSES, pipeline_names, register_pass
 
 

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import given, settings
 
 import minicomp
-from minicomp.codegen import compiler
+from minicomp.runtime import compiler
 from minicomp.codegen.c import render_c
 from minicomp.ir.graph import Graph
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.testing import assert_close
 from minicomp.testing.graphs import assert_outputs_close, random_graphs
 
@@ -77,7 +77,7 @@ def test_regressions(name):
 
 # GCC 12.2 loaded every vector of an SLP group of masked loads under the first vector's mask
 # (tests/gcc_reproducers/slp_masked_load.c); the random graphs met it three times, in the
-# three graphs below. Fixed by --param=max-completely-peel-times=1 (minicomp/codegen/flags.py);
+# three graphs below. Fixed by --param=max-completely-peel-times=1 (minicomp/runtime/flags.py);
 # tests/test_compiler_flags.py sweeps the concatenate over shapes and dtypes.
 
 
@@ -155,7 +155,7 @@ RENDER_SCRIPT = """
 import json, sys
 from minicomp.codegen.c import render_c
 from minicomp.ir.graph import Graph
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 texts = json.load(sys.stdin)
 json.dump([render_c(lower(Graph.parse(t))) for t in texts], sys.stdout)
 """

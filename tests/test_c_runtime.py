@@ -25,7 +25,7 @@ import pytest
 
 import minicomp
 from minicomp import Graph, TensorType
-from minicomp.codegen import compiler
+from minicomp.runtime import compiler
 from minicomp.errors import CompileError, MinicompRuntimeError
 from minicomp.runtime.executable import prepare_argument
 from minicomp.testing import assert_close

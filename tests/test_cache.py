@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import minicomp
-from minicomp.codegen import compiler
-from minicomp.codegen.compiler import cflags, compile_c, entry_ffi
+from minicomp.runtime import compiler
+from minicomp.runtime.compiler import cflags, compile_c, entry_ffi
 from minicomp.errors import CompileError
 from minicomp.runtime import cache
 

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 import minicomp
-from minicomp.codegen import compiler
-from minicomp.codegen.compiler import cflags, compile_c, load_library
+from minicomp.runtime import compiler
+from minicomp.runtime.compiler import cflags, compile_c, load_library
 from minicomp.errors import CacheError, MinicompWarning
 from minicomp.ir import TensorType
 from minicomp.runtime import cache

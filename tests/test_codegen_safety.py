@@ -40,7 +40,7 @@ from minicomp.codegen.c import Identifiers, comment_text, render_c
 from minicomp.errors import MinicompRuntimeError
 from minicomp.ir.loops import Allocate
 from minicomp.ir.rewrite import declared_names, rename_vars, statements
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
 

@@ -1,4 +1,4 @@
-"""The compiler-flag policy (``minicomp/codegen/flags.py``), tested flag by flag.
+"""The compiler-flag policy (``minicomp/runtime/flags.py``), tested flag by flag.
 
 Each workaround has a standalone C reproducer in ``tests/gcc_reproducers/``. Its tests: the
 reproducer is right when compiled with minicomp's flags; on the compiler the bug was seen with
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import minicomp
-from minicomp.codegen import compiler, flags
+from minicomp.runtime import compiler, flags
 from minicomp.codegen.c import render_c
 from minicomp.ir.graph import Graph
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 
 REPRODUCERS = Path(__file__).resolve().parent / "gcc_reproducers"

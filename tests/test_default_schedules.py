@@ -1,11 +1,11 @@
-"""Default schedules (``passes/schedules.py``): each kernel kind shaped by legality-checked steps."""
+"""Default schedules (``schedules/cpu/elementwise.py``): each kernel kind shaped by legality-checked steps."""
 
 import numpy as np
 import pytest
 
 import minicomp
-from minicomp.frontend.jit import jit
-from minicomp.passes.lower import lower
+from minicomp.driver import jit
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.testing import assert_close
 
@@ -36,7 +36,7 @@ def test_small_elementwise_stays_on_one_thread():
 def test_threads_pay_sooner_for_costly_elements():
     """The parallel threshold counts work, not elements: 16384 gelu elements (each ~8 additions'
     worth, ``element_cost``) run on all cores, 16384 additions stay on one."""
-    from minicomp.passes.schedules import element_cost, perfect_nest
+    from minicomp.schedules.cpu.elementwise import element_cost, perfect_nest
     from minicomp.workloads import gelu
 
     x = np.ones((64, 256), np.float32)

@@ -16,7 +16,7 @@ import pytest
 
 import minicomp
 from minicomp.cli import main
-from minicomp.passes.explain import explanation
+from minicomp.tools.explain import explanation
 from minicomp.passes.pipeline import pipeline_names
 from minicomp.stats import human
 from minicomp.workloads import WORKLOADS, mlp, softmax

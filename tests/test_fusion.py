@@ -25,7 +25,7 @@ import minicomp
 from minicomp import Graph, nn
 from minicomp.ir.loops import Allocate, Block, Declare, For
 from minicomp.passes.fusion import explain_fusion, fuse
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stats import graph_stats, kernel_summary, node_flops, node_stats
 from minicomp.testing import assert_close

@@ -36,7 +36,7 @@ from hypothesis import given, settings
 import minicomp
 from minicomp.cli import main
 from minicomp.codegen.c import CRenderer
-from minicomp.frontend import jit
+from minicomp import driver as jit
 from minicomp.ir import Interpreter
 from minicomp.ir.graph import Graph
 from minicomp.ir.ops import get_op

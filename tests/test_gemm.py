@@ -1,4 +1,4 @@
-"""The packed matmul (``passes/lower_matmul.py``) and tiled attention (``passes/lower_attention.py``).
+"""The packed matmul (``schedules/cpu/packed_gemm.py``) and tiled attention (``schedules/cpu/flash_attention.py``).
 
 Both paths only start above a work threshold (``lower_matmul.MIN_WORK``); the tests lower it to
 0 where they need the packed path on small, awkward shapes, and check through the kernel's
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 import minicomp
 from minicomp import nn
 from minicomp.codegen import gemm
-from minicomp.frontend.jit import jit
+from minicomp.driver import jit
 from minicomp.ir.rewrite import allocated
-from minicomp.passes import lower_matmul
-from minicomp.passes.lower import lower
+from minicomp.schedules.cpu import packed_gemm as lower_matmul
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.testing import assert_close
 

@@ -11,7 +11,7 @@ import pytest
 
 import minicomp
 from minicomp.errors import MinicompError, MinicompWarning, UnsupportedError
-from minicomp.frontend.jit import TARGETS
+from minicomp.driver import TARGETS
 from minicomp.testing import assert_close
 
 f32 = np.float32

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 
 import minicomp
 from minicomp import Graph, TensorType
-from minicomp.passes.lower import ALIGNMENT, lower
+from minicomp.lower.program import ALIGNMENT, lower
 from minicomp.passes.memory import (live_intervals, may_run_in_place, memory_plan,
                                     memory_report)
 from minicomp.passes.pipeline import pipeline_names, run_pipeline

@@ -47,7 +47,7 @@ def test_a_second_jit_finds_the_program_without_passes_or_compiler(empty_cache, 
     assert sorted(p.suffix for p in empty_cache.glob("program-*")) == [".bin", ".json"]
 
     from minicomp.passes import pipeline
-    from minicomp.codegen import compiler
+    from minicomp.runtime import compiler
 
     def refuse(*a, **k):
         raise AssertionError("a warm start ran the passes or the compiler")
@@ -89,7 +89,7 @@ def test_the_key_changes_with_everything_that_decides_the_program(change, monkey
     if change == "minicomp source":
         monkeypatch.setattr(program_cache, "package_fingerprint", lambda: "an edited pass")
     if change == "setting changed at run time":
-        from minicomp.passes import lower
+        from minicomp.lower import program as lower
 
         monkeypatch.setattr(lower, "PARALLEL_MIN_WORK", 0)
     if change == "compiler flags":
@@ -179,5 +179,5 @@ def test_settings_read_the_same_in_every_process():
     prints = {subprocess.run([sys.executable, "-c", prelude + script], env=dict(os.environ, PYTHONHASHSEED=seed,
                                                                              PYTHONPATH=str(ROOT)),
                              capture_output=True, text=True, check=True).stdout
-              for seed, prelude in [("1", ""), ("2", "import minicomp.passes.explain; ")]}
+              for seed, prelude in [("1", ""), ("2", "import minicomp.tools.explain; ")]}
     assert len(prints) == 1

@@ -340,7 +340,7 @@ def test_dataclass_arguments_and_results():
 
 
 def test_bisect_takes_pytree_arguments():
-    from minicomp.passes.bisect import bisect
+    from minicomp.tools.bisect import bisect
 
     result = bisect(lambda x, p: {"y": np.tanh(x @ p["w"]), "z": [x.sum()]}, np.ones((2, 3), f32),
                     {"w": np.ones((3, 4), f32)}, trials=2)

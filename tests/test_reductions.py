@@ -1,4 +1,4 @@
-"""Reduction loops that vectorise (``minicomp.passes.reductions``), against NumPy.
+"""Reduction loops that vectorise (``minicomp.schedules.cpu.reductions``), against NumPy.
 
 * float reductions split into ``LANES`` partial accumulators: row lengths around the lane
   count (tails of 1, 15, 17, 33 ...), empty rows, NaN and infinities (a NaN anywhere in a row
@@ -22,11 +22,11 @@ import pytest
 import minicomp
 from minicomp import nn
 from minicomp.codegen.c import render_c
-from minicomp.codegen.compiler import build_flags, compiler
+from minicomp.runtime.compiler import build_flags, compiler
 from minicomp.ir.dtypes import TensorType
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
-from minicomp.passes.reductions import LANES
+from minicomp.schedules.cpu.reductions import LANES
 from minicomp.testing import assert_close
 
 FLOATS = ["float32", "float64", "float16"]

@@ -40,7 +40,7 @@ def test_sanitizer_mode_catches_an_out_of_bounds_write(tmp_path):
     """The mode is real: a kernel writing past its buffer is reported, not ignored."""
     script = textwrap.dedent("""
         import numpy as np
-        from minicomp.codegen.compiler import compile_c, load_library
+        from minicomp.runtime.compiler import compile_c, load_library
         source = '''
         #include <stdlib.h>
         int minicomp_entry(void **args) {

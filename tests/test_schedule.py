@@ -31,7 +31,7 @@ from minicomp.ir.loops import Binary, Buffer, For, Kernel, Load, Store, Var, con
 from minicomp.ir.schedule import (MAX_UNROLL, Fuse, Parallel, Rename, Reorder, ScheduleError, Split, Tile, Unroll,
                                   Vectorize, apply_schedule, loop_names, loops, schedule_program)
 from minicomp.ir.schedule_memory import CacheRead, CacheWrite, ComputeAt, ComputeInline, merge_stages
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
 from minicomp.testing.loop_interpreter import run_program as run_loops

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from minicomp import workloads
 from minicomp.codegen.c import render_c
-from minicomp.frontend.jit import jit
+from minicomp.driver import jit
 from minicomp.ir.loop_text import print_expr
 from minicomp.ir.loops import (BOOL, INDEX, Assign, Binary, Block, Buffer, Const, Declare, For, Kernel, Select,
                                Store, Var)
 from minicomp.ir.simplify_indices import simplify_expr, simplify_kernel_indices
-from minicomp.passes import lower_matmul
+from minicomp.schedules.cpu import packed_gemm as lower_matmul
 from minicomp.testing.loop_interpreter import LoopInterpreter
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from minicomp.codegen import vmath
-from minicomp.codegen.compiler import build_flags, compile_c, compiler, load_library
+from minicomp.runtime.compiler import build_flags, compile_c, compiler, load_library
 
 ENTRY = """
 int minicomp_entry(void **args) {

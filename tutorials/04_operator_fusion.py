@@ -49,9 +49,9 @@ except ImportError:  # not installed: use the checkout this file lives in
     import minicomp
 
 from minicomp import TensorType, nn
-from minicomp.passes.explain import explanation
+from minicomp.tools.explain import explanation
 from minicomp.passes.fusion import explain_fusion
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stats import human, kernel_summary, minimum_bytes
 from minicomp.testing import assert_close

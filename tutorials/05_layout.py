@@ -47,7 +47,7 @@ except ImportError:  # not installed: use the checkout this file lives in
 from minicomp import Graph, TensorType, nn
 from minicomp.codegen.c import render_c
 from minicomp.passes import layout
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import compile_graph_c
 from minicomp.testing import assert_close

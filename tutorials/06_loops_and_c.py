@@ -57,12 +57,12 @@ except ImportError:  # not installed: use the checkout this file lives in
     import minicomp
 
 from minicomp.codegen.c import CRenderer, prelude, render_c
-from minicomp.codegen.compiler import cflags, compile_c, compile_key, compiler, compiler_version, load_library
+from minicomp.runtime.compiler import cflags, compile_c, compile_key, compiler, compiler_version, load_library
 from minicomp.ir.compute import RULES, Reduce, Tensor, compute, linear_index
 from minicomp.ir.loop_text import print_expr
 from minicomp.ir.loops import (Allocate, Assign, Block, Buffer, Const, Declare, For, Kernel, Load,
                                Stmt, Store, Var, walk)
-from minicomp.passes.lower import combine, lower, nest, reduction_init
+from minicomp.lower.program import combine, lower, nest, reduction_init
 from minicomp.runtime import cache
 from minicomp.runtime.executable import Executable, aligned_empty
 from minicomp.testing import assert_close
@@ -151,7 +151,7 @@ step("Step 3: lower the graph to loops, one kernel per op")
 # lower(graph) applies each node's rule at (i0, i1, ...) and wraps it in one loop per output
 # axis: a Kernel. A reduction also declares an accumulator `acc`, loops over the reduced axis
 # and stores the result (a float reduction keeps 16 partial accumulators, `acc_lanes`, one
-# per SIMD lane: minicomp/passes/reductions.py says why). The outer loop of a kernel with
+# per SIMD lane: minicomp/schedules/cpu/reductions.py says why). The outer loop of a kernel with
 # enough work is marked `parallel`.
 # Text form: `buffer[linear index]` is a load or (left of `=`) a store.
 program = lower(graph)
@@ -480,7 +480,7 @@ for threads, column in [(1, 0), (all_threads, 1)]:
 #    vectorisable versions instead: minicomp/codegen/vmath.py), nor split a float max or sum
 #    across SIMD lanes by itself (the C fixes the order of the float additions; another order
 #    rounds differently): lowering writes the lanes out explicitly (`acc_lanes` above,
-#    minicomp/passes/reductions.py), so the reductions vectorise too.
+#    minicomp/schedules/cpu/reductions.py), so the reductions vectorise too.
 #  * On all cores C can come out ahead, but that is parallelism, not better code: NumPy runs
 #    these ops on one core. Threads pay only on an idle machine: every kernel ends with each
 #    thread waiting for the slowest, and if other processes hold the cores (load average

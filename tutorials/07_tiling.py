@@ -50,11 +50,11 @@ except ImportError:  # not installed: use the checkout this file lives in
     import minicomp
 
 from minicomp.bench import machine_description
-from minicomp.codegen.asm import assembly, simd_summary
+from minicomp.tools.asm import assembly, simd_summary
 from minicomp.codegen.c import CRenderer, render_c
 from minicomp.ir.loops import Binary, Block, For, Kernel, Load, Store, Var, const
 from minicomp.ir.schedule import Parallel, Reorder, ScheduleError, Split, apply_schedule, loop_names
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
 

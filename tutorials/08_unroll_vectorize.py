@@ -4,7 +4,7 @@ What you learn:
 
 * A modern core does the same operation on 8 (AVX2) or 16 (AVX-512) floats at once: *SIMD*.
   Whether a loop gets SIMD instructions is decided by the C compiler, and we can look:
-  ``minicomp.codegen.asm`` compiles the generated C with ``-S`` and counts each kernel's
+  ``minicomp.tools.asm`` compiles the generated C with ``-S`` and counts each kernel's
   vector instructions by register width (``zmm`` 512-bit, ``ymm`` 256-bit, ``xmm`` 128-bit);
   ``minicomp dump --emit asm`` is the command-line twin.
 * The schedule steps ``Vectorize`` (``#pragma omp simd``: run this loop's iterations in SIMD
@@ -56,14 +56,14 @@ except ImportError:  # not installed: use the checkout this file lives in
 
 from minicomp.bench import machine_description
 from minicomp.codegen import gemm
-from minicomp.codegen.asm import assembly, kernel_sections, simd_summary
+from minicomp.tools.asm import assembly, kernel_sections, simd_summary
 from minicomp.codegen.c import CRenderer, render_c
-from minicomp.codegen.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
+from minicomp.runtime.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
 from minicomp.ir.loops import Assign, Binary, Block, Declare, For, Kernel, Load, Store, Var, const
 from minicomp.ir.schedule import (Reorder, ScheduleError, Split, Unroll, Vectorize, apply_schedule,
                                   schedule_program)
 from minicomp.ir.schedule_memory import CacheWrite
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
@@ -220,7 +220,7 @@ try:
 except ScheduleError as error:
     print(f"\nVectorize('r') refused: {error.why}")
 
-# minicomp's lowering of x.sum(axis=-1) (passes/reductions.py) changes the order explicitly,
+# minicomp's lowering of x.sum(axis=-1) (schedules/cpu/reductions.py) changes the order explicitly,
 # in the loop IR: 16 partial sums in a local array, lane l adding elements l, l+16, l+32, ...;
 # the lane loop is `vectorized` (one SIMD add per 16 elements); the lanes are combined at the
 # end. Same values to float32 rounding (NumPy itself sums pairwise, in yet another order).

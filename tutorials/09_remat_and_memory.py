@@ -54,7 +54,7 @@ except ImportError:  # not installed: use the checkout this file lives in
 import minicomp.passes.remat as remat
 from minicomp import TensorType
 from minicomp.passes.fusion import explain_fusion, find_groups
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.memory import live_intervals, memory_plan, memory_report
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.passes.remat import FLOP_WEIGHT, min_cut, plan_remat, recompute_cost

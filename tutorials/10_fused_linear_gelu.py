@@ -54,9 +54,9 @@ except ImportError:  # not installed: use the checkout this file lives in
 from minicomp.bench import machine_description
 from minicomp.codegen import gemm
 from minicomp.codegen.c import CRenderer, render_c
-from minicomp.codegen.compiler import compile_c, load_library
-from minicomp.passes.lower import lower
-from minicomp.passes.lower_matmul import B_TASK_PANELS, GemmTiling, balanced, default_tiling
+from minicomp.runtime.compiler import compile_c, load_library
+from minicomp.lower.program import lower
+from minicomp.schedules.cpu.packed_gemm import B_TASK_PANELS, GemmTiling, balanced, default_tiling
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import aligned_empty
 from minicomp.stats import human, kernel_summary

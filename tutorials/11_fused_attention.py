@@ -10,7 +10,7 @@ What you learn:
   ``acc``. When a new block raises the max, everything so far is rescaled by
   ``exp(m_old - m_new)``. We write it in ten lines of NumPy first and check it.
 * The fused attention kernel minicomp builds from the traced graph
-  (``passes/lower_attention.py``): tiles of queries x keys, both matmuls (``Q K^T`` and
+  (``schedules/cpu/flash_attention.py``): tiles of queries x keys, both matmuls (``Q K^T`` and
   ``P V``) on the register-blocked micro-kernel of tutorial 10, the softmax bookkeeping in
   between on a tile that stays in L1.
 * Checking the claim: every buffer of the lowered program and every local array of the kernel
@@ -49,7 +49,7 @@ except ImportError:  # not installed: use the checkout this file lives in
 from minicomp import TensorType, nn
 from minicomp.bench import machine_description, measure
 from minicomp.ir.loops import Allocate, Block, For, If, Stmt
-from minicomp.passes.lower import lower
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stats import human
 from minicomp.testing import assert_close

@@ -47,8 +47,8 @@ except ImportError:  # not installed: use the checkout this file lives in
 
 from minicomp.bench import machine_description, measure
 from minicomp.codegen.c import render_c
-from minicomp.codegen.compiler import compile_c, load_library
-from minicomp.passes.lower import lower
+from minicomp.runtime.compiler import compile_c, load_library
+from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.peers import PEERS
 from minicomp.runtime import cache

@@ -67,7 +67,7 @@ from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, B
 from ..ir.rewrite import statements
 from ..ir.schedule import collapsed
 from ..ir.symbolic import Sym, shape_symbols
-from ..passes.lower import PARALLEL_MIN_WORK
+from ..lower.program import PARALLEL_MIN_WORK
 from . import gemm
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source

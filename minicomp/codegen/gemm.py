@@ -13,7 +13,7 @@ of A in turn and do one fused multiply-add per vector::
 
 With AVX-512 (16 floats per register) a 6 x 64 tile uses 24 of the 32 registers for C, 4 for
 B and one for the broadcast: 24 FMAs for every 4 loads, so the loop runs at the FMA units'
-speed. B must be *packed* first (``passes/lower_matmul.py``): in panels of ``NR`` columns
+speed. B must be *packed* first (``schedules/cpu/packed_gemm.py``): in panels of ``NR`` columns
 stored k-major, so its stream is contiguous. A is read as ``MR`` rows with a row stride
 ``lda``: BLIS packs A k-major too, but a broadcast costs the same from ``MR`` rows (the
 addresses are ``row + k``, one register each), and A in rows can be packed with contiguous
@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from .compiler import cflags, target_macros
+from ..runtime.compiler import cflags, target_macros
 
 MR = 6  # rows of C per micro-kernel call: 6 x NV accumulators fit the register file
 

@@ -45,7 +45,7 @@ from ..ir.symbolic import Sym
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Frames in these files are minicomp's machinery or NumPy's, never "the user's line".
-_INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py")) + (
+_INTERNAL = tuple(os.path.join(_PACKAGE_DIR, part) for part in ("frontend", "ir", "nn.py", "driver.py")) + (
     os.path.dirname(os.path.abspath(np.__file__)),
 )
 

@@ -10,7 +10,7 @@ Reductions return a ``Reduce``: a combiner, extra reduction loops and the body o
 
     out[i] = sum over k of  a[i, k] * b[k]
 
-Lowering (``minicomp.passes.lower``) turns a rule into loops; fusion (later) inlines one rule
+Lowering (``minicomp.lower.program``) turns a rule into loops; fusion (later) inlines one rule
 into another by handing a producer's rule in place of a ``Load``.
 
 Dtype discipline follows NumPy: inputs are cast to the dtypes NumPy's ufunc loop would use

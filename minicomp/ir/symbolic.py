@@ -21,7 +21,7 @@ meaning wanted (code written for two different sizes stays correct when they hap
 In the user's code it is an assumption: ``if x.shape[0] == 768`` takes the False branch, so
 the trace records the guard ``T != 768`` (kept as ``(T - 768)**2 >= 1``, see ``require``) and a
 call with ``T = 768`` compiles on its own. The jit catches ``SymbolicShapeError`` and compiles
-that signature with static sizes instead (see ``frontend/jit.py``): an unknown size is never
+that signature with static sizes instead (see ``driver.py``): an unknown size is never
 silently baked into the code.
 
 Pure Python and small on purpose: ``import minicomp`` must stay fast.
@@ -352,7 +352,7 @@ def collect_guards():
     """Collect the guards ``require`` records while tracing: ``with collect_guards() as guards:``.
 
     A guard ``(expr, minimum, why)`` holds for a call when ``expr >= minimum`` at its sizes;
-    ``frontend/jit.py`` checks them before using a symbolic compile, and compiles a call
+    ``driver.py`` checks them before using a symbolic compile, and compiles a call
     that breaks one with static sizes (torch.compile's guard failure, then recompile).
     """
     outer = getattr(_collecting, "guards", None)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
 from ..ir.symbolic import Sym
-from .lower import accumulates_in_output
+from ..lower.program import accumulates_in_output
 from .pipeline import register_pass
 
 INLINABLE = (Kind.ELEMWISE, Kind.BROADCAST, Kind.INJECTIVE)

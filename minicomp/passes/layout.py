@@ -9,7 +9,7 @@ same numbers in a different order, and ``np.transpose(x, (0, 2, 3, 1))`` turns o
 so the question is only which order makes *minicomp's loops* faster, and whether that gain pays
 for the transposes needed where a chain of convolutions meets the rest of the program.
 
-Why the layout matters here: ``minicomp.passes.lower`` turns a conv2d into loops whose innermost
+Why the layout matters here: ``minicomp.lower.program`` turns a conv2d into loops whose innermost
 loop runs along the output's *last* axis, adding one weight times one input to a whole output
 row (``accumulates_in_output``)::
 

@@ -11,7 +11,7 @@ order lowering emits kernels in). **Guarantees** no node, edge or attribute chan
   exactly the same bytes;
 * a node computed in place of one of its operands gets ``meta["inplace_of"] = operand name``.
 
-Lowering (``minicomp.passes.lower``) places buffers at these offsets and sizes the workspace
+Lowering (``minicomp.lower.program``) places buffers at these offsets and sizes the workspace
 to the plan. Graph inputs, array constants and graph outputs are not planned: they are the
 caller's arrays::
 
@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
 from ..ir.symbolic import shape_symbols
-from .lower import ALIGNMENT
+from ..lower.program import ALIGNMENT
 from .pipeline import register_pass
 
 

@@ -9,12 +9,12 @@ created with mode 0700)::
     <key>.lock       taken while one process builds the entry; holds that process's pid
     program-<k>.json  what calling a library takes, by the graph it was traced as
     program-<k>.bin   ... and the constants its kernels read (``runtime/program_cache.py``)
-    probe-<k>.json   a remembered answer of the compiler (``codegen.compiler.probe``), checksummed
+    probe-<k>.json   a remembered answer of the compiler (``runtime.compiler.probe``), checksummed
     tmp-<host>-<pid>-<random>[.ext].tmp    a file being written, renamed into place when whole
 
 ``<key>`` is 64 hex digits: the SHA-256 of the C source without its comments, the flags, the
 compiler, the target it resolved (``-march=native`` on this CPU) and minicomp's version
-(``codegen.compiler.compile_key``), so any change to one of them is a new entry.
+(``runtime.compiler.compile_key``), so any change to one of them is a new entry.
 
 What the cache guarantees:
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codegen.c import STATUS_ERRORS, STATUS_MESSAGES, program_sizes, render_c
-from ..codegen.compiler import compile_c, load_library
+from .compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
 from ..ir.interpreter import check_arguments
-from ..passes.lower import ALIGNMENT, Program, lower
+from ..lower.program import ALIGNMENT, Program, lower
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.symbolic import evaluate
@@ -173,7 +173,7 @@ def compile_graph_c(graph) -> Executable:
 
 
 def _register_target() -> None:
-    from ..frontend.jit import PROGRAM_CACHES, register_target
+    from ..driver import PROGRAM_CACHES, register_target
     from . import program_cache
 
     PROGRAM_CACHES["c"] = program_cache

@@ -32,14 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codegen.compiler import cflags, compiler, compiler_version, load_library, target_macros
+from .compiler import cflags, compiler, compiler_version, load_library, target_macros
 from ..ir.graph import Graph
-from ..passes.lower import lower
+from ..lower.program import lower
 from . import cache
 from .executable import CallPlan, Executable, prepare_argument
 
 
-COMPILER_PACKAGES = ("minicomp.ir", "minicomp.passes", "minicomp.codegen")
+COMPILER_PACKAGES = ("minicomp.ir", "minicomp.passes", "minicomp.lower", "minicomp.schedules", "minicomp.schedules.cpu",
+                     "minicomp.codegen", "minicomp.runtime")
 
 
 def settings_fingerprint() -> str:

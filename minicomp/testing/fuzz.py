@@ -81,15 +81,15 @@ from hypothesis import strategies as st
 
 from ..codegen import gemm
 from ..codegen.c import ENTRY, intrinsics_used, prelude, render_c
-from ..codegen.compiler import ENTRY_DECLARATION, cflags, compiler, entry_ffi
+from ..runtime.compiler import ENTRY_DECLARATION, cflags, compiler, entry_ffi
 from ..errors import MinicompError
-from ..frontend.jit import TARGETS, compile as compile_graph
+from ..driver import TARGETS, compile as compile_graph
 from ..ir.graph import Graph
 from ..ir.interpreter import interpret
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.ops import OPS
-from ..passes.lower import lower
+from ..lower.program import lower
 from ..passes.pipeline import pipeline_names, run_pipeline
 from ..runtime.executable import Executable
 from .graphs import GeneratedGraph, MAX_SIZE, assert_outputs_close, random_graphs

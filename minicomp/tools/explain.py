@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ..ir.graph import Graph
 from ..stats import KernelSummary, human, kernel_summary
-from .pipeline import PipelineReport, pipeline_names, run_pipeline
+from ..passes.pipeline import PipelineReport, pipeline_names, run_pipeline
 
 
 @dataclass
@@ -141,7 +141,7 @@ def as_graph(fn_or_graph, args: tuple) -> Graph:
 def explanation(fn_or_graph, *args, passes: Iterable[str] | None = None,
                 disable: Iterable[str] = ()) -> Explanation:
     """The ``Explanation`` of compiling ``fn(*args)`` (or a graph) with the pipeline."""
-    from .fusion import explain_fusion
+    from ..passes.fusion import explain_fusion
 
     traced = as_graph(fn_or_graph, args)
     traced.verify()
@@ -182,7 +182,7 @@ def _remat_explanation(traced: Graph, names: list[str]) -> tuple[Any, str]:
     if "remat" not in names:
         return None, "not run (not in the pipeline, or disabled)"
     try:
-        from . import remat
+        from ..passes import remat
     except ImportError:
         return None, "the remat pass has no module minicomp.passes.remat"
     explain_fn = next((getattr(remat, n) for n in REMAT_EXPLAINERS if hasattr(remat, n)), None)
@@ -195,7 +195,7 @@ def _remat_explanation(traced: Graph, names: list[str]) -> tuple[Any, str]:
 def _memory_report():
     """``memory.memory_report`` if the memory-planning pass provides it (else None)."""
     try:
-        from .memory import memory_report
+        from ..passes.memory import memory_report
     except ImportError:
         return None
     return memory_report

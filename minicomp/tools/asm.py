@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 
 from ..errors import MinicompError
-from .c import render_c
-from .compiler import compile_assembly, predefined_macros
+from ..codegen.c import render_c
+from ..runtime.compiler import compile_assembly, predefined_macros
 
 WIDTHS = ("zmm", "ymm", "xmm")  # 512, 256, 128 bits
 _LABEL = re.compile(r"^([A-Za-z_][\w.$]*):")  # a symbol's label; local labels (.L5:) start with "."

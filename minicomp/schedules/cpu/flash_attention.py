@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codegen import gemm
-from ..ir.compute import Reduce, _batch_index, compute, linear_index
-from ..ir.graph import Node
-from ..ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, Expr, For, If,
+from ...codegen import gemm
+from ...ir.compute import Reduce, _batch_index, compute, linear_index
+from ...ir.graph import Node
+from ...ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, Expr, For, If,
                         Intrinsic, Load, Select, Stmt, Store, Var, const)
-from ..ir.simplify_indices import simplify_expr
-from . import lower_matmul
-from .lower_matmul import as_index, declare_rows, index_op, uses
+from ...ir.simplify_indices import simplify_expr
+from . import packed_gemm as lower_matmul
+from .packed_gemm import as_index, declare_rows, index_op, uses
 from .reductions import reduce_into_lanes
 
 QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
@@ -147,7 +147,7 @@ class _Tiled:
         self.masks = score_masks(scores, qk, (self.sq, self.sk), inline.outer)  # None: one varies by batch
 
     def nest(self):
-        from .lower_fused import Nest
+        from ...lower.fused import Nest
         body = Block([self.pack_kv(), self.tasks()])
         return Nest(body, [self.kpack, self.vpack], [self])
 

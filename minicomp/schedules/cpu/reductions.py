@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import re
 
-from ..ir.compute import Reduce, compute, linear_index
-from ..ir.graph import Node
-from ..ir.loops import (Allocate, Assign, Block, Buffer, Call, Const, Declare, Expr, For, Load, Stmt,
+from ...ir.compute import Reduce, compute, linear_index
+from ...ir.graph import Node
+from ...ir.loops import (Allocate, Assign, Block, Buffer, Call, Const, Declare, Expr, For, Load, Stmt,
                         Store, Var, walk)
-from ..ir.ops import Kind
-from ..ir.symbolic import Sym
-from .lower import combine, nest, reduction_init
+from ...ir.ops import Kind
+from ...ir.symbolic import Sym
+from ...lower.program import combine, nest, reduction_init
 
 LANES = 16  # partial accumulators: one AVX-512 register of float32, two AVX2 registers
 COLUMN_BLOCK = 256  # columns per parallel task of a column reduction with no other kept axis

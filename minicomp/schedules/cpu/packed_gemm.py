@@ -47,12 +47,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..codegen import gemm
-from ..ir.affine import affine
-from ..ir.compute import Reduce, linear_index
-from ..ir.graph import Node
-from ..ir.symbolic import Sym, SymbolicShapeError
-from ..ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
+from ...codegen import gemm
+from ...ir.affine import affine
+from ...ir.compute import Reduce, linear_index
+from ...ir.graph import Node
+from ...ir.symbolic import Sym, SymbolicShapeError
+from ...ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
                         If, Intrinsic, Load, Select, Stmt, Store, Var, as_expr, const, simplify_binary, walk)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves

@@ -23,7 +23,7 @@ printed kernel lists what was done (``# schedule: ...``) and every step was lega
             y[c, h, w] = x[h, w, c]      (x read with stride 64 along w)
 
 * **rows** (softmax, layer norm) and **reductions** keep the order lowering gives them
-  (``minicomp.passes.reductions``: accumulators split into SIMD lanes);
+  (``minicomp.schedules.cpu.reductions``: accumulators split into SIMD lanes);
 * **matmul, conv2d** and **attention** are built tile by tile by their own lowerings
   (``lower_matmul``, ``lower_attention``), which record their tiling as a schedule step.
 """
@@ -34,11 +34,11 @@ import math
 
 import numpy as np
 
-from ..ir.affine import affine
-from ..ir.loops import Block, Call, For, Kernel, Load, Store, walk
-from ..ir.symbolic import Sym, SymbolicShapeError
-from ..ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
-from .lower import worth_parallel
+from ...ir.affine import affine
+from ...ir.loops import Block, Call, For, Kernel, Load, Store, walk
+from ...ir.symbolic import Sym, SymbolicShapeError
+from ...ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
+from ...lower.program import worth_parallel
 
 TILE = 16                    # transposing tiles: 16 x 16 float32 = 16 cache lines per side
 VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -71,7 +71,7 @@ def is_inline_constant(node: Node) -> bool:
 def lower(graph: Graph, schedules: bool = True) -> Program:
     """Lower every computing node of ``graph`` to a kernel; see the module docstring.
 
-    ``schedules=False`` leaves out the default schedules (``minicomp.passes.schedules``):
+    ``schedules=False`` leaves out the default schedules (``minicomp.schedules.cpu.elementwise``):
     the plain loop nests, e.g. to schedule them by hand.
     """
     buffers: dict[Node, Buffer] = {}
@@ -187,7 +187,7 @@ def lower_node(node: Node, buffers: dict[Node, Buffer], schedule: bool = True) -
 
     A single op is a fusion group of one: both go through ``lower_fused``'s pattern lowerings.
     """
-    from .lower_fused import lower_fused, lower_single
+    from .fused import lower_fused, lower_single
 
     lower_group = lower_fused if node.op == "fused" else lower_single
     return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers), schedule)

@@ -51,15 +51,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
-from ..ir.dtypes import TensorType
-from ..ir.graph import Graph
-from ..ir.symbolic import Sym, collect_guards, guards_hold
-from ..runtime.fork import ForkSafeLock
-from .dynamic import DynamicSizes, SymbolicPlan, int_leaves, size_carriers, user_line
-from .pytree import flatten
-from .state import read_lifted
-from .tracer import Structure, trace_with_structure
+from .errors import MinicompError, MinicompRuntimeError, MinicompWarning, UnsupportedError, at
+from .ir.dtypes import TensorType
+from .ir.graph import Graph
+from .ir.symbolic import Sym, collect_guards, guards_hold
+from .runtime.fork import ForkSafeLock
+from .frontend.dynamic import DynamicSizes, SymbolicPlan, int_leaves, size_carriers, user_line
+from .frontend.pytree import flatten
+from .frontend.state import read_lifted
+from .frontend.tracer import Structure, trace_with_structure
 
 #: target name -> function ``(graph, **options) -> callable(*arrays) -> list of arrays``
 TARGETS: dict[str, Callable] = {}
@@ -76,7 +76,7 @@ def register_target(name: str):
 @register_target("numpy")
 def _compile_numpy(graph: Graph, **options):
     """The reference target: run the graph with the NumPy interpreter."""
-    from ..ir.interpreter import Interpreter
+    from .ir.interpreter import Interpreter
 
     if options:
         raise MinicompError(f"target 'numpy' takes no options, got {sorted(options)}")
@@ -127,7 +127,7 @@ class JitFunction:
     """The callable ``jit`` returns; see the module docstring."""
 
     def __init__(self, fn: Callable, target: str, options: dict, freeze: bool = False):
-        from ..passes.pipeline import pipeline_names
+        from .passes.pipeline import pipeline_names
 
         if target not in TARGETS:
             raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
@@ -257,7 +257,7 @@ class JitFunction:
         """``freeze=True``: say which outside arrays became constants of this compiled form."""
         if not structure.frozen:
             return
-        from .frozen import definition_line
+        from .frontend.frozen import definition_line
 
         place = definition_line(self.fn) or ("<minicomp>", 0)
         names = ", ".join(structure.frozen[:8]) + (", ..." if len(structure.frozen) > 8 else "")
@@ -273,7 +273,7 @@ class JitFunction:
 
         A symbolic compile (``sizes``) is not kept in the program cache yet.
         """
-        from ..passes.pipeline import pipeline_names, run_pipeline
+        from .passes.pipeline import pipeline_names, run_pipeline
 
         def optimise():
             return run_pipeline(traced, self.passes, self.disable)
@@ -356,7 +356,7 @@ def compile(graph: Graph, target: str = DEFAULT_TARGET, passes=None, disable=(),
     Returns a function of the input arrays that returns the list of outputs. ``passes=[]``
     compiles the graph exactly as given.
     """
-    from ..passes.pipeline import run_pipeline
+    from .passes.pipeline import run_pipeline
 
     if target not in TARGETS:
         raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
@@ -399,7 +399,7 @@ def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
 
 def _refuse_unkeyable(value, index: int, fn: Callable, problem: str) -> None:
     """An argument with a leaf jit cannot key by value: refused, naming the parameter."""
-    from .tracer import user_location
+    from .frontend.tracer import user_location
 
     try:
         param = repr(list(inspect.signature(fn).parameters)[index])

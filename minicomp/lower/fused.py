@@ -44,10 +44,10 @@ from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Con
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.simplify_indices import simplify_kernel_indices
 from ..ir.symbolic import Sym, SymbolicShapeError
-from .lower_attention import lower_tiled_attention
-from .schedules import apply_default_schedule
-from .lower_matmul import lower_gemm
-from .lower import (accumulates_in_output, combine, is_inline_constant, nest,
+from ..schedules.cpu.flash_attention import lower_tiled_attention
+from ..schedules.cpu.elementwise import apply_default_schedule
+from ..schedules.cpu.packed_gemm import lower_gemm
+from .program import (accumulates_in_output, combine, is_inline_constant, nest,
                     output_index, reduction_init, worth_parallel)
 
 
@@ -141,8 +141,8 @@ def lower_elemwise(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
 def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     """One accumulator per output element, split into SIMD lanes; or, for a reduction that
     keeps the last axis, the column order that accumulates into the output row (see
-    ``minicomp.passes.reductions``)."""
-    from .reductions import reduce_columns, reduce_into_lanes, reduces_columns
+    ``minicomp.schedules.cpu.reductions``)."""
+    from ..schedules.cpu.reductions import reduce_columns, reduce_into_lanes, reduces_columns
 
     root = nodes[-1]
     idx = output_index(root.shape)
@@ -158,8 +158,8 @@ def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
 def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     """Per row: each reduction (split into SIMD lanes) and per-row value into a local, then
     the epilogue over the row. The last reduction may keep its operand in the output row
-    for the epilogue (softmax's ``exp``, computed once): ``minicomp.passes.reductions``."""
-    from .reductions import keeps_operand, reduce_into_lanes, reduce_keeping_operand
+    for the epilogue (softmax's ``exp``, computed once): ``minicomp.schedules.cpu.reductions``."""
+    from ..schedules.cpu.reductions import keeps_operand, reduce_into_lanes, reduce_keeping_operand
 
     root = nodes[-1]
     reductions = [n for n in nodes if n.kind is Kind.REDUCTION]

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from ..errors import CompileError
-from ..runtime import cache
-from ..runtime.fork import ForkSafeLock
+from . import cache
+from .fork import ForkSafeLock
 # the flag policy lives in flags.py; its names are imported here too, where callers found them
 from .flags import DEFAULT_OPT_FLAGS, GCC_WORKAROUNDS, REQUIRED_FLAGS, SANITIZE_FLAGS, workarounds  # noqa: F401
 ENTRY_DECLARATION = "int minicomp_entry(void **args);"
@@ -225,7 +225,7 @@ def without_comments(source: str) -> str:
 def compile_assembly(source: str, flags: list[str] | None = None) -> str:
     """The assembly ``cc`` makes of ``source``: the build's flags (or ``flags``) plus ``-S``.
 
-    Not cached: it is for reading (``minicomp dump --emit asm``), see ``codegen/asm.py``.
+    Not cached: it is for reading (``minicomp dump --emit asm``), see ``tools/asm.py``.
     """
     cc = compiler()
     command = [*shlex.split(cc), *(cflags() if flags is None else flags), "-S", "-o", "-", "-x", "c", "-"]

@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import MinicompError
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph
-from .pipeline import pipeline_names, run_pipeline
+from ..passes.pipeline import pipeline_names, run_pipeline
 
 #: the stage name of the graph before any pass
 TRACED = "(traced)"
@@ -305,7 +305,7 @@ def _tolerance(exact: np.ndarray, dtype: np.dtype) -> float:
 
 def _runner(graph: Graph, target: str) -> Callable:
     """A function of the input arrays for ``graph`` on ``target``, compiled as given (no passes)."""
-    from ..frontend.jit import TARGETS
+    from ..driver import TARGETS
 
     if target not in TARGETS:
         raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
