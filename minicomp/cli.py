@@ -210,9 +210,9 @@ def cmd_dump(args) -> None:
     if args.format == "dot":
         raise MinicompError("--format dot only applies to --emit graph")
     from .codegen.c import render_c
-    from .lower.program import lower
+    from .stages import loop_program
 
-    program = lower(graph)
+    program = loop_program(graph)
     if args.emit == "asm":
         from .tools.asm import assembly, format_summary, simd_summary
 

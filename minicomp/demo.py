@@ -20,6 +20,7 @@ from . import jit, trace
 from .bench import SETTLE_S
 from .codegen.c import render_c
 from .lower.program import lower
+from .stages import loop_program
 from .passes.pipeline import run_pipeline
 from .stats import format_stats, graph_stats, human
 from .testing import assert_close
@@ -65,7 +66,7 @@ def _show_c(x: np.ndarray) -> None:
     print(f"one kernel per op: {len(lower(graph).kernels)} kernels; after the passes:\n")
     optimised, report = run_pipeline(graph)
     print(report)
-    program = lower(optimised)
+    program = loop_program(optimised)
     print(f"\n{len(program.kernels)} kernel, as loops (the row is reduced twice, then written once):\n")
     print(program.kernels[0])
     source = render_c(program)

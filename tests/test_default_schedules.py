@@ -5,13 +5,13 @@ import pytest
 
 import minicomp
 from minicomp.driver import jit
-from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.testing import assert_close
 
 
 def program_of(fn, *args, schedules=True):
-    return lower(run_pipeline(minicomp.trace(fn, *args))[0], schedules=schedules)
+    return loop_program(run_pipeline(minicomp.trace(fn, *args))[0], disable=() if schedules else ("schedule",))
 
 
 def steps(kernel) -> list[str]:

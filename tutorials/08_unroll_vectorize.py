@@ -64,6 +64,7 @@ from minicomp.ir.schedule import (Reorder, ScheduleError, Split, Unroll, Vectori
                                   schedule_program)
 from minicomp.ir.schedule_memory import CacheWrite
 from minicomp.lower.program import lower
+from minicomp.stages import simplify_indices
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
@@ -146,9 +147,9 @@ step("Step 1: an elementwise kernel, and its assembly")
 x = rng.standard_normal((256, 1024), dtype=F32)
 va, vb = rng.standard_normal(1024, dtype=F32), rng.standard_normal(1024, dtype=F32)
 ew_expected = ew_chain(x, va, vb)
-# schedules=False: the plain loop nest, without the default schedule (minicomp/passes/
-# schedules.py), which would already mark i1 vectorized and i0 parallel
-ew_program = lower(run_pipeline(minicomp.trace(ew_chain, x, va, vb))[0], schedules=False)
+# lower(): the plain loop nest, before the default schedule (minicomp/schedules/cpu/
+# elementwise.py), which would already mark i1 vectorized and i0 parallel
+ew_program = simplify_indices(lower(run_pipeline(minicomp.trace(ew_chain, x, va, vb))[0]))
 [ew_kernel] = ew_program.kernels
 print(ew_kernel)
 

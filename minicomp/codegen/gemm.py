@@ -30,32 +30,27 @@ import re
 
 import numpy as np
 
-from ..runtime.compiler import cflags, target_macros
+from ..target import Target, host_target
 
 MR = 6  # rows of C per micro-kernel call: 6 x NV accumulators fit the register file
 
 _C_TYPES = {np.dtype(np.float32): ("float", "f32"), np.dtype(np.float64): ("double", "f64")}
 
 
-def vector_bytes() -> int:
-    """Width of the widest SIMD register the C compiler targets with minicomp's flags (16/32/64)."""
-    macros = target_macros(tuple(f for f in cflags() if f.startswith(("-m", "-O"))))
-    if "__AVX512F__" in macros:
-        return 64
-    if "__AVX__" in macros:
-        return 32
-    return 16
+def vector_bytes(target: Target | None = None) -> int:
+    """Width of the SIMD registers of ``target`` (default: this machine) in bytes (16/32/64)."""
+    return (target or host_target()).vector_bytes
 
 
-def vectors_per_row() -> int:
+def vectors_per_row(target: Target | None = None) -> int:
     """NV: vectors of C per micro-kernel row (4 with 32 registers, 2 with 16)."""
-    return 4 if vector_bytes() == 64 else 2
+    return 4 if (target or host_target()).vector_registers >= 32 else 2
 
 
-def tile_shape(dtype) -> tuple[int, int]:
-    """``(MR, NR)`` of the micro-kernel for ``dtype`` on this machine."""
-    lanes = vector_bytes() // np.dtype(dtype).itemsize
-    return MR, lanes * vectors_per_row()
+def tile_shape(dtype, target: Target | None = None) -> tuple[int, int]:
+    """``(MR, NR)`` of the micro-kernel for ``dtype`` on ``target`` (default: this machine)."""
+    target = target or host_target()
+    return MR, target.lanes(dtype) * vectors_per_row(target)
 
 
 def supported(dtype) -> bool:
@@ -63,9 +58,9 @@ def supported(dtype) -> bool:
     return np.dtype(dtype) in _C_TYPES
 
 
-def kernel_name(dtype) -> str:
-    """``mc_gemm_6x64_f32``: the micro-kernel for ``dtype``'s tile on this machine."""
-    mr, nr = tile_shape(dtype)
+def kernel_name(dtype, target: Target | None = None) -> str:
+    """``mc_gemm_6x64_f32``: the micro-kernel for ``dtype``'s tile on ``target``."""
+    mr, nr = tile_shape(dtype, target)
     return f"mc_gemm_{mr}x{nr}_{_C_TYPES[np.dtype(dtype)][1]}"
 
 

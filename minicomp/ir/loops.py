@@ -353,7 +353,11 @@ class Kernel:
     ``scratch`` holds buffers the kernel needs only while it runs (packed matmul panels): they
     are extra parameters placed in the workspace, shared by all kernels since kernels run one
     after another. ``schedule`` is the list of schedule steps that shaped the loop nest
-    (``minicomp.ir.schedule``), printed with the kernel.
+    (``minicomp.ir.schedule``), printed with the kernel. ``pattern`` is the fusion pattern
+    lowering wrote the nest for (``elemwise``, ``reduce``, ``row``, ``epilogue``, ``attention``,
+    ``scan``; None: no default schedule), which picks the default schedule; ``constants`` the
+    values of the constant arrays among its inputs, which a schedule may read (a causal mask
+    tells which attention tiles to skip).
     """
 
     name: str
@@ -364,6 +368,8 @@ class Kernel:
     aliases: frozenset = frozenset()
     scratch: list[Buffer] = field(default_factory=list)
     schedule: list = field(default_factory=list)
+    pattern: str | None = None
+    constants: dict = field(default_factory=dict)
 
     @property
     def params(self) -> list[Buffer]:

@@ -42,10 +42,8 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If, Kernel,
                         Load, Select, Stmt, Store, Var, as_expr, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
-from ..ir.simplify_indices import simplify_kernel_indices
 from ..ir.symbolic import Sym, SymbolicShapeError
 from ..schedules.cpu.flash_attention import lower_tiled_attention
-from ..schedules.cpu.elementwise import apply_default_schedule
 from ..schedules.cpu.packed_gemm import lower_gemm
 from .program import (accumulates_in_output, combine, is_inline_constant, nest,
                     output_index, reduction_init, worth_parallel)
@@ -302,12 +300,10 @@ class Nest:
 
 def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[str],
             pattern: str | None) -> Kernel:
-    """The kernel of a lowering's result, shaped by the default schedule of ``pattern`` (None: plain)."""
+    """The kernel of a lowering's result; ``pattern`` picks its default schedule (None: none)."""
     nest_ = lowered if isinstance(lowered, Nest) else Nest(lowered)
-    kernel = Kernel(name, inputs, out, nest_.body, source, scratch=nest_.scratch, schedule=nest_.schedule)
-    if pattern is not None:
-        kernel = unless_symbolic(apply_default_schedule, kernel, pattern) or kernel
-    return simplify_kernel_indices(kernel)
+    return Kernel(name, inputs, out, nest_.body, source, scratch=nest_.scratch, schedule=nest_.schedule,
+                  pattern=pattern)
 
 
 def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
@@ -381,7 +377,7 @@ def lower_scatter(node: Node, inline: Inliner, out: Buffer) -> Stmt:
     return Block([copy, nest(_loops(j, positions.shape), write, parallel=False)])
 
 
-def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedule: bool = True) -> Kernel:
+def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
     """The kernel of one op: a group of one, lowered by the same pattern lowerings."""
     inline = Inliner({o: operand_tensor(o) for o in node.operands})
     if node.op == "scatter":  # writes by data: its own lowering, no schedule
@@ -400,10 +396,10 @@ def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedu
     statement = LOWERINGS[pattern]([node], inline, buffers[node])
     inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
     source = [f"%{node.name} = {node.op}" + (f"  at {node.loc}" if node.loc else "")]
-    return _kernel(buffers[node].name, inputs, buffers[node], statement, source, pattern if schedule else None)
+    return _kernel(buffers[node].name, inputs, buffers[node], statement, source, pattern)
 
 
-def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedule: bool = True) -> Kernel:
+def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kernel:
     """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
     body: Graph = node.attrs["body"]
     inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
@@ -413,5 +409,4 @@ def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor, schedul
     source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]
     source += [f"  %{n.name} = {n.op}" + (f"  at {n.loc}" if n.loc else "")
                for n in body.op_nodes()]
-    return _kernel(buffers[node].name, inputs, buffers[node], statement, source,
-                   node.attrs["pattern"] if schedule else None)
+    return _kernel(buffers[node].name, inputs, buffers[node], statement, source, node.attrs["pattern"])

@@ -53,6 +53,7 @@ class Program:
     outputs: list[Buffer]
     workspace: dict[Buffer, int] = field(default_factory=dict)  # buffer -> byte offset
     workspace_bytes: int = 0
+    values_bytes: int = 0  # the part of the workspace the graph's values take (scratch follows)
     output_nodes: list[Node] = field(default_factory=list)
 
     @property
@@ -68,11 +69,11 @@ def is_inline_constant(node: Node) -> bool:
     return node.op == "constant" and node.type.size == 1
 
 
-def lower(graph: Graph, schedules: bool = True) -> Program:
+def lower(graph: Graph) -> Program:
     """Lower every computing node of ``graph`` to a kernel; see the module docstring.
 
-    ``schedules=False`` leaves out the default schedules (``minicomp.schedules.cpu.elementwise``):
-    the plain loop nests, e.g. to schedule them by hand.
+    The kernels are plain loop nests, the same for every target: ``minicomp.schedules``
+    shapes them for a machine, ``minicomp.stages`` runs the whole loop-level pipeline.
     """
     buffers: dict[Node, Buffer] = {}
     program = Program(graph, [], [], [], [])
@@ -91,7 +92,7 @@ def lower(graph: Graph, schedules: bool = True) -> Program:
             buffers[node] = new_buffer(node.name, node)
             if node not in outputs:
                 program.workspace[buffers[node]] = _place(program, buffers[node], plan.get(node))
-            program.kernels.append(lower_node(node, buffers, schedules))
+            program.kernels.append(lower_node(node, buffers))
     for node in outputs:
         if node.kind is Kind.SOURCE:  # an input or constant returned as is: copy it out
             copy = new_buffer(f"{node.name}_out", node)
@@ -99,26 +100,39 @@ def lower(graph: Graph, schedules: bool = True) -> Program:
             buffers[node] = copy
         program.outputs.append(buffers[node])
     program.output_nodes = outputs
+    values = {buffer: value for buffer, value in program.constants}
     for kernel in program.kernels:
         kernel.aliases = _overlapping_params(kernel, program.workspace)
-    _place_scratch(program)
-    return program
+        kernel.constants = {b: values[b] for b in kernel.inputs if b in values}
+    program.values_bytes = program.workspace_bytes
+    return place_scratch(program)
 
 
-def _place_scratch(program: Program) -> None:
-    """Put every kernel's scratch buffers after the planned values, all kernels sharing one region.
-
-    Kernels run one after another, so kernel 2's packed panels may reuse kernel 1's bytes.
-    """
-    if not any(kernel.scratch for kernel in program.kernels):
-        return
-    base = align_up(program.workspace_bytes, ALIGNMENT)
+def place_scratch(program: Program) -> Program:
+    """``program`` with every kernel's scratch buffers placed after the graph's values, all
+    kernels sharing one region (kernels run one after another, so kernel 2's packed panels may
+    reuse kernel 1's bytes). Run again after a schedule changed the kernels' scratch: offsets
+    of scratch buffers no kernel has any more are dropped."""
+    scratch = {b for kernel in program.kernels for b in kernel.scratch}
+    was_scratch = {b for b in program.workspace if b not in scratch and _is_scratch(program, b)}
+    workspace = {b: o for b, o in program.workspace.items() if b not in scratch and b not in was_scratch}
+    total = program.values_bytes
+    base = align_up(program.values_bytes, ALIGNMENT)
     for kernel in program.kernels:
         offset = base
         for buffer in kernel.scratch:
-            program.workspace[buffer] = offset
+            workspace[buffer] = offset
             offset += align_up(buffer.size * buffer.dtype.itemsize, ALIGNMENT)
-        program.workspace_bytes = upper_bound(program.workspace_bytes, offset)
+        if kernel.scratch:
+            total = upper_bound(total, offset)
+    program.workspace, program.workspace_bytes = workspace, total
+    return program
+
+
+def _is_scratch(program: Program, buffer: Buffer) -> bool:
+    """Whether a workspace buffer is a kernel's scratch (not a graph value): none of the
+    program's kernels writes it as its output."""
+    return all(kernel.output is not buffer for kernel in program.kernels)
 
 
 def _buffer_namer():
@@ -182,7 +196,7 @@ def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
     return Tensor.of_buffer(buffers[operand])
 
 
-def lower_node(node: Node, buffers: dict[Node, Buffer], schedule: bool = True) -> Kernel:
+def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
     """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers.
 
     A single op is a fusion group of one: both go through ``lower_fused``'s pattern lowerings.
@@ -190,7 +204,7 @@ def lower_node(node: Node, buffers: dict[Node, Buffer], schedule: bool = True) -
     from .fused import lower_fused, lower_single
 
     lower_group = lower_fused if node.op == "fused" else lower_single
-    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers), schedule)
+    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers))
 
 
 def accumulates_in_output(node: Node) -> bool:
@@ -265,7 +279,6 @@ def _copy_kernel(node: Node, buffers: dict[Node, Buffer], out: Buffer) -> Kernel
     idx = output_index(node.shape)
     source = _operand_tensor(node, buffers)
     loops = [(i, extent) for i, extent in zip(idx, node.shape) if isinstance(i, Var)]
-    body = nest(loops, Store(out, linear_index(idx, node.shape), source[idx]),
-                parallel=worth_parallel(node.type.size))
+    body = nest(loops, Store(out, linear_index(idx, node.shape), source[idx]), parallel=False)
     inputs = [] if is_inline_constant(node) else [buffers[node]]
-    return Kernel(out.name, inputs, out, body, [f"copy of %{node.name}"])
+    return Kernel(out.name, inputs, out, body, [f"copy of %{node.name}"], pattern="elemwise")

@@ -30,7 +30,8 @@ from .compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
 from ..ir.interpreter import check_arguments
-from ..lower.program import ALIGNMENT, Program, lower
+from ..lower.program import ALIGNMENT, Program
+from ..stages import loop_program
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.symbolic import evaluate
@@ -168,7 +169,7 @@ class Executable:
 
 def compile_graph_c(graph) -> Executable:
     """Lower, render and compile ``graph`` for the CPU: the ``"c"`` target of ``jit``."""
-    program = lower(graph)
+    program = loop_program(graph)
     return Executable(program, render_c(program))
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .compiler import cflags, compiler, compiler_version, load_library, target_macros
 from ..ir.graph import Graph
-from ..lower.program import lower
+from ..stages import loop_program
 from . import cache
 from .executable import CallPlan, Executable, prepare_argument
 
@@ -148,7 +148,7 @@ def lookup(key: str, traced: Graph, optimise) -> Executable | None:
     except (KeyError, TypeError, ValueError):
         return None
     return Executable(None, None, loaded=(library, *load_library(library)), plan=plan,
-                      relower=lambda: lower(optimise()[0]))
+                      relower=lambda: loop_program(optimise()[0]))
 
 
 def _read_constants(key: str, record: dict) -> list[np.ndarray] | None:

@@ -89,7 +89,7 @@ from ..ir.interpreter import interpret
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.ops import OPS
-from ..lower.program import lower
+from ..stages import loop_program
 from ..passes.pipeline import pipeline_names, run_pipeline
 from ..runtime.executable import Executable
 from .graphs import GeneratedGraph, MAX_SIZE, assert_outputs_close, random_graphs
@@ -615,7 +615,7 @@ class Checker:
             return _error("passes", exc, passes, "batch")
         self.patterns.update(n.attrs["pattern"] for n in optimised.op_nodes() if n.op == "fused")
         try:
-            program = lower(optimised)
+            program = loop_program(optimised)
         except Exception as exc:
             return _error("lowering", exc, passes, "batch")
         job.programs.append((passes, program))

@@ -82,7 +82,7 @@ def unit_stride(chain: list[For], store: Store) -> bool:
     return True
 
 
-def elementwise_steps(kernel: Kernel) -> list[Primitive]:
+def elementwise_steps(kernel: Kernel, target=None) -> list[Primitive]:
     """The default steps for an elementwise kernel (see the module docstring)."""
     nest = perfect_nest(kernel)
     if nest is None:
@@ -127,19 +127,3 @@ def _value_nodes(e) -> int:
     if isinstance(e, Load):
         return 1
     return (CALL_COST if isinstance(e, Call) else 1) + sum(_value_nodes(c) for c in e.children())
-
-
-def apply_default_schedule(kernel: Kernel, pattern: str) -> Kernel:
-    """``kernel`` shaped by the default steps for its pattern; a step that is refused is skipped.
-
-    Skipping is safe: every step checks its own legality, and a refused step leaves the
-    kernel as it was (the plain nest lowering wrote is always correct).
-    """
-    if pattern != "elemwise":
-        return kernel
-    for step in elementwise_steps(kernel):
-        try:
-            kernel = step.apply(kernel)
-        except (ScheduleError, SymbolicShapeError):  # refused, or needs a symbolic size's value
-            continue
-    return kernel
