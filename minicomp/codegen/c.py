@@ -1,4 +1,4 @@
-"""Render a lowered ``Program`` as one C99 (GNU) translation unit.
+"""Render a lowered ``Program`` as one C99 (GNU) translation unit, run on the CPU with OpenMP.
 
 The output is meant to be read: one ``static void`` function per kernel, named after its graph
 node, with a comment tying it to the user's source line, and one entry point that runs the
@@ -16,6 +16,14 @@ kernels in order on the buffers it is given::
     }
 
     int minicomp_entry(void **args) { ... k_add(b_x, b_b, b_add, mc_serial); ... return mc_status; }
+
+``CRenderer`` is the C dialect of ``codegen/cstyle.py``'s ``CStyleRenderer``, which renders
+statements, expressions, kernels and the entry point for any C-family language and leaves
+every spelling to hooks. C's spellings, all set here: C99 type names (bool arrays as
+``uint8_t``), ``restrict``, ``static __attribute__((noinline))`` kernels, OpenMP and GCC
+pragmas for parallel, vectorised and unrolled loops, 64-byte aligned local arrays, the
+prelude of helper functions, ``codegen/vmath.py``'s float32 math, and the register-blocked
+matmul micro-kernels of ``codegen/gemm.py``.
 
 The entry point ``int minicomp_entry(void **args)`` reads ``args``: the program's parameters
 (``Program.params`` order), the workspace, then one more pointer: NULL, or non-NULL to run
@@ -46,29 +54,25 @@ becomes an identifier of ``[A-Za-z0-9_]`` through ``Identifiers``: a name that a
 keeps its spelling (``%add`` -> ``b_add``), any other is spelled out (``%x\u00e9`` ->
 ``b_x_e9_``) and numbered where two would clash. Everything else the user wrote (source lines,
 file names, the graph's name) appears only inside ``/* ... */`` comments, through
-``comment_text``: printable ASCII, other characters escaped, never ``*/``.
-
-``CRenderer`` is a class so that the CUDA renderer can override the few hooks that differ.
+``comment_text``: printable ASCII, other characters escaped, never ``*/``. (Both live in
+``codegen/cstyle.py``, and C's hooks below only ever receive identifiers and rendered text.)
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import re
 from string import Template
-from typing import Iterable
 
 import numpy as np
 
 from ..errors import IndexOutOfBoundsError
-from ..ir.loops import (BOOL, INDEX, Address, Allocate, If, Intrinsic, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
-                        Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
+from ..ir.loops import Buffer, For, Block, If, Intrinsic, Kernel
 from ..ir.rewrite import statements
 from ..ir.schedule import collapsed
-from ..ir.symbolic import Sym, shape_symbols
+from ..ir.symbolic import Sym
 from ..lower.program import PARALLEL_MIN_WORK
 from . import gemm
+from .cstyle import CStyleRenderer
+from .cstyle import Identifiers, comment_text, program_sizes  # noqa: F401  (also found here, as before)
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
 
@@ -80,8 +84,7 @@ C_TYPES = {
 # vectorise a loop that branches on a loaded _Bool (attention's mask), but does on a loaded byte.
 # Scalars and casts keep C's bool, which turns any nonzero value into 1.
 ARRAY_C_TYPES = {**C_TYPES, np.dtype(np.bool_): "uint8_t"}
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64",
-           np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+# libm's float32 functions (float64's keep their names: exp, tanh)
 _MATH_F32 = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf",
              "cos": "cosf", "floor": "floorf", "ceil": "ceilf", "erf": "erff"}
 
@@ -193,11 +196,6 @@ STATUS_MESSAGES = {1: "Integers to negative integer powers are not allowed.",
 STATUS_ERRORS = {2: IndexOutOfBoundsError}
 
 
-def can_fail(call: Call) -> bool:
-    """Whether the helper ``call`` renders to may hit a NumPy error case (it takes ``mc_status``)."""
-    return (call.fn == "mc_pow" and call.dtype.kind in "iu") or call.fn == "mc_index"
-
-
 def prelude() -> str:
     """The helper functions every generated file starts with."""
     parts = [PRELUDE, vector_math_source()]
@@ -209,331 +207,55 @@ def prelude() -> str:
     return "".join(parts)
 
 
-# -- names and comments: what the user wrote reaches C only as a checked identifier or a comment --
+class CRenderer(CStyleRenderer):
+    """Loop IR -> C99 with GNU extensions and OpenMP: ``CStyleRenderer`` with C's spellings."""
 
-_SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_C_KEYWORDS = """auto break case char const continue default do double else enum extern float for goto
-    if inline int long register restrict return short signed sizeof static struct switch typedef
-    union unsigned void volatile while asm typeof bool true false math_errhandling
-    int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t size_t ptrdiff_t""".split()
-# libm's functions, which a local variable of that name would hide inside a kernel (as one named
-# like a type would hide the type)
-_LIBM = {f + suffix for f in ("exp", "log", "sqrt", "tanh", "sin", "cos", "floor", "ceil", "erf", "pow",
-                              "fmod", "copysign", "fabs") for suffix in ("", "f")}
-RESERVED = frozenset(_C_KEYWORDS) | _LIBM
+    types = C_TYPES
+    array_types = ARRAY_C_TYPES
+    restrict = "restrict"
+    # noinline: GCC 12 at -O3 miscompiles some kernels once inlined into the entry point
+    # (restrict pointers of two kernels into one workspace, vectorised: wrong values)
+    kernel_prefix = "static __attribute__((noinline)) void"
+    # float32 exp, tanh, erf, log: minicomp's branch-free versions (<= 2 ulp), which gcc
+    # vectorises; libm's expf/tanhf are opaque calls that keep the loop scalar.
+    math_functions = {np.dtype(np.float32): {**_MATH_F32, **VECTOR_MATH_F32}}
+    entry_name = ENTRY
 
+    def prelude(self) -> str:
+        """The includes, status codes and NumPy-meaning helpers every C file starts with."""
+        return prelude()
 
-def mangle(name: str) -> str:
-    """``name`` spelled with ``[A-Za-z0-9_]`` only: any other character becomes ``_<hex code>_``.
-
-    ``"x.y"`` -> ``"x_2e_y"``, ``"x\\u00e9"`` -> ``"x_e9_"``; a name made of those already is unchanged.
-    """
-    return "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else f"_{ord(ch):x}_" for ch in name)
-
-
-def comment_text(text: str) -> str:
-    """``text`` made safe to put inside a C ``/* ... */`` comment on one line.
-
-    Printable ASCII is kept; a backslash, control or non-ASCII character is written as Python
-    writes it in a string (``\\\\``, ``\\n``, ``\\xe9``, ``\\u2028``), and ``*/`` and ``/*`` get a
-    space (``* /``): ``"a.py:3 */ int evil; /*"`` -> ``"a.py:3 * / int evil; / *"``.
-    """
-    if not (text.isascii() and text.isprintable() and "\\" not in text):
-        text = "".join(ch if " " <= ch <= "~" and ch != "\\" else ascii(ch)[1:-1] for ch in text)
-    return text.replace("*/", "* /").replace("/*", "/ *")
-
-
-@functools.lru_cache(maxsize=4096)
-def _safe(prefix: str, name: str) -> bool:
-    """Whether ``prefix + name`` can be used as it is: ``b_``/``k_`` + ASCII letters, digits and
-    underscores, or for a local variable (no prefix) an ASCII identifier that no keyword, type,
-    libm function, macro (all capitals) or minicomp name (``mc_``) could mean."""
-    if not _SAFE_NAME.fullmatch(name):
-        return prefix != "" and re.fullmatch(r"[A-Za-z0-9_]+", name) is not None
-    return prefix != "" or not (name in RESERVED or name.startswith("mc_") or name.upper() == name)
-
-
-class Identifiers:
-    """The C identifiers of one scope (the file, a kernel, the entry point), unique within it.
-
-    ``ids.buffers[name]`` is ``b_`` + the buffer's name, ``ids.variables[name]`` a loop
-    variable's or local scalar's (no prefix), each a dict from IR name to C identifier, so a
-    lookup costs no Python call. A name that is safe as it is keeps its spelling (``add`` ->
-    ``b_add``); any other is ``mangle``d (a variable's gets ``v_``); a clash with an identifier
-    taken earlier adds a number (``b_x_e9_``, ``b_x_e9__1``). The buffers given to the
-    constructor are placed safe ones first, so a mangled name never takes their spelling; a
-    name not given there is placed when first asked for (a loop variable named ``b_x`` after
-    buffer ``x`` is ``b_x_1``). Distinct names always get distinct identifiers.
-    """
-
-    def __init__(self, buffers: Iterable[str] = ()):
-        self._taken: set[str] = set()
-        self.buffers = _Kind(self, "b_")
-        self.variables = _Kind(self, "")
-        buffers = list(dict.fromkeys(buffers))
-        for name in [b for b in buffers if _safe("b_", b)] + [b for b in buffers if not _safe("b_", b)]:
-            self.buffers[name]
-
-    def fresh(self, prefix: str, name: str) -> str:
-        """A new identifier for ``name``, even if the name was asked for before."""
-        base = prefix + name if _safe(prefix, name) else (prefix or "v_") + mangle(name)
-        ident, n = base, 1
-        while ident in self._taken:
-            ident, n = f"{base}_{n}", n + 1
-        self._taken.add(ident)
-        return ident
-
-
-class _Kind(dict):
-    """IR name -> C identifier for one kind of name in a scope; placed on first lookup."""
-
-    def __init__(self, scope: Identifiers, prefix: str):
-        super().__init__()
-        self.scope, self.prefix = scope, prefix
-
-    def __missing__(self, name: str) -> str:
-        ident = self[name] = self.scope.fresh(self.prefix, name)
-        return ident
-
-
-def function_names(kernels: list[Kernel]) -> dict[Kernel, str]:
-    """Each kernel's C function name, ``k_`` + its name: distinct even where two names are equal."""
-    ids = Identifiers()
-    readable_first = sorted(kernels, key=lambda k: not _safe("k_", k.name))
-    return {k: ids.fresh("k_", k.name) for k in readable_first}
-
-
-@functools.lru_cache(maxsize=None)
-def _check_function(fn: str) -> str:
-    """A helper's or intrinsic's name, refused unless it is an identifier (they come from minicomp)."""
-    if not _SAFE_NAME.fullmatch(fn):
-        raise ValueError(f"not a C function name: {fn!r}")
-    return fn
-
-
-class CRenderer:
-    """Loop IR -> C source. Subclasses override ``kernel_signature``, ``loop_header`` etc."""
-
-    def __init__(self, indent: str = "  "):
-        self.indent = indent
-        self.names = Identifiers()      # the identifiers of the function being rendered
-        self.uses: set[str] = set()     # what its body needs: "mc_serial", "mc_status" (added
-                                        # by loop_header and expr as they render)
-        self.functions: dict[Kernel, str] = {}  # the file's kernel function names
-        self.kernel_uses: dict[Kernel, set[str]] = {}  # each rendered kernel's ``uses``
-        self.sizes: list[str] = []  # the program's size symbols: parameters of every kernel
-
-    # -- expressions ----------------------------------------------------------------------------
-
-    def expr(self, e: Expr) -> str:
-        """C text of an expression (fully parenthesised where precedence could matter)."""
-        if isinstance(e, Const):
-            return self.literal(e.value, e.dtype)
-        if isinstance(e, Var):
-            return self.names.variables[e.name]  # (inlined self.var: the hottest path)
-        if isinstance(e, Size):
-            return self.size(e.value)
-        if isinstance(e, Load):
-            return f"{self.names.buffers[e.buffer.name]}[{self.expr(e.index)}]"
-        if isinstance(e, Binary):
-            return f"({self.expr(e.a)} {e.op} {self.expr(e.b)})"
-        if isinstance(e, Unary):
-            inner = self.expr(e.a)  # a space keeps "-" and "-3" apart: "--3" is a decrement
-            return f"({e.op}{' ' if inner[0] in '+-' else ''}{inner})"
-        if isinstance(e, Call):
-            args = [self.expr(a) for a in e.args]
-            if can_fail(e):
-                self.uses.add("mc_status")
-                args.append("mc_status")
-            return f"{self.function_name(e)}({', '.join(args)})"
-        if isinstance(e, Cast):
-            return self.cast(e)
-        if isinstance(e, Select):
-            return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
-        if isinstance(e, Address):
-            return f"&{self.name(e.buffer)}[{self.expr(e.index)}]"
-        raise TypeError(f"cannot render {e!r}")
-
-    def size(self, value) -> str:
-        """A size: an int literal, or a symbolic size over the sizes the function receives
-        (``768*T`` -> ``(768*mc_size_T)``; every size is an ``int64_t``)."""
-        if not isinstance(value, Sym):
-            return self.literal(value, INDEX)
-        return f"({value.render(size_name)})"
-
-    def literal(self, value, dtype: np.dtype) -> str:
-        """An exact C literal: hexadecimal floats, INT*_C for 64-bit integers."""
-        if dtype == BOOL:
-            return "true" if value else "false"
-        if dtype.kind == "f":
-            v = float(value)
-            if math.isnan(v):
-                text = "NAN"
-            elif math.isinf(v):
-                text = "INFINITY" if v > 0 else "(-INFINITY)"
-            else:
-                # the shortest decimal that reads back to the same value (C rounds correctly)
-                text = repr(v) if dtype == np.float64 else str(np.float32(v)) + "f"
-            return f"((_Float16){text})" if dtype == np.float16 else text
-        v = int(value)
-        if dtype == np.int32:
-            return "(-2147483647 - 1)" if v == -2**31 else str(v)
-        if v == -2**63:
-            return "(-INT64_C(9223372036854775807) - 1)"
-        return str(v) if dtype == INDEX and abs(v) < 2**31 else f"INT64_C({v})"
-
-    def function_name(self, call: Call) -> str:
-        """``exp`` -> ``expf`` for float32; ``mc_maximum`` -> ``mc_maximum_f32``."""
-        _check_function(call.fn)
-        if call.fn.startswith("mc_"):
-            return f"{call.fn}_{_SUFFIX[call.dtype]}"
-        if call.dtype != np.float32:
-            return call.fn
-        # float32 exp, tanh, erf, log: minicomp's branch-free versions (<= 2 ulp), which gcc
-        # vectorises; libm's expf/tanhf are opaque calls that keep the loop scalar.
-        return VECTOR_MATH_F32.get(call.fn, _MATH_F32[call.fn])
-
-    def cast(self, e: Cast) -> str:
-        src, dst, inner = e.a.dtype, e.dtype, self.expr(e.a)
-        if dst == BOOL:
-            return f"({inner} != 0)"
-        if src.kind == "f" and dst.kind in "iu":
-            return f"mc_from_f64_{_SUFFIX[dst]}((double){inner})"
-        return f"(({C_TYPES[dst]}){inner})"
-
-    # -- statements -----------------------------------------------------------------------------
-
-    def stmt(self, s: Stmt, depth: int) -> list[str]:
-        pad = self.indent * depth
-        if isinstance(s, For):
-            return self.loop_header(s, depth) + self.stmt(s.body, depth + 1) + [pad + "}"]
-        if isinstance(s, Store):
-            return [f"{pad}{self.name(s.buffer)}[{self.expr(s.index)}] = {self.expr(s.value)};"]
-        if isinstance(s, Declare):
-            return [f"{pad}{C_TYPES[s.var.dtype]} {self.var(s.var)} = {self.expr(s.init)};"]
-        if isinstance(s, Assign):
-            return [f"{pad}{self.var(s.var)} = {self.expr(s.value)};"]
-        if isinstance(s, Block):
-            return [line for sub in s.stmts for line in self.stmt(sub, depth)]
-        if isinstance(s, Allocate):
-            ctype = ARRAY_C_TYPES[s.buffer.dtype]
-            return [f"{pad}{ctype} {self.name(s.buffer)}[{s.buffer.size}] __attribute__((aligned(64)));"]
-        if isinstance(s, If):
-            lines = [f"{pad}if ({self.expr(s.cond)}) {{"] + self.stmt(s.then, depth + 1)
-            if s.otherwise is not None:
-                lines += [f"{pad}}} else {{"] + self.stmt(s.otherwise, depth + 1)
-            return lines + [pad + "}"]
-        if isinstance(s, Intrinsic):
-            return [f"{pad}{_check_function(s.fn)}({', '.join(self.expr(a) for a in s.args)});"]
-        raise TypeError(f"cannot render {s!r}")
-
-    def loop_header(self, loop: For, depth: int) -> list[str]:
-        pad = self.indent * depth
-        lines = []
-        if loop.kind == "parallel":
-            collapse, iterations = "", self.size(loop.extent)
-            if collapsed(loop):
-                collapse, iterations = " collapse(2)", self.size(loop.extent * loop.body.extent)
-            # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
-            # holds nobody up; if: a forked child runs the loop on its one thread
-            self.uses.add("mc_serial")
-            condition = "!mc_serial"
-            if isinstance(loop.extent, Sym):  # threads only when this call's sizes make enough work
-                condition += f" && {self.size(nest_work(loop))} >= {PARALLEL_MIN_WORK}"
-            lines.append(f"{pad}#pragma omp parallel for schedule(dynamic, mc_chunk({iterations}))"
-                         f"{collapse} if({condition})")
-        elif loop.kind == "vectorized":
-            lines.append(f"{pad}#pragma omp simd")
-        elif loop.kind == "unrolled":
-            lines.append(f"{pad}#pragma GCC unroll {min(loop.extent, 64)}")
-        v = self.var(loop.var)
-        lines.append(f"{pad}for (int64_t {v} = 0; {v} < {self.size(loop.extent)}; ++{v}) {{")
-        return lines
-
-    # -- kernels and the whole file ---------------------------------------------------------------
-
-    def name(self, buffer: Buffer) -> str:
-        """C name of a buffer: ``b_`` + its graph name, so no name clashes with C (``const``, ``exp``)."""
-        return self.names.buffers[buffer.name]
-
-    def var(self, var: Var) -> str:
-        """C name of a loop variable or local scalar (``i0``, ``acc_max``)."""
-        return self.names.variables[var.name]
-
-    def param(self, buffer: Buffer, written: bool, aliased: bool = False) -> str:
-        """``const float *restrict b_x``; no ``restrict`` on a buffer aliased in the kernel."""
-        qualifier = "" if written else "const "
-        pointer = "*" if aliased else "*restrict "
-        return f"{qualifier}{ARRAY_C_TYPES[buffer.dtype]} {pointer}{self.name(buffer)}"
-
-    def kernel(self, k: Kernel) -> str:
-        """One kernel as a static C function with its source comment.
-
-        Its parameters are its buffers, then ``bool mc_serial`` if it has a parallel loop and
-        ``int *mc_status`` if it can fail (see the module docstring).
-        """
-        self.names, self.uses = Identifiers(b.name for b in k.params), set()
-        params = [self.param(b, written=b is k.output or b in k.scratch, aliased=b in k.aliases)
-                  for b in k.params]
-        body = self.stmt(k.body, 1)
-        params += [f"int64_t {size_name(name)}" for name in self.sizes]
-        params += ["bool mc_serial"] * ("mc_serial" in self.uses)
-        params += ["int *mc_status"] * ("mc_status" in self.uses)
-        self.kernel_uses[k] = self.uses
-        lines = [f"/* {comment_text(line)} */" for line in k.source]
-        # noinline: GCC 12 at -O3 miscompiles some kernels once inlined into the entry point
-        # (restrict pointers of two kernels into one workspace, vectorised: wrong values)
-        function = self.functions.get(k) or function_names([k])[k]
-        lines.append(f"static __attribute__((noinline)) void {function}({', '.join(params)}) {{")
-        lines += body
-        lines.append("}")
-        return "\n".join(lines)
-
-    def program(self, program) -> str:
-        """The whole translation unit: prelude, kernels, and the entry point."""
-        self.functions = function_names(program.kernels)
-        self.sizes = program_sizes(program)
-        parts = [f"/* generated by minicomp from graph '{comment_text(program.graph.name)}' */", prelude()]
+    def intrinsic_definitions(self, program) -> list[str]:
+        """The matmul micro-kernels the program's kernels call, after their vector types."""
         micro_kernels = [fn for fn in intrinsics_used(program.kernels) if gemm.is_micro_kernel(fn)]
-        parts += [gemm.types_source(s) for s in sorted({gemm.dtype_suffix(fn) for fn in micro_kernels})]
-        parts += [gemm.source(fn) for fn in micro_kernels]
-        parts += [self.kernel(k) for k in program.kernels]
-        parts.append(self.entry(program))
-        return "\n\n".join(parts) + "\n"
+        parts = [gemm.types_source(s) for s in sorted({gemm.dtype_suffix(fn) for fn in micro_kernels})]
+        return parts + [gemm.source(fn) for fn in micro_kernels]
 
-    def entry(self, program) -> str:
-        """``int minicomp_entry(void **args)``: bind parameters and workspace, run every kernel
-        (each rendered by ``kernel`` before, which tells what it takes)."""
-        if any(k not in self.functions for k in program.kernels):
-            self.functions = function_names(program.kernels)
-        for k in program.kernels:
-            if k not in self.kernel_uses:
-                self.kernel(k)
-        self.names = Identifiers(b.name for b in [*program.params, *program.workspace])
-        lines = [f"int {ENTRY}(void **args) {{"]
-        pad = self.indent
-        for i, buffer in enumerate(program.params):
-            ctype = ARRAY_C_TYPES[buffer.dtype]
-            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)args[{i}];")
-        lines.append(f"{pad}char *workspace = (char *)args[{len(program.params)}];")
-        for n, name in enumerate(self.sizes):  # dynamic dimensions: the sizes of this call
-            lines.append(f"{pad}int64_t {size_name(name)} = ((const int64_t *)args[{len(program.params) + 2}])[{n}];")
-        for buffer, offset in program.workspace.items():
-            ctype = ARRAY_C_TYPES[buffer.dtype]
-            lines.append(f"{pad}{ctype} *{self.name(buffer)} = ({ctype} *)(workspace + {self.size(offset)});")
-        lines.append(f"{pad}(void)workspace;")
-        uses = [self.kernel_uses[k] for k in program.kernels]
-        if any("mc_serial" in u for u in uses):
-            lines.append(f"{pad}bool mc_serial = args[{len(program.params) + 1}] != NULL;  "
-                         "/* run every loop on this thread */")
-        lines.append(f"{pad}int mc_status = 0;  /* this call's: a NumPy error case a kernel hit */")
-        for k, k_uses in zip(program.kernels, uses):
-            args = [self.name(b) for b in k.params] + [size_name(name) for name in self.sizes]
-            args += ["mc_serial"] * ("mc_serial" in k_uses) + ["&mc_status"] * ("mc_status" in k_uses)
-            lines.append(f"{pad}{self.functions[k]}({', '.join(args)});")
-        lines.append(f"{pad}return mc_status;")
-        lines.append("}")
-        return "\n".join(lines)
+    def parallel_loop_prefix(self, loop: For) -> list[str]:
+        """``#pragma omp parallel for schedule(dynamic, mc_chunk(n)) if(!mc_serial)``, with
+        ``collapse(2)`` over a collapsed pair and, for a symbolic extent, a work threshold."""
+        collapse, iterations = "", self.size(loop.extent)
+        if collapsed(loop):
+            collapse, iterations = " collapse(2)", self.size(loop.extent * loop.body.extent)
+        # dynamic: threads take chunks as they go (mc_chunk), so one slowed by a busy core
+        # holds nobody up; if: a forked child runs the loop on its one thread
+        self.uses.add("mc_serial")
+        condition = "!mc_serial"
+        if isinstance(loop.extent, Sym):  # threads only when this call's sizes make enough work
+            condition += f" && {self.size(nest_work(loop))} >= {PARALLEL_MIN_WORK}"
+        return [f"#pragma omp parallel for schedule(dynamic, mc_chunk({iterations})){collapse} if({condition})"]
+
+    def vectorized_loop_prefix(self, loop: For) -> list[str]:
+        """``#pragma omp simd``."""
+        return ["#pragma omp simd"]
+
+    def unrolled_loop_prefix(self, loop: For) -> list[str]:
+        """``#pragma GCC unroll n`` (GCC unrolls at most 64 times)."""
+        return [f"#pragma GCC unroll {min(loop.extent, 64)}"]
+
+    def local_array(self, buffer: Buffer) -> str:
+        """``float b_t[64] __attribute__((aligned(64)));``: aligned for the widest vectors."""
+        return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{buffer.size}] __attribute__((aligned(64)));"
 
 
 def nest_work(loop: For):
@@ -553,21 +275,6 @@ def _iterations(stmt) -> int:
     if isinstance(stmt, If):
         return _iterations(stmt.then) + (_iterations(stmt.otherwise) if stmt.otherwise is not None else 0)
     return 1
-
-
-def size_name(symbol: str) -> str:
-    """The C name of size symbol ``symbol`` (an identifier of ``[A-Za-z0-9_]``): ``mc_size_T``."""
-    if not re.fullmatch(r"[A-Za-z0-9_]+", symbol):
-        raise ValueError(f"not a size symbol: {symbol!r}")
-    return f"mc_size_{symbol}"
-
-
-def program_sizes(program) -> list[str]:
-    """The size symbols of a program's buffers and workspace, sorted: the order of the sizes
-    array the entry point receives (``runtime/executable.py`` binds it)."""
-    shapes = [b.shape for b in program.params] + [b.shape for b in program.workspace]
-    shapes += [b.shape for k in program.kernels for b in k.params]
-    return sorted(shape_symbols([d for shape in shapes for d in shape]))
 
 
 def intrinsics_used(kernels: list[Kernel]) -> list[str]:
