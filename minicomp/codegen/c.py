@@ -64,14 +64,15 @@ from string import Template
 
 import numpy as np
 
-from ..errors import IndexOutOfBoundsError
+from ..errors import CompileError, IndexOutOfBoundsError
+from ..ir import intrinsics
 from ..ir.loops import Buffer, For, Block, If, Intrinsic, Kernel
 from ..ir.rewrite import statements
 from ..ir.schedule import collapsed
 from ..ir.symbolic import Sym
 from ..lower.program import PARALLEL_MIN_WORK
-from . import gemm
-from .cstyle import CStyleRenderer
+from . import gemm  # noqa: F401  (registers the micro-kernel's C with minicomp.ir.intrinsics)
+from .cstyle import CStyleRenderer, _check_function
 from .cstyle import Identifiers, comment_text, program_sizes  # noqa: F401  (also found here, as before)
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -226,10 +227,9 @@ class CRenderer(CStyleRenderer):
         return prelude()
 
     def intrinsic_definitions(self, program) -> list[str]:
-        """The matmul micro-kernels the program's kernels call, after their vector types."""
-        micro_kernels = [fn for fn in intrinsics_used(program.kernels) if gemm.is_micro_kernel(fn)]
-        parts = [gemm.types_source(s) for s in sorted({gemm.dtype_suffix(fn) for fn in micro_kernels})]
-        return parts + [gemm.source(fn) for fn in micro_kernels]
+        """The intrinsics the program's kernels call (the matmul micro-kernels), after what they
+        need once per file (vector types), from the registry (``minicomp.ir.intrinsics``)."""
+        return intrinsic_sources(intrinsics_used(program.kernels))
 
     def parallel_loop_prefix(self, loop: For) -> list[str]:
         """``#pragma omp parallel for schedule(dynamic, mc_chunk(n)) if(!mc_serial)``, with
@@ -281,6 +281,21 @@ def intrinsics_used(kernels: list[Kernel]) -> list[str]:
     """Names of the ``Intrinsic`` routines the kernels call, each once, in order of first use."""
     calls = (s.fn for k in kernels for s in statements(k.body) if isinstance(s, Intrinsic))
     return list(dict.fromkeys(calls))
+
+
+def intrinsic_sources(names: list[str], language: str = "c") -> list[str]:
+    """The definitions of the intrinsics ``names`` in ``language``, from the registry
+    (``minicomp.ir.intrinsics``): what they need once per file (vector types), then each routine.
+    Raises ``CompileError`` for a name that has no definition or no implementation there."""
+    supports, routines = [], []
+    for name in names:
+        try:
+            support, routine = intrinsics.source(_check_function(name), language)
+        except LookupError as error:
+            raise CompileError(f"cannot emit intrinsic {name}: {error}") from None
+        supports += [support] if support else []
+        routines.append(routine)
+    return list(dict.fromkeys(supports)) + routines
 
 
 def render_c(program) -> str:

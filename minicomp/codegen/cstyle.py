@@ -46,8 +46,11 @@ from typing import Iterable
 
 import numpy as np
 
-from ..ir.loops import (BOOL, INDEX, Address, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
-                        Expr, For, If, Intrinsic, Kernel, Load, Select, Size, Stmt, Store, Unary, Var)
+from ..errors import CompileError
+from ..ir.loop_text import print_stmt
+from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Address, Allocate, Assign, Barrier, Binary, Block, Buffer, Call, Cast,
+                        Const, Declare, Expr, For, If, Intrinsic, Kernel, Load, Select, Size, Stmt, Store, Unary, Var,
+                        WarpReduce)
 from ..ir.symbolic import Sym, shape_symbols
 
 # the suffix of minicomp's helpers (mc_maximum_f32): one helper per arithmetic type
@@ -346,12 +349,19 @@ class CStyleRenderer:
             return lines + [pad + "}"]
         if isinstance(s, Intrinsic):
             return [f"{pad}{_check_function(s.fn)}({', '.join(self.expr(a) for a in s.args)});"]
+        if isinstance(s, (Barrier, WarpReduce)):
+            raise CompileError(f"the C renderer cannot express '{print_stmt(s, 0)[0]}': threads of a GPU "
+                               "block synchronising need the CUDA renderer; the loop interpreter "
+                               "(minicomp.testing.loop_interpreter) can run it")
         raise TypeError(f"cannot render {s!r}")
 
     def loop_header(self, loop: For, depth: int) -> list[str]:
         """The lines that open ``loop``: what its kind puts before it, then ``loop_opening``."""
         pad = self.indent * depth
-        return [pad + line for line in self.loop_prefix(loop)] + [pad + self.loop_opening(loop)]
+        opening = self.loop_opening(loop)
+        if loop.kind in GPU_LOOPS:  # a loop bound to a GPU axis means a serial loop on a CPU
+            opening += f"  /* {GPU_LOOPS[loop.kind]}.{loop.axis} */"
+        return [pad + line for line in self.loop_prefix(loop)] + [pad + opening]
 
     def loop_prefix(self, loop: For) -> list[str]:
         """The lines before ``loop``'s opening that its kind asks for (a serial loop: none)."""

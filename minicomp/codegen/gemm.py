@@ -130,3 +130,10 @@ def dtype_suffix(name: str) -> str:
 def is_micro_kernel(name: str) -> bool:
     """Whether ``name`` is a micro-kernel this module defines."""
     return _NAME.match(name) is not None
+
+
+# The micro-kernel's C, registered with its reference meaning (``minicomp.ir.intrinsics``): the
+# renderer emits it from there, the loop interpreter runs the meaning.
+from ..ir import intrinsics  # noqa: E402
+
+intrinsics.implement("mc_gemm", "c", source, lambda name: types_source(dtype_suffix(name)))

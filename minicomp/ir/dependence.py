@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from .affine import Affine, affine, bounds, determines, guards_of
 from .symbolic import Sym
-from .loops import (Address, Allocate, Assign, Binary, Block, Buffer, Call, Declare, Expr, For, If, Intrinsic, Kernel,
-                    Load, Stmt, Store, Unary)
+from .loops import (Address, Allocate, Assign, Barrier, Binary, Block, Buffer, Call, Declare, Expr, For, If, Intrinsic,
+                    Kernel, Load, Stmt, Store, Unary, WarpReduce)
 from .rewrite import declared_names, exprs_of, loads, statements
 
 ACCUMULATORS = {"+", "*", "||", "&&", "mc_maximum", "mc_minimum"}  # associative and commutative
@@ -92,7 +92,7 @@ def loop_ranges(s: Stmt) -> dict[str, int]:
 
 def scalar_names(s: Stmt) -> set[str]:
     """The local scalars declared inside ``s``."""
-    return {sub.var.name for sub in statements(s) if isinstance(sub, Declare)}
+    return {sub.var.name for sub in statements(s) if isinstance(sub, (Declare, WarpReduce))}
 
 
 def common_guards(group: list[Access]) -> list:
@@ -117,6 +117,8 @@ def conflict(kernel: Kernel, scope: list[For], body: Stmt, every_var: bool,
     """
     if any(isinstance(s, Intrinsic) for s in statements(body)):
         return "the body calls an intrinsic, whose memory accesses are not analysed"
+    if any(isinstance(s, (Barrier, WarpReduce)) for s in statements(body)):
+        return "the body synchronises GPU threads (a barrier or warp reduce), which orders its iterations"
     carried = carried_scalars(body)
     if carried:
         return (f"the body assigns {', '.join(carried)}, declared outside the loop: "

@@ -4,6 +4,10 @@
       parallel for i0 in 0..4:
         for i1 in 0..8:
           exp[i0*8 + i1] = exp(x[i0*8 + i1])
+
+GPU-bound loops print their axis (``gpu_block.x for b in 0..4:``), local arrays their scope
+(``shared part: f32[64]``), and the synchronising statements as ``barrier`` and
+``f32 s = warp_sum(part[t])``.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .dtypes import short_name
-from .loops import (Address, Allocate, If, Intrinsic, Assign, Binary, Block, Call, Cast, Const, Declare, Expr, For, Kernel, Load,
-                    Select, Size, Stmt, Store, Unary, Var)
+from .loops import (GPU_LOOPS, Address, Allocate, Barrier, If, Intrinsic, Assign, Binary, Block, Call, Cast, Const,
+                    Declare, Expr, For, Kernel, Load, Select, Size, Stmt, Store, Unary, Var, WarpReduce)
 
 
 def print_expr(e: Expr) -> str:
@@ -54,7 +58,7 @@ def print_stmt(s: Stmt, indent: int = 1) -> list[str]:
     """Lines of one statement at ``indent`` levels (two spaces each)."""
     pad = "  " * indent
     if isinstance(s, For):
-        prefix = "" if s.kind == "serial" else f"{s.kind} "
+        prefix = "" if s.kind == "serial" else f"{s.kind}.{s.axis} " if s.kind in GPU_LOOPS else f"{s.kind} "
         return [f"{pad}{prefix}for {s.var.name} in 0..{s.extent}:"] + print_stmt(s.body, indent + 1)
     if isinstance(s, Store):
         return [f"{pad}{s.buffer.name}[{_strip(print_expr(s.index))}] = {_strip(print_expr(s.value))}"]
@@ -65,7 +69,13 @@ def print_stmt(s: Stmt, indent: int = 1) -> list[str]:
     if isinstance(s, Block):
         return [line for stmt in s.stmts for line in print_stmt(stmt, indent)]
     if isinstance(s, Allocate):
-        return [f"{pad}local {s.buffer}"]
+        return [f"{pad}{s.scope} {s.buffer}"]
+    if isinstance(s, Barrier):
+        return [f"{pad}barrier"]
+    if isinstance(s, WarpReduce):
+        width = "" if s.width == 32 else f", width={s.width}"
+        value = _strip(print_expr(s.value))
+        return [f"{pad}{short_name(s.var.dtype)} {s.var.name} = warp_{s.combiner}({value}{width})"]
     if isinstance(s, If):
         lines = [f"{pad}if {_strip(print_expr(s.cond))}:"] + print_stmt(s.then, indent + 1)
         if s.otherwise is not None:

@@ -13,8 +13,21 @@ Expressions are immutable trees with a dtype (``Const``, ``Var``, ``Load``, ``Bi
 statements are ``For``, ``Store``, ``Block``, ``If``, ``Declare`` and ``Assign`` (local
 scalars, e.g. reduction accumulators), ``Allocate`` (small local arrays) and ``Intrinsic``: a
 call of a hand-written routine that replaces a whole loop nest (TVM's *tensorize*; minicomp's
-register-blocked matmul micro-kernel is one). Buffers are flat and
-row-major: a ``Load`` takes one linear index expression. Index arithmetic is in int64.
+register-blocked matmul micro-kernel is one; ``minicomp.ir.intrinsics`` says what each
+computes). Buffers are flat and row-major: a ``Load`` takes one linear index expression.
+Index arithmetic is in int64.
+
+GPU concepts have a meaning on a CPU too (Halide's lesson): a loop bound to a GPU block or
+thread axis (``For.kind`` ``gpu_block``/``gpu_thread``, ``For.axis`` x, y, z) is a serial loop;
+a ``shared`` ``Allocate`` is one array per block; a ``Barrier`` and a ``WarpReduce`` synchronise
+the threads of a block, which the loop interpreter runs in lockstep::
+
+    gpu_block.x for b in 0..8:
+      shared part: f32[64]
+      gpu_thread.x for t in 0..64:
+        part[t] = x[b*64 + t]
+        barrier
+        ...
 
 Binary operators keep C's meaning here (``/`` on integers truncates); NumPy's meanings that C
 lacks (floor division, Python-style modulo, NaN-propagating max) are ``Call`` s of helper
@@ -34,6 +47,8 @@ from .symbolic import Sym
 
 INDEX = np.dtype(np.int64)  # the dtype of every loop variable and index expression
 BOOL = np.dtype(np.bool_)
+GPU_LOOPS = {"gpu_block": "blockIdx", "gpu_thread": "threadIdx"}  # loop kind -> CUDA's index name
+GPU_AXES = ("x", "y", "z")
 
 # ----------------------------------------------------------------------------------------------
 # Buffers
@@ -275,12 +290,15 @@ class Stmt:
 
 @dataclass(eq=False)
 class For(Stmt):
-    """``for var in 0..extent: body``. ``kind``: serial, parallel, vectorized or unrolled."""
+    """``for var in 0..extent: body``. ``kind``: serial, parallel, vectorized or unrolled, or a
+    GPU axis the loop is bound to (``gpu_block``/``gpu_thread``, with ``axis`` x, y or z; see
+    ``schedule.Bind``): on a CPU a bound loop is a serial loop."""
 
     var: Var
     extent: int
     body: Stmt
     kind: str = "serial"
+    axis: str | None = None
 
 
 @dataclass(eq=False)
@@ -310,9 +328,39 @@ class Assign(Stmt):
 
 @dataclass(eq=False)
 class Allocate(Stmt):
-    """A small local array (on each thread's stack), e.g. one output row of attention."""
+    """A small local array, e.g. one output row of attention. ``scope``: ``local``, each
+    thread's own (registers or stack), or ``shared``: one per GPU block, which all threads of
+    the block see (CUDA's ``__shared__``); on a CPU both are arrays where the ``Allocate`` stands."""
 
     buffer: Buffer
+    scope: str = "local"
+
+
+@dataclass(eq=False)
+class Barrier(Stmt):
+    """No thread of a GPU block goes on before every thread of it got here (``__syncthreads()``).
+
+    Only inside ``gpu_thread`` loops, reached by every thread of the block or by none.
+    """
+
+
+@dataclass(eq=False)
+class WarpReduce(Stmt):
+    """Declare ``var`` as the ``combiner`` (sum, max, min) of ``value`` over the ``width`` lanes
+    of each group of ``width`` consecutive threads of a block (a warp, or an aligned part of one);
+    every lane gets the result. Only inside ``gpu_thread`` loops; ``width`` a power of two <= 32.
+
+    Combined as a butterfly, so that CUDA's ``__shfl_xor_sync`` computes it in the same order::
+
+        v = value;  for off in width/2, width/4, ..., 1:  v = combine(v, v of lane ^ off);  var = v
+
+    ``max``/``min`` propagate NaN, as NumPy's (the ``mc_maximum``/``mc_minimum`` helpers).
+    """
+
+    var: Var
+    combiner: str
+    value: Expr
+    width: int = 32
 
 
 @dataclass(eq=False)

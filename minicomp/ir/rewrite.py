@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Callable, Iterator
 
 from .loops import (INDEX, Address, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare, Expr,
-                    For, If, Intrinsic, Load, Select, Stmt, Store, Unary, Var, simplify_binary)
+                    For, If, Intrinsic, Load, Select, Stmt, Store, Unary, Var, WarpReduce, simplify_binary)
 
 # ----------------------------------------------------------------------------------------------
 # Expressions
@@ -107,6 +107,8 @@ def exprs_of(s: Stmt) -> list[Expr]:
         return [s.cond]
     if isinstance(s, Intrinsic):
         return list(s.args)
+    if isinstance(s, WarpReduce):
+        return [s.value]
     return []
 
 
@@ -127,7 +129,9 @@ def map_stmt_exprs(s: Stmt, fn: Callable[[Expr], Expr]) -> Stmt:
         return Assign(s.var, fn(s.value))
     if isinstance(s, Intrinsic):
         return Intrinsic(s.fn, tuple(fn(a) for a in s.args))
-    return s  # Allocate
+    if isinstance(s, WarpReduce):
+        return replace(s, value=fn(s.value))
+    return s  # Allocate, Barrier
 
 
 def substitute_stmt(s: Stmt, values: dict[str, Expr]) -> Stmt:
@@ -155,6 +159,8 @@ def rename_vars(s: Stmt, names: dict[str, str]) -> Stmt:
             return Declare(var(s.var), rename(s.init))
         if isinstance(s, Assign):
             return Assign(var(s.var), rename(s.value))
+        if isinstance(s, WarpReduce):
+            return replace(s, var=var(s.var), value=rename(s.value))
         return map_stmt_exprs(s, rename)
 
     return walk_(s)
@@ -173,7 +179,7 @@ def replace_buffer(s: Stmt, old: Buffer, new: Buffer, index: Callable[[Expr], Ex
         if isinstance(s, Store) and s.buffer is old:
             return Store(new, index(swap(s.index)), swap(s.value))
         if isinstance(s, Allocate) and s.buffer is old:
-            return Allocate(new)
+            return replace(s, buffer=new)
         if isinstance(s, (For, Block, If)):
             return _map_children(s, walk_, swap)
         return map_stmt_exprs(s, swap)
@@ -216,7 +222,7 @@ def declared_names(s: Stmt) -> set[str]:
     for sub in statements(s):
         if isinstance(sub, For):
             names.add(sub.var.name)
-        elif isinstance(sub, Declare):
+        elif isinstance(sub, (Declare, WarpReduce)):
             names.add(sub.var.name)
     return names
 

@@ -22,8 +22,9 @@ step refuses to create a name already in use. Lowering may give two sibling loop
                                                      y[i0*8 + i1_o*3 + i1_i] = ...
 
 The loop steps live here: ``Split``, ``Tile``, ``Reorder``, ``Fuse``, ``Unroll``,
-``Vectorize``, ``Parallel``, ``Rename``. The memory steps (``CacheRead``, ``CacheWrite``,
-``ComputeAt``, ``ComputeInline``) are in ``minicomp.ir.schedule_memory``. Legality comes from
+``Vectorize``, ``Parallel``, ``Rename`` and ``Bind`` (a loop becomes a GPU block or thread
+axis). The memory steps (``CacheRead``, ``CacheWrite``, ``ComputeAt``, ``ComputeInline``) are
+in ``minicomp.ir.schedule_memory``. Legality comes from
 ``minicomp.ir.dependence`` (can two iterations touch the same element?), built on the affine
 index analysis of ``minicomp.ir.affine``. After every step the indices are rewritten in one
 flat canonical form (``tidy``), so printed kernels stay readable and replays compare equal.
@@ -39,7 +40,8 @@ from ..errors import MinicompError
 from .affine import guard_cond, simplify_index
 from .dependence import conflict
 from .symbolic import Sym
-from .loops import BOOL, INDEX, Address, Binary, Block, Buffer, Const, Expr, For, If, Kernel, Load, Stmt, Store, Var
+from .loops import (BOOL, GPU_AXES, GPU_LOOPS, INDEX, Address, Binary, Block, Buffer, Const, Expr, For, If, Kernel,
+                    Load, Stmt, Store, Var)
 from .rewrite import (allocated, declared_names, map_expr, map_stmt_exprs, rename_vars, replace_buffer,
                       statements, substitute_stmt)
 
@@ -212,8 +214,11 @@ def with_suffix(stmt: Stmt, suffix: str) -> tuple[Stmt, dict[str, str]]:
 def parallel_problem(kernel: Kernel, body: Stmt, loop: For) -> str | None:
     """Why ``loop`` (inside ``body``) may not run its iterations in parallel threads, or None."""
     path = path_to(body, loop) or []
-    if any(isinstance(s, For) and s.kind == "parallel" for s in path[:-1] + list(statements(loop.body))):
+    nearby = [s for s in path[:-1] + list(statements(loop.body)) if isinstance(s, For)]  # around or inside
+    if any(s.kind == "parallel" for s in nearby):
         return "it would nest one parallel loop in another"
+    if any(s.kind in GPU_LOOPS for s in nearby):
+        return "a loop around or inside it is bound to a GPU axis (threads of a GPU already run it)"
     scope = [loop]
     if collapsed(loop):
         scope.append(loop.body)  # the C renderer runs both loops' iterations in parallel (collapse)
@@ -224,6 +229,48 @@ def collapsed(loop: For) -> bool:
     """Whether the C renderer parallelises ``loop`` together with the serial loop directly inside it."""
     return (not isinstance(loop.extent, Sym) and loop.extent < COLLAPSE_BELOW  # symbolic: never collapsed
             and isinstance(loop.body, For) and loop.body.kind == "serial")
+
+
+def binding_problem(body: Stmt, around: tuple[Stmt, ...] = ()) -> str | None:
+    """Why the GPU bindings in ``body`` (inside the statements ``around``) could not run on a GPU, or None.
+
+    Block axes lie outside thread axes, an axis is bound once on a path, no loop around or
+    inside a bound loop is parallel on CPU threads, and the thread loops of a block are
+    directly nested (together they number the block's threads).
+    """
+    loops_around = [s for s in around if isinstance(s, For)]
+    bound = [loop for loop in loops_around if loop.kind in GPU_LOOPS]
+    if isinstance(body, For) and body.kind == "parallel" and bound:
+        return f"the parallel loop {body.var.name} lies inside {bound[-1].var.name}, bound to a GPU axis"
+    if isinstance(body, For) and body.kind in GPU_LOOPS:
+        axis, threads = gpu_axis(body), [loop for loop in bound if loop.kind == "gpu_thread"]
+        if any(loop.kind == "parallel" for loop in loops_around):
+            return f"{body.var.name} is bound to {axis} inside a parallel loop"
+        if any(gpu_axis(loop) == axis for loop in bound):
+            return f"{axis} is bound to two nested loops"
+        if body.kind == "gpu_block" and threads:
+            return f"the block loop {body.var.name} lies inside the thread loop {threads[-1].var.name}"
+        if body.kind == "gpu_thread" and threads and around[-1] is not threads[-1]:
+            return (f"the thread loop {body.var.name} is not directly inside the thread loop "
+                    f"{threads[-1].var.name}: the thread loops of a block must be directly nested")
+    children = {For: lambda s: [s.body], Block: lambda s: s.stmts,
+                If: lambda s: [s.then] + ([s.otherwise] if s.otherwise is not None else [])}
+    for child in children.get(type(body), lambda s: [])(body):
+        why = binding_problem(child, around + (body,))
+        if why:
+            return why
+    return None
+
+
+def gpu_axis(loop: For) -> str:
+    """The CUDA index a bound loop runs over: ``blockIdx.x``, ``threadIdx.y`` ..."""
+    return f"{GPU_LOOPS[loop.kind]}.{loop.axis}"
+
+
+def check_unbound(step: Primitive, kernel: Kernel, loop: For) -> None:
+    """Fail if ``loop`` is bound to a GPU axis: loops are split, fused and marked before binding."""
+    if loop.kind in GPU_LOOPS:
+        raise step.fail(kernel, f"{loop.var.name} is bound to {gpu_axis(loop)}; shape loops before binding them")
 
 
 def vectorize_problem(kernel: Kernel, body: Stmt, loop: For) -> str | None:
@@ -241,6 +288,8 @@ def check_marks(step: Primitive, kernel: Kernel, body: Stmt, touched: list[For])
             why = parallel_problem(kernel, body, loop)
         elif loop.kind == "vectorized":
             why = vectorize_problem(kernel, body, loop)
+        elif loop.kind in GPU_LOOPS:
+            why = conflict(kernel, [loop], loop.body, every_var=True) or binding_problem(body)
         if why:
             raise step.fail(kernel, f"the {loop.kind} loop {loop.var.name} would become illegal: {why}")
 
@@ -291,6 +340,7 @@ class Split(Primitive):
         if self.tail not in ("guard", "peel"):
             raise self.fail(kernel, f"tail must be 'guard' or 'peel', not {self.tail!r}")
         loop = self.find(kernel, self.loop)
+        check_unbound(self, kernel, loop)
         n, f = loop.extent, self.factor
         self.check_fresh(kernel, self.outer, self.inner)
         outer_kind = "parallel" if loop.kind == "parallel" else "serial"
@@ -355,7 +405,7 @@ class Reorder(Primitive):
             raise self.fail(kernel, "a vectorized loop would no longer be innermost")
         body = chain[-1].body
         for loop in reversed(new_chain):
-            body = For(loop.var, loop.extent, body, loop.kind)
+            body = replace(loop, body=body)
         result = replace_stmt(kernel.body, chain[0], body)
         check_marks(self, kernel, result, [s for s in loops(body) if s.var.name in {c.var.name for c in chain}])
         return result
@@ -433,6 +483,8 @@ class Fuse(Primitive):
         inner = outer.body
         if not (isinstance(inner, For) and inner.var.name == self.inner):
             raise self.fail(kernel, f"{self.inner} is not directly inside {self.outer}")
+        check_unbound(self, kernel, outer)
+        check_unbound(self, kernel, inner)
         self.check_fresh(kernel, self.fused)
         fused, n = Var(self.fused), max(inner.extent, 1)
         body = substitute_stmt(inner.body, {self.outer: _div(fused, n), self.inner: _mod(fused, n)})
@@ -470,6 +522,7 @@ class Unroll(Primitive):
 
     def rewrite(self, kernel: Kernel) -> Stmt:
         loop = self.find(kernel, self.loop)
+        check_unbound(self, kernel, loop)
         if self.pragma:
             return replace_stmt(kernel.body, loop, replace(loop, kind="unrolled"))
         if loop.extent > MAX_UNROLL:
@@ -499,6 +552,7 @@ class Vectorize(Primitive):
 
     def rewrite(self, kernel: Kernel) -> Stmt:
         loop = self.find(kernel, self.loop)
+        check_unbound(self, kernel, loop)
         why = vectorize_problem(kernel, kernel.body, loop)
         if why:
             raise self.fail(kernel, why)
@@ -522,6 +576,7 @@ class Parallel(Primitive):
 
     def rewrite(self, kernel: Kernel) -> Stmt:
         loop = self.find(kernel, self.loop)
+        check_unbound(self, kernel, loop)
         why = parallel_problem(kernel, kernel.body, loop)
         if why:
             raise self.fail(kernel, why)
@@ -553,3 +608,52 @@ class Rename(Primitive):
         self.check_fresh(kernel, self.to)
         loop = found[self.occurrence]
         return replace_stmt(kernel.body, loop, rename_vars(loop, {self.loop: self.to}))
+
+
+@dataclass(frozen=True)
+class Bind(Primitive):
+    """Bind a serial loop to a GPU axis: ``Bind("i0", "blockIdx.x")``, ``Bind("i1", "threadIdx.x")``.
+
+    Each iteration becomes one block of the grid (``blockIdx``) or one thread of a block
+    (``threadIdx``); on a CPU the loop keeps its meaning, a serial loop (Halide's
+    ``gpu_blocks``/``gpu_threads``: the un-fused thread loops mean the same thing on a CPU).
+    Legal, as ``Parallel``, when different iterations never write the same element or a shared
+    scalar, and the bindings stay well formed (``binding_problem``: blocks outside threads, each
+    axis once on a path, no CPU-parallel loop around or inside, a block's thread loops directly
+    nested). Split and fuse loops before binding them::
+
+        for i0 in 0..4:                      bind(i0, blockIdx.x), bind(i1, threadIdx.x)
+          for i1 in 0..64:          --->     gpu_block.x for i0 in 0..4:
+            y[i0*64 + i1] = ...                gpu_thread.x for i1 in 0..64:
+                                                 y[i0*64 + i1] = ...
+    """
+
+    loop: str
+    axis: str
+
+    def __str__(self) -> str:
+        return f"bind({self.loop}, {self.axis})"
+
+    @property
+    def kind_and_axis(self) -> tuple[str, str] | None:
+        """``("gpu_block", "x")`` for ``blockIdx.x`` ...; None for a name that is no GPU axis."""
+        index, _, axis = self.axis.partition(".")
+        kinds = {name: kind for kind, name in GPU_LOOPS.items()}
+        return (kinds[index], axis) if index in kinds and axis in GPU_AXES else None
+
+    def rewrite(self, kernel: Kernel) -> Stmt:
+        if self.kind_and_axis is None:
+            raise self.fail(kernel, f"{self.axis!r} is not a GPU axis (blockIdx.x/y/z, threadIdx.x/y/z)")
+        loop = self.find(kernel, self.loop)
+        if loop.kind != "serial":
+            what = f"bound to {gpu_axis(loop)}" if loop.kind in GPU_LOOPS else f"a {loop.kind} loop"
+            raise self.fail(kernel, f"{self.loop} is {what}; only a serial loop can be bound")
+        why = conflict(kernel, [loop], loop.body, every_var=True)
+        if why:
+            raise self.fail(kernel, why)
+        kind, axis = self.kind_and_axis
+        result = replace_stmt(kernel.body, loop, replace(loop, kind=kind, axis=axis))
+        why = binding_problem(result)
+        if why:
+            raise self.fail(kernel, why)
+        return result

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from .affine import Affine, DivMod, affine, bounds, to_expr
 from .loops import (BOOL, INDEX, Assign, Binary, Block, Const, Declare, Expr, For, If, Kernel,
-                    Select, Stmt)
+                    Select, Stmt, WarpReduce)
 from .rewrite import map_expr, map_stmt_exprs, statements
 
 Ranges = dict[str, int]  # variable -> n: its values lie in 0..n-1
@@ -57,6 +57,8 @@ def _simplify_stmt(s: Stmt, ranges: Ranges, assigned: set[str]) -> Stmt:
             out.append(_simplify_stmt(sub, scope, assigned))
             if isinstance(sub, Declare) and sub.var.dtype == INDEX and sub.var.name not in assigned:
                 _declare_range(out[-1], scope)
+            elif isinstance(sub, WarpReduce):  # a value the loop ranges do not bound
+                scope.pop(sub.var.name, None)
         return Block(out)
     if isinstance(s, If):
         cond = simplify_expr(s.cond, ranges) if _has_work(s.cond) else s.cond
