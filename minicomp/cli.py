@@ -6,11 +6,15 @@
     minicomp dump --workload softmax --size cpu            the same for a built-in workload
     minicomp dump gpt2.py:gpt2 --args-from make_args.py:make   arguments (weights in dicts) built by Python
     minicomp dump --workload softmax --emit loops          the loop IR (--emit c: the C source)
+    minicomp dump ... --emit lower                         the loop IR after one loop stage (lower,
+                                                           schedule, simplify_indices = loops)
     minicomp dump --workload softmax --emit asm            gcc's assembly, SIMD instructions counted
     minicomp dump ... --disable fusion --print-between-passes   the graph after each pass
+    minicomp dump ... --emit c --print-between-passes     ... then the program after each loop stage
     minicomp explain --workload block --size cpu           why each op was fused or not; kernels,
                                                            bytes moved and memory before/after
-    minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass that changes results
+    minicomp bisect model.py:f --arg x=f32[8,16] --target c    the first pass or loop stage that
+                                                           changes results (--stop-after STAGE)
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp bench gpt2.py:gpt2 --args-from make_args.py:make   time your function against NumPy
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
@@ -27,6 +31,9 @@ lists and tuples of weights); ``--arg`` options add to it or override it.
 
 ``dump``, ``inspect``, ``explain`` and ``bisect`` run the pass pipeline: the default passes, or
 exactly ``--passes a,b,c`` (``--passes none``: the graph as traced), minus each ``--disable``.
+``dump --emit`` (past ``graph``) and ``bisect`` go on through the loop stages of
+``minicomp.stages`` (lower, schedule, simplify_indices, render); ``--disable schedule`` or
+``--disable simplify_indices`` leaves one out.
 """
 
 from __future__ import annotations
@@ -179,16 +186,33 @@ def _function_from_args(args):
 
 
 def _pass_options(args) -> tuple[list[str] | None, list[str]]:
-    """(passes, disabled) from ``--passes a,b`` (``none``: no pass) and ``--disable`` options."""
+    """(passes, disabled) from ``--passes a,b`` (``none``: no pass) and ``--disable`` options.
+
+    ``--disable`` may also name an optional loop stage (``schedule``, ``simplify_indices``):
+    those are left out here and read by ``_stage_options``."""
     from .passes.pipeline import pipeline_names
+    from .stages import STAGES, stage_names
 
     passes = None
     if args.passes is not None:
         passes = [] if args.passes.strip().lower() in ("", "none") else \
             [p.strip() for p in args.passes.split(",") if p.strip()]
-    disable = [p.strip() for option in args.disable for p in option.split(",") if p.strip()]
+    stage_names(disable=[p for p in _disabled(args) if p in STAGES])  # lower, render ... cannot be left out
+    disable = [p for p in _disabled(args) if p not in STAGES]
     pipeline_names(passes, disable)  # unknown names fail here, listing the known passes
     return passes, disable
+
+
+def _disabled(args) -> list[str]:
+    """Every name given to ``--disable`` (repeatable, comma-separated)."""
+    return [p.strip() for option in args.disable for p in option.split(",") if p.strip()]
+
+
+def _stage_options(args) -> list[str]:
+    """The loop stages ``--disable`` leaves out (``schedule``, ``simplify_indices``)."""
+    from .stages import OPTIONAL_STAGES
+
+    return [p for p in _disabled(args) if p in OPTIONAL_STAGES]
 
 
 def _optimise(args, graph):
@@ -200,29 +224,35 @@ def _optimise(args, graph):
     return optimised
 
 
+#: ``dump --emit`` choice -> the last stage of ``minicomp.stages`` it runs (graph: none of them)
+EMIT_STAGES = {"graph": None, "lower": "lower", "schedule": "schedule", "simplify_indices": "simplify_indices",
+               "loops": "simplify_indices", "c": "render", "asm": "simplify_indices"}
+
+
 def cmd_dump(args) -> None:
     graph = _optimise(args, _trace_from_args(args))
+    between = args.print_between_passes
     if args.emit == "graph":
-        if args.print_between_passes and args.format == "text":
+        if between and args.format == "text":
             return  # the last graph printed between passes is the result
         print(graph.to_dot() if args.format == "dot" else graph.to_text(None if args.full_constants else 16))
         return
     if args.format == "dot":
         raise MinicompError("--format dot only applies to --emit graph")
-    from .codegen.c import render_c
-    from .stages import loop_program
+    if args.kernel and args.emit != "asm":
+        raise MinicompError("--kernel only applies to --emit asm")
+    from .stages import run_stages
 
-    program = loop_program(graph)
+    made, _ = run_stages(graph, stop_after=EMIT_STAGES[args.emit], disable=_stage_options(args),
+                         print_between=between)
     if args.emit == "asm":
         from .tools.asm import assembly, format_summary, simd_summary
 
-        text = assembly(program, args.kernel)
+        text = assembly(made, args.kernel)
         print(f"# SIMD evidence: vector instructions by register width\n{format_summary(simd_summary(text))}\n")
         print(text)
-        return
-    if args.kernel:
-        raise MinicompError("--kernel only applies to --emit asm")
-    print(str(program) if args.emit == "loops" else render_c(program))
+    elif not between:  # between stages, the last thing printed is the result
+        print(made)
 
 
 def cmd_cache(args) -> None:
@@ -306,7 +336,8 @@ def cmd_bisect(args) -> int:
     passes, disable = _pass_options(args)
     fn, values = _function_from_args(args)
     result = bisect(fn, *values, passes=passes, disable=disable, target=args.target,
-                    trials=args.trials, seed=args.seed)
+                    trials=args.trials, seed=args.seed, stop_after=args.stop_after,
+                    disable_stages=_stage_options(args))
     print(result)
     return 0 if result.ok else 3
 
@@ -380,17 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run exactly these passes, in order ('none': the graph as traced); "
                             "default: the default pipeline")
         p.add_argument("--disable", action="append", default=[], metavar="PASS",
-                       help="leave this pass out (repeatable)")
+                       help="leave this pass out (repeatable); also the loop stages schedule and "
+                            "simplify_indices, where the command runs them")
         if between:
             p.add_argument("--print-between-passes", action="store_true",
-                           help="print the graph before the first pass and after each one")
+                           help="print the graph before the first pass and after each one, then (dump "
+                                "--emit lower/schedule/loops/c/asm) the program after each loop stage")
 
     dump = sub.add_parser("dump", help="print the graph after the passes (or as traced: --passes none)")
     add_function_args(dump)
     add_pass_args(dump)
-    dump.add_argument("--emit", default="graph", choices=["graph", "loops", "c", "asm"],
-                      help="which stage to print: the graph, the loop IR, the generated C, or the "
-                           "assembly gcc makes of it (with a count of SIMD instructions per kernel)")
+    dump.add_argument("--emit", default="graph", choices=list(EMIT_STAGES),
+                      help="which stage to print: the graph after the passes; the loop IR after the loop "
+                           "stage lower, schedule or simplify_indices (= loops: what is rendered); the "
+                           "generated C; or the assembly gcc makes of it (with a count of SIMD instructions "
+                           "per kernel). With --print-between-passes, every stage up to it is printed")
     dump.add_argument("--kernel", metavar="NAME", help="with --emit asm: only this kernel (k_NAME)")
     dump.add_argument("--format", default="text", choices=["text", "dot"])
     dump.add_argument("--full-constants", action="store_true", help="print large constants too")
@@ -406,9 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_pass_args(expl, between=False)
     expl.set_defaults(run=cmd_explain)
 
-    bis = sub.add_parser("bisect", help="find the first pass that changes a function's results")
+    bis = sub.add_parser("bisect", help="find the first pass or loop stage that changes a function's results")
     add_function_args(bis)
     add_pass_args(bis, between=False)
+    bis.add_argument("--stop-after", metavar="STAGE",
+                     help="stop after this pass or loop stage (lower, schedule, simplify_indices); "
+                          "default: through every loop stage")
     bis.add_argument("--target", default="numpy",
                      help="also run each stage on this target (c); the interpreter always runs")
     bis.add_argument("--trials", type=int, default=2, help="random input sets (default: 2)")

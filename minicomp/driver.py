@@ -299,10 +299,19 @@ class JitFunction:
         return self.compiled_for(*self._positional(args, kwargs)).traced
 
     def inspect(self, *args, **kwargs) -> "Inspection":
-        """Every stage compiled for these arguments: graph, loop IR and generated source."""
+        """Every stage compiled for these arguments: the graph as traced and after the passes,
+        the loop IR after each loop stage (``minicomp.stages``) and the generated source."""
         compiled = self.compiled_for(*self._positional(args, kwargs))
-        return Inspection(compiled.graph, getattr(compiled.run, "program", None),
-                          getattr(compiled.run, "source", None), compiled.traced, compiled.report)
+        program = getattr(compiled.run, "program", None)
+        loop_stages = {}
+        if program is not None:  # the earlier loop stages again (cheap: no compiling)
+            from .stages import run_stages
+
+            _, stages = run_stages(compiled.graph, stop_after="simplify_indices")
+            loop_stages = stages.programs()
+            loop_stages["simplify_indices"] = program  # the one compiled
+        return Inspection(compiled.graph, program, getattr(compiled.run, "source", None), compiled.traced,
+                          compiled.report, loop_stages)
 
     @property
     def cache_size(self) -> int:
@@ -325,26 +334,48 @@ class JitFunction:
 
 
 class Inspection:
-    """What one signature compiled to; ``print`` it to see all stages in order."""
+    """What one signature compiled to; ``print`` it to see all stages in order.
+
+    ``stage(name)`` gives one of them: ``"traced"`` and ``"graph"`` (after the passes), each
+    loop stage (``"lower"``, ``"schedule"``, ``"simplify_indices"``: a ``Program``), and
+    ``"render"`` (the source text).
+    """
 
     def __init__(self, graph: Graph, program=None, source: str | None = None, traced: Graph | None = None,
-                 report=None):
+                 report=None, loop_stages: dict | None = None):
         self.traced = traced  # the graph as traced
         self.report = report  # what each pass did
         self.graph = graph  # the graph after the passes, as compiled
-        self.program = program  # the lowered loop IR (None for the numpy target)
+        self.program = program  # the loop IR compiled: after the last loop stage (None for the numpy target)
         self.source = source  # the generated C or CUDA text (None for the numpy target)
+        self.loop_stages = dict(loop_stages or {})  # loop stage name -> the Program after it
+        if program is not None:
+            self.loop_stages.setdefault("simplify_indices", program)
 
     @property
     def loops(self) -> str | None:
         return None if self.program is None else str(self.program)
 
+    def stage(self, name: str):
+        """What stage ``name`` made (see the class docstring); ``MinicompError`` if it did not run."""
+        made = {"traced": self.traced, "graph": self.graph, **self.loop_stages, "render": self.source}
+        if made.get(name) is None:
+            known = [stage for stage, value in made.items() if value is not None]
+            raise MinicompError(f"no stage {name!r} in this inspection; it has {', '.join(known)}")
+        return made[name]
+
     def __str__(self) -> str:
-        parts = [f"== graph ==\n{self.graph}"]
+        parts = []
         if self.report is not None and self.report.records:
-            parts.insert(0, f"== passes ==\n{self.report}")
+            if self.traced is not None:
+                parts.append(f"== traced graph ==\n{self.traced}")
+            parts.append(f"== passes ==\n{self.report}")
+        parts.append(f"== graph ==\n{self.graph}")
+        for name, program in self.loop_stages.items():
+            if name != "simplify_indices":
+                parts.append(f"== loops after {name} ==\n{program}")
         if self.program is not None:
-            parts.append(f"== loops ==\n{self.loops}")
+            parts.append(f"== loops == (after simplify_indices: what is rendered)\n{self.loops}")
         if self.source is not None:
             parts.append(f"== source ==\n{self.source}")
         return "\n\n".join(parts)

@@ -1,52 +1,304 @@
-"""The loop-level pipeline: from a fused graph to loop nests shaped for a target.
+"""The loop-level pipeline: from a fused graph to a loaded executable, in named stages.
 
-The graph passes (``minicomp.passes``) end with a fused graph. Below it, one list of named
-stages, each a plain function, each printable::
+The graph passes (``minicomp.passes``) end with a fused graph. Below it runs one list of named
+stages, each a plain function ``(value, target) -> value`` with a contract docstring, as the
+graph passes have::
 
-    lower             fused graph -> Program of plain loop nests (minicomp.lower)
-    schedule          each kernel gets its pattern's default steps for the target (minicomp.schedules)
-    simplify_indices  index arithmetic the loop ranges decide is folded (minicomp.ir.simplify_indices)
-    render            Program -> source text (minicomp.codegen)
-    compile           text -> shared library, cached (minicomp.runtime.compiler)
-    load              library -> callable (minicomp.runtime.executable)
+    lower             Graph   -> Program    plain loop nests, one kernel per fused group (minicomp.lower)
+    schedule          Program -> Program    each kernel's pattern gets its default steps (minicomp.schedules)
+    simplify_indices  Program -> Program    index arithmetic the loop ranges decide is folded
+    render            Program -> Source     the C text (minicomp.codegen)
+    compile           Source  -> Library    gcc, or the compile cache (minicomp.runtime.compiler)
+    load              Library -> Executable the library loaded, callable on arrays (minicomp.runtime)
 
-``loop_program(graph, target, stop_after="schedule")`` runs the loop stages up to one of them;
-the renderer, compiler and loader take it from there.
+``run_stages`` runs them as ``run_pipeline`` runs the graph passes: up to a chosen stage
+(``stop_after``), leaving some out (``disable``: only ``schedule`` and ``simplify_indices``
+may be, the others make what the next one needs), timing each, verifying the program after
+each loop stage (``minicomp.ir.verify_loops``: a stage that breaks the loop IR is named),
+and printing what each made (``print_between``; CLI ``--print-between-passes``)::
+
+    >>> program, report = run_stages(graph, stop_after="schedule")
+    >>> print(report)                   # one line per stage: kernels, milliseconds
+    >>> run, _ = run_stages(graph)      # through "load": an Executable, run(*arrays) -> outputs
+
+``loop_program(graph)`` is the shortcut for the loop IR the renderer is given.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
 
+from .errors import MinicompError
+from .ir.graph import Graph
 from .ir.simplify_indices import simplify_kernel_indices
-from .lower.program import Program, lower
-from .schedules import schedule
+from .ir.verify_loops import LoopIRError, verify_program
+from .lower import program as lowering
+from .lower.program import Program
+from . import schedules
+from .codegen.c import render_c
+from .runtime.compiler import compile_c, load_library
+from .runtime.executable import Executable
 from .target import Target, host_target
 
-#: The loop-level stages, in order; the first three give a ``Program``.
-LOOP_STAGES = ("lower", "schedule", "simplify_indices")
-STAGES = LOOP_STAGES + ("render", "compile", "load")
+
+@dataclass(frozen=True)
+class Source:
+    """What ``render`` makes: the program's source text, with the program it renders (the
+    loader needs its buffers). ``str`` is the text."""
+
+    program: Program
+    text: str
+    language: str = "c"
+
+    def __str__(self) -> str:
+        return self.text
 
 
-def simplify_indices(program: Program) -> Program:
-    """A copy of ``program`` whose kernels' index expressions are folded where the loop ranges
-    decide them (``minicomp.ir.simplify_indices``): ``(i*16 + j) / 16`` -> ``i`` for ``j < 16``."""
+@dataclass(frozen=True)
+class Library:
+    """What ``compile`` makes: the shared library built from ``source`` (in the compile cache)."""
+
+    source: Source
+    path: Path
+
+    def __str__(self) -> str:
+        return f"library {self.path}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The stages
+# ----------------------------------------------------------------------------------------------
+
+
+def lower_graph(graph: Graph, target: Target) -> Program:
+    """Lower every computing node (fused group) of ``graph`` to a kernel (``minicomp.lower``).
+
+    Requires: a verified graph, after any graph passes (a ``fused`` node is one kernel).
+    Guarantees: a ``Program`` whose kernels compute the nodes in order, each with its fusion
+    ``pattern`` set for ``schedule``; buffers for inputs, constants and outputs, every other
+    value a slice of the workspace. The target is not read: the nests are the same for all.
+
+        %add = add(%x, %b) : f32[4,8]   ->   kernel add(x: f32[4,8], b: f32[8]) -> add: f32[4,8]
+                                               for i0 in 0..4:
+                                                 for i1 in 0..8:
+                                                   add[i0*8 + i1] = x[i0*8 + i1] + b[i1]
+    """
+    return lowering.lower(graph)
+
+
+def schedule_kernels(program: Program, target: Target) -> Program:
+    """Give each kernel the default schedule of its pattern for ``target`` (``minicomp.schedules``).
+
+    Requires: a lowered program. Guarantees: the same results (every step checks its own
+    legality, a refused step is skipped); each kernel's ``schedule`` lists the steps applied,
+    and scratch buffers a step added have a place in the workspace.
+
+        for i0 in 0..4096:                ->   # schedule: vectorize(i1), parallel(i0)
+          for i1 in 0..1024: ...                 parallel for i0 in 0..4096:
+                                                   vectorized for i1 in 0..1024: ...
+    """
+    return schedules.schedule(program, target)
+
+
+def simplify_indices(program: Program, target: Target | None = None) -> Program:
+    """Fold index arithmetic the loop ranges decide (``minicomp.ir.simplify_indices``).
+
+    Requires: a lowered (and maybe scheduled) program. Guarantees: a copy whose kernels store
+    the same values at the same places; only index and guard expressions change.
+
+        x[((h*64 + d) / 768)*2304 + (h*64 + d) % 768]   ->   x[h*64 + d]      (h < 12, d < 64)
+    """
     return replace(program, kernels=[simplify_kernel_indices(k) for k in program.kernels])
 
 
-def loop_program(graph, target: Target | None = None, stop_after: str = "simplify_indices",
-                 disable: tuple[str, ...] = ()) -> Program:
+def render_source(program: Program, target: Target) -> Source:
+    """The program as one C translation unit (``minicomp.codegen.c``).
+
+    Requires: a program that passes ``verify_program``. Guarantees: one ``static`` function
+    ``k_<name>`` per kernel, and the entry point ``int minicomp_entry(void **args)`` that runs
+    them in order on the program's parameters and workspace (``codegen/c.py`` says how).
+
+        kernel add(...) -> add: f32[4,8]   ->   static void k_add(const float *restrict b_x, ...) {
+          for i0 in 0..4: ...                     for (int64_t i0 = 0; i0 < 4; ++i0) { ... }
+    """
+    if target.kind != "cpu":
+        raise MinicompError(f"no renderer for target kind {target.kind!r} yet")
+    return Source(program, render_c(program))
+
+
+def compile_source(source: Source, target: Target) -> Library:
+    """Compile the source into a shared library with minicomp's flags, or find it in the
+    compile cache (``minicomp.runtime.compiler.compile_c``; the key is the text and the flags).
+
+    Requires: C text from ``render``. Guarantees: a library that exports ``minicomp_entry``;
+    ``CompileError`` with the compiler's message otherwise.
+
+        "static void k_add(...) {...}"   ->   library ~/.cache/minicomp/<key>.so
+    """
+    return Library(source, compile_c(source.text, source.program.graph.name))
+
+
+def load_executable(library: Library, target: Target) -> Executable:
+    """Load the library (``minicomp.runtime``) as an ``Executable``: call it with arrays.
+
+    Requires: a library from ``compile``. Guarantees: ``run(*arrays)`` checks the arguments
+    against the graph's inputs and returns fresh output arrays (``runtime/executable.py``).
+
+        library <key>.so   ->   Executable: run(x, b) -> [add]
+    """
+    source = library.source
+    return Executable(source.program, source.text, loaded=(library.path, *load_library(library.path)))
+
+
+#: The stages in order: name -> function ``(value, target) -> value``.
+STAGES: dict[str, Callable] = {
+    "lower": lower_graph,
+    "schedule": schedule_kernels,
+    "simplify_indices": simplify_indices,
+    "render": render_source,
+    "compile": compile_source,
+    "load": load_executable,
+}
+#: The stages whose result is a ``Program`` (checked by ``verify_program`` after each).
+LOOP_STAGES = ("lower", "schedule", "simplify_indices")
+#: The stages ``disable`` may leave out: each hands on what it was given.
+OPTIONAL_STAGES = ("schedule", "simplify_indices")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running them
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: how long it took and what it made (``result``; None if disabled)."""
+
+    name: str
+    milliseconds: float = 0.0
+    result: object = None
+    skipped: bool = False
+
+    def summary(self) -> str:
+        """A few words on the result: kernels of a program, lines of a source, a library's file."""
+        if isinstance(self.result, Program):
+            count = len(self.result.kernels)
+            return f"{count} kernel{'s' if count != 1 else ''}"
+        if isinstance(self.result, Source):
+            return f"{self.result.text.count(chr(10)) + 1} lines of {self.result.language}"
+        if isinstance(self.result, Library):
+            return f"{self.result.path.stem[:12]}...{self.result.path.suffix}"
+        return type(self.result).__name__
+
+
+@dataclass
+class StageReport:
+    """The record of a ``run_stages`` run; ``str`` gives one line per stage."""
+
+    records: list[StageRecord] = field(default_factory=list)
+
+    def result(self, name: str):
+        """What stage ``name`` made (``KeyError`` if it did not run)."""
+        for record in self.records:
+            if record.name == name and not record.skipped:
+                return record.result
+        raise KeyError(f"stage {name!r} did not run")
+
+    def programs(self) -> dict[str, Program]:
+        """The program after each loop stage that ran, by stage name, in order."""
+        return {r.name: r.result for r in self.records if r.name in LOOP_STAGES and not r.skipped}
+
+    def __str__(self) -> str:
+        lines = [f"{'stage':<20} {'made':>22} {'ms':>8}"]
+        for r in self.records:
+            if r.skipped:
+                lines.append(f"{r.name:<20} {'(disabled)':>22}")
+            else:
+                lines.append(f"{r.name:<20} {r.summary():>22} {r.milliseconds:>8.2f}")
+        return "\n".join(lines)
+
+
+def shown(value) -> str:
+    """What ``print_between`` prints for a stage's result: the loop IR, the source text, the
+    library's path, or what an executable takes and returns."""
+    if isinstance(value, Executable):
+        graph = value.plan.graph
+        return (f"executable {graph.name}({', '.join(n.name for n in graph.inputs)}) -> "
+                f"{len(graph.outputs)} output(s), from {value.library_path}")
+    return str(value)
+
+
+def stage_names(stop_after: str = "load", disable: Iterable[str] = ()) -> list[str]:
+    """The stages that would run, in order, up to ``stop_after``, minus ``disable``;
+    ``MinicompError`` naming the known stages for an unknown or undisableable name."""
+    disabled = set(disable)
+    if stop_after not in STAGES:
+        raise MinicompError(f"unknown stage {stop_after!r}; the stages are {', '.join(STAGES)}")
+    unknown = disabled - set(STAGES)
+    if unknown:
+        raise MinicompError(f"unknown stage(s) {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+    needed = disabled - set(OPTIONAL_STAGES)
+    if needed:
+        raise MinicompError(f"stage(s) {sorted(needed)} cannot be left out (the next stage needs what they "
+                            f"make); only {', '.join(OPTIONAL_STAGES)} can")
+    names = list(STAGES)[:list(STAGES).index(stop_after) + 1]
+    return [n for n in names if n not in disabled]
+
+
+def run_stage(name: str, value, target: Target):
+    """Stage ``name`` on ``value`` (what the stage before it made); after a loop stage the
+    program is verified (``LoopIRError`` naming the stage if it is broken)."""
+    made = STAGES[name](value, target)
+    if name in LOOP_STAGES:
+        try:
+            verify_program(made)
+        except LoopIRError as exc:
+            raise LoopIRError(f"stage {name!r} left a broken program: {exc}") from None
+    return made
+
+
+def run_stages(graph: Graph, target: Target | None = None, stop_after: str = "load", disable: Iterable[str] = (),
+               print_between: bool = False, printer: Callable[[str], None] = print) -> tuple[object, StageReport]:
+    """Run the stages on ``graph`` up to ``stop_after``; (what the last one made, the report).
+
+    ``target``: the machine (default: this CPU, ``host_target()``). ``disable``: optional
+    stages to leave out. ``print_between``: ``printer`` gets what each stage made (a program's
+    loop IR, the source, the library's path), headed ``// ---- after NAME ----``.
+    A loop stage whose program fails ``verify_program`` raises ``LoopIRError`` naming it.
+    """
+    target = target or host_target()
+    enabled = set(stage_names(stop_after, disable))
+    report = StageReport()
+    value: object = graph
+    for name in list(STAGES)[:list(STAGES).index(stop_after) + 1]:
+        if name not in enabled:
+            report.records.append(StageRecord(name, skipped=True))
+            continue
+        start = time.perf_counter()
+        value = run_stage(name, value, target)
+        elapsed = (time.perf_counter() - start) * 1e3
+        report.records.append(StageRecord(name, elapsed, value))
+        if print_between:
+            printer(f"// ---- after {name} ----\n{shown(value)}")
+    return value, report
+
+
+def loop_program(graph: Graph, target: Target | None = None, stop_after: str = "simplify_indices",
+                 disable: Iterable[str] = ()) -> Program:
     """The loop IR of a fused ``graph`` after the loop stages up to ``stop_after``.
 
     ``disable``: loop stages to leave out (``("schedule",)`` gives the plain nests, simplified).
     """
     if stop_after not in LOOP_STAGES:
         raise ValueError(f"stop_after must be one of {', '.join(LOOP_STAGES)}, not {stop_after!r}")
-    program = lower(graph)
-    target = target or host_target()
-    for name in LOOP_STAGES[1:LOOP_STAGES.index(stop_after) + 1]:
-        if name == "schedule" and name not in disable:
-            program = schedule(program, target)
-        elif name == "simplify_indices" and name not in disable:
-            program = simplify_indices(program)
+    program, _ = run_stages(graph, target, stop_after, disable)
     return program
+
+
+def build(graph: Graph, target: Target | None = None) -> Executable:
+    """``graph`` through every stage: the loaded ``Executable`` (the ``"c"`` target of ``jit``)."""
+    executable, _ = run_stages(graph, target)
+    return executable

@@ -1,10 +1,12 @@
-"""Shared test settings: hypothesis profiles and fresh random inputs."""
+"""Shared test settings: hypothesis profiles, fresh random inputs, the program backends."""
 
 import os
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+from minicomp.testing.backends import BACKENDS
 
 # "ci" (the default) keeps the whole suite within CI's budget; "thorough" digs deeper locally:
 #   HYPOTHESIS_PROFILE=thorough python -m pytest
@@ -42,3 +44,11 @@ def fresh_compile_cache(tmp_path_factory):
         os.environ.pop("MINICOMP_CACHE_DIR", None)
     else:
         os.environ["MINICOMP_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session", params=sorted(BACKENDS))
+def backend(request):
+    """Each backend that runs a loop-IR program (``minicomp/testing/backends.py``: the C
+    compiler, the loop interpreter; CUDA joins there): ``backend.run(program, *arrays)`` gives
+    the outputs. Session-scoped, so that hypothesis tests can take it."""
+    return BACKENDS[request.param]

@@ -1,10 +1,12 @@
-"""Bisection names the first pass that changes a function's results.
+"""Bisection names the first pass, or loop stage, that changes a function's results.
 
 Deliberately wrong passes are registered for the tests (``register_pass(..., default=False)``,
 so the default pipeline never sees them) and removed again afterwards: one replacing ``add`` by
 ``sub`` (wrong everywhere), one raising, one breaking the graph, and one planning overlapping
 storage for values alive at the same time (wrong only in compiled code: the interpreter does
-not use the plan, so only ``target="c"`` catches it).
+not use the plan, so only ``target="c"`` catches it). Deliberately wrong loop stages replace a
+stage of ``minicomp.stages.STAGES`` for one test (``monkeypatch``): a schedule that adds 1 to
+every float it stores, one that raises, and one that leaves a loop variable undeclared.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import textwrap
 import numpy as np
 import pytest
 
+from dataclasses import replace
+
 import minicomp
-from minicomp import Graph, TensorType
+from minicomp import Graph, TensorType, stages
 from minicomp.cli import main
 from minicomp.driver import TARGETS, register_target
+from minicomp.errors import MinicompError
+from minicomp.ir.loops import Binary, Block, For, If, Store, Var, const
+from minicomp.stages import LOOP_STAGES
 from minicomp.tools.bisect import TRACED, BisectResult, bisect, random_array
 from minicomp.passes.pipeline import DEFAULT_PIPELINE, PASSES, pipeline_names, register_pass
 
@@ -56,7 +63,7 @@ WRONG_PASSES = {"test_add_to_sub": _add_to_sub, "test_raises": _raises,
 @pytest.fixture
 def wrong_passes():
     """Register the wrong passes for one test; leave the registry as it was."""
-    saved_pipeline = list(DEFAULT_PIPELINE)
+    saved_pipeline = list(pipeline_names())  # (loads the real passes first: DEFAULT_PIPELINE fills on first use)
     for name, fn in WRONG_PASSES.items():
         register_pass(name, default=False)(fn)
     try:
@@ -84,10 +91,12 @@ def with_pass_after(name: str, after: str) -> list[str]:
 def test_no_pass_changes_a_correct_pipeline():
     result = bisect(layernorm, *LN_ARGS)
     assert result.first_bad_pass is None and result.ok and result.baseline_ok
-    assert result.passes == pipeline_names()
-    assert [s.stage for s in result.stages] == [TRACED] + result.passes
+    assert result.first_bad_stage is None
+    assert result.passes == pipeline_names() and result.loop_stages == list(LOOP_STAGES)
+    assert [s.stage for s in result.stages] == [TRACED] + result.passes + list(LOOP_STAGES)
+    assert [s.target for s in result.stages if s.stage in LOOP_STAGES] == ["c"] * len(LOOP_STAGES)
     assert result.reference.startswith("NumPy (the function run eagerly)")
-    assert "no pass changed the results" in str(result)
+    assert "no pass changed the results, nor any loop stage (lower, schedule, simplify_indices)" in str(result)
 
 
 def test_names_the_wrong_pass_on_both_targets(wrong_passes):
@@ -103,6 +112,8 @@ def test_names_the_wrong_pass_on_both_targets(wrong_passes):
     text = str(result)
     assert "first pass that changes the result: test_add_to_sub" in text
     assert "-  %add = add(" in text and "sub(" in text  # the diff of the graph text
+    assert result.first_bad_stage == "test_add_to_sub" and result.first_bad_loop_stage is None
+    assert not any(s.stage in LOOP_STAGES for s in result.stages)  # a wrong graph stops before lowering
     assert result.graph_before is not None and "sub" in [n.op for n in result.graph_after.op_nodes()]
 
 
@@ -126,7 +137,9 @@ def test_only_compiled_code_sees_a_wrong_memory_plan(wrong_passes):
         return (np.exp(x) + 1) * np.sin(x)  # exp+1 and sin alive together: they may not share
 
     x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)
-    assert bisect(f, x, passes=["test_overlapping_storage"]).ok  # the interpreter has no plan
+    on_the_interpreter = bisect(f, x, passes=["test_overlapping_storage"])  # the interpreter has no plan:
+    assert on_the_interpreter.first_bad_pass is None  # the pass looks right, and lowering is blamed
+    assert on_the_interpreter.first_bad_loop_stage == "lower" and "--target c runs each pass" in str(on_the_interpreter)
     result = bisect(f, x, passes=["test_overlapping_storage"], target="c")
     assert result.first_bad_pass == "test_overlapping_storage"
     assert [(s.target, s.ok) for s in result.stages if s.stage == "test_overlapping_storage"] == [
@@ -215,6 +228,121 @@ def test_the_result_type():
 
 
 # ----------------------------------------------------------------------------------------------
+# Loop stages
+# ----------------------------------------------------------------------------------------------
+
+
+def _plus_one(stmt):
+    """``stmt`` with 1 added to every float it stores."""
+    if isinstance(stmt, Store) and stmt.value.dtype.kind == "f":
+        one = const(1, stmt.value.dtype)
+        return Store(stmt.buffer, stmt.index, Binary("+", stmt.value, one, stmt.value.dtype))
+    if isinstance(stmt, For):
+        return replace(stmt, body=_plus_one(stmt.body))
+    if isinstance(stmt, Block):
+        return Block([_plus_one(s) for s in stmt.stmts])
+    if isinstance(stmt, If):
+        return If(stmt.cond, _plus_one(stmt.then), None if stmt.otherwise is None else _plus_one(stmt.otherwise))
+    return stmt
+
+
+@pytest.fixture
+def wrong_schedule(monkeypatch):
+    """Make the schedule stage add 1 to every float stored; return the real one."""
+    real = stages.STAGES["schedule"]
+
+    def schedule_plus_one(program, target):
+        program = real(program, target)
+        return replace(program, kernels=[replace(k, body=_plus_one(k.body)) for k in program.kernels])
+
+    monkeypatch.setitem(stages.STAGES, "schedule", schedule_plus_one)
+    return real
+
+
+def tanh_twice(x, b):
+    return np.tanh(x + b) * 2
+
+
+TANH_ARGS = (TensorType((4, 8), "f32"), TensorType((8,), "f32"))
+
+
+def test_names_the_wrong_loop_stage(wrong_schedule):
+    result = bisect(tanh_twice, *TANH_ARGS)
+    assert result.first_bad_pass is None and result.first_bad_loop_stage == "schedule"
+    assert result.first_bad_stage == "schedule" and result.baseline_ok and not result.ok
+    assert [(s.stage, s.ok) for s in result.stages if s.stage in LOOP_STAGES] == [("lower", True), ("schedule", False)]
+    assert all(s.ok for s in result.stages if s.stage not in LOOP_STAGES)  # every pass
+    text = str(result)
+    assert "first loop stage that changes the result: schedule (the graph after the last pass was right" in text
+    assert "--- before schedule" in text and "+++ after schedule" in text and "+ 1.0" in text  # the loop IR diff
+    assert "kernel " in str(result.program_before) and result.program_after is not None
+
+
+def test_a_wrong_loop_stage_under_the_c_target_is_found_on_the_traced_graph(wrong_schedule):
+    """The c target runs every loop stage, so the traced graph is already wrong there: the loop
+    stages are then walked on the traced graph (the interpreter ran it right)."""
+    result = bisect(tanh_twice, *TANH_ARGS, target="c")
+    assert not result.baseline_ok and result.first_bad_pass is None
+    assert [(s.stage, s.target, s.ok) for s in result.stages] == [
+        (TRACED, "numpy", True), (TRACED, "c", False), ("lower", "c", True), ("schedule", "c", False)]
+    assert result.first_bad_loop_stage == "schedule"
+    assert "first loop stage that changes the result: schedule (the traced graph (on the interpreter) was" in str(result)
+
+
+def test_a_loop_stage_is_checked_on_the_loop_interpreter_too(wrong_schedule):
+    result = bisect(tanh_twice, *TANH_ARGS, loop_targets=("c", "loop_interpreter"))
+    assert result.first_bad_loop_stage == "schedule" and result.loop_targets == ("c", "loop_interpreter")
+    assert {(s.stage, s.target, s.ok) for s in result.stages if s.stage in LOOP_STAGES} == {
+        ("lower", "c", True), ("lower", "loop_interpreter", True),
+        ("schedule", "c", False), ("schedule", "loop_interpreter", False)}
+    assert "loop_interpreter" in str(result).splitlines()[1]  # a column of the table
+
+
+def test_a_loop_stage_that_raises_or_breaks_the_program_is_named(monkeypatch):
+    def raises(program, target):
+        raise RuntimeError("this stage always fails")
+
+    monkeypatch.setitem(stages.STAGES, "simplify_indices", raises)
+    result = bisect(tanh_twice, *TANH_ARGS)
+    assert result.first_bad_loop_stage == "simplify_indices" and result.program_after is None
+    assert "RuntimeError: this stage always fails" in result.failures[0].message
+
+    def undeclared(program, target):  # every store's index becomes a variable no loop declares
+        kernels = [replace(k, body=_with_index(k.body, Var("nowhere"))) for k in program.kernels]
+        return replace(program, kernels=kernels)
+
+    monkeypatch.setitem(stages.STAGES, "simplify_indices", undeclared)
+    result = bisect(tanh_twice, *TANH_ARGS)
+    assert result.first_bad_loop_stage == "simplify_indices"
+    assert "left a broken program" in result.failures[0].message and "nowhere" in result.failures[0].message
+
+
+def _with_index(stmt, index):
+    if isinstance(stmt, Store):
+        return Store(stmt.buffer, index, stmt.value)
+    if isinstance(stmt, For):
+        return replace(stmt, body=_with_index(stmt.body, index))
+    if isinstance(stmt, Block):
+        return Block([_with_index(s, index) for s in stmt.stmts])
+    return stmt
+
+
+def test_stop_after_a_pass_or_a_loop_stage(wrong_schedule):
+    result = bisect(tanh_twice, *TANH_ARGS, stop_after="lower")
+    assert result.ok and result.loop_stages == ["lower"]  # the wrong schedule is never reached
+    assert [s.stage for s in result.stages][-1] == "lower"
+    result = bisect(tanh_twice, *TANH_ARGS, stop_after="cse")
+    assert result.ok and result.passes == pipeline_names()[:pipeline_names().index("cse") + 1]
+    assert result.loop_stages == [] and "loop stage" not in str(result)
+    result = bisect(tanh_twice, *TANH_ARGS, disable_stages=["schedule"])
+    assert result.ok and result.loop_stages == ["lower", "simplify_indices"]
+    with pytest.raises(MinicompError, match="cannot stop after 'render'"):
+        bisect(tanh_twice, *TANH_ARGS, stop_after="render")
+    with pytest.raises(MinicompError, match="only the loop stages schedule, simplify_indices"):
+        bisect(tanh_twice, *TANH_ARGS, disable_stages=["lower"])
+
+
+# ----------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------
 
@@ -239,6 +367,22 @@ def test_cli_bisect_names_the_wrong_pass(wrong_passes, tmp_path, capsys):
     assert "first pass that changes the result: test_add_to_sub" in out
     assert main(argv + ["--passes", "cse,nosuch"]) == 1
     assert "unknown pass(es) ['nosuch']" in capsys.readouterr().err
+
+
+def test_cli_bisect_names_the_wrong_loop_stage(wrong_schedule, tmp_path, capsys):
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(MODEL))
+    argv = ["bisect", f"{path}:f", "--arg", "x=f32[4,8]", "--arg", "b=f32[8]"]
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    assert "first loop stage that changes the result: schedule" in out
+    assert main(argv + ["--stop-after", "lower"]) == 0
+    out = capsys.readouterr().out
+    assert "1 loop stage(s) (lower)" in out and "no pass changed the results, nor any loop stage (lower)" in out
+    assert main(argv + ["--disable", "schedule"]) == 0
+    assert "(lower, simplify_indices)" in capsys.readouterr().out
+    assert main(argv + ["--stop-after", "nosuch"]) == 1
+    assert "cannot stop after 'nosuch'" in capsys.readouterr().err
 
 
 def test_cli_bisect_a_workload(capsys):

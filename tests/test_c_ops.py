@@ -22,6 +22,11 @@ Two kinds of tests:
   ``MinicompRuntimeError`` where NumPy raises ``ValueError``), float16 rounding after every op,
   reductions of empty axes, matmul and conv2d in all their forms. Those compare bit for bit
   (``assert_identical``: the sign of zero too).
+
+Most tests run on every program backend (the ``backend`` fixture of ``conftest.py``: the C
+compiler and the loop interpreter, which must agree with NumPy on the same edge cases); those
+with floor division, modulo of floats or powers run on C only, until the loop interpreter
+knows ``mc_floordiv`` and ``mc_pow``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from minicomp import Graph, TensorType
 from minicomp.errors import MinicompError, MinicompRuntimeError
 from minicomp.ir.dtypes import DTYPES
 from minicomp.ir.ops import OPS, fill_attrs
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.testing import assert_close
 
 DTYPE_NAMES = list(DTYPES)  # f16 f32 f64 i32 i64 bool
@@ -63,9 +70,16 @@ def numpy_quietly(fn, *args):
         return np.asarray(fn(*args))
 
 
-def check(graph: Graph, arrays, expected=None) -> list[np.ndarray]:
-    """C must match the interpreter and, when given, NumPy's ``expected`` outputs."""
-    actual = run_c(graph, *arrays)
+def run_on(backend, graph: Graph, *arrays) -> list[np.ndarray]:
+    """``graph`` after the default passes and the loop stages, run once on ``backend``
+    (the ``backend`` fixture of conftest.py: C or the loop interpreter)."""
+    return backend.run(loop_program(run_pipeline(graph.verify())[0]), *arrays)
+
+
+def check(graph: Graph, arrays, expected=None, backend=None) -> list[np.ndarray]:
+    """``backend`` (default: C, through ``minicomp.compile``) must match the interpreter and,
+    when given, NumPy's ``expected`` outputs."""
+    actual = run_c(graph, *arrays) if backend is None else run_on(backend, graph, *arrays)
     assert_close(actual, minicomp.interpret(graph, *arrays))
     if expected is not None:
         assert_close(actual, list(expected))
@@ -226,13 +240,13 @@ def test_every_op_is_covered_by_this_file():
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 @settings(max_examples=6)
 @given(data=st.data(), shape=shapes())
-def test_unary_ops(dtype, shape, data):
+def test_unary_ops(dtype, shape, data, backend):
     """All unary ops NumPy accepts for ``dtype`` in one graph, on one input."""
     x = data.draw(arrays(dtype, shape))
     graph, (node,) = graph_of("unary", x)
     ops = [op for op in UNARY if accepts(op, [node.type])]
     graph.set_outputs([graph.add_op(op, [node]) for op in ops])
-    check(graph, [data.draw(laid_out(x))], [numpy_quietly(UNARY[op], x) for op in ops])
+    check(graph, [data.draw(laid_out(x))], [numpy_quietly(UNARY[op], x) for op in ops], backend)
 
 
 def pow_exponent(b: np.ndarray) -> np.ndarray:
@@ -281,12 +295,12 @@ def test_binary_promotion_of_every_dtype_pair(dtype_a, rng):
 @settings(max_examples=12)
 @given(data=st.data(), shapes=broadcastable_shapes(3),
        dtypes=st.tuples(st.sampled_from(DTYPE_NAMES), st.sampled_from(DTYPE_NAMES)))
-def test_where(shapes, dtypes, data):
+def test_where(shapes, dtypes, data, backend):
     cond = data.draw(arrays("bool", shapes[0]))
     a, b = data.draw(arrays(dtypes[0], shapes[1])), data.draw(arrays(dtypes[1], shapes[2]))
     graph, nodes = graph_of("where", cond, a, b)
     graph.set_outputs([graph.add_op("where", nodes)])
-    check(graph, [data.draw(laid_out(v)) for v in (cond, a, b)], [np.where(cond, a, b)])
+    check(graph, [data.draw(laid_out(v)) for v in (cond, a, b)], [np.where(cond, a, b)], backend)
 
 
 def cast_inputs(dtype: str, rng) -> np.ndarray:
@@ -310,20 +324,20 @@ def cast_inputs(dtype: str, rng) -> np.ndarray:
 
 
 @pytest.mark.parametrize("source", DTYPE_NAMES)
-def test_cast_to_every_dtype(source, rng):
+def test_cast_to_every_dtype(source, rng, backend):
     """``x.astype(d)`` for all six ``d``, including NaN/inf/out-of-range floats to integers
     (NumPy on x86 gives the minimum integer) and NaN to bool (True)."""
     x = cast_inputs(source, rng)
     graph, (node,) = graph_of("cast", x)
     graph.set_outputs([graph.add_op("cast", [node], {"dtype": d}) for d in DTYPE_NAMES])
-    actual = check(graph, [x])
+    actual = check(graph, [x], backend=backend)
     for result, d in zip(actual, DTYPE_NAMES):
         assert_identical(result, numpy_quietly(lambda v: v.astype(DTYPES[d]), x))
 
 
 @settings(max_examples=10)
 @given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shapes=broadcastable_shapes())
-def test_constants(dtype, shapes, data):
+def test_constants(dtype, shapes, data, backend):
     """Array constants (parameters of the C code) and one-element constants (inlined literals),
     used in arithmetic and returned directly."""
     x = data.draw(arrays(dtype, shapes[0]))
@@ -336,7 +350,7 @@ def test_constants(dtype, shapes, data):
                        graph.add_op("minimum", [scalar_const, node]),
                        array_const, scalar_const])
     expected = [np.maximum(x, array_value), np.minimum(scalar_value, x), array_value, scalar_value]
-    check(graph, [x], expected)
+    check(graph, [x], expected, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +372,7 @@ def axes_args(draw, ndim):
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 @settings(max_examples=6)
 @given(data=st.data(), shape=shapes())
-def test_reductions(dtype, shape, data):
+def test_reductions(dtype, shape, data, backend):
     """sum, mean, max and min over the same axes in one graph (max/min only when no reduced
     axis is empty: NumPy raises there); NaN and inf inputs included."""
     x = data.draw(arrays(dtype, shape))
@@ -371,7 +385,7 @@ def test_reductions(dtype, shape, data):
     expected = [numpy_quietly(lambda v: REDUCTIONS[op](v, axis=axes, keepdims=keepdims), x)
                 for op in ops]
     inputs = [data.draw(laid_out(x))]
-    actual, reference = run_c(graph, *inputs), minicomp.interpret(graph, *inputs)
+    actual, reference = run_on(backend, graph, *inputs), minicomp.interpret(graph, *inputs)
     for op, a, r, e in zip(ops, actual, reference, expected):
         atol = cancellation_atol(x) if op == "mean" and x.dtype.kind in "iu" else None
         assert_close(a, r, atol=atol)
@@ -398,7 +412,7 @@ def test_the_mean_of_cancelling_integers_is_within_the_float64_bound():
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
-def test_reductions_of_empty_axes(dtype):
+def test_reductions_of_empty_axes(dtype, backend):
     """Reducing a size-0 axis: the sum is 0 (of the sum's dtype) and the mean is NaN."""
     x = np.zeros((3, 0, 2), DTYPES[dtype])
     graph, (node,) = graph_of("empty", x)
@@ -406,7 +420,7 @@ def test_reductions_of_empty_axes(dtype):
                        graph.add_op("mean", [node], {"axes": (-2, 0), "keepdims": True}),
                        graph.add_op("sum", [node], {"axes": None}),
                        graph.add_op("max", [node], {"axes": 2})])  # shape (3, 0): no max taken
-    actual = check(graph, [x])
+    actual = check(graph, [x], backend=backend)
     assert_identical(actual[0], numpy_quietly(lambda v: v.sum(axis=1), x))
     assert np.isnan(actual[1]).all() and actual[1].shape == (1, 1, 2)
     assert actual[2].shape == () and actual[2] == 0
@@ -477,7 +491,7 @@ def movement_attrs(draw, shape):
 
 @settings(max_examples=15)
 @given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(max_side=5))
-def test_movement_ops(dtype, shape, data):
+def test_movement_ops(dtype, shape, data, backend):
     """transpose, reshape, broadcast_to, expand_dims, squeeze, slice and as_strided of one input, each
     also applied to the transposed input (a movement op reading through another one)."""
     x = data.draw(arrays(dtype, shape))
@@ -493,12 +507,12 @@ def test_movement_ops(dtype, shape, data):
                                                      "steps": [-1] * len(shape)}))
     expected.append(x.T[(slice(None, None, -1),) * len(shape)])
     graph.set_outputs(outputs)
-    check(graph, [data.draw(laid_out(x))], expected)
+    check(graph, [data.draw(laid_out(x))], expected, backend)
 
 
 @settings(max_examples=12)
 @given(data=st.data(), shape=shapes(min_dims=1), n=st.integers(1, 3))
-def test_concatenate(shape, n, data):
+def test_concatenate(shape, n, data, backend):
     """Concatenate 1 to 3 operands of possibly different dtypes (the result promotes) along an
     axis drawn negative or positive; sides may be 0."""
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
@@ -509,12 +523,12 @@ def test_concatenate(shape, n, data):
         parts.append(data.draw(arrays(data.draw(st.sampled_from(DTYPE_NAMES)), tuple(part_shape))))
     graph, nodes = graph_of("concat", *parts)
     graph.set_outputs([graph.add_op("concatenate", nodes, {"axis": axis})])
-    check(graph, [data.draw(laid_out(p)) for p in parts], [np.concatenate(parts, axis=axis)])
+    check(graph, [data.draw(laid_out(p)) for p in parts], [np.concatenate(parts, axis=axis)], backend)
 
 
 @settings(max_examples=12)
 @given(data=st.data(), dtype=st.sampled_from(DTYPE_NAMES), shape=shapes(min_dims=1, max_side=5))
-def test_scans(dtype, shape, data):
+def test_scans(dtype, shape, data, backend):
     """cumsum and cumprod along every axis of one input (NaN, inf and extremes among the
     values), through C: serial along the axis, NumPy's order and rounding per step."""
     x = data.draw(arrays(dtype, shape))
@@ -526,7 +540,7 @@ def test_scans(dtype, shape, data):
             with np.errstate(all="ignore"):
                 expected.append(fn(x, axis=axis))
     graph.set_outputs(outputs)
-    check(graph, [data.draw(laid_out(x))], expected)
+    check(graph, [data.draw(laid_out(x))], expected, backend)
 
 
 def test_scan_runs_in_parallel_over_the_other_axes(rng):
@@ -558,12 +572,12 @@ def matmul_shapes(draw):
 @settings(max_examples=15)
 @given(data=st.data(), shapes=matmul_shapes(),
        dtypes=st.tuples(st.sampled_from(DTYPE_NAMES), st.sampled_from(DTYPE_NAMES)))
-def test_matmul(shapes, dtypes, data):
+def test_matmul(shapes, dtypes, data, backend):
     a = data.draw(arrays(dtypes[0], shapes[0], specials=False, extremes=False))
     b = data.draw(arrays(dtypes[1], shapes[1], specials=False, extremes=False))
     graph, nodes = graph_of("matmul", a, b)
     graph.set_outputs([graph.add_op("matmul", nodes)])
-    check(graph, [data.draw(laid_out(a)), data.draw(laid_out(b))], [a @ b])
+    check(graph, [data.draw(laid_out(a)), data.draw(laid_out(b))], [a @ b], backend)
 
 
 MATMUL_CASES = {
@@ -581,7 +595,7 @@ MATMUL_CASES = {
 @pytest.mark.parametrize("dtypes", [("f32", "f32"), ("f16", "f64"), ("i32", "i64"),
                                     ("bool", "bool"), ("bool", "i32"), ("i32", "f32")],
                          ids="-".join)
-def test_matmul_forms_and_dtypes(dtypes, rng):
+def test_matmul_forms_and_dtypes(dtypes, rng, backend):
     """Every matmul form in one graph per dtype pair; bool @ bool is ``any(a and b)``, integer
     matmul accumulates in the integer type (wrapping as NumPy does)."""
     arrays_, expected = [], []
@@ -592,7 +606,7 @@ def test_matmul_forms_and_dtypes(dtypes, rng):
         expected.append(a @ b)
     graph, nodes = graph_of("matmuls", *arrays_)
     graph.set_outputs([graph.add_op("matmul", nodes[i:i + 2]) for i in range(0, len(nodes), 2)])
-    check(graph, arrays_, expected)
+    check(graph, arrays_, expected, backend)
 
 
 def test_integer_matmul_wraps_like_numpy():
@@ -616,13 +630,13 @@ def conv_arrays(rng, layout, n, c, h, w, o, r, s, groups, dtype):
     return x, weight
 
 
-def check_conv(layout, dtype, n, c, h, w, o, r, s, attrs, rng):
+def check_conv(layout, dtype, n, c, h, w, o, r, s, attrs, rng, backend):
     x, weight = conv_arrays(rng, layout, n, c, h, w, o, r, s, attrs.get("groups", 1), dtype)
     graph, nodes = graph_of("conv", x, weight)
     attrs = dict(attrs, layout=layout)
     graph.set_outputs([graph.add_op("conv2d", nodes, attrs)])
     expected = _direct_conv(x, weight, layout=layout, **{k: v for k, v in attrs.items() if k != "layout"})
-    check(graph, [in_layout(x, "transposed"), weight], [expected])
+    check(graph, [in_layout(x, "transposed"), weight], [expected], backend)
 
 
 def _direct_conv(x, w, layout, strides=(1, 1), padding=0, dilation=(1, 1), groups=1):
@@ -672,14 +686,14 @@ CONV_CASES = {  # name: (n, c, h, w, o, r, s, attrs)
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv2d(case, layout, rng):
+def test_conv2d(case, layout, rng, backend):
     n, c, h, w, o, r, s, attrs = CONV_CASES[case]
-    check_conv(layout, "f32", n, c, h, w, o, r, s, attrs, rng)
+    check_conv(layout, "f32", n, c, h, w, o, r, s, attrs, rng, backend)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "f64", "i32", "i64"])
-def test_conv2d_dtypes(dtype, rng):
-    check_conv("NCHW", dtype, 1, 2, 5, 5, 2, 3, 3, {"padding": 1, "strides": 2}, rng)
+def test_conv2d_dtypes(dtype, rng, backend):
+    check_conv("NCHW", dtype, 1, 2, 5, 5, 2, 3, 3, {"padding": 1, "strides": 2}, rng, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,11 +707,11 @@ def grid(values, dtype):
     return column, column.reshape(1, -1)
 
 
-def run_binary_table(ops, a, b):
+def run_binary_table(ops, a, b, backend=None):
     """``op(a, b)`` for every op, compiled in one graph; each compared bit for bit with NumPy."""
     graph, nodes = graph_of("table", a, b)
     graph.set_outputs([graph.add_op(op, nodes) for op in ops])
-    actual = check(graph, [a, b])
+    actual = check(graph, [a, b], backend=backend)
     for op, result in zip(ops, actual):
         assert_identical(result, numpy_quietly(BINARY[op], a, b))
 
@@ -721,18 +735,18 @@ def test_float_floordiv_and_mod(dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_maximum_and_minimum_propagate_nan(dtype):
+def test_maximum_and_minimum_propagate_nan(dtype, backend):
     """``maximum``/``minimum`` (and ``max``/``min`` reductions) give NaN if either side is NaN,
     wherever the NaN is (C's fmax ignores NaN; ``a > b ? a : b`` depends on the order), and on
     a tie of -0.0 and 0.0 the zero NumPy gives: the second operand for float32/64, the first for
     float16 (bit for bit; tests/test_codegen_safety.py checks fused and matmul kernels too)."""
     a, b = grid([np.nan, 1.0, -1.0, np.inf, -np.inf, 0.0, -0.0, 2.5], DTYPES[dtype])
-    run_binary_table(["maximum", "minimum"], a, b)
+    run_binary_table(["maximum", "minimum"], a, b, backend)
     x = np.array([[1.0, np.nan, 3.0], [np.nan, 2.0, 1.0], [5.0, -1.0, np.inf]], DTYPES[dtype])
     graph, (node,) = graph_of("nan_reduce", x)
     graph.set_outputs([graph.add_op(op, [node], {"axes": axis})
                        for op in ("max", "min") for axis in (0, 1, None)])
-    for result, (op, axis) in zip(check(graph, [x]), [(o, a) for o in ("max", "min") for a in (0, 1, None)]):
+    for result, (op, axis) in zip(check(graph, [x], backend=backend), [(o, a) for o in ("max", "min") for a in (0, 1, None)]):
         assert_identical(result, REDUCTIONS[op](x, axis=axis))
 
 
@@ -749,18 +763,18 @@ def test_cast_of_nan_inf_and_out_of_range():
 
 
 @pytest.mark.parametrize("dtype", INTS)
-def test_integer_reciprocal(dtype):
+def test_integer_reciprocal(dtype, backend):
     """NumPy's integer reciprocal is ``1 / x`` in double cast back: 1, -1, 0 otherwise, and
     ``reciprocal(0)`` is the minimum integer on x86."""
     info = np.iinfo(DTYPES[dtype])
     x = np.array([1, -1, 2, -2, 0, 7, info.min, info.max], DTYPES[dtype])
     graph, (node,) = graph_of("reciprocal", x)
     graph.set_outputs([graph.add_op("reciprocal", [node])])
-    assert_identical(run_c(graph, x)[0], numpy_quietly(np.reciprocal, x))
+    assert_identical(run_on(backend, graph, x)[0], numpy_quietly(np.reciprocal, x))
 
 
 @pytest.mark.parametrize("dtype", FLOATS + INTS)
-def test_sign_abs_floor_ceil_of_special_values(dtype):
+def test_sign_abs_floor_ceil_of_special_values(dtype, backend):
     """``sign`` of NaN is NaN and of -0.0 is 0; ``abs(-0.0)`` is 0.0; floor/ceil keep -0.0 and
     are the identity on integers (the extremes included: no trip through double)."""
     if dtype in INTS:
@@ -771,7 +785,7 @@ def test_sign_abs_floor_ceil_of_special_values(dtype):
     ops = ["sign", "abs", "floor", "ceil", "neg"]
     graph, (node,) = graph_of("special", x)
     graph.set_outputs([graph.add_op(op, [node]) for op in ops])
-    for op, result in zip(ops, check(graph, [x])):
+    for op, result in zip(ops, check(graph, [x], backend=backend)):
         assert_identical(result, numpy_quietly(UNARY[op], x))
 
 
@@ -799,7 +813,7 @@ def test_negative_integer_power_raises_like_numpy(dtype):
     assert_identical(compiled(a, np.abs(b))[0], a ** np.abs(b))
 
 
-def test_float16_rounds_after_every_op():
+def test_float16_rounds_after_every_op(backend):
     """float16 arithmetic is done in float32 and rounded to float16 after each op, like NumPy:
     ``(2048 + 1) + 1`` is 2048 in float16 (each +1 rounds away), ``x * x`` overflows to inf
     above 255.9, and division rounds once."""
@@ -812,7 +826,7 @@ def test_float16_rounds_after_every_op():
     third = graph.add_op("div", [nx, graph.add_constant(np.float16(3.0))])
     fma = graph.add_op("sub", [graph.add_op("mul", [nx, nx]), nx])
     graph.set_outputs([twice, square, third, fma, graph.add_op("sum", [nx])])
-    actual = check(graph, [x, one])
+    actual = check(graph, [x, one], backend=backend)
     with np.errstate(all="ignore"):
         expected = [(x + one) + one, x * x, x / np.float16(3), x * x - x]
     for result, want in zip(actual, expected):
@@ -820,7 +834,7 @@ def test_float16_rounds_after_every_op():
     assert actual[0][0] == 2048 and np.isinf(actual[1][1])
 
 
-def test_negated_negative_constants():
+def test_negated_negative_constants(backend):
     """``-c`` of a negative one-element constant (inlined as a literal: ``- -3``, never the
     decrement ``--3``), the minimum integers (wrapping) and -inf, and ``x - c``."""
     x = np.array([1, -2], np.int32)
@@ -833,7 +847,7 @@ def test_negated_negative_constants():
         outputs += [graph.add_op("neg", [constant]), graph.add_op("sub", [node, constant])]
         expected += [numpy_quietly(np.negative, value), numpy_quietly(np.subtract, x, value)]
     graph.set_outputs(outputs)
-    for result, want in zip(check(graph, [x]), expected):
+    for result, want in zip(check(graph, [x], backend=backend), expected):
         assert_identical(result, want)
 
 

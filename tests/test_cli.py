@@ -106,6 +106,55 @@ def test_dump_a_function_from_a_module(capsys):
     assert code == 0 and "matmul(%a, %b) : f32[2,4]" in out
 
 
+def _headers(out: str) -> list[str]:
+    """The ``// ---- ... ----`` lines --print-between-passes prints before each stage's result."""
+    return [line for line in out.splitlines() if line.startswith("// ----")]
+
+
+def test_dump_emits_every_loop_stage(capsys):
+    outs = {}
+    for emit in ("lower", "schedule", "simplify_indices", "loops"):
+        code, outs[emit], _ = run(capsys, "dump", "--workload", "ew_chain", "--size", "tiny", "--emit", emit)
+        assert code == 0 and "\nkernel fused_mul_6(x: f32[33,40], a: f32[40], b: f32[40])" in outs[emit]
+    assert "# schedule:" not in outs["lower"] and "vectorized for" not in outs["lower"]  # plain nests
+    assert "# schedule: vectorize(i1)" in outs["schedule"] and "vectorized for i1" in outs["schedule"]
+    assert outs["loops"] == outs["simplify_indices"]  # loops: after the last loop stage, what is rendered
+    code, out, _ = run(capsys, "dump", "--workload", "ew_chain", "--size", "tiny", "--emit", "loops",
+                       "--disable", "schedule")  # a loop stage left out
+    assert code == 0 and "# schedule:" not in out and out.replace("\n", "") == outs["lower"].replace("\n", "")
+
+
+def test_dump_print_between_passes_covers_the_loop_stages(capsys, model):
+    argv = ["dump", f"{model}:mlp", "--arg", "x=f32[4,8]", "--arg", "w=f32[8,16]", "--passes", "cse,fusion",
+            "--print-between-passes"]
+    code, out, _ = run(capsys, *argv, "--emit", "c")
+    assert code == 0
+    assert _headers(out) == ["// ---- input ----", "// ---- after cse ----", "// ---- after fusion ----",
+                             "// ---- after lower ----", "// ---- after schedule ----",
+                             "// ---- after simplify_indices ----", "// ---- after render ----"]
+    after = dict(zip(_headers(out), out.split("// ----")[1:]))
+    assert "graph mlp(" in after["// ---- after fusion ----"]
+    assert "kernel fused_maximum(" in after["// ---- after lower ----"]
+    assert "int minicomp_entry(void **args)" in out.split("// ---- after render ----")[1]  # the C, printed once
+    assert out.count("int minicomp_entry(void **args)") == 1
+    code, out, _ = run(capsys, *argv, "--emit", "schedule", "--disable", "schedule")
+    assert code == 0 and _headers(out)[-1] == "// ---- after lower ----"  # up to the stage emitted
+    code, out, _ = run(capsys, *argv)  # --emit graph: the graph passes only
+    assert code == 0 and _headers(out)[-1] == "// ---- after fusion ----"
+
+
+def test_dump_print_between_passes_then_the_assembly(capsys, model):
+    code, out, _ = run(capsys, "dump", f"{model}:mlp", "--arg", "x=f32[4,8]", "--arg", "w=f32[8,16]",
+                       "--emit", "asm", "--print-between-passes", "--passes", "none")
+    assert code == 0 and _headers(out)[-1] == "// ---- after simplify_indices ----"
+    assert "# SIMD evidence" in out.split("// ---- after simplify_indices ----")[1]
+
+
+def test_dump_refuses_a_stage_that_cannot_be_left_out(capsys):
+    code, _, err = run(capsys, "dump", "--workload", "softmax", "--size", "tiny", "--emit", "c", "--disable", "lower")
+    assert code == 1 and "stage(s) ['lower'] cannot be left out" in err
+
+
 # ----------------------------------------------------------------------------------------------
 # inspect
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
 from ..ir.interpreter import check_arguments
 from ..lower.program import ALIGNMENT, Program
-from ..stages import loop_program
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.symbolic import evaluate
@@ -168,9 +167,11 @@ class Executable:
 
 
 def compile_graph_c(graph) -> Executable:
-    """Lower, render and compile ``graph`` for the CPU: the ``"c"`` target of ``jit``."""
-    program = loop_program(graph)
-    return Executable(program, render_c(program))
+    """``graph`` through the loop-level stages (``minicomp.stages``: lower, schedule, simplify
+    indices, render, compile, load) for this CPU: the ``"c"`` target of ``jit``."""
+    from ..stages import build  # the stages load an Executable: imported when first compiled
+
+    return build(graph)
 
 
 def _register_target() -> None:
