@@ -113,8 +113,9 @@ def describe(target: Target) -> str:
 
         cpu: AMD EPYC 7B13
           isa           avx2
-          registers     16 x 256-bit (explicit vector types: the matmul micro-kernel)
-          loops         auto-vectorised at 256 bits
+          registers     16 x 256-bit (8 float32; explicit vector types get this width: ...)
+          loops         auto-vectorised at 256 bits (8 float32 per vector)
+          cores         2
           ...
     """
     if target.kind == "cuda":
