@@ -19,6 +19,7 @@
     minicomp bench gpt2.py:gpt2 --args-from make_args.py:make   time your function against NumPy
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
+    minicomp target [--cuda sm_90]                         what minicomp thinks the machine is
     minicomp fuzz --graphs N --seed S [--minutes M]        random graphs compiled vs the interpreter
     minicomp --version                                     the version and which copy runs
 
@@ -270,6 +271,24 @@ def cmd_cache(args) -> None:
             print(f"other files: {info['others']} (not made by minicomp; not counted, never removed)")
 
 
+def cmd_target(args) -> None:
+    import numpy as np
+
+    from .codegen import gemm
+    from .target import cuda_target, describe, host_target, probe_cuda_target
+
+    if args.cuda:
+        print(describe(cuda_target(args.cuda)))
+        return
+    target = host_target()
+    tiles = ", ".join(f"{' x '.join(map(str, gemm.tile_shape(dtype, target)))} {np.dtype(dtype).name}"
+                      for dtype in (np.float32, np.float64))
+    gpu = probe_cuda_target()
+    print(describe(target))
+    print(f"  {'matmul tile':<14}{tiles} (rows x columns of C the micro-kernel keeps in registers)")
+    print(f"  {'GPU':<14}{gpu or 'none found (minicomp target --cuda sm_90: a known architecture)'}")
+
+
 def cmd_bench(args) -> None:
     from .bench import CALLS_PER_BLOCK, run_bench
 
@@ -478,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache_cmd = sub.add_parser("cache", help="show the compile cache, or remove minicomp's files from it")
     cache_cmd.add_argument("action", choices=["info", "clear"])
     cache_cmd.set_defaults(run=cmd_cache)
+
+    target_cmd = sub.add_parser("target", help="print the machine as minicomp sees it: ISA, vector widths, "
+                                               "registers, cores, caches, compiler and flags")
+    target_cmd.add_argument("--cuda", metavar="ARCH", help="a known CUDA architecture instead (sm_70 ... sm_90)")
+    target_cmd.set_defaults(run=cmd_target)
 
     fuzz = sub.add_parser("fuzz", help="compile random graphs, compare with the interpreter, shrink failures")
     fuzz.add_argument("--graphs", type=int, help="how many graphs (default: 1000, or unlimited with --minutes)")

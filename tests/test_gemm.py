@@ -18,6 +18,7 @@ from minicomp.ir.rewrite import allocated
 from minicomp.schedules.cpu import packed_gemm as lower_matmul
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.target import Target, host_target
 from minicomp.testing import assert_close
 
 F32, F64 = np.float32, np.float64
@@ -43,14 +44,28 @@ def matmul(a, b):
     return a @ b
 
 
-def test_micro_kernel_tile_fits_the_vector_width():
-    mr, nr = gemm.tile_shape(F32)
-    lanes = gemm.vector_bytes() // 4
-    assert nr % lanes == 0 and nr // lanes == gemm.vectors_per_row()
-    assert gemm.tile_shape(F64)[1] * 2 == nr
-    assert f"vector_size({gemm.vector_bytes()})" in gemm.types_source("f32")
-    source = gemm.source(gemm.kernel_name(F32))
+@pytest.mark.parametrize("target, tile", [
+    (Target(isa="sse", vector_bytes=16, vector_registers=16), (6, 8)),
+    (Target(isa="avx2", vector_bytes=32, vector_registers=16), (6, 16)),
+    (Target(isa="avx512", vector_bytes=64, vector_registers=32), (6, 64)),
+    (Target(isa="avx512", vector_bytes=64, loop_vector_bytes=32, vector_registers=32), (6, 64)),
+    (Target(isa="neon", vector_bytes=16, vector_registers=32), (6, 16)),
+    (None, None),  # this machine: whatever it is, the same rules
+])
+def test_micro_kernel_tile_fits_the_target(target, tile):
+    """NR is 2 register-wide vectors per row with 16 registers, 4 with 32: 6 x NV accumulators,
+    NV loads of B and one broadcast fit the register file. The width is the register width,
+    whatever width the compiler gives auto-vectorised loops."""
+    mr, nr = gemm.tile_shape(F32, target)
+    lanes = gemm.vector_bytes(target) // 4
+    assert tile is None or (mr, nr) == tile
+    assert nr % lanes == 0 and nr // lanes == gemm.vectors_per_row(target)
+    assert mr * (nr // lanes) + nr // lanes + 1 <= (target or host_target()).vector_registers
+    assert gemm.tile_shape(F64, target)[1] * 2 == nr
+    assert f"vector_size({gemm.vector_bytes(target)})" in gemm.types_source("f32", target)
+    source = gemm.source(gemm.kernel_name(F32, target), target)
     assert "acc[r][v] += a * b[v]" in source and "ap[r * lda + k]" in source
+    assert f"acc[{mr}][{nr // lanes}]" in source
 
 
 @settings(max_examples=25, deadline=None)

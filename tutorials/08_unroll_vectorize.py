@@ -58,13 +58,14 @@ from minicomp.bench import machine_description
 from minicomp.codegen import gemm
 from minicomp.tools.asm import assembly, kernel_sections, simd_summary
 from minicomp.codegen.c import CRenderer, render_c
-from minicomp.runtime.compiler import DEFAULT_OPT_FLAGS, build_flags, compile_assembly
+from minicomp.runtime.compiler import DEFAULT_OPT_FLAGS, build_flags
 from minicomp.ir.loops import Assign, Binary, Block, Declare, For, Kernel, Load, Store, Var, const
 from minicomp.ir.schedule import (Reorder, ScheduleError, Split, Unroll, Vectorize, apply_schedule,
                                   schedule_program)
 from minicomp.ir.schedule_memory import CacheWrite
 from minicomp.lower.program import lower
 from minicomp.stages import simplify_indices
+from minicomp.target import host_target
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
@@ -77,16 +78,14 @@ OPT = shlex.split(os.environ.get("MINICOMP_CFLAGS", "")) or DEFAULT_OPT_FLAGS   
 NO_AUTOVEC = OPT + ["-fno-tree-vectorize"]  # ... with gcc's own loop vectoriser switched off
 
 
-def vector_register(flags: list[str]) -> str:
-    """The widest vector register gcc's code for a plain float loop uses under ``flags``: "zmm"
-    (AVX-512), "ymm" (AVX2, and AVX-512 CPUs whose tuning prefers 256-bit vectors) or "xmm"."""
-    plain = "void f(float *restrict a, const float *restrict b) { for (int i = 0; i < 4096; i++) a[i] = 2 * b[i]; }"
-    asm = compile_assembly(plain, build_flags(flags))
-    return next((width for width in ("zmm", "ymm") if f"%{width}" in asm), "xmm")
-
-
-WIDE = vector_register(OPT)                        # what gcc vectorises with, on this machine
-LANES = {"zmm": 16, "ymm": 8, "xmm": 4}[WIDE]      # floats per such register
+# What minicomp thinks this machine is (`minicomp target` prints it): among other things, the
+# width of the vectors gcc gives the loops it vectorises by itself under the build's flags. It
+# is not always the register width: on most Intel AVX-512 CPUs gcc's tuning prefers 256-bit
+# (ymm) vectors for loops, while code written with explicit vector types (the micro-kernel of
+# tutorial 10) gets the full 512 bits. minicomp.target probed it by compiling a plain loop.
+TARGET = host_target()
+WIDE = {64: "zmm", 32: "ymm"}.get(TARGET.loop_vector_bytes, "xmm")   # the registers of vectorised loops
+LANES = TARGET.loop_lanes(F32)                                        # floats per such register
 
 
 def step(title: str) -> None:
@@ -136,8 +135,8 @@ def describe(asm: str) -> str:
     return f"{WIDE} {counts[WIDE]:>3}, scalar {counts['scalar']:>3}"
 
 
-print(f"{machine_description()}; gcc vectorises with {WIDE} registers for these flags "
-      f"({LANES} floats); one thread")
+print(f"{machine_description()}; one thread\ntarget: {TARGET}")
+print(f"gcc vectorises loops with {WIDE} registers for these flags ({LANES} floats)")
 
 # ----------------------------------------------------------------------------------------------
 step("Step 1: an elementwise kernel, and its assembly")
@@ -244,8 +243,10 @@ step("Step 4: a register tile for the matmul, from schedule steps")
 # ----------------------------------------------------------------------------------------------
 # Tutorial 07's tiled matmul (b in blocks of 256 x 256) still loads and stores c[i, j..] for
 # every k: one multiply-add per load and store. A register tile computes an mr x nr block of
-# c across the *whole* k loop in registers. With the micro-kernel's tile for this machine
-# (mr x nr = 6 x 64 with AVX-512: 6 rows of 4 vectors; 6 x 16 with AVX2: 6 rows of 2):
+# c across the *whole* k loop in registers. Its shape is the micro-kernel's (tutorial 10):
+# mr = 6 rows of 2 vectors with 16 vector registers, of 4 with 32, but in vectors as wide as
+# gcc gives vectorised loops (LANES floats), since gcc vectorises this tile: mr x nr = 6 x 16
+# with AVX2, 6 x 64 with AVX-512 at full width, 6 x 32 where gcc prefers 256-bit vectors:
 #   Split("i", mr), Split("j_i", nr), Reorder(i_o, j_i_o, k_i, i_i, j_i_i):
 #       for each (mr rows, nr columns) tile, for each k: for each row i_i: for each column;
 #   CacheWrite("matmul", "j_i_o"): the tile lives in a local array matmul_local[mr, nr],
@@ -254,7 +255,7 @@ step("Step 4: a register tile for the matmul, from schedule steps")
 #   Vectorize("j_i_i"): the nr columns in SIMD lanes (nr / LANES vectors);
 #   Unroll("i_i"): the mr rows replicated, so the mr x (nr / LANES) accumulators are
 #       independent vector registers (and a[i, k] for each row is one broadcast).
-mr, nr = gemm.tile_shape(F32)
+mr, nr = gemm.MR, LANES * gemm.vectors_per_row(TARGET)
 M, K, N = 48 * mr, 1024, 1024        # rows: a multiple of mr, so no tile needs a guard
 a = rng.standard_normal((M, K), dtype=F32)
 b = rng.standard_normal((K, N), dtype=F32) / F32(np.sqrt(K))

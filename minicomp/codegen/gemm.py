@@ -20,8 +20,13 @@ addresses are ``row + k``, one register each), and A in rows can be packed with 
 copies, or not packed at all (attention's P tile is read where softmax wrote it).
 
 The code is written with GCC's vector extensions (``vector_size``), not intrinsics, so the
-same source compiles to AVX-512, AVX2 or SSE: ``vector_bytes()`` asks the compiler which
-width ``-march=native`` (or ``MINICOMP_CFLAGS``) gives, and lowering picks ``NR`` from it.
+same source compiles to AVX-512, AVX2 or SSE. Everything machine-specific comes from one
+``Target`` (``minicomp.target``; default: ``host_target()``, this CPU as ``-march=native`` or
+``MINICOMP_CFLAGS`` targets it): the vector width is its *register* width, ``vector_bytes``
+(explicit vector types get the full width even where the compiler's tuning prefers narrower
+vectors for the loops it vectorises itself), and ``NR`` follows from it and the register count.
+The schedule that chooses the tile and the renderer that writes the micro-kernel's C must read
+the same target: ``source(name, target)`` refuses a tile that target's vectors do not divide.
 """
 
 from __future__ import annotations
@@ -103,23 +108,35 @@ static inline void {name}(int64_t kc, const {ctype} *restrict ap, int64_t lda, c
 """
 
 
-def source(name: str) -> str:
-    """The C definition of micro-kernel ``name`` (as made by ``kernel_name``)."""
+def source(name: str, target: Target | None = None) -> str:
+    """The C definition of micro-kernel ``name`` (as made by ``kernel_name``) in ``target``'s
+    vectors (default: this machine's), to follow ``types_source(suffix, target)``.
+
+    Raises ValueError for a name that is not a micro-kernel's, or whose ``NR`` is not a whole
+    number of ``target``'s vectors (a tile chosen for another target).
+    """
     match = _NAME.match(name)
     if match is None:
         raise ValueError(f"not a micro-kernel name: {name}")
     mr, nr, suffix = int(match[1]), int(match[2]), match[3]
     ctype = "float" if suffix == "f32" else "double"
-    itemsize = 4 if suffix == "f32" else 8
-    vbytes = vector_bytes()
-    lanes = vbytes // itemsize
+    lanes = (target or host_target()).lanes(ctype_dtype(suffix))
+    if lanes == 0 or nr % lanes:
+        raise ValueError(f"{name}: {nr} columns are not a whole number of vectors of {lanes} {ctype}s; "
+                         "the tile was chosen for another target than the one rendering it")
     return _TEMPLATE.format(mr=mr, nr=nr, nv=nr // lanes, lanes=lanes, ctype=ctype, s=suffix, name=name)
 
 
-def types_source(suffix: str) -> str:
-    """The vector typedefs the micro-kernels of one dtype (``f32``/``f64``) share."""
+def types_source(suffix: str, target: Target | None = None) -> str:
+    """The vector typedefs the micro-kernels of one dtype (``f32``/``f64``) share, in
+    ``target``'s register width (default: this machine's)."""
     ctype = "float" if suffix == "f32" else "double"
-    return _TYPES.format(ctype=ctype, s=suffix, vbytes=vector_bytes())
+    return _TYPES.format(ctype=ctype, s=suffix, vbytes=vector_bytes(target))
+
+
+def ctype_dtype(suffix: str) -> np.dtype:
+    """The NumPy dtype of a micro-kernel dtype suffix: ``f32`` -> float32, ``f64`` -> float64."""
+    return np.dtype(np.float32 if suffix == "f32" else np.float64)
 
 
 def dtype_suffix(name: str) -> str:

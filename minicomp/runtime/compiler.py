@@ -62,23 +62,28 @@ def _find_compiler(cc: str | None, search_path: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def probe(cc: str, args: tuple[str, ...]) -> str:
-    """The output of ``cc args`` (stdin empty), remembered on disk next to the compile cache.
+def probe(cc: str, args: tuple[str, ...], stdin: str = "") -> str:
+    """The output of ``cc args`` given ``stdin`` (default: empty), remembered on disk next to
+    the compile cache.
 
     Asking the compiler what it is and what ``-march=native`` means costs a process start
     (~10 ms) each time; the answer only changes with the compiler binary (its path, size and
-    modification time) and the CPU (``cpu_identity``), which name the record. The record is
-    checksummed: a missing, emptied, truncated or altered one is asked again, never believed.
-    A failing probe raises ``CompileError``.
+    modification time) and the CPU (``cpu_identity``), which name the record with the arguments
+    and the input. The record is checksummed: a missing, emptied, truncated or altered one is
+    asked again, never believed. A failing probe raises ``CompileError``.
     """
     command = [*shlex.split(cc), *args]
     identity = {"compiler": _binary_identity(command[0]), "cpu": cpu_identity(), "args": list(args)}
-    name = f"probe-{cache.cache_key(*identity['compiler'], identity['cpu'], *args)[:32]}.json"
+    key_parts = [*identity["compiler"], identity["cpu"], *args]
+    if stdin:
+        identity["stdin"] = stdin
+        key_parts.append(stdin)
+    name = f"probe-{cache.cache_key(*key_parts)[:32]}.json"
     record = cache.read_record(name)
     if record is not None and {k: record.get(k) for k in identity} == identity:
         return record["output"]
     try:
-        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60)
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         raise CompileError(f"cannot run the C compiler {cc!r}: {exc}") from None
     if result.returncode != 0:
@@ -144,6 +149,13 @@ def target_macros(flags: tuple[str, ...]) -> str:
         raise CompileError(f"the C compiler {compiler()!r} printed no predefined macros for "
                            f"`-dM -E {' '.join(flags)}`: minicomp cannot tell what it targets")
     return macros
+
+
+def probe_assembly(source: str, flags: tuple[str, ...]) -> str:
+    """The assembly the compiler makes of a small C ``source`` with ``flags`` (``-S``), remembered
+    on disk like every ``probe``: for questions such as "how wide are the vectors of a plain loop"
+    (``target.loop_vector_width``)."""
+    return probe(compiler(), (*flags, "-S", "-o", "-", "-x", "c", "-"), source)
 
 
 def sanitizing() -> bool:

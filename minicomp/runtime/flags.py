@@ -23,6 +23,18 @@ operations instead, so exp, tanh, erf, log and sigmoid vectorise with AVX2 as wi
 ``DEFAULT_OPT_FLAGS`` (``-O3 -march=native -fopenmp``) can be replaced with the environment
 variable ``MINICOMP_CFLAGS``; ``MINICOMP_SANITIZE=1`` adds ``SANITIZE_FLAGS``.
 
+Not ``-mprefer-vector-width``: the width of the loops GCC vectorises by itself is left to its
+tuning for the target CPU, and recorded (``Target.loop_vector_bytes``, ``minicomp target``). On
+most Intel AVX-512 CPUs that tuning picks 256-bit vectors (512-bit instructions lower the core's
+clock on several of them); the micro-kernel does not depend on it, its explicit vector types
+always get the register width. Measured on the development machine (AMD EPYC, AVX2, where GCC
+picks 256 bits): with ``-mprefer-vector-width=128`` the loop-bound workloads lost, as NumPy's
+multiple (``minicomp bench``, median of runs): ew_chain 3.6x -> 2.3x, softmax 2.4x -> 1.6x
+(layernorm, and the matmul-bound workloads, within the noise). So narrower than the tuning is
+slower there. ``MINICOMP_CFLAGS="-O3 -march=native -fopenmp -mprefer-vector-width=512"`` asks
+for 512-bit loops on an AVX-512 CPU, and the ``Target`` follows; minicomp has not been measured
+on one, so it does not ask by default.
+
 Workarounds (``WORKAROUNDS``) are added where they apply. Each has a standalone C reproducer in
 ``tests/gcc_reproducers/`` and tests (``tests/test_compiler_flags.py``) that the reproducer is
 right with minicomp's flags and, on the compiler known to be affected, wrong without the flag:

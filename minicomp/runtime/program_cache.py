@@ -12,8 +12,9 @@ The key covers everything that decides the program: the traced graph's text with
 locations (every constant by the SHA-256 of its bytes), the pass list, minicomp's own source
 (every ``.py`` file of the package: an edited pass is a new key, whatever the version says),
 the compiler's module-level settings as they are now (``lower.PARALLEL_MIN_WORK = 0`` in a
-notebook is a new key), and the compile context: flags, compiler and the target they resolve to on this CPU (as
-``compiler.compile_key``). The record is stored and read under the compile cache's rules
+notebook is a new key), the ``Target`` the schedules read (``host_target()``: ISA, vector widths,
+cores, caches), and the compile context: flags, compiler and the target they resolve to on this
+CPU (as ``compiler.compile_key``). The record is stored and read under the compile cache's rules
 (yours only, no links, checksummed, whole or absent); a record that does not match what was
 traced (input names and types) is ignored.
 
@@ -35,6 +36,7 @@ import numpy as np
 from .compiler import cflags, compiler, compiler_version, load_library, target_macros
 from ..ir.graph import Graph
 from ..stages import loop_program
+from ..target import host_target
 from . import cache
 from .executable import CallPlan, Executable, prepare_argument
 
@@ -103,8 +105,8 @@ def program_key(traced: Graph, passes: list[str], options: dict) -> str:
             value = node.attrs["value"]
             digest.update(f"{value.dtype.str}{value.shape}".encode() + _array_bytes(value))
     return cache.cache_key("program", digest.hexdigest(), ",".join(passes), repr(sorted(options.items())),
-                           package_fingerprint(), settings_fingerprint(), " ".join(flags), compiler_version(cc),
-                           target_macros(tuple(flags)))
+                           package_fingerprint(), settings_fingerprint(), repr(host_target()), " ".join(flags),
+                           compiler_version(cc), target_macros(tuple(flags)))
 
 
 def _array_bytes(value: np.ndarray) -> bytes:
