@@ -65,7 +65,7 @@ def test_gemm_and_attention_kernels_record_their_tiling():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((64, 80), np.float32), rng.standard_normal((80, 96), np.float32)
     [kernel] = program_of(lambda a, b: a @ b, a, b).kernels
-    assert steps(kernel)[0].startswith("gemm(mr=") and "# schedule: gemm(" in str(kernel)
+    assert steps(kernel)[0].startswith("packed_gemm(mr=") and "# schedule: packed_gemm(" in str(kernel)
     q = rng.standard_normal((2, 64, 32), np.float32)
     [kernel] = program_of(lambda q, k, v: minicomp.nn.scaled_dot_product_attention(q, k, v), q, q, q).kernels
     assert steps(kernel)[0].startswith("flash_attention(")
