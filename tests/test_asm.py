@@ -24,6 +24,7 @@ from minicomp.codegen.c import render_c
 from minicomp.ir.dtypes import TensorType
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.workloads import WORKLOADS
 
 DEFAULT_FLAGS = build_flags(DEFAULT_OPT_FLAGS)
@@ -41,7 +42,7 @@ PLAIN_LOOP = ("void f(float *restrict a, const float *restrict b, int n) "
 def workload_program(name: str, size: str = "tiny"):
     workload = WORKLOADS[name]
     graph = minicomp.trace(workload.fn, *[TensorType(s, "f32") for s in workload.shapes[size].values()])
-    return lower(run_pipeline(graph)[0])
+    return loop_program(run_pipeline(graph)[0])
 
 
 def expected_width(flags: list[str] = DEFAULT_FLAGS) -> str:

@@ -34,7 +34,6 @@ from minicomp.ir.schedule_memory import CacheRead, CacheWrite, ComputeAt, Comput
 from minicomp.lower.program import lower
 from minicomp.runtime.executable import Executable
 from minicomp.schedules import Strategy
-from minicomp.schedules.cpu import accumulate  # noqa: F401  (registers accumulate_in_output)
 from minicomp.testing import assert_close
 from minicomp.testing.loop_interpreter import run_program as run_loops
 

@@ -67,6 +67,9 @@ MIN_ROWS = 6  # fewer rows than the micro-kernel's MR: packing B costs a copy of
 PARALLEL_WORK = 1 << 20
 A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
 B_TASK_PANELS = 8  # with A packed whole and this many NR panels or more: tasks are panels, each packs its B
+KC_BYTES = 1536  # one block of the reduction (A and B panels of kc values stay in L1/L2): 384 float32
+NC_BYTES = 4096  # columns of B packed at once: 1024 float32
+MC_PANELS = 24  # rows one task computes: 24 micro-kernel panels (before balancing over the rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ def default_tiling(s: MatmulShape, dtype, target) -> dict:
     size leaves no variant that holds for every size."""
     mr, nr = gemm.tile_shape(dtype, target)
     itemsize = np.dtype(dtype).itemsize
-    kc, mc, nc = 1536 // itemsize, 24 * mr, max(nr, 4096 // itemsize // nr * nr)
+    kc, mc, nc = KC_BYTES // itemsize, MC_PANELS * mr, max(nr, NC_BYTES // itemsize // nr * nr)
     symbolic = isinstance(s.m, Sym)
     if not symbolic:
         mc = balanced(mc, mr, s.m)
