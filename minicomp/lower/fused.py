@@ -375,9 +375,9 @@ def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Ker
         return _kernel(buffers[node].name, inputs, buffers[node], lower_scatter(node, inline, buffers[node]),
                        source, None)
     if node.kind is Kind.OUT_EW_FUSABLE and accumulates_in_output(node):
-        pattern = "epilogue"  # the i-k-j order: see accumulates_in_output
+        pattern = "epilogue"  # a matmul/conv whose sum its output can hold: packed or i-k-j
     elif node.kind in (Kind.REDUCTION, Kind.OUT_EW_FUSABLE):
-        pattern = "reduce"
+        pattern = "reduce"  # (a float16 matmul sums in float32: a reduction into lanes)
     elif node.op in SCAN_OPS:
         pattern = "scan"
     else:

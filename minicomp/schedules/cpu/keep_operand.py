@@ -38,8 +38,8 @@ from dataclasses import replace
 from ...ir.loops import Assign, Block, Call, Declare, Expr, For, Kernel, Load, Store, Var, walk
 from ...ir.rewrite import declared_names, free_vars, loaded_buffers, map_expr, substitute
 from ..strategy import register_strategy
-from .plain import (expr_key, innermost, output_loops, reductions_in, refuse, statements_of, stores_in,
-                    with_innermost)
+from .plain import (expr_key, innermost, loop_chain, output_loops, reductions_in, refuse, statements_of,
+                    stores_in, with_innermost)
 
 
 @register_strategy("keep_operand")
@@ -62,8 +62,8 @@ def keep_operand(kernel: Kernel) -> Kernel:
     last = reductions[-1]
     if last.per_element:
         raise fail(f"{last.acc.name} already does more than accumulate per element")
-    loops = _perfect(epilogue)
-    if [_extent(e) for _, e in last.axes] != [_extent(loop.extent) for loop in loops]:
+    loops, _ = loop_chain(epilogue)
+    if [str(e) for _, e in last.axes] != [str(loop.extent) for loop in loops]:
         raise fail(f"the loops of {last.acc.name} and of the epilogue run over different iterations")
     to_epilogue = {var.name: loop.var for (var, _), loop in zip(last.axes, loops)}
     to_reduction = {loop.var.name: var for (var, _), loop in zip(last.axes, loops)}
@@ -99,18 +99,6 @@ def _kept_value(value: Expr, epilogue: Expr, to_epilogue: dict, dtype, acc: Var)
 def _replaced(e: Expr, key, new: Expr) -> Expr:
     """``e`` with every part whose ``expr_key`` is ``key`` replaced by ``new``."""
     return map_expr(e, lambda sub: new if expr_key(sub) == key else None)
-
-
-def _perfect(loops: For) -> list[For]:
-    chain = []
-    while isinstance(loops, For):
-        chain.append(loops)
-        loops = loops.body
-    return chain
-
-
-def _extent(extent) -> str:
-    return str(extent)
 
 
 def _fresh(kernel: Kernel, name: str) -> str:

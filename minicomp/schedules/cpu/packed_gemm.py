@@ -470,11 +470,11 @@ class GemmBuilder:
     def tile_epilogue(self, m0, n0, full: bool) -> Stmt:
         """The nest's own store of each value over one finished MR x NR tile (guarded at the
         edges), the matmul read back from the tile; nothing when that store is a no-op."""
-        if self.found.finish() is None:
+        store = self.found.finish()
+        if store is None:
             return Block([])
         r, jj, m = Var("r"), Var("jj"), Var("m")
         j = self.s.col[0]
-        store = self.found.finish()
         col = Block([Declare(j, n0 + jj), store if full else If(j.lt(self.s.n), store)])
         row = Block([Declare(m, m0 + r)] + declare_rows(self.s.rows, m) + [For(jj, self.nr, col)])
         return For(r, self.mr, row if full else If((m0 + r).lt(self.s.m), row))

@@ -79,14 +79,14 @@ def read_combine(acc: Var, value: Expr) -> tuple[str, Expr, bool] | None:
 
 
 def scalar_reduction(declare: Stmt, loops: Stmt) -> ScalarReduction | None:
-    """The reduction that ``declare`` and the loop nest ``loops`` (two statements in a row) form, or None."""
+    """The reduction that ``declare`` and the loop nest ``loops`` (two statements in a row) form,
+    or None. Per element it may also declare locals and store (``keep_operand``'s form)."""
     if not (isinstance(declare, Declare) and isinstance(loops, For)):
         return None
-    acc, axes, body = declare.var, [], loops
-    while isinstance(body, For):
-        axes.append((body.var, body.extent))
-        body = body.body
-    stmts = body.stmts if isinstance(body, Block) else [body]
+    acc = declare.var
+    chain, body = loop_chain(loops)
+    axes = [(loop.var, loop.extent) for loop in chain]
+    stmts = statements_of(body)
     if not stmts or not isinstance(stmts[-1], Assign) or stmts[-1].var.name != acc.name:
         return None
     found = read_combine(acc, stmts[-1].value)
@@ -94,7 +94,7 @@ def scalar_reduction(declare: Stmt, loops: Stmt) -> ScalarReduction | None:
         return None
     combiner, value, first_wins = found
     per_element = stmts[:-1]
-    if acc.name in free_vars(value) or any(isinstance(s, (For, Assign)) or _reads(s, acc) for s in per_element):
+    if acc.name in free_vars(value) or any(not isinstance(s, (Declare, Store)) or _reads(s, acc) for s in per_element):
         return None
     if not _same_const(declare.init, reduction_init(combiner, acc.dtype)):
         return None  # starts from another value than the identity: not a plain reduction
@@ -108,13 +108,18 @@ def reductions_in(block: Block) -> list[ScalarReduction]:
     return [r for r in found if r is not None]
 
 
+def loop_chain(stmt: Stmt) -> tuple[list[For], Stmt]:
+    """The loops of the perfect nest ``stmt`` (outermost first) and the statement inside them."""
+    chain = []
+    while isinstance(stmt, For):
+        chain.append(stmt)
+        stmt = stmt.body
+    return chain, stmt
+
+
 def output_loops(kernel: Kernel) -> tuple[list[For], Stmt]:
     """The perfect nest of loops around the kernel's per-value statements, and those statements."""
-    chain, body = [], kernel.body
-    while isinstance(body, For):
-        chain.append(body)
-        body = body.body
-    return chain, body
+    return loop_chain(kernel.body)
 
 
 def statements_of(stmt: Stmt) -> list[Stmt]:
@@ -189,10 +194,7 @@ def stores_in(stmt: Stmt) -> list[Store]:
 
 def innermost(loops: For) -> Stmt:
     """The body of the innermost loop of a perfect nest."""
-    body = loops
-    while isinstance(body, For):
-        body = body.body
-    return body
+    return loop_chain(loops)[1]
 
 
 def with_innermost(loops: For, body: Stmt) -> For:

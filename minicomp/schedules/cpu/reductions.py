@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 from ...ir.affine import affine
-from ...ir.loops import Block, For, If, Kernel, Load, Store
+from ...ir.loops import Block, For, If, Kernel, Store
 from ...ir.rewrite import loads
 from ...ir.schedule import Parallel, Primitive
 from ...ir.symbolic import Sym
