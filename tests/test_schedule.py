@@ -583,8 +583,8 @@ def test_the_loop_interpreter_catches_an_illegal_parallel_mark(rng):
 
 def test_a_full_matmul_schedule_runs(rng):
     program = lowered(matmul_bias, (9, 7), (7, 10), (10,))
-    steps = [IKJ, Rename("i1", "j", occurrence=1), Split("j", 4), Split("i1", 4), Split("rk", 3), Reorder("j_o", "rk_i"),
-             CacheRead("b", "rk_o", layout=("j_o", "rk_i", "j_i")), CacheRead("a", "i0"),
+    steps = [IKJ, Rename("i1", "j", occurrence=1), Split("j", 4), Split("i1", 4), Split("rk", 3),
+             Reorder("j_o", "rk_i"), CacheRead("b", "rk_o", layout=("j_o", "rk_i", "j_i")), CacheRead("a", "i0"),
              CacheWrite("matmul", "i0"), Vectorize("j_i"), Parallel("i0")]
     scheduled = schedule_program(program, {"matmul": steps, "add": [Fuse("i0", "i1"), Split("i0_i1", 16),
                                                                     Vectorize("i0_i1_i")]})

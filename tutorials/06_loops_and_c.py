@@ -487,8 +487,8 @@ for threads, column in [(1, 0), (all_threads, 1)]:
 #    meaning allows. It cannot for calls to libm's expf/tanhf (minicomp calls its own
 #    vectorisable versions instead: minicomp/codegen/vmath.py), nor split a float max or sum
 #    across SIMD lanes by itself (the C fixes the order of the float additions; another order
-#    rounds differently): lowering writes the lanes out explicitly (`acc_lanes` above,
-#    minicomp/schedules/cpu/reductions.py), so the reductions vectorise too.
+#    rounds differently): the default schedule writes the lanes out explicitly (`acc_lanes`
+#    above, minicomp/schedules/cpu/lanes.py), so the reductions vectorise too.
 #  * On all cores C can come out ahead, but that is parallelism, not better code: NumPy runs
 #    these ops on one core. Threads pay only on an idle machine: every kernel ends with each
 #    thread waiting for the slowest, and if other processes hold the cores (load average

@@ -35,10 +35,11 @@ from dataclasses import replace
 
 from ...ir.loops import Block, Buffer, Const, Declare, For, Kernel, Load, Stmt, Store, Var
 from ...ir.symbolic import Sym
+from ...lower.program import nest
 from ..strategy import register_strategy
 from .lanes import LANES
-from ...lower.program import nest
-from .plain import output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, statements_of
+from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,
+                    statements_of)
 
 
 @register_strategy("accumulate_in_output")
@@ -52,6 +53,8 @@ def accumulate_in_output(kernel: Kernel, column_block: int | None = None) -> Ker
     if red is None or red.per_element:
         raise refuse("accumulate_in_output", kernel, "the output's value is not one plain scalar reduction")
     out, acc = kernel.output, red.acc
+    if shares_output(kernel):
+        raise refuse("accumulate_in_output", kernel, f"{out.name} shares memory with an input")
     in_place = same_index(store.index, row_major(chain))
     if in_place and out.dtype != acc.dtype:
         raise refuse("accumulate_in_output", kernel,

@@ -17,8 +17,8 @@ Requires a row nest (``lower_row``): output loops around statements that end wit
 scalar reduction, then (after per-row locals) the epilogue, a perfect nest storing the output.
 Legal, in loop-IR terms, when
 
-* the output is stored only by the epilogue and loaded nowhere (so the values parked in it
-  are read before anything else is written there);
+* the output is stored only by the epilogue, loaded nowhere and shares no memory with an
+  input (so the values parked in it are read before anything else is written there);
 * the reduction's loops and the epilogue's loops run over the same iterations (same count,
   same extents, in order: ``r1`` is ``i1``), so the reduction stores exactly the elements the
   epilogue then writes;
@@ -38,8 +38,8 @@ from dataclasses import replace
 from ...ir.loops import Assign, Block, Call, Declare, Expr, For, Kernel, Load, Store, Var, walk
 from ...ir.rewrite import declared_names, free_vars, loaded_buffers, map_expr, substitute
 from ..strategy import register_strategy
-from .plain import (expr_key, innermost, loop_chain, output_loops, reductions_in, refuse, statements_of,
-                    stores_in, with_innermost)
+from .plain import (expr_key, innermost, loop_chain, output_loops, reductions_in, refuse, shares_output,
+                    statements_of, stores_in, with_innermost)
 
 
 @register_strategy("keep_operand")
@@ -57,8 +57,8 @@ def keep_operand(kernel: Kernel) -> Kernel:
         raise fail("not a row of reductions ending in a loop that stores the output")
     store = innermost(epilogue)
     stores = stores_in(kernel.body)
-    if store.buffer is not out or stores != [store] or out in loaded_buffers(kernel.body):
-        raise fail("the output is stored elsewhere too, or loaded")
+    if store.buffer is not out or stores != [store] or out in loaded_buffers(kernel.body) or shares_output(kernel):
+        raise fail("the output is stored elsewhere too, loaded, or shares memory with an input")
     last = reductions[-1]
     if last.per_element:
         raise fail(f"{last.acc.name} already does more than accumulate per element")

@@ -60,7 +60,8 @@ from ...ir.loops import (Address, Allocate, Binary, Block, Buffer, Const, Declar
                          Load, Select, Stmt, Store, Var, as_expr, const, walk)
 from ...ir.symbolic import Sym, SymbolicShapeError
 from ..strategy import Strategy, register_strategy
-from .plain import output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, statements_of
+from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,
+                    statements_of)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 MIN_ROWS = 6  # fewer rows than the micro-kernel's MR: packing B costs a copy of B and saves nothing
@@ -212,6 +213,8 @@ def packed_gemm(kernel: Kernel, mr: int, nr: int, kc: int, mc: int, nc: int, a_p
     found = find_matmul(kernel)
     if found is None:
         raise fail("no float matmul accumulating in the output's dtype (see find_matmul)")
+    if shares_output(kernel):
+        raise fail(f"{kernel.output.name} shares memory with an input")
     s = found.shape
     if isinstance(s.m, Sym) and (len(s.rows) != 1 or isinstance(s.n, Sym) or isinstance(s.red[0][1], Sym)
                                  or not b_per_task):

@@ -204,6 +204,12 @@ def with_innermost(loops: For, body: Stmt) -> For:
     return replace(loops, body=body)
 
 
+def shares_output(kernel: Kernel) -> bool:
+    """Whether the kernel's output shares memory with an input (an op computed in place): a
+    strategy that writes the output before the last read of every input must refuse it."""
+    return kernel.output in kernel.aliases
+
+
 def refuse(strategy: str, kernel: Kernel, why: str) -> ScheduleError:
     """The ``ScheduleError`` of a strategy that does not apply to ``kernel``."""
     return ScheduleError(f"strategy {strategy} does not apply to kernel {kernel.name}: {why}", why)
