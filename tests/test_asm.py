@@ -23,6 +23,7 @@ from minicomp.codegen.c import render_c
 from minicomp.ir.dtypes import TensorType
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.target import cpu_target
 from minicomp.workloads import WORKLOADS
 
@@ -38,7 +39,7 @@ def target_flags(march: str) -> list[str]:
 def workload_program(name: str, size: str = "tiny"):
     workload = WORKLOADS[name]
     graph = minicomp.trace(workload.fn, *[TensorType(s, "f32") for s in workload.shapes[size].values()])
-    return lower(run_pipeline(graph)[0])
+    return loop_program(run_pipeline(graph)[0])
 
 
 def expected_width(flags: list[str] = DEFAULT_FLAGS) -> str:

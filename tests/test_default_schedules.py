@@ -1,10 +1,14 @@
-"""Default schedules (``schedules/cpu/elementwise.py``): each kernel kind shaped by legality-checked steps."""
+"""Default schedules (``schedules/cpu/``): each kernel kind shaped by legality-checked steps and strategies."""
 
 import numpy as np
 import pytest
 
 import minicomp
 from minicomp.driver import jit
+from minicomp.frontend.tracer import trace_with_structure
+from minicomp.ir.dtypes import TensorType
+from minicomp.ir.symbolic import Sym
+from minicomp.workloads import layernorm
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stages import loop_program
 from minicomp.testing import assert_close
@@ -65,7 +69,52 @@ def test_gemm_and_attention_kernels_record_their_tiling():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((64, 80), np.float32), rng.standard_normal((80, 96), np.float32)
     [kernel] = program_of(lambda a, b: a @ b, a, b).kernels
-    assert steps(kernel)[0].startswith("gemm(mr=") and "# schedule: gemm(" in str(kernel)
+    assert steps(kernel)[0].startswith("packed_gemm(mr=") and "# schedule: packed_gemm(" in str(kernel)
     q = rng.standard_normal((2, 64, 32), np.float32)
     [kernel] = program_of(lambda q, k, v: minicomp.nn.scaled_dot_product_attention(q, k, v), q, q, q).kernels
     assert steps(kernel)[0].startswith("flash_attention(")
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+F32 = np.float32
+T = Sym.symbol("T")
+
+
+@pytest.mark.parametrize("fn, types, expected", [
+    (softmax, [((256, 512), F32)], ["parallel(i0)", "keep_operand()", "lanes(lanes=16)"]),
+    (softmax, [((4, 9), F32)], ["keep_operand()"]),                       # short rows: no lanes
+    (layernorm, [((256, 512), F32), ((512,), F32), ((512,), F32)],
+     ["parallel(i0)", "lanes(lanes=16)"]),                                 # nothing worth keeping
+    (softmax, [((40, T), F32)], ["parallel_rows()"]),                       # a row of symbolic length
+    (lambda x: x.sum(axis=-1), [((512, 1000), F32)], ["parallel(i0)", "lanes(lanes=16)"]),
+    (lambda x: x.sum(axis=-1), [((512, 1000), np.int32)], ["parallel(i0)"]),   # exact: gcc's to vectorise
+    (lambda x: x.sum(axis=0), [((160, 1000), F32)], ["accumulate_in_output(column_block=256)"]),
+    (lambda x: x.max(axis=0), [((7, 33), F32)], ["accumulate_in_output()"]),
+    (lambda x: x.sum(axis=1), [((64, 512, 256), F32)], ["parallel(i0)", "accumulate_in_output()"]),
+    (lambda x: x.sum(axis=0), [((40, 33), np.float16)], ["lanes(lanes=16)"]),  # sums in float32, not in its output
+    (lambda a, b: a @ b, [((9, 20), np.int32), ((20, 7), np.int32)], ["accumulate_in_output()"]),
+    (lambda a, b: a @ b, [((1, 512), F32), ((512, 512), F32)], ["accumulate_in_output()"]),  # one row
+    (lambda a, b: a @ b, [((300, 200), np.int64), ((200, 40), np.int64)], ["parallel(i0)", "accumulate_in_output()"]),
+    (lambda x: np.cumsum(x, axis=1), [((512, 300), F32)], ["parallel(i0)"]),
+    (lambda x: np.cumsum(x, axis=0), [((T, 8), F32)], []),                   # scan length known at the call
+])
+def test_reduction_kernels_default_steps(fn, types, expected):
+    """The rules of schedules/cpu/reductions.py: which strategies each kernel gets, in order."""
+    graph, _ = trace_with_structure(fn, tuple(TensorType(shape, dtype) for shape, dtype in types))
+    [kernel] = loop_program(run_pipeline(graph)[0]).kernels
+    assert steps(kernel) == expected
+
+
+def test_a_big_float_matmul_is_packed_for_the_target():
+    from minicomp.codegen import gemm
+    from minicomp.target import host_target
+
+    a, b = np.ones((256, 768), F32), np.ones((768, 2304), F32)
+    [kernel] = program_of(lambda a, b: a @ b, a, b).kernels
+    [step] = kernel.schedule
+    assert step.name == "packed_gemm" and (step["mr"], step["nr"]) == gemm.tile_shape(F32, host_target())
+    assert step["b_per_task"] and step["nc"] % step["nr"] == 0 and step["parallel"]

@@ -2,7 +2,8 @@
 
 Both paths only start above a work threshold (``lower_matmul.MIN_WORK``); the tests lower it to
 0 where they need the packed path on small, awkward shapes, and check through the kernel's
-printed schedule that the path they test really ran.
+printed schedule that the path they test really ran. ``tests/test_cpu_strategies.py`` runs the
+``packed_gemm`` strategy with chosen parameters against the plain nest.
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ from minicomp.ir.rewrite import allocated
 from minicomp.schedules.cpu import packed_gemm as lower_matmul
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.target import Target, host_target
 from minicomp.testing import assert_close
 
@@ -32,7 +34,7 @@ def always_packed(monkeypatch):
 
 def schedules(fn, *args) -> list[str]:
     """The printed schedule steps of every kernel ``fn`` compiles to for ``args``."""
-    program = lower(run_pipeline(minicomp.trace(fn, *args))[0])
+    program = loop_program(run_pipeline(minicomp.trace(fn, *args))[0])
     return [str(step) for kernel in program.kernels for step in kernel.schedule]
 
 
@@ -78,7 +80,7 @@ def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
         a, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
-        assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+        assert any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
     finally:
         lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS = saved
@@ -89,7 +91,7 @@ def test_packed_matmul_across_cache_blocks(m, k, n):
     """Sizes that cross the kc, mc and nc blocks, with a partial last block of each."""
     rng = np.random.default_rng(1)
     a, b = randn(rng, (m, k)), randn(rng, (k, n))
-    assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+    assert any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))
     assert_close(jit(matmul)(a, b), a @ b)
 
 
@@ -128,7 +130,7 @@ def test_epilogue_runs_on_each_tile(always_packed, dtype, m, k, n):
     x, w, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
     fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
     steps = schedules(fn, x, w, b)
-    assert len(steps) == 1 and steps[0].startswith("gemm(")  # one kernel: the epilogue is fused
+    assert len(steps) == 1 and steps[0].startswith("packed_gemm(")  # one kernel: the epilogue is fused
     assert_close(jit(fn)(x, w, b), fn(x, w, b))
     relu = lambda x, w: np.maximum(x @ w, 0) * 2  # noqa: E731
     assert_close(jit(relu)(x, w), relu(x, w))
@@ -142,14 +144,14 @@ def test_nhwc_conv_is_an_implicit_gemm(always_packed, stride, padding, dilation)
     def conv(x, w):
         return nn.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, layout="NHWC")
 
-    assert any(s.startswith("gemm(") for s in schedules(conv, x, w))
+    assert any(s.startswith("packed_gemm(") for s in schedules(conv, x, w))
     assert_close(jit(conv)(x, w), jit(conv, target="numpy")(x, w))
 
 
 def test_conv_bn_relu_workload_takes_the_gemm_path():
     workload = minicomp.workloads.WORKLOADS["conv_bn_relu"]
     args = workload.inputs("cpu")
-    assert any(s.startswith("gemm(") for s in schedules(workload.fn, *args))
+    assert any(s.startswith("packed_gemm(") for s in schedules(workload.fn, *args))
     assert_close(jit(workload.fn)(*args), workload.fn(*args))
 
 
@@ -205,8 +207,9 @@ def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, 
     monkeypatch.setattr(lower_matmul, "A_PACK_BYTES", 0)
     rng = np.random.default_rng(9)
     a, b = randn(rng, (m, k)), randn(rng, (k, n))
-    program = lower(run_pipeline(minicomp.trace(matmul, a, b))[0])
+    program = loop_program(run_pipeline(minicomp.trace(matmul, a, b))[0])
     assert "a_block" in str(program.kernels[0]) and len(program.kernels[0].scratch) == 1
+    assert "a_per_task=True" in str(program.kernels[0].schedule[0])
     assert_close(jit(matmul)(a, b), a @ b)
     fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
     bias = randn(rng, (n,))
@@ -228,7 +231,7 @@ def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
         a, b, bias = randn(rng, (batch, m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
-        assert any("each packing its B panel" in s for s in schedules(matmul, a, b))
+        assert any("b_per_task=True" in s for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
         fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
         assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
@@ -323,7 +326,7 @@ def test_a_matmul_with_fewer_rows_than_the_micro_kernel_is_not_packed():
     rng = np.random.default_rng(3)
     for m in (1, 5):
         a, b = randn(rng, (m, 512), F32), randn(rng, (512, 384), F32)
-        assert not any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+        assert not any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
     a = randn(rng, (6, 512), F32)
-    assert any(s.startswith("gemm(") for s in schedules(matmul, a, b))
+    assert any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))

@@ -1,4 +1,4 @@
-"""Reduction loops that vectorise (``minicomp.schedules.cpu.reductions``), against NumPy.
+"""Reduction loops that vectorise (the default schedules of ``minicomp.schedules.cpu.reductions``), against NumPy.
 
 * float reductions split into ``LANES`` partial accumulators: row lengths around the lane
   count (tails of 1, 15, 17, 33 ...), empty rows, NaN and infinities (a NaN anywhere in a row
@@ -24,9 +24,9 @@ from minicomp import nn
 from minicomp.codegen.c import render_c
 from minicomp.runtime.compiler import build_flags, compiler
 from minicomp.ir.dtypes import TensorType
-from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.schedules.cpu.reductions import LANES
+from minicomp.stages import loop_program
 from minicomp.testing import assert_close
 
 FLOATS = ["float32", "float64", "float16"]
@@ -54,9 +54,9 @@ def sample(shape, dtype, rng, specials: bool = True) -> np.ndarray:
 
 
 def kernels_text(fn, *arrays) -> str:
-    """The loop IR of ``fn`` after the default passes."""
+    """The loop IR of ``fn`` after the default passes and schedules."""
     graph = minicomp.trace(fn, *[TensorType(a.shape, a.dtype) for a in arrays])
-    return str(lower(run_pipeline(graph)[0]))
+    return str(loop_program(run_pipeline(graph)[0]))
 
 
 def quietly(fn, *args):
@@ -227,7 +227,7 @@ def test_gcc_vectorises_the_reduction_loops(case, march, tmp_path):
                 "column max": (lambda x: x.max(axis=0), [x]),
                 "full sum f64": (lambda x: x.sum(), [x.astype(np.float64)])}[case]
     graph = minicomp.trace(fn, *[TensorType(a.shape, a.dtype) for a in args])
-    source = render_c(lower(run_pipeline(graph)[0]))
+    source = render_c(loop_program(run_pipeline(graph)[0]))
     path = tmp_path / "kernels.c"
     path.write_text(source)
     flags = [f for f in build_flags(["-O3", f"-march={march}", "-fopenmp"]) if f not in ("-shared", "-fPIC")]

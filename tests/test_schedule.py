@@ -33,6 +33,7 @@ from minicomp.ir.schedule import (MAX_UNROLL, Fuse, Parallel, Rename, Reorder, S
 from minicomp.ir.schedule_memory import CacheRead, CacheWrite, ComputeAt, ComputeInline, merge_stages
 from minicomp.lower.program import lower
 from minicomp.runtime.executable import Executable
+from minicomp.schedules import Strategy
 from minicomp.testing import assert_close
 from minicomp.testing.loop_interpreter import run_program as run_loops
 
@@ -85,7 +86,10 @@ def exp_times(x, y):
 
 
 ADD = kernel(lowered(add_bias, (5, 7), (7,)), "add")
-MATMUL = kernel(lowered(matmul, (5, 6), (6, 7)), "matmul")
+# the matmul in the i-k-j order (the CPU strategy accumulate_in_output): the row of the output
+# is initialised, then accumulated over rk; the primitives below reshape that nest
+IKJ = Strategy("accumulate_in_output")
+MATMUL = IKJ.apply(kernel(lowered(matmul, (5, 6), (6, 7)), "matmul"))
 SUM = kernel(lowered(row_sum, (5, 6)), "sum")
 
 
@@ -292,7 +296,7 @@ def test_replay_on_a_fresh_lowering_prints_the_same_loops():
              CacheRead("a", "i0"), Split("rk", 4, tail="peel"), Unroll("rk_i"), Parallel("i0")]
     first = apply_schedule(MATMUL, steps)
     again = apply_schedule(kernel(lowered(matmul, (5, 6), (6, 7)), "matmul"), list(first.schedule))
-    assert str(again) == str(first) and again.schedule == steps
+    assert str(again) == str(first) and again.schedule == [IKJ] + steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -579,8 +583,8 @@ def test_the_loop_interpreter_catches_an_illegal_parallel_mark(rng):
 
 def test_a_full_matmul_schedule_runs(rng):
     program = lowered(matmul_bias, (9, 7), (7, 10), (10,))
-    steps = [Rename("i1", "j", occurrence=1), Split("j", 4), Split("i1", 4), Split("rk", 3), Reorder("j_o", "rk_i"),
-             CacheRead("b", "rk_o", layout=("j_o", "rk_i", "j_i")), CacheRead("a", "i0"),
+    steps = [IKJ, Rename("i1", "j", occurrence=1), Split("j", 4), Split("i1", 4), Split("rk", 3),
+             Reorder("j_o", "rk_i"), CacheRead("b", "rk_o", layout=("j_o", "rk_i", "j_i")), CacheRead("a", "i0"),
              CacheWrite("matmul", "i0"), Vectorize("j_i"), Parallel("i0")]
     scheduled = schedule_program(program, {"matmul": steps, "add": [Fuse("i0", "i1"), Split("i0_i1", 16),
                                                                     Vectorize("i0_i1_i")]})

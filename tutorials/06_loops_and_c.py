@@ -65,6 +65,7 @@ from minicomp.ir.loops import (Allocate, Assign, Block, Buffer, Const, Declare, 
 from minicomp.lower.program import combine, lower, nest, reduction_init
 from minicomp.runtime import cache
 from minicomp.runtime.executable import Executable, aligned_empty
+from minicomp.stages import loop_program
 from minicomp.testing import assert_close
 from minicomp.workloads import ew_chain, layernorm, softmax
 
@@ -150,13 +151,20 @@ step("Step 3: lower the graph to loops, one kernel per op")
 # ----------------------------------------------------------------------------------------------
 # lower(graph) applies each node's rule at (i0, i1, ...) and wraps it in one loop per output
 # axis: a Kernel. A reduction also declares an accumulator `acc`, loops over the reduced axis
-# and stores the result (a float reduction keeps 16 partial accumulators, `acc_lanes`, one
-# per SIMD lane: minicomp/schedules/cpu/reductions.py says why). The outer loop of a kernel with
-# enough work is marked `parallel`.
-# Text form: `buffer[linear index]` is a load or (left of `=`) a store.
-program = lower(graph)
+# and stores the result. That is all lowering does: the plainest nest, the same for any
+# machine. Text form: `buffer[linear index]` is a load or (left of `=`) a store.
+plain = lower(graph)
+print(plain.kernels[0])
+assert "parallel" not in str(plain) and "lane" not in str(plain)
+# The schedule stage then shapes each kernel for this CPU (minicomp/schedules/cpu/, run by
+# minicomp.stages.loop_program, as jit does): a float reduction keeps 16 partial accumulators,
+# `acc_lanes`, one per SIMD lane (minicomp/schedules/cpu/lanes.py says why), and the outer loop
+# of a kernel with enough work runs on all cores (`parallel`). Each kernel lists its steps.
+program = loop_program(graph)
+print()
 print(program)
 assert len(program.kernels) == 5
+assert [str(step) for step in program.kernels[0].schedule] == ["parallel(i0)", "lanes(lanes=16)"]
 
 # Where does every value live? Inputs and outputs are the caller's arrays; each intermediate
 # gets a slice of one workspace, at an offset fixed at compile time (a static buffer plan).
@@ -353,7 +361,7 @@ step("Step 6: the compile cache")
 # version) and keeps it on disk. A new source compiles (cold); the same source again is a hit:
 # only hashing and a checksum of the stored .so. Here: the layernorm workload, not yet compiled.
 ln_args = [rng.standard_normal(s, dtype=np.float32) for s in [(ROWS, COLS), (COLS,), (COLS,)]]
-ln_source = render_c(lower(minicomp.trace(layernorm, *ln_args)))
+ln_source = render_c(loop_program(minicomp.trace(layernorm, *ln_args)))
 start = time.perf_counter()
 cold_path = compile_c(ln_source, "layernorm")
 cold_s = time.perf_counter() - start
@@ -479,8 +487,8 @@ for threads, column in [(1, 0), (all_threads, 1)]:
 #    meaning allows. It cannot for calls to libm's expf/tanhf (minicomp calls its own
 #    vectorisable versions instead: minicomp/codegen/vmath.py), nor split a float max or sum
 #    across SIMD lanes by itself (the C fixes the order of the float additions; another order
-#    rounds differently): lowering writes the lanes out explicitly (`acc_lanes` above,
-#    minicomp/schedules/cpu/reductions.py), so the reductions vectorise too.
+#    rounds differently): the default schedule writes the lanes out explicitly (`acc_lanes`
+#    above, minicomp/schedules/cpu/lanes.py), so the reductions vectorise too.
 #  * On all cores C can come out ahead, but that is parallelism, not better code: NumPy runs
 #    these ops on one core. Threads pay only on an idle machine: every kernel ends with each
 #    thread waiting for the slowest, and if other processes hold the cores (load average

@@ -102,10 +102,11 @@ FLOPS = 2 * M * N * K
 print(f"a: {M} x {K}, b: {K} x {N}, c: {M} x {N}; L1d {cache_size(1)}, L2 {cache_size(2)}, "
       f"L3 {cache_size(3)} (per core for L1, L2 on most CPUs)")
 
-# Lowering a matmul this big gives minicomp's packed micro-kernel nest (tutorial 10), already
-# scheduled. To start from the beginning we take the lowered program for its buffers (a, b and
-# the output) and put in a kernel built by hand from the loop IR (minicomp.ir.loops): zero c,
-# then the three loops of the definition, c[i, j] += a[i, k] * b[k, j].
+# Lowering a matmul gives the plain nest of its definition, one scalar accumulator per element
+# of c (minicomp's default CPU schedule then packs it around a micro-kernel: tutorial 10). To
+# see each step's effect on its own we take the lowered program for its buffers (a, b and the
+# output) and put in a kernel built by hand from the loop IR (minicomp.ir.loops): zero c, then
+# the three loops of the definition, c[i, j] += a[i, k] * b[k, j].
 program = lower(minicomp.trace(lambda a, b: a @ b, a, b))
 A, B = program.inputs
 C = program.outputs[0]
@@ -157,7 +158,8 @@ step("Step 2: reorder: i-k-j")
 # ----------------------------------------------------------------------------------------------
 # Reorder("k", "j") puts k outside j (the names are given outermost first): now the innermost
 # loop j runs along a row of b and a row of c, unit stride, and a[i, k] is a constant for it.
-# This is the order minicomp's plain lowering gives a matmul (lower.accumulates_in_output).
+# This is the order minicomp's default schedule gives a matmul too small to pack (the
+# accumulate_in_output strategy: minicomp/schedules/cpu/accumulate.py).
 ikj = Reorder("k", "j").apply(naive)
 print(ikj)
 ikj_ms = run_and_time(ikj)
@@ -235,12 +237,12 @@ print(f"\nbest tile here: kc x nc = {best[0]} x {best[1]} ({timings[best]:.1f} m
 # ----------------------------------------------------------------------------------------------
 step("Step 5: against the packed micro-kernel and NumPy")
 # ----------------------------------------------------------------------------------------------
-# minicomp's default lowering of this matmul: packed panels and a register-blocked
+# minicomp's default schedule of this matmul: packed panels and a register-blocked
 # micro-kernel (tutorial 10). Its schedule line says which tiles it uses.
 default = minicomp.jit(lambda a, b: a @ b)
 assert_close(default(a, b), expected)
 [packed_kernel] = default.inspect(a, b).program.kernels
-print(f"default lowering, schedule: {packed_kernel.schedule[0]}")
+print(f"default schedule: {packed_kernel.schedule[0]}")
 rows = [("i-j-k (textbook)", naive_ms), ("i-k-j (reordered)", ikj_ms),
         (f"tiled {best[0]} x {best[1]}", timings[best]),
         ("minicomp default (packed)", median_ms(lambda: default(a, b))),

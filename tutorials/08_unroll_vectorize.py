@@ -15,8 +15,8 @@ What you learn:
 
   1. an elementwise kernel: gcc vectorises it by itself; with its auto-vectoriser switched off
      it runs one element at a time, and ``Vectorize`` brings the SIMD back;
-  2. a reduction: the one-accumulator loop stays scalar; minicomp's lowering sums into 16
-     partial sums (*lanes*) instead, which vectorises;
+  2. a reduction: the one-accumulator loop lowering writes stays scalar; minicomp's default
+     schedule (the ``lanes`` strategy) sums into 16 partial sums instead, which vectorises;
   3. the tiled matmul of tutorial 07, turned into a **register tile**: split and reorder so an
      ``mr x nr`` block of the result is computed across the whole k loop, ``cache_write`` it
      into a local array the compiler keeps in registers, ``Vectorize`` the columns and
@@ -59,7 +59,7 @@ from minicomp.codegen import gemm
 from minicomp.tools.asm import assembly, kernel_sections, simd_summary
 from minicomp.codegen.c import CRenderer, render_c
 from minicomp.runtime.compiler import DEFAULT_OPT_FLAGS, build_flags
-from minicomp.ir.loops import Assign, Binary, Block, Declare, For, Kernel, Load, Store, Var, const
+from minicomp.ir.loops import Binary, Block, For, Kernel, Load, Store, Var, const
 from minicomp.ir.schedule import (Reorder, ScheduleError, Split, Unroll, Vectorize, apply_schedule,
                                   schedule_program)
 from minicomp.ir.schedule_memory import CacheWrite
@@ -67,6 +67,7 @@ from minicomp.lower.program import lower
 from minicomp.stages import simplify_indices
 from minicomp.target import host_target
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.schedules import Strategy
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
 from minicomp.workloads import ew_chain
@@ -207,23 +208,20 @@ step("Step 3: a reduction: one accumulator stays scalar, 16 lanes vectorise")
 # -ffast-math), and Vectorize refuses it too.
 rows_x = rng.standard_normal((256, 4096), dtype=F32)
 sum_program = lower(minicomp.trace(lambda x: x.sum(axis=-1), rows_x))
-[lanes_kernel] = sum_program.kernels
-xb, out = sum_program.inputs[0], sum_program.outputs[0]
-i0, r, acc = Var("i0"), Var("r"), Var("acc", f32)
-plain = Kernel("sum", [xb], out, For(i0, 256, Block([
-    Declare(acc, const(0, f32)),
-    For(r, 4096, Assign(acc, Binary("+", acc, Load(xb, i0 * 4096 + r), f32))),
-    Store(out, i0, acc)])), source=["row sums, one accumulator"])
+[plain] = sum_program.kernels   # lowering writes every reduction this plain way
 print(plain)
 try:
-    Vectorize("r").apply(plain)
+    Vectorize("r1").apply(plain)
 except ScheduleError as error:
-    print(f"\nVectorize('r') refused: {error.why}")
+    print(f"\nVectorize('r1') refused: {error.why}")
 
-# minicomp's lowering of x.sum(axis=-1) (schedules/cpu/reductions.py) changes the order explicitly,
-# in the loop IR: 16 partial sums in a local array, lane l adding elements l, l+16, l+32, ...;
-# the lane loop is `vectorized` (one SIMD add per 16 elements); the lanes are combined at the
-# end. Same values to float32 rounding (NumPy itself sums pairwise, in yet another order).
+# minicomp's default schedule of a float reduction, the `lanes` strategy (a schedule step like
+# Vectorize, with a name and parameters: minicomp/schedules/cpu/lanes.py), changes the order
+# explicitly, in the loop IR: 16 partial sums in a local array, lane l adding elements l, l+16,
+# l+32, ...; the lane loop is `vectorized` (one SIMD add per 16 elements); the lanes are
+# combined at the end. Same values to float32 rounding (NumPy itself sums pairwise, in yet
+# another order).
+lanes_kernel = Strategy("lanes", lanes=16).apply(plain)
 print()
 print(lanes_kernel)
 sum_rows = []

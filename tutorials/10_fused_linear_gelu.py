@@ -5,8 +5,10 @@ What you learn:
 * ``gelu(x @ w + b)`` traced is eleven ops: a matmul, a bias add and nine elementwise ops of
   the tanh GELU. Fusion (tutorial 04) makes them **one kernel** with pattern ``epilogue``:
   the matmul is the anchor, everything after it is applied to its result in place.
-* How that kernel is shaped: the loop nest OpenBLAS and BLIS use (Goto's algorithm), printed
-  with a ``# schedule: gemm(mr=.., nr=.., kc=.., mc=.., nc=..)`` line that records it:
+* How that kernel is shaped: lowering writes the plain nest (per output element, the sum,
+  then bias and GELU); the default CPU schedule recognises the matmul in it and applies the
+  ``packed_gemm`` strategy, the loop nest OpenBLAS and BLIS use (Goto's algorithm), printed
+  with a ``# schedule: packed_gemm(mr=.., nr=.., kc=.., mc=.., nc=.., ...)`` line that records it:
 
   - **packing**: a block of ``kc`` rows of ``w`` is copied into panels of ``nr`` columns
     stored k-major, so the inner loop streams through contiguous memory, and the matching
@@ -56,8 +58,9 @@ from minicomp.codegen import gemm
 from minicomp.codegen.c import CRenderer, render_c
 from minicomp.runtime.compiler import compile_c, load_library
 from minicomp.lower.program import lower
-from minicomp.schedules.cpu.packed_gemm import B_TASK_PANELS, GemmTiling, balanced, default_tiling
+from minicomp.schedules.cpu.packed_gemm import B_TASK_PANELS, KC_BYTES, MC_PANELS, balanced
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.runtime.executable import aligned_empty
 from minicomp.stats import human, kernel_summary
 from minicomp.testing import assert_close
@@ -100,9 +103,10 @@ def linear_gelu(x, w, b):
 # tiles), a reduction two k blocks long (kc is 384 floats, so 768), and 4 panels of nr output
 # columns (256 with AVX-512's 64-column tiles, 64 with AVX2's 16). With fewer than
 # B_TASK_PANELS panels, w is packed once per k block for all tasks: the layout read back below.
-tiling = default_tiling(F32)
-M, K, N = 64, 2 * tiling.kc, 4 * tiling.nr
-assert N // tiling.nr < B_TASK_PANELS
+mr, nr = gemm.tile_shape(F32)   # the micro-kernel's tile on this machine
+kc = KC_BYTES // 4              # the reduction block, in floats
+M, K, N = 64, 2 * kc, 4 * nr
+assert N // nr < B_TASK_PANELS
 x = rng.standard_normal((M, K), dtype=F32)
 w = rng.standard_normal((K, N), dtype=F32) / F32(np.sqrt(K))
 b = rng.standard_normal(N, dtype=F32)
@@ -125,15 +129,23 @@ print(f"\nkernels {before.kernels} -> {after.kernels}; estimated bytes moved "
 # ----------------------------------------------------------------------------------------------
 step("Step 2: the fused kernel as loops")
 # ----------------------------------------------------------------------------------------------
-# What `minicomp dump --emit loops` prints: lower() the optimised graph into a Program and
-# print its kernels. The kernel carries its schedule (a GemmTiling) and prints it first.
-program = lower(optimised)
+# lower() the optimised graph into a Program: the plain nest, the same for any machine. Per
+# output element: the sum over k in a scalar accumulator, then bias and GELU of it, stored.
+[plain] = lower(optimised).kernels
+print(plain)
+# What `minicomp dump --emit loops` prints: the loop stages up to index simplification
+# (minicomp.stages.loop_program), the schedule stage in between. This CPU's default schedule
+# finds the matmul in the plain nest (a sum of a[.., k] * b[k, j]) and applies the
+# packed_gemm strategy with tiles for this machine; the kernel prints that step first.
+program = loop_program(optimised)
 [kernel] = program.kernels
+print()
 print(kernel)
 [schedule] = kernel.schedule
 # mc shrinks so that the rows split into equal blocks (here one block of all 64 rows + edge)
-assert isinstance(schedule, GemmTiling) and schedule == balanced(tiling, M)
-print(f"\nmicro-kernel tile mr x nr = {tiling.mr} x {tiling.nr}: {gemm.vector_bytes() * 8}-bit vectors "
+assert schedule.name == "packed_gemm" and (schedule["mr"], schedule["nr"], schedule["kc"]) == (mr, nr, kc)
+assert schedule["mc"] == balanced(MC_PANELS * mr, mr, M)
+print(f"\nmicro-kernel tile mr x nr = {mr} x {nr}: {gemm.vector_bytes() * 8}-bit vectors "
       f"({gemm.vector_bytes() // 4} floats), {gemm.vectors_per_row()} per row of the tile")
 # How to read the nest, outside in:
 #   for jc:  blocks of nc columns of w (here all N fit in one);
@@ -147,7 +159,7 @@ print(f"\nmicro-kernel tile mr x nr = {tiling.mr} x {tiling.nr}: {gemm.vector_by
 # into a local `tile` and copies the rows that exist: the panels are zero-padded, so the
 # micro-kernel never needs to know about edges.
 text = str(kernel)
-assert f"if pc == {K // tiling.kc - 1}:" in text and "local tile" in text
+assert f"if pc == {K // kc - 1}:" in text and "local tile" in text
 
 # ----------------------------------------------------------------------------------------------
 step("Step 3: packing, checked against NumPy")
@@ -175,8 +187,6 @@ def from_workspace(name_end: str) -> np.ndarray:
 # rows padded with zeros to a multiple of mr, cut into panels of mr rows: panel[r, k] =
 # A[p*mr + r, k]. Step k broadcasts A[r, k] from each of the mr rows (BLIS stores A k-major
 # too; from rows the broadcasts cost the same, and packing rows is a contiguous copy).
-mr, nr, kc = tiling.mr, tiling.nr, tiling.kc
-
 
 def pack_a(a_block):          # (M, kc) -> (panels, mr, kc)
     rows = -(-a_block.shape[0] // mr) * mr
@@ -214,7 +224,8 @@ step("Step 4: the micro-kernel, in C")
 # ----------------------------------------------------------------------------------------------
 # The routine the kernel calls (codegen/gemm.py), written with GCC's vector extensions so it
 # compiles to whatever SIMD width -march=native offers.
-print(gemm.source(tiling.micro_kernel))
+micro_kernel = gemm.kernel_name(F32)
+print(gemm.source(micro_kernel))
 nv = gemm.vectors_per_row()
 print(f"per k step: {nv} vector loads of B + {mr} broadcasts of A feed {mr * nv} vector FMAs "
       f"({2 * mr * nr} FLOPs); the {mr * nv} accumulators stay in registers for all kc steps.")
@@ -228,7 +239,7 @@ step("Step 5: the epilogue, in C")
 # The full-tile branch of the generated kernel: the micro-kernel call, then, after the last k
 # block only, bias + GELU over the mr x nr tile that was just written (still in L1).
 c_lines = CRenderer().kernel(kernel).splitlines()
-start = next(i for i, line in enumerate(c_lines) if tiling.micro_kernel in line)
+start = next(i for i, line in enumerate(c_lines) if micro_kernel in line)
 end = next(i for i in range(start, len(c_lines)) if "} else {" in c_lines[i])
 print("\n".join(line[14:] for line in c_lines[start:end]))
 epilogue_c = "\n".join(c_lines[start:end])
@@ -243,16 +254,16 @@ assert "mc_vtanh_f32(" in epilogue_c and "b_b[i1]" in epilogue_c
 step("Step 6: without fusion")
 # ----------------------------------------------------------------------------------------------
 # jit(fn, disable=["fusion"]) runs every other pass. The matmul is still a packed
-# micro-kernel kernel (lowering does that for any big float matmul), but the bias add and each
-# GELU op are kernels of their own, each reading and writing an M x N tensor.
+# micro-kernel kernel (the default schedule packs any big float matmul), but the bias add and
+# each GELU op are kernels of their own, each reading and writing an M x N tensor.
 unfused_graph, _ = run_pipeline(traced, disable=["fusion"])
-unfused_program = lower(unfused_graph)
+unfused_program = loop_program(unfused_graph)
 print(f"{len(unfused_program.kernels)} kernels: "
-      + ", ".join(f"{k.name}{' [gemm]' if any(str(s).startswith('gemm(') for s in k.schedule) else ''}"
+      + ", ".join(f"{k.name}{' [gemm]' if any(str(s).startswith('packed_gemm(') for s in k.schedule) else ''}"
                    for k in unfused_program.kernels))
 print(f"workspace for the intermediates: {human(unfused_program.workspace_bytes)} "
       f"(fused: {human(program.workspace_bytes)}, all of it the packed panels)")
-assert len(unfused_program.kernels) > 1 and sum(any(str(step).startswith("gemm(") for step in k.schedule)
+assert len(unfused_program.kernels) > 1 and sum(any(str(step).startswith("packed_gemm(") for step in k.schedule)
                                                 for k in unfused_program.kernels) == 1
 assert set(program.workspace) == set(kernel.scratch)  # fused: no intermediate in memory at all
 

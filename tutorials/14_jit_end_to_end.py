@@ -48,7 +48,7 @@ except ImportError:  # not installed: use the checkout this file lives in
 from minicomp.bench import machine_description, measure
 from minicomp.codegen.c import render_c
 from minicomp.runtime.compiler import compile_c, load_library
-from minicomp.lower.program import lower
+from minicomp.stages import loop_program
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.peers import PEERS
 from minicomp.runtime import cache
@@ -89,11 +89,11 @@ step("Step 2: a cold compile, stage by stage")
 # directory is empty, so gcc really runs.
 traced, t_trace = seconds(lambda: minicomp.trace(BLOCK.fn, *args))
 (optimised, report), t_passes = seconds(lambda: run_pipeline(traced))
-program, t_lower = seconds(lambda: lower(optimised))
+program, t_loops = seconds(lambda: loop_program(optimised))   # lower, schedule, simplify
 source, t_render = seconds(lambda: render_c(program))
 library, t_gcc = seconds(lambda: compile_c(source, "block"))
 _, t_load = seconds(lambda: load_library(library))
-stages = [("trace", t_trace), ("passes", t_passes), ("lower", t_lower), ("render C", t_render),
+stages = [("trace", t_trace), ("passes", t_passes), ("loops", t_loops), ("render C", t_render),
           ("gcc (cold)", t_gcc), ("load (cffi)", t_load)]
 total = sum(t for _, t in stages)
 for name, t in stages:
@@ -172,7 +172,7 @@ for kernel in program.kernels:
     ops = Counter(n.op for n in body if n is not None)
     print(f"{kernel.name:<16}{pattern:<11}{sum(ops.values()):>4}  {schedule:<50}  "
           + ", ".join(f"{op}" + (f" x{c}" if c > 1 else "") for op, c in ops.items()))
-tiled = [k for k in program.kernels if any(str(step).startswith(("gemm(", "flash_attention(")) for step in k.schedule)]
+tiled = [k for k in program.kernels if any(str(step).startswith(("packed_gemm(", "flash_attention(")) for step in k.schedule)]
 assert len(tiled) == 5   # 4 matmul kernels + attention
 # How to read it: the two layer norms (each with the residual add before it) are "row"
 # kernels; the four matmuls (qkv, attention output, MLP up, MLP down) are packed micro-kernel

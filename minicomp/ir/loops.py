@@ -112,6 +112,41 @@ class Expr:
     def __rmul__(self, other):
         return simplify_binary("*", as_expr(other), self)
 
+    def __rsub__(self, other):
+        return simplify_binary("-", as_expr(other), self)
+
+    # Index division and remainder with C's meaning (they truncate; on the non-negative
+    # values of indices that is Python's // and %): (m / 8) % 6.
+    def __truediv__(self, other):
+        return Binary("/", self, as_expr(other), INDEX)
+
+    def __mod__(self, other):
+        return Binary("%", self, as_expr(other), INDEX)
+
+    # Conditions (``==`` keeps Python's meaning, so comparisons are methods): m.lt(M) & n.lt(N).
+    def lt(self, other) -> "Binary":
+        """``self < other`` (bool)."""
+        return Binary("<", self, as_expr(other), BOOL)
+
+    def le(self, other) -> "Binary":
+        """``self <= other`` (bool)."""
+        return Binary("<=", self, as_expr(other), BOOL)
+
+    def gt(self, other) -> "Binary":
+        """``self > other`` (bool)."""
+        return Binary(">", self, as_expr(other), BOOL)
+
+    def ge(self, other) -> "Binary":
+        """``self >= other`` (bool)."""
+        return Binary(">=", self, as_expr(other), BOOL)
+
+    def eq(self, other) -> "Binary":
+        """``self == other`` (bool)."""
+        return Binary("==", self, as_expr(other), BOOL)
+
+    def __and__(self, other):
+        return Binary("&&", self, as_expr(other), BOOL)
+
 
 @dataclass(frozen=True, eq=False)
 class Const(Expr):

@@ -1,4 +1,4 @@
-"""Lowering a ``fused`` node: its whole body becomes one loop nest.
+"""Lowering a ``fused`` node: its whole body becomes one plain loop nest.
 
 The key tool is *inlining through compute rules*: an operand that is computed inside the body
 is not loaded from memory but replaced by its own compute rule at the same index (``Inliner``).
@@ -6,23 +6,40 @@ is not loaded from memory but replaced by its own compute rule at the same index
 Values that cannot be inlined as expressions (reductions, matmul results) are computed once
 at the right loop level, held in a local variable, and *bound*: later uses read the variable.
 
-One lowering per fusion pattern (``minicomp.passes.fusion``):
+Requires a fused group (or a single op) of one fusion pattern (``minicomp.passes.fusion``).
+Guarantees the plainest nest that computes it, the same for every target: every reduction
+in one form, a scalar accumulator per value (``acc = init; for r...: acc = combine(acc,
+body)``), no loop marked parallel or vectorized, no lanes, tiles or packing. Shaping a nest
+for a machine is the schedule stage's work (``minicomp.schedules``; ``schedules/cpu/`` turns
+these exact forms into packed GEMM, SIMD lanes, accumulation in the output row ...).
+
+One lowering per pattern:
 
 * ``elemwise``: loops over the output; one store of the inlined expression.
-* ``reduce``: a reduction whose body inlines its producers.
+* ``reduce``: per output element, the reduction with its producers inlined::
+
+      for i0:  f32 acc = 0;  for r1: acc = acc + x[i0, r1] * 2;  out[i0] = acc
+
 * ``row``: per row (the axes not reduced), each reduction and each per-row value in order,
   held in locals; then one loop over the row storing the inlined epilogue::
 
-      for i:                              # softmax
-        m = max over j of x[i, j]
-        s = sum over j of exp(x[i, j] - m)
-        for j: out[i, j] = exp(x[i, j] - m) / s
+      for i0:                                          # softmax
+        f32 acc_max = -inf;  for r1: acc_max = mc_maximum(acc_max, x[i0, r1])
+        f32 v_max = acc_max
+        f32 acc_sum = 0;     for r1: acc_sum = acc_sum + exp(x[i0, r1] - v_max)
+        f32 v_sum = acc_sum
+        for i1: out[i0, i1] = exp(x[i0, i1] - v_max) / v_sum
 
-* ``epilogue``: the matmul/conv accumulates an output row, then the epilogue finishes that row
-  in place while it is in cache (``out[i, j] = gelu(out[i, j] + b[j])``).
+* ``epilogue``: per output element, the matmul/conv's sum, then the epilogue's value stored
+  (at the transposed index when the epilogue ends in a transpose)::
+
+      for i0: for i1:  f32 acc = 0;  for rk: acc = acc + x[i0, rk] * w[rk, i1]
+                       out[i0, i1] = gelu(acc + b[i1])
+
 * ``attention``: per query row, an online softmax over the keys (FlashAttention's idea): a
   running max ``m``, a running sum ``l`` and an output row ``acc`` rescaled by
   ``exp(m_old - m_new)`` whenever the max grows. The scores are never stored.
+* ``scan``: ``cumsum``/``cumprod``, each step reading the previous output element.
 """
 
 from __future__ import annotations
@@ -44,7 +61,6 @@ from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Con
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.symbolic import Sym, SymbolicShapeError
 from ..schedules.cpu.flash_attention import lower_tiled_attention
-from ..schedules.cpu.packed_gemm import lower_gemm
 from .program import (accumulates_in_output, combine, is_inline_constant, nest,
                     output_index, reduction_init, worth_parallel)
 
@@ -137,28 +153,19 @@ def lower_elemwise(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
 
 
 def lower_reduce(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
-    """One accumulator per output element, split into SIMD lanes; or, for a reduction that
-    keeps the last axis, the column order that accumulates into the output row (see
-    ``minicomp.schedules.cpu.reductions``)."""
-    from ..schedules.cpu.reductions import reduce_columns, reduce_into_lanes, reduces_columns
-
+    """One scalar accumulator per output element: ``acc = init; for r...: acc = combine(acc,
+    body); out[i] = finish(acc)``, the reduction's producers inlined into ``body``."""
     root = nodes[-1]
     idx = output_index(root.shape)
     r = compute(root, idx, [inline.tensor(o) for o in root.operands])
-    work = _work(root.shape, *[e for _, e in r.axes])
-    if reduces_columns(root, r):
-        return reduce_columns(r, out, idx, root.shape, parallel=worth_parallel(work))
     acc = Var("acc", r.dtype)
-    stmts = reduce_into_lanes(acc, r) + [Store(out, linear_index(idx, root.shape), r.finish(acc))]
-    return nest(_loops(idx, root.shape), Block(stmts), parallel=worth_parallel(work))
+    store = Store(out, linear_index(idx, root.shape), r.finish(acc))
+    return nest(_loops(idx, root.shape), Block(reduce_into(acc, r) + [store]), parallel=False)
 
 
 def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
-    """Per row: each reduction (split into SIMD lanes) and per-row value into a local, then
-    the epilogue over the row. The last reduction may keep its operand in the output row
-    for the epilogue (softmax's ``exp``, computed once): ``minicomp.schedules.cpu.reductions``."""
-    from ..schedules.cpu.reductions import keeps_operand, reduce_into_lanes, reduce_keeping_operand
-
+    """Per row (the axes not reduced): each reduction into a scalar accumulator and each per-row
+    value into a local, in order; then one loop over the row storing the inlined epilogue."""
     root = nodes[-1]
     reductions = [n for n in nodes if n.kind is Kind.REDUCTION]
     shape, axes = reductions[0].operands[0].shape, reductions[0].attrs["axes"]
@@ -172,10 +179,7 @@ def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
             at = row if node.attrs["keepdims"] else [i for axis, i in enumerate(full) if axis not in axes]
             r = compute(node, at, [inline.tensor(o) for o in node.operands])
             acc, value = Var(f"acc_{_ident(node.name)}", r.dtype), Var(f"v_{_ident(node.name)}", node.dtype)
-            if node is reductions[-1] and keeps_operand(node, root, out, inline):
-                stmts += reduce_keeping_operand(node, at, acc, inline, out)
-            else:
-                stmts += reduce_into_lanes(acc, r)
+            stmts += reduce_into(acc, r)
             stmts.append(Declare(value, r.finish(acc)))
         elif node.shape == row_shape and node.kind is not Kind.SOURCE and _after_reduction(node):
             value = Var(f"v_{_ident(node.name)}", node.dtype)
@@ -190,8 +194,7 @@ def lower_row(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
         inner = [(i, d) for axis, (i, d) in enumerate(zip(full, shape)) if axis in axes and isinstance(i, Var)]
         store = Store(out, linear_index(full, shape), inline.tensor(root)[full])
         stmts.append(nest(inner, store, parallel=False))
-    work = _work(shape, len(reductions) + 1)
-    return nest(outer, Block(stmts), parallel=worth_parallel(work))
+    return nest(outer, Block(stmts), parallel=False)
 
 
 def _after_reduction(node: Node) -> bool:
@@ -204,40 +207,25 @@ def _after_reduction(node: Node) -> bool:
     return False
 
 
-def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> "Stmt | Nest":
+def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """Per output element of the matmul/conv: its sum into a scalar accumulator, then the
+    epilogue's value, the matmul/conv read from the accumulator, stored at the output index
+    (the transposed index when the epilogue ends in a transpose)."""
     root = nodes[-1]
     anchor = next(n for n in nodes if n.kind is Kind.OUT_EW_FUSABLE)
     moved = root.op == "transpose" and root is not anchor  # the epilogue ends in one transpose
     result = root.operands[0] if moved else root
     idx = output_index(result.shape)
-    # the matmul accumulates in the output, or (when the output is transposed) in a scratch
-    # buffer of its own layout that each tile is read back from while it is in cache
-    acc = Buffer(f"{out.name}_acc", out.dtype, result.shape) if moved else out
-    scratch = [acc] if moved else []
-
-    def store_at(i):
-        if not moved:
-            return out, linear_index(i, result.shape)
-        perm = root.attrs["perm"]
-        return out, linear_index([i[perm[axis]] for axis in range(len(perm))], root.shape)
-
     r = compute(anchor, idx, [inline.tensor(o) for o in anchor.operands])
-    inline.bind(anchor, lambda i: Load(acc, linear_index(i, result.shape)))
-    value_at = None if result is anchor and not moved else (lambda i: inline.tensor(result)[i])
-    packed = unless_symbolic(lower_gemm, anchor, idx, r, acc, value_at, store_at)
-    if packed is not None:  # a float matmul or NHWC conv big enough: packed panels + micro-kernel
-        body, panels, tiling = packed
-        return Nest(body, scratch + panels, [tiling])
-    loops = _loops(idx, result.shape)
-    (j, extent), at = loops[-1], linear_index(idx, result.shape)
-    accumulate = Store(acc, at, combine(r.combiner, Load(acc, at), r.body, r.first_wins))
-    row = Block([For(j, extent, Store(acc, at, reduction_init(r.combiner, r.dtype))),
-                 nest(r.axes, For(j, extent, accumulate), parallel=False)])
-    if value_at is not None:  # the epilogue finishes the row while it is in cache
-        buffer, index = store_at(idx)
-        row.stmts.append(For(j, extent, Store(buffer, index, value_at(idx))))
-    work = _work(result.shape, *[e for _, e in r.axes])
-    return Nest(nest(loops[:-1], row, parallel=worth_parallel(work)), scratch)
+    acc = Var("acc", r.dtype)
+    inline.bind(anchor, r.finish(acc))
+    if moved:
+        perm = root.attrs["perm"]
+        at = linear_index([idx[perm[axis]] for axis in range(len(perm))], root.shape)
+    else:
+        at = linear_index(idx, result.shape)
+    store = Store(out, at, inline.tensor(result)[idx])
+    return nest(_loops(idx, result.shape), Block(reduce_into(acc, r) + [store]), parallel=False)
 
 
 def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
@@ -309,11 +297,12 @@ def _kernel(name: str, inputs: list[Buffer], out: Buffer, lowered, source: list[
 def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     """``cumsum``/``cumprod`` along ``axis``: each step reads the previous output element.
 
-    Loops over the axes before ``axis`` (parallel when there is enough work), then the serial
-    scan loop, then the axes after it (contiguous, independent: gcc may vectorise them)::
+    Loops over the axes before ``axis`` (independent: the default schedule may run them on
+    several threads), then the serial scan loop, then the axes after it (contiguous,
+    independent: gcc may vectorise them)::
 
-        for i (parallel):  out[i, 0, j] = x[i, 0, j]                      for j
-                           for k in 1..n: out[i, k, j] = out[i, k-1, j] + x[i, k, j]   for j
+        for i:  out[i, 0, j] = x[i, 0, j]                                   for j
+                for k in 1..n: out[i, k, j] = out[i, k-1, j] + x[i, k, j]   for j
 
     One rounding per step in the output dtype, in NumPy's order: float16 results are NumPy's.
     """
@@ -344,7 +333,7 @@ def lower_scan(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
     body: Stmt = Block(steps)
     if symbolic:  # a length only known at the call: an empty one stores nothing
         body = If(Binary(">", as_expr(length), Const(0), BOOL), body)
-    return nest(outer, body, parallel=not symbolic and worth_parallel(_work(shape)) and bool(outer))
+    return nest(outer, body, parallel=False)
 
 
 LOWERINGS = {"elemwise": lower_elemwise, "reduce": lower_reduce, "row": lower_row,
@@ -386,9 +375,9 @@ def lower_single(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Ker
         return _kernel(buffers[node].name, inputs, buffers[node], lower_scatter(node, inline, buffers[node]),
                        source, None)
     if node.kind is Kind.OUT_EW_FUSABLE and accumulates_in_output(node):
-        pattern = "epilogue"  # the i-k-j order: see accumulates_in_output
+        pattern = "epilogue"  # a matmul/conv whose sum its output can hold: packed or i-k-j
     elif node.kind in (Kind.REDUCTION, Kind.OUT_EW_FUSABLE):
-        pattern = "reduce"
+        pattern = "reduce"  # (a float16 matmul sums in float32: a reduction into lanes)
     elif node.op in SCAN_OPS:
         pattern = "scan"
     else:

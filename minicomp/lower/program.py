@@ -13,7 +13,10 @@ value gets a slice of one workspace (the static buffer plan: offsets fixed at co
 where the ``memory_plan`` pass ran, at the offsets it chose (``node.meta["storage"]``: values
 never live at the same time share bytes), otherwise one slice per value. A kernel whose
 parameters share workspace bytes (an op run in place) lists them in ``Kernel.aliases``.
-The outermost loop of a kernel with enough work is marked ``parallel``.
+
+Requires a graph after the graph passes (fused or not). Guarantees plain nests, the same for
+every target: no loop marked parallel or vectorized, every reduction one scalar accumulator
+per value (``minicomp.lower.fused``); ``minicomp.schedules`` shapes them for a machine.
 """
 
 from __future__ import annotations
@@ -208,14 +211,16 @@ def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
 
 
 def accumulates_in_output(node: Node) -> bool:
-    """Whether a matmul/conv2d sums into its output row instead of a scalar accumulator.
+    """Whether a matmul/conv2d can sum into its output row instead of a scalar accumulator.
 
     With a scalar accumulator, ``out[i, j] = sum_k a[i, k] * b[k, j]`` walks ``b`` down a
     column (stride N) in its innermost loop, which misses the cache on every step. Moving the
-    reduction loop outside the last output axis (the i-k-j order) makes the innermost loop run
-    along rows of ``b`` and ``out``: unit stride, which the C compiler vectorises. This needs
-    the output to hold the accumulator exactly (same dtype as the sum: not bool or float16)
-    and a last axis longer than 1.
+    reduction loop outside the last output axis (the i-k-j order: the CPU schedule's
+    ``accumulate_in_output``) makes the innermost loop run along rows of ``b`` and ``out``:
+    unit stride, which the C compiler vectorises, and an epilogue can finish each row while
+    it is in cache (fusion's ``epilogue`` groups). This needs the output to hold the
+    accumulator exactly (same dtype as the sum: not bool or float16) and a last axis longer
+    than 1.
     """
     accumulator = arith_dtype(node.dtype)
     return (node.op in ("matmul", "conv2d") and accumulator == node.dtype and node.dtype != BOOL

@@ -25,6 +25,7 @@ from ..ir.schedule import ScheduleError
 from ..ir.symbolic import SymbolicShapeError
 from ..target import Target, host_target
 from .strategy import STRATEGIES, Strategy, register_strategy  # noqa: F401  (the strategy record)
+from . import cpu  # noqa: F401,E402  (the CPU strategies register themselves: replays find them)
 
 
 def default_rules(target: Target) -> dict:

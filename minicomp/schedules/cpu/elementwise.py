@@ -22,10 +22,10 @@ printed kernel lists what was done (``# schedule: ...``) and every step was lega
           for w in 0..56:
             y[c, h, w] = x[h, w, c]      (x read with stride 64 along w)
 
-* **rows** (softmax, layer norm) and **reductions** keep the order lowering gives them
-  (``minicomp.schedules.cpu.reductions``: accumulators split into SIMD lanes);
-* **matmul, conv2d** and **attention** are built tile by tile by their own lowerings
-  (``lower_matmul``, ``lower_attention``), which record their tiling as a schedule step.
+* **rows** (softmax, layer norm), **reductions**, **matmul** and **conv2d** get their own
+  rules and strategies (``reductions.py``: lanes, accumulation in the output row, a kept
+  operand; ``packed_gemm.py``: packed panels around the micro-kernel);
+* **attention** is tiled FlashAttention-style (``flash_attention.py``).
 """
 
 from __future__ import annotations

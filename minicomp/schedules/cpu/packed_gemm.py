@@ -1,8 +1,9 @@
-"""Lowering matmul and conv2d (with a fused epilogue) to packed, blocked loops around a micro-kernel.
+"""Strategy ``packed_gemm``: matmul and conv2d (with their epilogue) in packed, blocked loops
+around a register-blocked micro-kernel.
 
-The naive loop nest of ``C = A @ B`` does 2 FLOPs per value it loads; a CPU needs about 20
-to run at its FMA rate. The schedule OpenBLAS and BLIS use (Goto's algorithm), which this
-module builds, reaches that by reusing every loaded value from registers and cache::
+The plain nest of ``C = A @ B`` does 2 FLOPs per value it loads; a CPU needs about 20 to run
+at its FMA rate. The schedule OpenBLAS and BLIS use (Goto's algorithm), which this strategy
+builds, reaches that by reusing every loaded value from registers and cache::
 
     for jc in N by NC:                      # a block of columns of B, sized for the L2/L3 cache
       for pc in K by KC:                    # a block of the reduction
@@ -19,25 +20,30 @@ the copy into rows is contiguous runs, so it vectorises. That matters for conv, 
 of A (im2col) writes 9 values per input value: k-major panels made it a stream of scalar
 stores costing a fifth of conv_bn_relu's time.
 
-Two variants change who packs what, by size: when all of A would not fit in L2
-(``A_PACK_BYTES``) each task packs its own MC rows of A; when A is small and B has many
-panels (a layer's weights), the tasks are B's panels and each packs its own into L2
-(``compute_per_panel``), so B is read once and no packed copy of it goes back to memory.
+Two variants change who packs what: ``a_per_task``, each task packs its own MC rows of A (for
+an A too big for L2, ``A_PACK_BYTES``); ``b_per_task``, the tasks are B's NR panels and each
+packs its own into L2 (for a small A and many panels: a layer's weights), so B is read once
+and no packed copy of it goes back to memory. Edge tiles (``M`` or ``N`` not a multiple of the
+tile) run the same micro-kernel into a local tile and copy the valid part out, so the packed
+panels are zero-padded and never overrun. A symbolic ``M`` (the tokens of a sequence) is
+packed in the ``b_per_task`` variant only (A packed whole, rows ``0..M`` guarded by ``m < M``).
 
-Edge tiles (``M`` or ``N`` not a multiple of the tile) run the same micro-kernel into a local
-tile and copy the valid part out, so the packed panels are zero-padded and never overrun.
+Requires a plain matmul-like nest (``find_matmul``): output loops around ``acc = 0; for k...:
+acc = acc + a_expr * b_expr; out[index] = value(acc)``, where ``b_expr`` uses the last output
+loop ``j`` and ``a_expr`` does not, in float32/float64 accumulated in the output's dtype. Output
+loops that ``b_expr`` also uses are batch loops; the others are flattened into the rows ``M``.
+So conv2d in NHWC, whose ``a_expr`` reads the input through the window arithmetic, is an
+implicit GEMM: packing A *is* im2col, done one panel at a time. Several reduction loops
+(conv's ``rc, rr, rs``) are packed in the order of A's memory strides, blocked on the
+outermost. ``index`` row-major over the output loops: the tiles accumulate in the output and
+the epilogue ``value`` rewrites each finished tile in place; any other index (an epilogue
+ending in a transpose): the tiles accumulate in a scratch buffer ``<out>_acc`` and the
+epilogue stores them moved. Guarantees the same values up to float rounding (the sum runs in
+blocks of ``kc``, in order within a tile).
 
-A symbolic ``M`` (a dynamic dimension: the tokens of a sequence) is packed in the variant where
-the tasks are B's panels (A packed whole, rows ``0..M`` guarded by ``m < M``; packed A sized for
-``M + MR - 1`` rows). Any other variant, or a symbolic ``N`` or ``K``, raises
-``SymbolicShapeError``: the caller then lowers the plain loop nest.
-
-The matmul is found *in the compute rule*, not by op name: the reduction body is
-``a_expr * b_expr`` where ``b_expr`` uses the output's last axis ``j`` and ``a_expr`` does not.
-Output axes that ``b_expr`` also uses are batch loops; the others are flattened into the rows
-``M``. So conv2d in NHWC, whose ``a_expr`` reads the input through the window arithmetic, is an
-implicit GEMM: packing A *is* im2col, done one panel at a time. Several reduction axes
-(conv's ``r, s, c``) are packed in the order of A's memory strides, blocked on the outermost.
+The default schedule (``packed_gemm_steps``) chooses the tiles from the ``Target``'s
+micro-kernel shape and cache blocks for about 1 MiB of L2, and leaves small matmuls (below
+``MIN_WORK``, or fewer rows than the micro-kernel) to the plain order.
 """
 
 from __future__ import annotations
@@ -49,63 +55,32 @@ import numpy as np
 
 from ...codegen import gemm
 from ...ir.affine import affine
-from ...ir.compute import Reduce, linear_index
-from ...ir.graph import Node
+from ...ir.compute import linear_index
+from ...ir.loops import (Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For, If, Intrinsic, Kernel,
+                         Load, Select, Stmt, Store, Var, as_expr, const, walk)
 from ...ir.symbolic import Sym, SymbolicShapeError
-from ...ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For,
-                        If, Intrinsic, Load, Select, Stmt, Store, Var, as_expr, const, simplify_binary, walk)
+from ..strategy import Strategy, register_strategy
+from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,
+                    statements_of)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
 MIN_ROWS = 6  # fewer rows than the micro-kernel's MR: packing B costs a copy of B and saves nothing
 PARALLEL_WORK = 1 << 20
 A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
 B_TASK_PANELS = 8  # with A packed whole and this many NR panels or more: tasks are panels, each packs its B
+KC_BYTES = 1536  # one block of the reduction (A and B panels of kc values stay in L1/L2): 384 float32
+NC_BYTES = 4096  # columns of B packed at once: 1024 float32
+MC_PANELS = 24  # rows one task computes: 24 micro-kernel panels (before balancing over the rows)
 
 
-@dataclass(frozen=True)
-class GemmTiling:
-    """The schedule of a packed matmul: tile sizes, printed with the kernel and replayable.
-
-    ``mr x nr`` is the micro-kernel's register tile; ``kc`` the reduction block (A and B
-    panels of ``kc`` rows stay in L1/L2), ``mc`` the rows one task computes, ``nc`` the columns
-    of B packed at once. Equivalent to split(i, mc, mr), split(j, nc, nr), split(k, kc),
-    reorder, cache_read of A and B with packed layouts, parallel over (mc, nr) tiles and
-    tensorize of the ``mr x nr x kc`` block.
-    """
-
-    mr: int
-    nr: int
-    kc: int
-    mc: int
-    nc: int
-    micro_kernel: str
-    b_per_task: bool = False  # tasks are NR panels of B, each packed by its task (see GemmBuilder)
-
-    def __str__(self) -> str:
-        how = ("pack A, parallel over nr panels each packing its B panel" if self.b_per_task
-               else "pack A and B panels, parallel over mc x nr tiles")
-        return (f"gemm(mr={self.mr}, nr={self.nr}, kc={self.kc}, mc={self.mc}, nc={self.nc}): "
-                f"{how}, tensorize {self.micro_kernel}")
-
-
-def default_tiling(dtype: np.dtype) -> GemmTiling:
-    """Tile sizes for this machine: the micro-kernel's tile, cache blocks for ~1 MiB of L2."""
-    mr, nr = gemm.tile_shape(dtype)
-    itemsize = np.dtype(dtype).itemsize  # blocks are sized in bytes: float64 ones hold half the values
-    return GemmTiling(mr, nr, kc=1536 // itemsize, mc=24 * mr, nc=max(nr, 4096 // itemsize // nr * nr),
-                      micro_kernel=gemm.kernel_name(dtype))
-
-
-def balanced(tiling: GemmTiling, m: int) -> GemmTiling:
-    """``tiling`` with MC shrunk so that M splits into equal row blocks (256 rows: 2 x 132, not 144 + 112)."""
-    blocks = -(-m // tiling.mc)
-    rows = -(-m // blocks)
-    return replace(tiling, mc=min(tiling.mc, -(-rows // tiling.mr) * tiling.mr))
+# ----------------------------------------------------------------------------------------------
+# Finding the matmul in a plain nest
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class MatmulShape:
-    """The matmul inside a compute rule: ``out[batch, rows, col] = sum_red a_expr * b_expr``."""
+    """The matmul inside a nest: ``out[batch, rows, col] = sum_red a_expr * b_expr``."""
 
     batch: list[tuple[Var, int]]
     rows: list[tuple[Var, int]]
@@ -128,34 +103,78 @@ class MatmulShape:
         return math.prod(e for _, e in self.red)
 
 
+@dataclass
+class MatmulNest:
+    """A plain matmul nest: its output ``loops``, its ``MatmulShape``, and the ``store`` of each
+    value it sums (``out[index] = value(acc)``).
+
+    ``tiles`` is the buffer the tiles accumulate in, row-major over the output loops: the
+    output itself, or a scratch buffer when ``store`` writes elsewhere (a transpose).
+    """
+
+    loops: list[For]
+    shape: MatmulShape
+    tiles: Buffer
+    acc: Var
+    store: Store
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the tiles accumulate in the output itself."""
+        return self.tiles is self.store.buffer
+
+    def finish(self) -> Store | None:
+        """The nest's store with the matmul read back from ``tiles``; None where it would store
+        each value onto itself."""
+        if self.in_place and _is_acc(self.store.value, self.acc):
+            return None
+        value = replace_var(self.store.value, self.acc, Load(self.tiles, row_major(self.loops)))
+        return Store(self.store.buffer, self.store.index, value)
+
+
+def _is_acc(e: Expr, acc: Var) -> bool:
+    return isinstance(e, Var) and e.name == acc.name
+
+
 def uses(expr: Expr, var: Var) -> bool:
-    """Whether ``var`` occurs in ``expr``."""
-    return any(e is var for e in walk(expr))
+    """Whether ``var`` (by name) occurs in ``expr``."""
+    return any(isinstance(e, Var) and e.name == var.name for e in walk(expr))
 
 
-def find_matmul(anchor: Node, idx: list, r: Reduce) -> MatmulShape | None:
-    """Split ``r`` (the anchor's reduction at output index ``idx``) into A and B, or None."""
-    if r.combiner != "sum" or not gemm.supported(r.dtype) or r.dtype != anchor.dtype:
+def find_matmul(kernel: Kernel) -> MatmulNest | None:
+    """The matmul of a plain nest (see the module docstring), or None."""
+    loops, body = output_loops(kernel)
+    stmts = statements_of(body)
+    if not loops or len(stmts) != 3 or not isinstance(stmts[2], Store) or stmts[2].buffer is not kernel.output:
         return None
-    shape = anchor.shape
-    if len(shape) < 2 or not isinstance(idx[-1], Var) or any(d == 0 for d in shape):
+    red, store = scalar_reduction(stmts[0], stmts[1]), stmts[2]
+    out = kernel.output
+    if red is None or red.per_element or red.combiner != "sum" or not gemm.supported(red.acc.dtype):
         return None
-    body, cond = r.body, None
-    if isinstance(body, Select) and isinstance(body.b, Const) and body.b.value == 0:
-        body, cond = body.a, body.cond
-    if not (isinstance(body, Binary) and body.op == "*"):
+    if out.dtype != red.acc.dtype or any(_empty(loop.extent) for loop in loops) or _empty(red.length):
         return None
-    j = idx[-1]
-    a_expr, b_expr = (body.b, body.a) if uses(body.a, j) else (body.a, body.b)
+    j = loops[-1].var
+    product, cond = red.value, None
+    if isinstance(product, Select) and isinstance(product.b, Const) and product.b.value == 0:
+        product, cond = product.a, product.cond
+    if not (isinstance(product, Binary) and product.op == "*"):
+        return None
+    a_expr, b_expr = (product.b, product.a) if uses(product.a, j) else (product.a, product.b)
     if uses(a_expr, j) or not uses(b_expr, j) or (cond is not None and uses(cond, j)):
         return None
     if cond is not None:
         a_expr = Select(cond, a_expr, const(0, a_expr.dtype))
-    axes = [(v, e) for v, e in zip(idx[:-1], shape[:-1]) if isinstance(v, Var)]
+    axes = [(loop.var, loop.extent) for loop in loops[:-1]]
     last_batch = max((n for n, (v, _) in enumerate(axes) if uses(b_expr, v)), default=-1)
-    batch, rows = axes[:last_batch + 1], axes[last_batch + 1:]
-    red = _order_by_stride(list(r.axes), a_expr)
-    return MatmulShape(batch, rows, (j, shape[-1]), red, a_expr, b_expr)
+    shape = MatmulShape(axes[:last_batch + 1], axes[last_batch + 1:], (j, loops[-1].extent),
+                        _order_by_stride(list(red.axes), a_expr), a_expr, b_expr)
+    in_place = same_index(store.index, row_major(loops))
+    tiles = out if in_place else Buffer(f"{out.name}_acc", out.dtype, tuple(loop.extent for loop in loops))
+    return MatmulNest(loops, shape, tiles, red.acc, store)
+
+
+def _empty(extent) -> bool:
+    return not isinstance(extent, Sym) and extent == 0
 
 
 def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var, int]]:
@@ -168,90 +187,161 @@ def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var
 
 
 # ----------------------------------------------------------------------------------------------
+# The strategy and its default parameters
+# ----------------------------------------------------------------------------------------------
+
+
+@register_strategy("packed_gemm")
+def packed_gemm(kernel: Kernel, mr: int, nr: int, kc: int, mc: int, nc: int, a_per_task: bool = False,
+                b_per_task: bool = False, parallel: bool = True) -> Kernel:
+    """``kernel``'s matmul packed and tiled: ``mr x nr`` the micro-kernel's register tile,
+    ``kc`` the reduction values one packed block holds, ``mc`` the rows one task computes,
+    ``nc`` the columns of B packed at once; ``a_per_task``/``b_per_task`` the variants of the
+    module docstring; ``parallel`` runs the packing and the tiles on all threads.
+
+    Equivalent to split(i, mc, mr), split(j, nc, nr), split(k, kc), reorder, cache_read of A
+    and B with packed layouts, parallel over (mc, nr) tiles and tensorize of the ``mr x nr x
+    kc`` block.
+    """
+    def fail(why: str):
+        return refuse("packed_gemm", kernel, why)
+
+    if not all(isinstance(v, int) and v >= 1 for v in (mr, nr, kc, mc, nc)) or mc % mr or nc % nr:
+        raise fail("mr, nr, kc, mc, nc must be positive integers, mc a multiple of mr and nc of nr")
+    if a_per_task and b_per_task:
+        raise fail("a_per_task and b_per_task are two different variants")
+    found = find_matmul(kernel)
+    if found is None:
+        raise fail("no float matmul accumulating in the output's dtype (see find_matmul)")
+    if shares_output(kernel):
+        raise fail(f"{kernel.output.name} shares memory with an input")
+    s = found.shape
+    if isinstance(s.m, Sym) and (len(s.rows) != 1 or isinstance(s.n, Sym) or isinstance(s.red[0][1], Sym)
+                                 or not b_per_task):
+        raise fail(f"{s.m} rows: packed only with b_per_task, one symbolic row axis and a known N and K")
+    if isinstance(s.n, Sym) or isinstance(s.k, Sym):
+        raise fail("N and K must be known sizes")
+    builder = GemmBuilder(found, mr, nr, kc, mc, nc, a_per_task, b_per_task, "parallel" if parallel else "serial")
+    scratch = [] if found.in_place else [found.tiles]
+    scratch += [b for b in (None if a_per_task else builder.a_pack, builder.b_pack) if b is not None]
+    return replace(kernel, body=builder.body(), scratch=list(kernel.scratch) + scratch)
+
+
+def packed_gemm_steps(kernel: Kernel, target) -> list[Strategy]:
+    """The default rule: ``packed_gemm`` with tiles for ``target``, for a matmul worth packing."""
+    found = find_matmul(kernel)
+    if found is None:
+        return []
+    s = found.shape
+    symbolic = isinstance(s.m, Sym)
+    work = s.n * s.k if symbolic else s.m * s.n * s.k  # symbolic: at one row
+    if work < MIN_WORK or (not symbolic and s.m < MIN_ROWS):  # a decode step's x @ W: B read once anyway
+        return []
+    return [Strategy("packed_gemm", **default_tiling(s, found.tiles.dtype, target), parallel=work >= PARALLEL_WORK)]
+
+
+def default_tiling(s: MatmulShape, dtype, target) -> dict:
+    """Tile sizes and variant for ``target``: the micro-kernel's tile, cache blocks for ~1 MiB
+    of L2 (in bytes: float64 blocks hold half the values), MC balanced over the rows, and who
+    packs what (``A_PACK_BYTES``, ``B_TASK_PANELS``). ``SymbolicShapeError`` where a symbolic
+    size leaves no variant that holds for every size."""
+    mr, nr = gemm.tile_shape(dtype, target)
+    itemsize = np.dtype(dtype).itemsize
+    kc, mc, nc = KC_BYTES // itemsize, MC_PANELS * mr, max(nr, NC_BYTES // itemsize // nr * nr)
+    symbolic = isinstance(s.m, Sym)
+    if not symbolic:
+        mc = balanced(mc, mr, s.m)
+    kce = _k_block(s, kc) * _inner(s)
+    packed_rows = s.m + mr - 1 if symbolic else -(-s.m // mr) * mr
+    a_per_task = not symbolic and packed_rows * kce * itemsize > A_PACK_BYTES
+    panels = -(-s.n // nr)
+    b_per_task = not a_per_task and panels >= B_TASK_PANELS
+    if symbolic and not b_per_task:
+        raise SymbolicShapeError(f"packed matmul with {s.m} rows needs {B_TASK_PANELS} panels of B")
+    return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=panels * nr if b_per_task else nc, a_per_task=a_per_task,
+                b_per_task=b_per_task)
+
+
+def balanced(mc: int, mr: int, m: int) -> int:
+    """``mc`` shrunk so that ``m`` rows split into equal blocks (256 rows: 2 x 132, not 144 + 112)."""
+    blocks = -(-m // mc)
+    rows = -(-m // blocks)
+    return min(mc, -(-rows // mr) * mr)
+
+
+def _inner(s: MatmulShape) -> int:
+    """Values of the reduction per step of its outermost (blocked) axis."""
+    return int(np.prod([e for _, e in s.red[1:]], dtype=np.int64))
+
+
+def _k_block(s: MatmulShape, kc: int) -> int:
+    """Steps of the outermost reduction axis in one block of about ``kc`` values."""
+    return max(1, min(s.red[0][1], kc // max(_inner(s), 1)))
+
+
+# ----------------------------------------------------------------------------------------------
 # Building the loop nest
 # ----------------------------------------------------------------------------------------------
 
 
-def as_index(value) -> Expr:
-    """An index expression: Python ints become constants."""
-    return Const(int(value), INDEX) if isinstance(value, (int, np.integer)) else as_expr(value)
-
-
-def index_op(op: str, a, b) -> Expr:
-    """``a op b`` on indices (``+ - *`` fold constants; comparisons and ``&&`` give bool)."""
-    if op in ("+", "-", "*"):
-        return simplify_binary(op, as_index(a), as_index(b))
-    return Binary(op, as_index(a), as_index(b), BOOL if op in ("<", "<=", "==", "&&", ">", ">=") else INDEX)
-
-
-def _min(a, b) -> Expr:
-    return Select(index_op("<", a, b), as_index(a), as_index(b))
+def smaller(a, b) -> Expr:
+    """``a < b ? a : b`` on indices."""
+    a, b = as_expr(a), as_expr(b)
+    return Select(a.lt(b), a, b)
 
 
 def declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
     """Declare each row variable from the flat row number ``m`` (last axis fastest)."""
     stmts: list[Stmt] = []
     for n, (var, extent) in enumerate(reversed(rows)):
-        rest = m if n == 0 else index_op("/", m, int(np.prod([e for _, e in rows[len(rows) - n:]])))
-        stmts.append(Declare(var, rest if n == len(rows) - 1 else index_op("%", rest, extent)))
+        rest = m if n == 0 else m / int(np.prod([e for _, e in rows[len(rows) - n:]]))
+        stmts.append(Declare(var, rest if n == len(rows) - 1 else rest % extent))
     return stmts
 
 
 class GemmBuilder:
-    """Builds the kernel body for one ``MatmulShape``; see the module docstring for the nest."""
+    """Builds the packed nest of one ``MatmulNest``; see the module docstring for its shape.
 
-    def __init__(self, shape: MatmulShape, out: Buffer, out_index: list, tiling: GemmTiling, name: str):
-        self.s, self.out, self.out_index, self.t = shape, out, out_index, tiling
-        self.dtype = out.dtype
-        self.k0, self.inner = shape.red[0][1], int(np.prod([e for _, e in shape.red[1:]], dtype=np.int64))
-        self.chunk = max(1, min(self.k0, tiling.kc // max(self.inner, 1)))
-        self.kce = self.chunk * self.inner
-        self.symbolic = isinstance(shape.m, Sym)
-        if self.symbolic and (len(shape.rows) != 1 or isinstance(shape.n, Sym) or isinstance(self.k0, Sym)):
-            raise SymbolicShapeError(f"packed matmul with {shape.m} rows: only one symbolic row axis")
+    Names: ``jc``/``pc`` the NC column and KC reduction blocks, ``nc``/``kc`` their sizes now
+    (the last ones are shorter), ``jb`` an NR panel, ``ic`` an MC row block, ``ir`` an MR row
+    panel in it, ``m0``/``n0`` a tile's first row and column.
+    """
+
+    def __init__(self, found: MatmulNest, mr: int, nr: int, kc: int, mc: int, nc: int,
+                 a_per_task: bool, b_per_task: bool, kind: str):
+        s = self.s = found.shape
+        self.found, self.tiles, self.dtype = found, found.tiles, found.tiles.dtype
+        self.mr, self.nr, self.mc, self.nc = mr, nr, mc, nc
+        self.a_per_task, self.b_per_task, self.kind = a_per_task, b_per_task, kind
+        self.micro_kernel = micro_kernel_name(mr, nr, self.dtype)
+        self.k0, self.inner = s.red[0][1], _inner(s)
+        self.chunk = _k_block(s, kc)  # steps of the outermost reduction axis per block
+        self.kce = self.chunk * self.inner  # reduction values per block
+        self.symbolic = isinstance(s.m, Sym)
         # rows of packed A: M rounded up to whole MR panels (for a symbolic M, an upper bound)
-        self.mp = shape.m + tiling.mr - 1 if self.symbolic else -(-shape.m // tiling.mr) * tiling.mr
+        self.mp = s.m + mr - 1 if self.symbolic else -(-s.m // mr) * mr
         # loop over MR panels of rows: ceil(M / MR), or for a symbolic M, M iterations guarded by m0 < M
-        self.row_panels = shape.m if self.symbolic else self.mp // tiling.mr
-        self.a_pack = Buffer(f"{name}_apack", self.dtype, (self.mp * self.kce,))
-        self.a_per_task = not self.symbolic and self.mp * self.kce * out.dtype.itemsize > A_PACK_BYTES
-        n_padded = -(-shape.n // tiling.nr) * tiling.nr  # N in whole NR panels
-        if not self.a_per_task and n_padded // tiling.nr >= B_TASK_PANELS:
-            self.t = tiling = replace(tiling, nc=n_padded, b_per_task=True)
-        elif self.symbolic:
-            raise SymbolicShapeError(f"packed matmul with {shape.m} rows needs {B_TASK_PANELS} panels of B")
-        self.nce = min(tiling.nc, n_padded)
-        self.n_jb = self.nce // tiling.nr  # NR panels per NC block
-        self.n_ic = None if self.symbolic else -(-shape.m // tiling.mc)  # MC row blocks
+        self.row_panels = s.m if self.symbolic else self.mp // mr
+        self.a_pack = Buffer(f"{self.tiles.name}_apack", self.dtype, (self.mp * self.kce,))
+        self.nce = min(nc, -(-s.n // nr) * nr)  # columns per NC block, in whole NR panels
+        self.n_jb = self.nce // nr  # NR panels per NC block
+        self.n_ic = None if self.symbolic else -(-s.m // mc)  # MC row blocks
         # B packed whole per (jc, pc) block, except when each task packs its own panel
-        self.b_pack = None if tiling.b_per_task else Buffer(f"{name}_bpack", self.dtype, (self.kce * self.nce,))
+        self.b_pack = None if b_per_task else Buffer(f"{self.tiles.name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
-        work = shape.n * shape.k if self.symbolic else shape.m * shape.n * shape.k  # symbolic: at one row
-        self.parallel = "parallel" if work >= PARALLEL_WORK else "serial"
+        self.n_jc, self.n_pc = -(-s.n // nc), -(-self.k0 // self.chunk)
 
-    @property
-    def n_jc(self) -> int:
-        return -(-self.s.n // self.t.nc)
-
-    @property
-    def n_pc(self) -> int:
-        return -(-self.k0 // self.chunk)
-
-    def body(self, epilogue) -> Stmt:
-        """The whole nest; ``epilogue(m, n0, full)`` finishes a tile after the last k block."""
+    def body(self) -> Stmt:
+        """The whole nest."""
         if self.a_per_task:  # A is too big to pack at once: each task packs its MC rows
-            work = [self.pack_b(), self.compute_per_row_block(epilogue)]
-        elif self.t.b_per_task:
-            work = [self.pack_a(self.a_pack, Const(0), self.row_panels, self.parallel),
-                    self.compute_per_panel(epilogue)]
+            work = [self.pack_b(), self.compute_per_row_block()]
+        elif self.b_per_task:
+            work = [self.pack_a(self.a_pack, Const(0), self.row_panels, self.kind), self.compute_per_panel()]
         else:
-            work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.t.mr, self.parallel),
-                    self.compute(epilogue)]
-        block = Block([
-            Declare(self.nc_now, _min(self.t.nc, index_op("-", self.s.n, index_op("*", self.jc, self.t.nc)))),
-            Declare(self.kc_now, index_op("*", _min(self.chunk, index_op("-", self.k0, index_op("*", self.pc, self.chunk))),
-                                     self.inner))] + work)
+            work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.mr, self.kind), self.compute()]
+        block = Block([Declare(self.nc_now, smaller(self.nc, self.s.n - self.jc * self.nc)),
+                       Declare(self.kc_now, smaller(self.chunk, self.k0 - self.pc * self.chunk) * self.inner)] + work)
         nest: Stmt = For(self.jc, self.n_jc, For(self.pc, self.n_pc, block))
         for var, extent in reversed(self.s.batch):
             nest = For(var, extent, nest)
@@ -263,22 +353,22 @@ class GemmBuilder:
         k0l = Var("k0l")
         kk: Expr = k0l
         for var, extent in inner:
-            kk = index_op("+", index_op("*", kk, extent), var)
+            kk = kk * extent + var
         stmt: Stmt = leaf_for_kk(kk)
         for var, extent in reversed(inner):
             stmt = For(var, extent, stmt)
-        start = Declare(k0var, index_op("+", index_op("*", self.pc, self.chunk), k0l))
-        guard = index_op("<", index_op("+", index_op("*", self.pc, self.chunk), k0l), self.k0)
-        return For(k0l, self.chunk, If(guard, Block([start, stmt])))
+        start = Declare(k0var, self.pc * self.chunk + k0l)
+        inside = (self.pc * self.chunk + k0l).lt(self.k0)
+        return For(k0l, self.chunk, If(inside, Block([start, stmt])))
 
-    def _col(self, jb: Expr, jj: Expr) -> Expr:
-        return index_op("+", index_op("+", index_op("*", self.jc, self.t.nc), index_op("*", jb, self.t.nr)), jj)
+    def _col(self, jb: Expr, jj) -> Expr:
+        return self.jc * self.nc + jb * self.nr + jj
 
     def pack_b(self) -> Stmt:
         """``bpack[jb][kk][jj] = B[k, jc*NC + jb*NR + jj]`` (0 past the last column)."""
         jb = Var("jb")
-        return For(jb, self.n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now),
-                                  self.pack_b_panel(self.b_pack, jb, index_op("*", jb, self.kce))), self.parallel)
+        panel = self.pack_b_panel(self.b_pack, jb, jb * self.kce)
+        return For(jb, self.n_jb, If((jb * self.nr).lt(self.nc_now), panel), self.kind)
 
     def pack_b_panel(self, into: Buffer, jb: Expr, first_row: Expr) -> Stmt:
         """``into[first_row + kk][jj] = B[k, jc*NC + jb*NR + jj]``: one k-major panel of NR columns."""
@@ -286,64 +376,62 @@ class GemmBuilder:
         zero = const(0, self.dtype)
 
         def leaf(kk):
-            at = index_op("+", index_op("*", index_op("+", first_row, kk), self.t.nr), jj)
-            value = Select(index_op("<", j, self.s.n), self.s.b_expr, zero)
-            return For(jj, self.t.nr, Block([Declare(j, self._col(jb, jj)), Store(into, at, value)]))
+            at = (first_row + kk) * self.nr + jj
+            value = Select(j.lt(self.s.n), self.s.b_expr, zero)
+            return For(jj, self.nr, Block([Declare(j, self._col(jb, jj)), Store(into, at, value)]))
 
         return self._reduction_loops(leaf)
 
     def pack_a(self, into: Buffer, first_panel: Expr, panels: int, kind: str) -> Stmt:
         """``into[p*MR + r][kk] = A[(first_panel + p)*MR + r, k]``, rows of KC (0 past the last row)."""
         p, r, m = Var("p"), Var("r"), Var("m")
-        mr = self.t.mr
 
         def store(value):
-            return lambda kk: Store(into, index_op("+", index_op("*", index_op("+", index_op("*", p, mr), r), self.kce), kk), value)
+            return lambda kk: Store(into, (p * self.mr + r) * self.kce + kk, value)
 
-        row = Block([Declare(m, index_op("+", index_op("*", index_op("+", first_panel, p), mr), r)),
-                     If(index_op("<", m, self.s.m),
+        row = Block([Declare(m, (first_panel + p) * self.mr + r),
+                     If(m.lt(self.s.m),
                         Block(declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
                         self._reduction_loops(store(const(0, self.dtype))))])
-        rows = For(r, mr, row)
+        rows: Stmt = For(r, self.mr, row)
         if self.symbolic:  # M iterations: only the first ceil(M / MR) are panels of A
-            rows = If(index_op("<", index_op("*", p, mr), self.s.m), rows)
+            rows = If((p * self.mr).lt(self.s.m), rows)
         return For(p, panels, rows, kind)
 
     def _c_offset(self, m: Expr, n0: Expr) -> Expr:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
-        return index_op("+", index_op("*", index_op("+", index_op("*", batch, self.s.m), m), self.s.n), n0)
+        return (batch * self.s.m + m) * self.s.n + n0
 
-    def _tile(self, epilogue, m0: Var, jb: Expr, a_panel: Expr, b_panel: Expr | None = None) -> Stmt:
+    def _tile(self, m0: Var, jb: Expr, a_panel: Expr, b_panel: Expr | None = None) -> Stmt:
         """One MR x NR tile at rows ``m0``, panel ``jb``: micro-kernel, then the epilogue if last."""
         n0 = Var("n0")
-        accumulate = index_op(">", self.pc, 0)
+        accumulate = self.pc.gt(0)
         if b_panel is None:
-            b_panel = Address(self.b_pack, index_op("*", index_op("*", jb, self.kce), self.t.nr))
-        out_at = Address(self.out, self._c_offset(m0, n0))
-        direct = Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, as_index(self.kce), b_panel, out_at,
-                                                 as_index(self.s.n), accumulate))
-        last = index_op("==", self.pc, self.n_pc - 1)
-        full = index_op("&&", index_op("<=", index_op("+", m0, self.t.mr), self.s.m),
-                   index_op("<=", index_op("+", index_op("*", jb, self.t.nr), self.t.nr), self.nc_now))
-        tile_case = Block([direct, If(last, epilogue(m0, n0, True))])
-        edge_case = Block([self._edge_tile(m0, n0, a_panel, b_panel, accumulate), If(last, epilogue(m0, n0, False))])
-        return If(index_op("<", m0, self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
+            b_panel = Address(self.b_pack, jb * self.kce * self.nr)
+        out_at = Address(self.tiles, self._c_offset(m0, n0))
+        direct = Intrinsic(self.micro_kernel, (self.kc_now, a_panel, as_expr(self.kce), b_panel, out_at,
+                                               as_expr(self.s.n), accumulate))
+        last = self.pc.eq(self.n_pc - 1)
+        full = (m0 + self.mr).le(self.s.m) & (jb * self.nr + self.nr).le(self.nc_now)
+        tile_case = Block([direct, If(last, self.tile_epilogue(m0, n0, True))])
+        edge_case = Block([self._edge_tile(m0, n0, a_panel, b_panel, accumulate),
+                           If(last, self.tile_epilogue(m0, n0, False))])
+        return If(m0.lt(self.s.m), Block([Declare(n0, self._col(jb, 0)), If(full, tile_case, edge_case)]))
 
-    def compute(self, epilogue) -> Stmt:
+    def compute(self) -> Stmt:
         """Parallel over (MC rows x NR panel) tasks; micro-kernel per MR x NR tile.
 
         Tasks are numbered panel-major (all row blocks of panel 0, then of panel 1 ...), so the
         contiguous share of tasks each thread gets covers every row block equally.
         """
         t, ic, jb, ir, m0 = Var("t"), Var("ic"), Var("jb"), Var("ir"), Var("m0")
-        a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
-        per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
-                          self._tile(epilogue, m0, jb, a_panel)])
-        task = Block([Declare(jb, index_op("/", t, self.n_ic)), Declare(ic, index_op("%", t, self.n_ic)),
-                      If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, self.t.mc // self.t.mr, per_tile))])
-        return For(t, self.n_ic * self.n_jb, task, self.parallel)
+        a_panel = Address(self.a_pack, m0 * self.kce)
+        per_tile = Block([Declare(m0, ic * self.mc + ir * self.mr), self._tile(m0, jb, a_panel)])
+        task = Block([Declare(jb, t / self.n_ic), Declare(ic, t % self.n_ic),
+                      If((jb * self.nr).lt(self.nc_now), For(ir, self.mc // self.mr, per_tile))])
+        return For(t, self.n_ic * self.n_jb, task, self.kind)
 
-    def compute_per_panel(self, epilogue) -> Stmt:
+    def compute_per_panel(self) -> Stmt:
         """Parallel over NR panels of B; each task packs its panel (into L2), then sweeps all rows.
 
         With A packed whole (it is small) and many panels, this reads B once and never writes
@@ -351,74 +439,67 @@ class GemmBuilder:
         K x N = 768 x 2304) the separate packing pass moved as many bytes as the weights.
         """
         jb, ir, m0 = Var("jb"), Var("ir"), Var("m0")
-        panel = Buffer("b_panel", self.dtype, (self.kce * self.t.nr,))
-        a_panel = Address(self.a_pack, index_op("*", m0, self.kce))
-        per_tile = Block([Declare(m0, index_op("*", ir, self.t.mr)),
-                          self._tile(epilogue, m0, jb, a_panel, Address(panel, Const(0)))])
+        panel = Buffer("b_panel", self.dtype, (self.kce * self.nr,))
+        a_panel = Address(self.a_pack, m0 * self.kce)
+        per_tile = Block([Declare(m0, ir * self.mr), self._tile(m0, jb, a_panel, Address(panel, Const(0)))])
         return For(jb, self.n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
-                                    For(ir, self.row_panels, per_tile)]), self.parallel)
+                                         For(ir, self.row_panels, per_tile)]), self.kind)
 
-    def compute_per_row_block(self, epilogue) -> Stmt:
+    def compute_per_row_block(self) -> Stmt:
         """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
         ic, jb, ir, m0 = Var("ic"), Var("jb"), Var("ir"), Var("m0")
-        panels = self.t.mc // self.t.mr
-        block = Buffer("a_block", self.dtype, (self.t.mc * self.kce,))
-        a_panel = Address(block, index_op("*", index_op("*", ir, self.t.mr), self.kce))
-        per_tile = Block([Declare(m0, index_op("+", index_op("*", ic, self.t.mc), index_op("*", ir, self.t.mr))),
-                          self._tile(epilogue, m0, jb, a_panel)])
-        sweep = For(jb, self.n_jb, If(index_op("<", index_op("*", jb, self.t.nr), self.nc_now), For(ir, panels, per_tile)))
-        return For(ic, self.n_ic, Block([Allocate(block), self.pack_a(block, index_op("*", ic, panels), panels, "serial"),
-                                    sweep]), self.parallel)
+        panels = self.mc // self.mr
+        block = Buffer("a_block", self.dtype, (self.mc * self.kce,))
+        a_panel = Address(block, ir * self.mr * self.kce)
+        per_tile = Block([Declare(m0, ic * self.mc + ir * self.mr), self._tile(m0, jb, a_panel)])
+        sweep = For(jb, self.n_jb, If((jb * self.nr).lt(self.nc_now), For(ir, panels, per_tile)))
+        return For(ic, self.n_ic, Block([Allocate(block), self.pack_a(block, ic * panels, panels, "serial"), sweep]),
+                   self.kind)
 
     def _edge_tile(self, m0, n0, a_panel, b_panel, accumulate) -> Stmt:
         """Micro-kernel into a local tile, then add the rows and columns that exist into C."""
-        mr, nr = self.t.mr, self.t.nr
+        mr, nr = self.mr, self.nr
         tile = Buffer("tile", self.dtype, (mr * nr,))
         r, jj = Var("r"), Var("jj")
-        at = index_op("+", self._c_offset(index_op("+", m0, r), n0), jj)
-        old = Select(accumulate, Load(self.out, at), const(0, self.dtype))
-        add = Store(self.out, at, Binary("+", old, Load(tile, index_op("+", index_op("*", r, nr), jj)), self.dtype))
-        inside = index_op("&&", index_op("<", index_op("+", m0, r), self.s.m), index_op("<", index_op("+", n0, jj), self.s.n))
+        at = self._c_offset(m0 + r, n0) + jj
+        old = Select(accumulate, Load(self.tiles, at), const(0, self.dtype))
+        add = Store(self.tiles, at, Binary("+", old, Load(tile, r * nr + jj), self.dtype))
+        inside = (m0 + r).lt(self.s.m) & (n0 + jj).lt(self.s.n)
         return Block([Allocate(tile),
-                      Intrinsic(self.t.micro_kernel, (self.kc_now, a_panel, as_index(self.kce), b_panel,
-                                                      Address(tile, Const(0)), as_index(nr), as_index(0))),
+                      Intrinsic(self.micro_kernel, (self.kc_now, a_panel, as_expr(self.kce), b_panel,
+                                                    Address(tile, Const(0)), as_expr(nr), as_expr(0))),
                       For(r, mr, For(jj, nr, If(inside, add)))])
 
-    def tile_epilogue(self, m0, n0, full: bool, value_at, store_at) -> Stmt:
-        """``store_at(idx) = value_at(idx)`` over one MR x NR tile (guarded at the edges)."""
+    def tile_epilogue(self, m0, n0, full: bool) -> Stmt:
+        """The nest's own store of each value over one finished MR x NR tile (guarded at the
+        edges), the matmul read back from the tile; nothing when that store is a no-op."""
+        store = self.found.finish()
+        if store is None:
+            return Block([])
         r, jj, m = Var("r"), Var("jj"), Var("m")
         j = self.s.col[0]
-        idx = self.out_index
-        buffer, index = store_at(idx)
-        store = Store(buffer, index, value_at(idx))
-        col = Block([Declare(j, index_op("+", n0, jj)), store if full else If(index_op("<", j, self.s.n), store)])
-        row = Block([Declare(m, index_op("+", m0, r))] + declare_rows(self.s.rows, m) + [For(jj, self.t.nr, col)])
-        return For(r, self.t.mr, row if full else If(index_op("<", index_op("+", m0, r), self.s.m), row))
+        col = Block([Declare(j, n0 + jj), store if full else If(j.lt(self.s.n), store)])
+        row = Block([Declare(m, m0 + r)] + declare_rows(self.s.rows, m) + [For(jj, self.nr, col)])
+        return For(r, self.mr, row if full else If((m0 + r).lt(self.s.m), row))
 
 
-def lower_gemm(anchor: Node, idx: list, r: Reduce, acc: Buffer, value_at=None,
-               store_at=None) -> tuple[Stmt, list[Buffer], GemmTiling] | None:
-    """The packed nest accumulating ``anchor`` into ``acc`` (its shape, row-major), or None.
+def micro_kernel_name(mr: int, nr: int, dtype) -> str:
+    """``mc_gemm_6x16_f32``: the micro-kernel (``codegen/gemm.py``) of an ``mr x nr`` tile.
 
-    With ``value_at(idx)`` (the epilogue's value at an output index) every finished tile is
-    also written through ``store_at(idx) -> (buffer, linear index)``: in place in ``acc``, or
-    elsewhere when the epilogue ends in a transpose. None when the anchor is not a float
-    matmul-like reduction big enough to pay for packing. Returns the statement, the scratch
-    buffers (packed panels) and the tiling used.
+    The renderer writes it with the vector width it compiles for: ``nr`` must be a multiple
+    of that many values (``gemm.tile_shape(dtype, target)`` always is).
     """
-    shape = find_matmul(anchor, idx, r)
-    symbolic = shape is not None and isinstance(shape.m, Sym)
-    if shape is None or (shape.n * shape.k if symbolic else shape.m * shape.n * shape.k) < MIN_WORK:
-        return None
-    if not symbolic and shape.m < MIN_ROWS:
-        return None  # a decode step's x @ W: each packed element of B would be read once
-    tiling = default_tiling(acc.dtype) if symbolic else balanced(default_tiling(acc.dtype), shape.m)
-    builder = GemmBuilder(shape, acc, idx, tiling, acc.name)
+    return f"mc_gemm_{mr}x{nr}_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}"
 
-    def epilogue(m0, n0, full):
-        if value_at is None:
-            return Block([])
-        return builder.tile_epilogue(m0, n0, full, value_at, store_at)
 
-    scratch = [b for b in (None if builder.a_per_task else builder.a_pack, builder.b_pack) if b is not None]
-    return builder.body(epilogue), scratch, builder.t
+# Older names of index helpers, still imported by ``flash_attention.py``: ``as_index(v)`` is
+# ``as_expr(v)``; ``index_op(op, a, b)`` is ``a op b`` with ``Expr``'s operators and methods.
+as_index = as_expr
+
+
+def index_op(op: str, a, b) -> Expr:
+    """``a op b`` on indices (``+ - *`` fold constants; comparisons and ``&&`` give bool)."""
+    a = as_expr(a)
+    ops = {"+": a.__add__, "-": a.__sub__, "*": a.__mul__, "/": a.__truediv__, "%": a.__mod__,
+           "<": a.lt, "<=": a.le, ">": a.gt, ">=": a.ge, "==": a.eq, "&&": a.__and__}
+    return ops[op](b)

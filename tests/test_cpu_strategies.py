@@ -1,0 +1,412 @@
+"""The CPU strategies of reduce, row, epilogue and scan kernels (``minicomp/schedules/cpu/``).
+
+Lowering writes every reduction one plain way; each strategy recognises that nest and reshapes
+it. Here each one is applied by hand, with chosen parameters, to the nest ``lower`` wrote, and
+the result is checked against NumPy and against the plain nest: compiled to C, and run by the
+loop interpreter (which runs parallel and vectorized loops backwards and fills local arrays
+with NaN, so a wrong mark or a read before a write shows every time) wherever the nest calls no
+intrinsic. Sizes are the awkward ones: 0, 1, around the lane count and the tiles, every float
+and int dtype where the strategy applies. Also: each strategy refuses nests it does not know,
+lowering writes no CPU step, and a kernel's recorded steps replayed on a fresh lowering give
+the same nest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import minicomp
+from minicomp import nn
+from minicomp.codegen import gemm
+from minicomp.codegen.c import render_c
+from minicomp.ir.dtypes import TensorType
+from minicomp.ir.loops import Allocate, For, Intrinsic
+from minicomp.ir.rewrite import statements
+from minicomp.ir.schedule import ScheduleError, apply_schedule
+from minicomp.ir.symbolic import Sym
+from minicomp.frontend.tracer import trace_with_structure
+from minicomp.lower.program import lower, place_scratch
+from minicomp.passes.pipeline import run_pipeline
+from minicomp.runtime.executable import Executable
+from minicomp.schedules import Strategy
+from minicomp.stages import loop_program
+from minicomp.testing import assert_close
+from minicomp.testing.loop_interpreter import run_program
+from minicomp.workloads import WORKLOADS
+
+MINE = ("reduce", "row", "epilogue", "scan")  # the patterns these strategies shape
+FLOATS = ["float32", "float64", "float16"]
+INTS = ["int32", "int64"]
+
+
+def graph_of(fn, *args):
+    """``fn`` traced at the types of ``args`` (arrays or ``TensorType``) after the default passes."""
+    types = tuple(a if isinstance(a, TensorType) else TensorType(a.shape, a.dtype) for a in args)
+    return run_pipeline(trace_with_structure(fn, types)[0])[0]
+
+
+def lowered(fn, *arrays):
+    """The plain program of ``fn`` at the arrays' types."""
+    return lower(graph_of(fn, *arrays))
+
+
+def shaped(program, steps, pattern: str) -> tuple:
+    """``program`` with ``steps`` applied to every kernel of ``pattern`` where they apply (a
+    refused step leaves that kernel as it was); and how many kernels took every step."""
+    kernels, taken = [], 0
+    for kernel in program.kernels:
+        if kernel.pattern == pattern:
+            try:
+                kernel = apply_schedule(kernel, steps)
+                taken += 1
+            except ScheduleError:
+                pass
+        kernels.append(kernel)
+    return place_scratch(replace(program, kernels=kernels, workspace=dict(program.workspace))), taken
+
+
+def results(program, arrays, interpret: bool = True) -> list:
+    """The program's outputs through C and, where asked, the loop interpreter (they must agree)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = Executable(program, render_c(program))(*arrays)
+        if interpret:
+            assert_close(run_program(program, *arrays), c)
+    return c
+
+
+def check(fn, arrays, steps, pattern: str, interpret: bool = True, applies: bool | None = True):
+    """Apply ``steps`` to ``fn``'s plain kernels of ``pattern``; the result equals NumPy's and the
+    plain program's. ``applies``: whether at least one kernel must take the steps (None: either)."""
+    plain = lowered(fn, *arrays)
+    program, taken = shaped(plain, steps, pattern)
+    if applies is not None:
+        assert (taken > 0) == applies, (taken, [str(k) for k in plain.kernels])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = fn(*arrays)
+    expected = list(expected) if isinstance(expected, tuple) else [expected]
+    actual = results(program, arrays, interpret)
+    assert_close(actual, expected)
+    assert_close(actual, results(plain, arrays, interpret=False))
+    return program
+
+
+def sample(rng, shape, dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if dtype.kind == "i":
+        return rng.integers(-50, 50, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+LANES = Strategy("lanes", lanes=16)
+IKJ = Strategy("accumulate_in_output")
+KEEP = Strategy("keep_operand")
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering writes plain nests; the default steps replay
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+T = Sym.symbol("T")
+EXTRA = {  # graphs beyond the workloads: each pattern's awkward corners, symbolic sizes
+    "int matmul": (lambda a, b: a @ b, TensorType((9, 20), "i32"), TensorType((20, 7), "i32")),
+    "matmul, transposed epilogue": (lambda a, b: np.maximum(a @ b, 0).T, TensorType((70, 90), "f32"),
+                                    TensorType((90, 130), "f32")),
+    "column sums": (lambda x: x.sum(axis=0), TensorType((160, 1000), "f32")),
+    "means over axis 1": (lambda x: x.mean(axis=1), TensorType((4, 300, 50), "f32")),
+    "logsumexp": (lambda x: np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)), TensorType((64, 300), "f32")),
+    "conv NCHW": (lambda x, w: np.maximum(nn.conv2d(x, w, padding=1), 0), TensorType((1, 4, 9, 9), "f32"),
+                  TensorType((5, 4, 3, 3), "f32")),
+    "conv NHWC": (lambda x, w: nn.conv2d(x, w, layout="NHWC"), TensorType((2, 20, 20, 8), "f32"),
+                  TensorType((3, 3, 8, 16), "f32")),
+    "cumsum": (lambda x: np.cumsum(x, axis=1), TensorType((512, 300), "f32")),
+    "symbolic rows": (softmax, TensorType((T, 40), "f32")),
+    "symbolic row length": (softmax, TensorType((40, T), "f32")),
+    "symbolic matmul rows": (lambda x, w: np.tanh(x @ w), TensorType((T, 768), "f32"), TensorType((768, 2304), "f32")),
+    "symbolic scan": (lambda x: np.cumsum(x, axis=0), TensorType((T, 8), "f32")),
+}
+
+
+def all_graphs():
+    for name, workload in WORKLOADS.items():
+        for size in ("tiny", "cpu"):
+            yield f"{name} {size}", workload.fn, [TensorType(s, "f32") for s in workload.shapes[size].values()]
+    for name, (fn, *types) in EXTRA.items():
+        yield name, fn, types
+
+
+GRAPHS = {name: (fn, types) for name, fn, types in all_graphs()}
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_lowering_writes_plain_nests_and_the_default_steps_replay(name):
+    """``lower`` gives nests with no CPU step; the scheduled kernel's recorded steps, applied to
+    a fresh lowering of the same graph, give the same nest (printed: loops, scratch, steps)."""
+    fn, types = GRAPHS[name]
+    graph = graph_of(fn, *types)
+    plain, scheduled = lower(graph), loop_program(graph, stop_after="schedule")
+    for kernel in (k for k in plain.kernels if k.pattern in MINE):
+        inside = list(statements(kernel.body))
+        assert kernel.schedule == [] and kernel.scratch == [], str(kernel)
+        assert all(s.kind == "serial" for s in inside if isinstance(s, For)), str(kernel)
+        assert not any(isinstance(s, (Allocate, Intrinsic)) for s in inside), str(kernel)
+    fresh = lower(graph)
+    for done, again in zip(scheduled.kernels, fresh.kernels):
+        if done.pattern in MINE:
+            assert str(apply_schedule(again, list(done.schedule))) == str(done)
+
+
+# ----------------------------------------------------------------------------------------------
+# lanes
+# ----------------------------------------------------------------------------------------------
+
+
+def row_reductions(x):
+    results = [x.sum(axis=-1), x.mean(axis=-1, keepdims=True)]
+    if x.shape[-1]:  # max/min of an empty row raise in NumPy
+        results += [x.max(axis=-1), x.min(axis=-1, keepdims=True)]
+    return tuple(results)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 16, 17, 33])
+@pytest.mark.parametrize("lanes", [4, 16])
+def test_lanes_split_float_reductions(dtype, n, lanes, rng):
+    x = sample(rng, (3, n), dtype)
+    x[1, n // 2:] = np.nan if n else x[1, n // 2:]  # a NaN still wins max and min in every lane
+    check(row_reductions, [x], [Strategy("lanes", lanes=lanes)], "reduce", applies=n >= lanes)
+
+
+@pytest.mark.parametrize("dtype", INTS + ["bool"])
+def test_lanes_leave_exact_reductions_alone(dtype, rng):
+    x = sample(rng, (3, 40), dtype)
+    if dtype == "bool":
+        check(lambda x: (x.any(axis=-1), x.all(axis=-1)), [x], [LANES], "reduce", applies=False)
+    else:  # (the mean of integers sums in float64: that one splits)
+        check(lambda x: (x.sum(axis=-1), x.max(axis=-1), x.min(axis=-1)), [x], [LANES], "reduce", applies=False)
+
+
+@pytest.mark.parametrize("shape, axes", [((3, 4, 37), (1, 2)), ((3, 4, 37), None), ((5, 33, 2), 1)])
+def test_lanes_split_the_innermost_reduction_loop(shape, axes, rng):
+    x = sample(rng, shape, "float32")
+    check(lambda x: (x.sum(axis=axes), x.max(axis=axes)), [x], [LANES], "reduce", applies=None)
+
+
+def test_lanes_refuse_a_nest_without_a_long_float_reduction():
+    [kernel] = lowered(lambda x: x.sum(axis=-1), np.zeros((4, 9), np.float32)).kernels
+    with pytest.raises(ScheduleError, match="no float reduction"):
+        LANES.apply(kernel)
+    with pytest.raises(ScheduleError, match="power of two"):
+        Strategy("lanes", lanes=12).apply(kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# accumulate_in_output
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
+@pytest.mark.parametrize("shape, axes", [((0, 20), 0), ((1, 20), 0), ((7, 33), 0), ((3, 50, 17), 1),
+                                         ((2, 3, 40), (0, 1)), ((5, 0, 3), 1)])
+def test_column_reductions_accumulate_in_the_output_row(dtype, shape, axes, rng):
+    x = sample(rng, shape, dtype)
+
+    def columns(x):
+        if x.dtype == np.bool_:
+            return x.any(axis=axes), x.all(axis=axes, keepdims=True)
+        out = [x.sum(axis=axes), x.mean(axis=axes, keepdims=True)]
+        return tuple(out + ([x.max(axis=axes), x.min(axis=axes)] if x.size else []))
+
+    check(columns, [x], [IKJ], "reduce", applies=None if 0 in shape else True)  # empty: folded to constants
+
+
+@pytest.mark.parametrize("columns, block", [(40, 16), (1000, 256), (1000, 16), (33, 16)])
+def test_column_blocks_cover_every_column_once(columns, block, rng):
+    x = sample(rng, (9, columns), "float32")
+    program = check(lambda x: (x.sum(axis=0), x.max(axis=0)), [x],
+                    [Strategy("accumulate_in_output", column_block=block)], "reduce")
+    assert "parallel for i0_b" in str(program)
+
+
+def test_column_blocks_need_two_blocks_and_the_row_alone(rng):
+    [few] = lowered(lambda x: x.sum(axis=0), np.zeros((9, 31), np.float32)).kernels
+    with pytest.raises(ScheduleError, match="fewer than two blocks"):
+        Strategy("accumulate_in_output", column_block=16).apply(few)
+    [other_axes] = lowered(lambda x: x.sum(axis=1), np.zeros((3, 9, 64), np.float32)).kernels
+    with pytest.raises(ScheduleError, match="last axis alone"):
+        Strategy("accumulate_in_output", column_block=16).apply(other_axes)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 2), (1, 7, 5), (6, 0, 3), (9, 17, 13), (0, 4, 3)])
+def test_matmul_in_the_ikj_order(dtype, m, k, n, rng):
+    a, b, c = sample(rng, (m, k), dtype), sample(rng, (k, n), dtype), sample(rng, (n,), dtype)
+    check(lambda a, b: a @ b, [a, b], [IKJ], "epilogue")
+    check(lambda a, b, c: np.maximum(a @ b + c, 0) * 2, [a, b, c], [IKJ], "epilogue")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_epilogue_ending_in_a_transpose_accumulates_in_scratch(dtype, rng):
+    a, b, c = sample(rng, (5, 7), dtype), sample(rng, (7, 11), dtype), sample(rng, (11,), dtype)
+    program = check(lambda a, b, c: (a @ b + c).T, [a, b, c], [IKJ], "epilogue")
+    [kernel] = program.kernels
+    assert [s.name for s in kernel.scratch] == [f"{kernel.output.name}_acc"]
+    x = sample(rng, (2, 3, 7), dtype)
+    check(lambda x, b: (x @ b * 2).transpose(2, 0, 1), [x, b], [IKJ], "epilogue")
+
+
+def test_conv_and_batched_matmul_in_the_ikj_order(rng):
+    x, w = sample(rng, (2, 3, 6, 5), "float32"), sample(rng, (4, 3, 3, 3), "float32")
+    check(lambda x, w: np.maximum(nn.conv2d(x, w, padding=1), 0), [x, w], [IKJ], "epilogue")
+    a, b = sample(rng, (3, 4, 5), "float64"), sample(rng, (3, 5, 6), "float64")
+    check(lambda a, b: a @ b, [a, b], [IKJ], "epilogue")
+
+
+def test_accumulate_in_output_refusals():
+    [half] = lowered(lambda x: x.sum(axis=0), np.zeros((9, 20), np.float16)).kernels
+    with pytest.raises(ScheduleError, match="cannot hold the float32 accumulator"):
+        IKJ.apply(half)  # float16 sums in float32: not in its output
+    [row] = lowered(softmax, np.zeros((4, 20), np.float32)).kernels
+    with pytest.raises(ScheduleError, match="one reduction and its store"):
+        IKJ.apply(row)
+
+
+# ----------------------------------------------------------------------------------------------
+# keep_operand
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("n", [2, 15, 16, 17, 40])
+def test_softmax_keeps_exp_in_the_output_row(dtype, n, rng):
+    x = sample(rng, (5, n), dtype)
+    x[1, 0] = np.nan
+    program = check(softmax, [x], [KEEP], "row")
+    assert str(program).count("exp(") == 1  # computed once, read back by the epilogue
+    if n >= 16:
+        check(softmax, [x], [KEEP, LANES], "row")
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: np.exp(x) / np.exp(x).sum(axis=(1, 2), keepdims=True),          # two reduced axes
+    lambda x: np.exp(x) / (np.exp(x) * 2).sum(axis=-1, keepdims=True),       # a part of the operand
+    lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True) + np.exp(x) * x,
+    lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True) + np.exp(x)[..., ::-1],  # read elsewhere
+])
+def test_kept_operand_is_read_back_only_where_it_was_stored(fn, rng):
+    check(fn, [sample(rng, (3, 4, 9), "float32")], [KEEP], "row")
+
+
+@pytest.mark.parametrize("fn, why", [
+    (lambda x: (x - x.mean(axis=-1, keepdims=True)) * 2, "no part"),              # nothing with a call
+    (lambda x: np.exp(x).sum(axis=-1, keepdims=True) * x, "no part"),              # the epilogue has no exp
+    (lambda x: np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True), "ending in a loop"),
+])
+def test_keep_operand_refusals(fn, why, rng):
+    x = sample(rng, (4, 20), "float32")
+    [kernel] = lowered(fn, x).kernels
+    with pytest.raises(ScheduleError, match=why):
+        KEEP.apply(kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# packed_gemm (C only: the micro-kernel is an intrinsic)
+# ----------------------------------------------------------------------------------------------
+
+
+def gemm_params(dtype, variant: str, parallel: bool = True) -> dict:
+    """Small blocks, so that a few rows and columns already cross kc, mc and nc."""
+    mr, nr = gemm.tile_shape(dtype)
+    return dict(mr=mr, nr=nr, kc=8, mc=2 * mr, nc=2 * nr, a_per_task=variant == "a_per_task",
+                b_per_task=variant == "b_per_task", parallel=parallel)
+
+
+@pytest.mark.parametrize("variant", ["whole", "a_per_task", "b_per_task"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 2), (1, 20, 3), (7, 13, 29), (13, 40, 37), (24, 9, 50)])
+def test_packed_gemm_variants_on_awkward_shapes(variant, dtype, m, k, n, rng):
+    a, b, c = sample(rng, (m, k), dtype), sample(rng, (k, n), dtype), sample(rng, (n,), dtype)
+    step = Strategy("packed_gemm", **gemm_params(dtype, variant, parallel=m % 2 == 0))
+    check(lambda a, b: a @ b, [a, b], [step], "epilogue", interpret=False)
+    check(lambda a, b, c: np.tanh(a @ b + c), [a, b, c], [step], "epilogue", interpret=False)
+    check(lambda a, b, c: np.maximum(a @ b + c, 0).T, [a, b, c], [step], "epilogue", interpret=False)
+
+
+@pytest.mark.parametrize("variant", ["whole", "b_per_task"])
+def test_packed_gemm_batched_and_conv(variant, rng):
+    step = Strategy("packed_gemm", **gemm_params("float32", variant))
+    x, w = sample(rng, (2, 9, 11, 5), "float32"), sample(rng, (3, 3, 5, 7), "float32")
+    check(lambda x, w: nn.conv2d(x, w, padding=1, layout="NHWC"), [x, w], [step], "epilogue", interpret=False)
+    a, b = sample(rng, (3, 10, 20), "float32"), sample(rng, (20, 30), "float32")
+    check(lambda a, b: (a @ b * 2).transpose(2, 0, 1), [a, b], [step], "epilogue", interpret=False)
+
+
+def test_packed_gemm_refusals():
+    params = gemm_params("float32", "whole")
+    [ints] = lowered(lambda a, b: a @ b, np.zeros((9, 8), np.int32), np.zeros((8, 7), np.int32)).kernels
+    [floats] = lowered(lambda a, b: a @ b, np.zeros((9, 8), np.float32), np.zeros((8, 7), np.float32)).kernels
+    with pytest.raises(ScheduleError, match="no float matmul"):
+        Strategy("packed_gemm", **params).apply(ints)
+    with pytest.raises(ScheduleError, match="mc a multiple of mr"):
+        Strategy("packed_gemm", **(params | {"mc": params["mr"] + 1})).apply(floats)
+    with pytest.raises(ScheduleError, match="two different variants"):
+        Strategy("packed_gemm", **(params | {"a_per_task": True, "b_per_task": True})).apply(floats)
+    [symbolic] = lower(graph_of(lambda a, b: a @ b, TensorType((T, 8), "f32"), TensorType((8, 7), "f32"))).kernels
+    with pytest.raises(ScheduleError, match="only with b_per_task"):
+        Strategy("packed_gemm", **params).apply(symbolic)
+
+
+# ----------------------------------------------------------------------------------------------
+# parallel_rows, and Parallel on scans
+# ----------------------------------------------------------------------------------------------
+
+
+def test_parallel_rows_on_plain_nests(rng):
+    x = sample(rng, (6, 20), "float32")
+    program = check(softmax, [x], [Strategy("parallel_rows"), KEEP, LANES], "row")
+    assert str(program).count("parallel for i0") == 1
+    check(lambda x: x.T.sum(axis=1) * 2, [x], [Strategy("parallel_rows")], "reduce")
+    a, b = sample(rng, (6, 5), "float32"), sample(rng, (5, 7), "float32")
+    check(lambda a, b: (a @ b).T, [a, b], [Strategy("parallel_rows"), IKJ], "epilogue")
+
+
+def test_parallel_rows_refusals(rng):
+    a, b = sample(rng, (6, 5), "float32"), sample(rng, (5, 7), "float32")
+    [ikj] = lowered(lambda a, b: a @ b, a, b).kernels
+    with pytest.raises(ScheduleError, match="reads"):
+        Strategy("parallel_rows").apply(IKJ.apply(ikj))  # accumulates in its output
+    [scan] = lowered(lambda x: np.cumsum(x, axis=1), a).kernels
+    with pytest.raises(ScheduleError, match="reads"):
+        Strategy("parallel_rows").apply(scan)
+
+
+def test_rows_of_symbolic_length_run_in_parallel(rng):
+    f = minicomp.jit(softmax, dynamic={"x": [1]})
+    for n in (1, 17, 300):
+        x = sample(rng, (200, n), "float32")
+        assert_close(f(x), softmax(x))
+    [kernel] = f.inspect(x).program.kernels
+    assert [str(s) for s in kernel.schedule][:1] == ["parallel_rows()"]
+
+
+@pytest.mark.parametrize("shape, axis", [((300, 500), 1), ((0, 4), 1), ((5, 1), 0), ((3, 600, 100), 1)])
+def test_scans_run_their_outer_loop_in_parallel(shape, axis, rng):
+    x = sample(rng, shape, "float32")
+    graph = graph_of(lambda x: np.cumsum(x, axis=axis), x)
+    program = loop_program(graph)
+    [kernel] = program.kernels
+    assert_close(results(program, [x], interpret=x.size < 20000), [np.cumsum(x, axis=axis)])
+    assert (kernel.schedule != []) == (x.size >= 1 << 17 and axis > 0)
