@@ -34,14 +34,13 @@ from types import SimpleNamespace
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from ..errors import CompileError
 from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph, Node
-from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If, Kernel,
-                        Load, Select, Stmt, Store, Var, as_expr, const)
+from ..ir.loops import (BOOL, Binary, Block, Buffer, Const, Declare, For, If, Kernel,
+                        Load, Stmt, Store, Var, as_expr, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.symbolic import Sym, SymbolicShapeError
 from ..schedules.cpu.packed_gemm import lower_gemm

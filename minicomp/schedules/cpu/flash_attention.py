@@ -52,7 +52,7 @@ import numpy as np
 
 from ...codegen import gemm
 from ...ir.compute import Reduce, linear_index
-from ...ir.loops import (BOOL, INDEX, Address, Allocate, Assign, Binary, Block, Buffer, Call, Cast, Const, Declare,
+from ...ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Call, Cast, Const, Declare,
                          Expr, For, If, Intrinsic, Kernel, Load, Select, Stmt, Store, Unary, Var, as_expr, const,
                          walk)
 from ...ir.rewrite import free_vars, loads, map_expr, substitute
