@@ -34,7 +34,6 @@ from types import SimpleNamespace
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-
 from ..errors import CompileError
 from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
 from ..ir.dtypes import TensorType
