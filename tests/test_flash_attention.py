@@ -294,13 +294,15 @@ def test_a_mask_computed_from_the_indices_is_found_and_one_that_is_no_longer_min
         assert_close(run_c(program_tiled, q, k, v)[0], expected)
 
 
-def test_mask_grid_evaluates_conditions_over_the_batch():
+def test_mask_grid_evaluates_conditions_over_the_batch(monkeypatch):
     rng = np.random.default_rng(12)
     q = randn(rng, (3, 20, 4))
     program = lower(fused_graph(sdpa(), q, q, q))
     plain = read_plain_attention(attention_kernel(program))
     i, j, batch = plain.query, plain.row.j, plain.batch[0].var
     causal = Binary(">", j, i, BOOL)
+    assert (mask_grid(causal, plain, {}, 20) == np.triu(np.ones((20, 20), bool), k=1)).all()
+    monkeypatch.setattr(flash_attention, "MASK_GRID", 50)  # two query rows at a time: the same grid
     assert (mask_grid(causal, plain, {}, 20) == np.triu(np.ones((20, 20), bool), k=1)).all()
     assert mask_grid(Binary("<", batch, Const(1), BOOL), plain, {}, 20) is None  # differs by batch
     shared = Binary("&&", Binary("<", batch, Const(5), BOOL), causal, BOOL)  # the same for every batch

@@ -66,7 +66,7 @@ from .reductions import reduce_into_lanes
 QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
 MIN_WORK = 1 << 15  # Sq x Sk x head below which packing K and V costs more than the tiles save
-MASK_GRID = 1 << 24  # a mask condition that reads the batch index is evaluated on at most this many points
+MASK_GRID = 1 << 22  # points of a mask condition evaluated at once (a few query rows at a time)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,25 +260,31 @@ def score_masks(plain: PlainAttention, constants: dict, sq: int) -> list[Mask]:
 
 
 def mask_grid(cond: Expr, plain: PlainAttention, constants: dict, sq: int) -> np.ndarray | None:
-    """``cond`` at every (query, key) as an ``Sq x Sk`` bool array, evaluated with NumPy; None
-    where it reads anything but constant arrays and the batch, query and key indices, or
-    differs between batch elements."""
-    axes = [(loop.var.name, loop.extent) for loop in plain.batch] + [(plain.query.name, sq),
-                                                                      (plain.row.j.name, plain.row.keys)]
-    names = free_vars(cond)
+    """``cond`` at every (query, key) as an ``Sq x Sk`` bool array, evaluated with NumPy a few
+    query rows at a time (at most ``MASK_GRID`` points each); None where it reads anything but
+    constant arrays and the batch, query and key indices, or differs between batch elements."""
+    sk, names = plain.row.keys, free_vars(cond)
+    axes = [(loop.var.name, loop.extent) for loop in plain.batch] + [(plain.query.name, sq), (plain.row.j.name, sk)]
     if not names <= {name for name, _ in axes} or any(load.buffer not in constants for load in loads(cond)):
         return None
-    shape = [n if name in names or axis >= len(axes) - 2 else 1 for axis, (name, n) in enumerate(axes)]
-    if math.prod(shape) > MASK_GRID and math.prod(shape[:-2]) > 1:
-        return None
-    grid = {name: np.arange(n).reshape([-1 if k == axis else 1 for k in range(len(axes))])
-            for axis, (name, n) in enumerate(axes) if name in names}
-    with np.errstate(all="ignore"):
-        value = grid_value(cond, grid, constants)
-    if value is None:
-        return None
-    value = np.broadcast_to(value.astype(bool), shape).reshape(-1, sq, plain.row.keys)
-    return value[0] if (value == value[0]).all() else None
+    batch_shape = [n if name in names else 1 for name, n in axes[:-2]]
+    rows = max(1, MASK_GRID // (math.prod(batch_shape) * max(sk, 1)))
+    chunks = [np.zeros((0, sk), bool)]
+    for first in range(0, sq, rows):
+        count = min(rows, sq - first)
+        starts = [0] * len(batch_shape) + [first, 0]
+        grid = {name: np.arange(start, start + n).reshape([-1 if k == axis else 1 for k in range(len(axes))])
+                for axis, ((name, _), start, n) in enumerate(zip(axes, starts, batch_shape + [count, sk]))
+                if name in names}
+        with np.errstate(all="ignore"):
+            value = grid_value(cond, grid, constants)
+        if value is None:
+            return None
+        value = np.broadcast_to(value.astype(bool), batch_shape + [count, sk]).reshape(-1, count, sk)
+        if not (value == value[0]).all():
+            return None
+        chunks.append(value[0])
+    return np.concatenate(chunks)
 
 
 _NUMPY_OPS = {"+": np.add, "-": np.subtract, "*": np.multiply, "<": np.less, "<=": np.less_equal,
@@ -298,6 +304,8 @@ def grid_value(e: Expr, grid: dict[str, np.ndarray], constants: dict) -> np.ndar
     if any(part is None for part in parts):
         return None
     if isinstance(e, Load):
+        if e.buffer not in constants:
+            return None
         flat, (index,) = np.asarray(constants[e.buffer]).reshape(-1), parts
         inside = index.size == 0 or (index.min() >= 0 and index.max() < flat.size)
         return flat[index].astype(e.dtype) if inside else None
