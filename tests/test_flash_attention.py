@@ -205,8 +205,7 @@ def test_symbolic_sizes_keep_the_plain_nest_with_parallel_rows():
     fresh = attention_kernel(lower(program.graph))
     assert parallel_query_rows(fresh) == kernel.schedule
     rows = Strategy("parallel_attention_rows").apply(fresh)  # legal by the nest's construction
-    assert rows.body.kind == "parallel" and str(rows).replace("parallel_attention_rows()", "") \
-        == str(fresh).replace("for i0", "parallel for i0", 1)
+    assert str(replace(rows, schedule=[])) == str(fresh).replace("for i0", "parallel for i0", 1)
     with pytest.raises(ScheduleError, match="symbolic"):
         Strategy("flash_attention", **tile_multiples(F32, 1, 1)).apply(fresh)
     rescheduled = attention_kernel(loop_program(program.graph, stop_after="schedule"))

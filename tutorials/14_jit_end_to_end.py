@@ -48,10 +48,10 @@ except ImportError:  # not installed: use the checkout this file lives in
 from minicomp.bench import machine_description, measure
 from minicomp.codegen.c import render_c
 from minicomp.runtime.compiler import compile_c, load_library
-from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.peers import PEERS
 from minicomp.runtime import cache
+from minicomp.stages import loop_program
 from minicomp.stats import graph_stats, human, kernel_summary
 from minicomp.testing import assert_close
 from minicomp.workloads import WORKLOADS
@@ -89,11 +89,11 @@ step("Step 2: a cold compile, stage by stage")
 # directory is empty, so gcc really runs.
 traced, t_trace = seconds(lambda: minicomp.trace(BLOCK.fn, *args))
 (optimised, report), t_passes = seconds(lambda: run_pipeline(traced))
-program, t_lower = seconds(lambda: lower(optimised))
+program, t_lower = seconds(lambda: loop_program(optimised))  # lower, schedule, simplify indices
 source, t_render = seconds(lambda: render_c(program))
 library, t_gcc = seconds(lambda: compile_c(source, "block"))
 _, t_load = seconds(lambda: load_library(library))
-stages = [("trace", t_trace), ("passes", t_passes), ("lower", t_lower), ("render C", t_render),
+stages = [("trace", t_trace), ("passes", t_passes), ("loop stages", t_lower), ("render C", t_render),
           ("gcc (cold)", t_gcc), ("load (cffi)", t_load)]
 total = sum(t for _, t in stages)
 for name, t in stages:
