@@ -102,7 +102,7 @@ def test_plain_nest_in_the_loop_interpreter(shapes, causal):
     q, k, v = (randn(rng, s) for s in shapes)
     fn = sdpa(causal=causal and shapes[0][-2] == shapes[1][-2])
     program = lower(fused_graph(fn, q, k, v))
-    assert [k.pattern for k in program.kernels] == ["attention"]
+    assert [kernel.pattern for kernel in program.kernels] == ["attention"]
     [out] = run_program(program, q, k, v)
     assert_close(out, fn(q, k, v))
 
