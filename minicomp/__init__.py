@@ -13,7 +13,6 @@ from . import errors, nn
 from .errors import MinicompError, MinicompWarning
 from .frontend import TracedArray, trace
 from .driver import compile, jit
-from .runtime import executable as _executable  # noqa: F401  (registers the "c" target)
 from .ir import Graph, Interpreter, Kind, Node, TensorType, interpret
 from .tools.explain import explain  # why each op was fused or not, kernels and bytes before/after
 

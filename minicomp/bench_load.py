@@ -16,7 +16,7 @@ The targets of issue "Trust" are median x <= 2 and p90 x <= 3 for minicomp.
 
 ``minicomp bench --parallel-threshold`` measures the other side of sharing the machine: below
 how much work one thread beats all of them (``measure_parallel_threshold``), which is where
-``lower.program.PARALLEL_MIN_WORK`` is set.
+``schedules.cpu.work.PARALLEL_MIN_WORK`` is set.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def run_load_bench(names: list[str] | None = None, size: str = "cpu", target: st
 
 
 # ----------------------------------------------------------------------------------------------
-# Where threads start to pay: the measurement behind ``lower.program.PARALLEL_MIN_WORK``
+# Where threads start to pay: the measurement behind ``schedules.cpu.work.PARALLEL_MIN_WORK``
 # ----------------------------------------------------------------------------------------------
 
 #: kernel kinds timed by ``measure_parallel_threshold``: name -> (function, shape for n elements)
@@ -189,15 +189,15 @@ THRESHOLD_KERNELS = {
 def _compiled_with_threshold(fn, x, threshold: int):
     """``fn`` compiled with ``PARALLEL_MIN_WORK = threshold`` (0: always parallel, huge: never)."""
     from . import jit
-    from .lower import program as lower
+    from .schedules.cpu import work
 
-    saved = lower.PARALLEL_MIN_WORK
-    lower.PARALLEL_MIN_WORK = threshold
+    saved = work.PARALLEL_MIN_WORK
+    work.PARALLEL_MIN_WORK = threshold
     try:
         compiled = jit(fn)
         compiled(x)
     finally:
-        lower.PARALLEL_MIN_WORK = saved
+        work.PARALLEL_MIN_WORK = saved
     return compiled
 
 
@@ -233,7 +233,7 @@ def crossover(table: dict, kind: str) -> int | None:
 
 def run_parallel_threshold() -> dict:
     """Print serial vs parallel times per kernel kind and size, and each kind's crossover."""
-    from .lower.program import PARALLEL_MIN_WORK
+    from .schedules.cpu.work import PARALLEL_MIN_WORK
 
     table = measure_parallel_threshold()
     print(f"serial vs parallel kernels on {machine_description()} (medians, ms)")

@@ -60,6 +60,8 @@ from .frontend.dynamic import DynamicSizes, SymbolicPlan, int_leaves, size_carri
 from .frontend.pytree import flatten
 from .frontend.state import read_lifted
 from .frontend.tracer import Structure, trace_with_structure
+from .runtime import program_cache
+from .stages import build
 
 #: target name -> function ``(graph, **options) -> callable(*arrays) -> list of arrays``
 TARGETS: dict[str, Callable] = {}
@@ -83,12 +85,21 @@ def _compile_numpy(graph: Graph, **options):
     return Interpreter(graph).run
 
 
+@register_target("c")
+def _compile_c(graph: Graph, **options):
+    """The C target: the loop-level stages (``minicomp.stages``: lower, schedule, simplify
+    indices, render, compile, load) for this CPU."""
+    if options:
+        raise MinicompRuntimeError(f"target 'c' takes no options yet, got {sorted(options)}")
+    return build(graph)
+
+
 DEFAULT_TARGET = "c"  # NumPy code in, native code out; "numpy" runs the reference interpreter
 
 
 #: target name -> its program cache (``runtime/program_cache.py`` for "c"): a module with
 #: ``program_key(traced, passes, options)``, ``lookup(key, traced, relower)``, ``fits`` and ``remember``
-PROGRAM_CACHES: dict = {}
+PROGRAM_CACHES: dict = {"c": program_cache}
 
 
 class Compiled:

@@ -12,7 +12,7 @@ from minicomp.frontend.tracer import trace_with_structure
 from minicomp.ir.dtypes import TensorType
 from minicomp.ir.symbolic import Sym, SymbolicShapeError, parse_size
 from minicomp.passes.pipeline import run_pipeline
-from minicomp.runtime.executable import compile_graph_c
+from minicomp.stages import build
 
 SIZES = [0, 1, 2, 7, 33, 100]  # empty, single, and sizes that are no multiple of any tile
 T = Sym.symbol("T")
@@ -173,7 +173,7 @@ def test_generation_loop_compiles_twice_not_per_token():
 
 def test_equal_symbols_must_be_equal_sizes():
     graph, _ = trace_with_structure(lambda x, y: x + y, (TensorType((T, 4), "f32"), TensorType((T, 4), "f32")))
-    run = compile_graph_c(run_pipeline(graph)[0])
+    run = build(run_pipeline(graph)[0])
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(run(x, x)[0], x + x)
     with pytest.raises(MinicompRuntimeError, match=r"must be f32\[T,4\] \(with T = 3\), got f32\[5,4\]"):

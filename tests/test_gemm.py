@@ -16,6 +16,7 @@ from minicomp import nn
 from minicomp.codegen import gemm
 from minicomp.driver import jit
 from minicomp.ir.rewrite import allocated
+from minicomp.schedules.cpu import flash_attention
 from minicomp.schedules.cpu import packed_gemm as lower_matmul
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
@@ -155,7 +156,7 @@ def test_conv_bn_relu_workload_takes_the_gemm_path():
     assert_close(jit(workload.fn)(*args), workload.fn(*args))
 
 
-# -- tiled attention ----------------------------------------------------------------------------
+# -- tiled attention (the flash_attention schedule; more in test_flash_attention.py) -------------
 
 
 def attention_cases():
@@ -163,14 +164,29 @@ def attention_cases():
     return ATTENTION
 
 
+@pytest.fixture
+def always_tiled(monkeypatch):
+    monkeypatch.setattr(flash_attention, "MIN_WORK", 0)
+
+
+def scheduled(fn, *args):
+    """The program ``fn`` compiles to for ``args``, after the default schedules."""
+    return loop_program(run_pipeline(minicomp.trace(fn, *args))[0])
+
+
+def attention_schedules(fn, *args) -> list[str]:
+    """The printed schedule steps of every scheduled kernel of ``fn``."""
+    return [str(step) for kernel in scheduled(fn, *args).kernels for step in kernel.schedule]
+
+
 @pytest.mark.parametrize("case", list(attention_cases()))
-def test_tiled_attention_variants(always_packed, case):
+def test_tiled_attention_variants(always_tiled, case):
     options, q, k, v = attention_cases()[case]
 
     def attention(q, k, v):
         return nn.scaled_dot_product_attention(q, k, v, **options)
 
-    assert any(s.startswith("flash_attention(") for s in schedules(attention, q, k, v))
+    assert any(s.startswith("flash_attention(") for s in attention_schedules(attention, q, k, v))
     assert_close(jit(attention)(q, k, v), attention(q, k, v))
 
 
@@ -183,7 +199,7 @@ def test_tiled_attention_odd_tiles(b, sq, sk, d, dv, causal):
     def attention(q, k, v):
         return nn.scaled_dot_product_attention(q, k, v, causal=causal)
 
-    assert any(s.startswith("flash_attention(") for s in schedules(attention, q, k, v))
+    assert any(s.startswith("flash_attention(") for s in attention_schedules(attention, q, k, v))
     assert_close(jit(attention)(q, k, v), attention(q, k, v))
 
 
@@ -191,8 +207,7 @@ def test_tiled_attention_stores_no_score_matrix():
     rng = np.random.default_rng(8)
     sq = sk = 256
     q, k, v = (randn(rng, (4, sq, 64)) for _ in range(3))
-    graph = run_pipeline(minicomp.trace(lambda q, k, v: nn.scaled_dot_product_attention(q, k, v), q, k, v))[0]
-    program = lower(graph)
+    program = scheduled(lambda q, k, v: nn.scaled_dot_product_attention(q, k, v), q, k, v)
     [kernel] = program.kernels
     assert "flash_attention(" in str(kernel)
     # the workspace holds the packed K^T and V panels only: 2 x 4 x 256 x 64 floats, less than
@@ -270,7 +285,7 @@ def test_causal_attention_skips_hidden_key_blocks(sq, sk):
     def causal(q, k, v):
         return nn.scaled_dot_product_attention(q, k, v, causal=True)
 
-    program = lower(run_pipeline(minicomp.trace(causal, q, k, v))[0])
+    program = scheduled(causal, q, k, v)
     assert "if kb < select((qb ==" in str(program.kernels[0])  # blocks above the diagonal skipped
     assert_close(jit(causal)(q, k, v), causal(q, k, v))
 
@@ -284,7 +299,7 @@ def test_tiles_a_constant_mask_leaves_whole_skip_the_mask(sq, sk):
     def causal(q, k, v):
         return nn.scaled_dot_product_attention(q, k, v, causal=True)
 
-    text = str(lower(run_pipeline(minicomp.trace(causal, q, k, k))[0]).kernels[0])
+    text = str(scheduled(causal, q, k, k).kernels[0])
     score_lines = [line for line in text.splitlines() if "* 0.17677669_f32" in line]  # qk / sqrt(32)
     assert len(score_lines) == 2 and sum("constant[" in line for line in score_lines) == 1
     assert_close(jit(causal)(q, k, k), causal(q, k, k))
@@ -303,7 +318,7 @@ def test_band_mask_written_the_other_way_round():
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         return (e / e.sum(axis=-1, keepdims=True)) @ v
 
-    assert any(s.startswith("flash_attention(") for s in schedules(banded, q, q, q))
+    assert any(s.startswith("flash_attention(") for s in attention_schedules(banded, q, q, q))
     assert_close(jit(banded)(q, q, q), banded(q, q, q))
 
 
@@ -316,7 +331,7 @@ def test_masks_that_hide_no_whole_block_or_vary_by_batch_are_not_skipped():
     for mask in (stripes, per_batch):
         def masked(q, k, v, mask=mask):
             return nn.scaled_dot_product_attention(q, k, v, mask=mask)
-        program = lower(run_pipeline(minicomp.trace(masked, q, q, q))[0])
+        program = scheduled(masked, q, q, q)
         assert "if kb <" not in str(program.kernels[0])
         assert_close(jit(masked)(q, q, q), masked(q, q, q))
 

@@ -14,7 +14,7 @@ import minicomp
 from minicomp import Graph, TensorType, nn
 from minicomp.passes import layout as L
 from minicomp.passes.pipeline import get_pass, pipeline_names, run_pipeline
-from minicomp.runtime.executable import compile_graph_c
+from minicomp.stages import build
 from minicomp.testing import assert_close
 from minicomp.workloads import WORKLOADS
 
@@ -298,7 +298,7 @@ def test_random_chains_same_results_c(chain):
     graph, args = chain
     expected = minicomp.interpret(graph, *args)
     converted = L.convert_to(graph.copy(), L.other(conv_layouts(graph)[0]))
-    assert_close(compile_graph_c(converted)(*args), expected)
+    assert_close(build(converted)(*args), expected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_conv_bn_relu_tiny_matches_numpy_in_both_layouts(layout):
     graph = L.convert_to(minicomp.trace(wl.fn, *args), layout)
     assert conv_layouts(graph) == [layout]
     assert_close(minicomp.interpret(graph, *args)[0], expected)
-    assert_close(compile_graph_c(graph)(*args)[0], expected)
+    assert_close(build(graph)(*args)[0], expected)
 
 
 def test_conv_bn_relu_tiny_through_jit_with_the_pass():

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import minicomp
-from minicomp.lower import program as lowering
+from minicomp.schedules.cpu import work
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.schedules.cpu import packed_gemm
 from minicomp.stages import LOOP_STAGES, loop_program
@@ -51,7 +51,7 @@ def arguments(name: str, seed: int) -> list[np.ndarray]:
 def thresholds(request, monkeypatch):
     """The strategies' size thresholds as they are, or all at zero (see the module docstring)."""
     if request.param == "every strategy":
-        monkeypatch.setattr(lowering, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(work, "PARALLEL_MIN_WORK", 0)
         monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)  # tiled attention reads it too
         monkeypatch.setattr(packed_gemm, "MIN_ROWS", 1)
     return request.param
@@ -75,7 +75,7 @@ def test_every_strategy_changes_the_programs(monkeypatch):
         return str(loop_program(run_pipeline(minicomp.trace(WORKLOADS[name].fn, *args))[0]))
 
     before = {name: shown(name) for name in ("matmul", "ew_chain")}
-    monkeypatch.setattr(lowering, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(work, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)
     assert "mc_gemm" not in before["matmul"] and "mc_gemm" in shown("matmul")
     assert "parallel for" not in before["ew_chain"] and "parallel for" in shown("ew_chain")

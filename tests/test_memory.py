@@ -24,7 +24,8 @@ from hypothesis import given, settings
 
 import minicomp
 from minicomp import Graph, TensorType
-from minicomp.lower.program import ALIGNMENT, lower
+from minicomp.lower.program import lower
+from minicomp.passes.memory import ALIGNMENT
 from minicomp.passes.memory import (live_intervals, may_run_in_place, memory_plan,
                                     memory_report)
 from minicomp.passes.pipeline import pipeline_names, run_pipeline

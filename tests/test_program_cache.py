@@ -89,9 +89,9 @@ def test_the_key_changes_with_everything_that_decides_the_program(change, monkey
     if change == "minicomp source":
         monkeypatch.setattr(program_cache, "package_fingerprint", lambda: "an edited pass")
     if change == "setting changed at run time":
-        from minicomp.lower import program as lower
+        from minicomp.schedules.cpu import work
 
-        monkeypatch.setattr(lower, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(work, "PARALLEL_MIN_WORK", 0)
     if change == "compiler flags":
         monkeypatch.setenv("MINICOMP_CFLAGS", "-O2 -march=native -fopenmp")
     assert program_cache.program_key(traced, passes, {}) != before

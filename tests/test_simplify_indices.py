@@ -17,6 +17,7 @@ from minicomp.ir.loop_text import print_expr
 from minicomp.ir.loops import (BOOL, INDEX, Assign, Binary, Block, Buffer, Const, Declare, For, Kernel, Select,
                                Store, Var)
 from minicomp.ir.simplify_indices import simplify_expr, simplify_kernel_indices
+from minicomp.schedules.cpu import flash_attention
 from minicomp.schedules.cpu import packed_gemm as lower_matmul
 from minicomp.testing.loop_interpreter import LoopInterpreter
 
@@ -108,6 +109,7 @@ def test_block_attention_reads_q_k_v_without_division(monkeypatch):
     """The GPT-2 block's head split reaches the attention kernel's packing as plain strided reads."""
     monkeypatch.setattr(lower_matmul, "MIN_WORK", 0)
     monkeypatch.setattr(lower_matmul, "MIN_ROWS", 0)
+    monkeypatch.setattr(flash_attention, "MIN_WORK", 0)
     w = workloads.WORKLOADS["block"]
     source = render_c(jit(w.fn).compiled_for(*w.inputs("tiny")).run.program)
     packing = [line for line in source.splitlines() if re.search(r"(_kpack|_vpack|qpanel)\[.*\] = ", line)]

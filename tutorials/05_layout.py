@@ -49,7 +49,7 @@ from minicomp.codegen.c import render_c
 from minicomp.passes import layout
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
-from minicomp.runtime.executable import compile_graph_c
+from minicomp.stages import build
 from minicomp.testing import assert_close
 from minicomp.workloads import WORKLOADS
 
@@ -193,7 +193,7 @@ step("Step 6: same results, interpreter and C")
 expected = block(small_x)
 for name, g in [("NCHW (as traced)", graph), ("NHWC (converted)", converted)]:
     assert_close(minicomp.interpret(g, small_x)[0], expected)
-    assert_close(compile_graph_c(g)(small_x)[0], expected)
+    assert_close(build(g)(small_x)[0], expected)
     print(f"{name:<18} interpreter and C match NumPy")
 # convert_to does it for every chain, in either direction: back to NCHW, everything cancels.
 back = layout.convert_to(converted.copy(), "NCHW")
@@ -275,7 +275,7 @@ for name, function, args in cases:
     for layout_name in layout.LAYOUTS:
         forced = layout.convert_to(traced.copy(), layout_name)
         optimised, _ = run_pipeline(forced, disable=["layout"])
-        executable = compile_graph_c(optimised)
+        executable = build(optimised)
         assert_close(executable(*args)[0], reference)
         one = median_ms(lambda: executable(*args), 1)
         many = median_ms(lambda: executable(*args), all_threads)

@@ -62,7 +62,8 @@ from minicomp.ir.compute import RULES, Reduce, Tensor, compute, linear_index
 from minicomp.ir.loop_text import print_expr
 from minicomp.ir.loops import (Allocate, Assign, Block, Buffer, Const, Declare, For, Kernel, Load,
                                Stmt, Store, Var, walk)
-from minicomp.lower.program import combine, lower, nest, reduction_init
+from minicomp.lower.program import lower
+from minicomp.lower.rules import combine, nest, reduction_init
 from minicomp.runtime import cache
 from minicomp.runtime.executable import Executable, aligned_empty
 from minicomp.stages import loop_program

@@ -9,10 +9,12 @@ What you learn:
   keeping per query row only a running max ``m``, a running sum ``l`` and a running output
   ``acc``. When a new block raises the max, everything so far is rescaled by
   ``exp(m_old - m_new)``. We write it in ten lines of NumPy first and check it.
-* The fused attention kernel minicomp builds from the traced graph
-  (``schedules/cpu/flash_attention.py``): tiles of queries x keys, both matmuls (``Q K^T`` and
-  ``P V``) on the register-blocked micro-kernel of tutorial 10, the softmax bookkeeping in
-  between on a tile that stays in L1.
+* The fused attention kernel minicomp builds from the traced graph: lowering writes the
+  online softmax of Step 2, one query row at a time, as a plain loop nest (the same for every
+  machine); the ``flash_attention`` schedule (``schedules/cpu/flash_attention.py``) then tiles
+  it for this CPU: tiles of queries x keys, both matmuls (``Q K^T`` and ``P V``) on the
+  register-blocked micro-kernel of tutorial 10, the softmax bookkeeping in between on a tile
+  that stays in L1.
 * Checking the claim: every buffer of the lowered program and every local array of the kernel
   listed with its size; none is ``Sq x Sk``, and the workspace grows linearly with the
   sequence, not quadratically. Causal attention (``nn.scaled_dot_product_attention(causal=
@@ -48,9 +50,11 @@ except ImportError:  # not installed: use the checkout this file lives in
 
 from minicomp import TensorType, nn
 from minicomp.bench import machine_description, measure
+from minicomp.codegen import gemm
 from minicomp.ir.loops import Allocate, Block, For, If, Stmt
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.stages import loop_program
 from minicomp.stats import human
 from minicomp.testing import assert_close
 from minicomp.workloads import WORKLOADS, attention
@@ -146,7 +150,14 @@ assert node.attrs["pattern"] == "attention"
 # ----------------------------------------------------------------------------------------------
 step("Step 4: the fused attention kernel")
 # ----------------------------------------------------------------------------------------------
-# Lowered, the kernel prints its schedule line first, then (compare with Step 2):
+# Lowering writes Step 2's recurrence one key at a time, per query row: the plain nest, the
+# same for every machine (lower() is the first loop-level stage).
+plain = lower(fused_graph)
+print(plain.kernels[0])
+assert plain.kernels[0].schedule == [] and "m_new" in str(plain.kernels[0])
+# The schedule stage gives each kernel its pattern's default steps for this CPU; for attention
+# the flash_attention strategy, with tiles from the micro-kernel's shape. The scheduled kernel
+# prints its schedule line first, then (compare with Step 2):
 #   parallel for t_pack: pack K^T and V into micro-kernel B panels, once per call;
 #   parallel for t: one task per (batch, block of bq queries), each with its own small arrays
 #     (local ...) on the thread's stack:
@@ -159,12 +170,13 @@ step("Step 4: the fused attention kernel")
 #       out = o / row_sum for the query rows that exist.
 # `shift` is m_new, or 0 while a row has seen only -inf (masked or padding) scores, so that
 # exp(-inf - -inf) never makes a NaN.
-program = lower(fused_graph)
+program = loop_program(fused_graph)
 [kernel] = program.kernels
+print()
 print(kernel)
 print(f"\n{len(program.kernels)} kernel; its schedule: {kernel.schedule[0]}")
 text = str(kernel)
-micro_kernel = kernel.schedule[0].ukernel
+micro_kernel = gemm.kernel_name(F32)
 assert text.count(f"{micro_kernel}(") == 2 and "correction" in text   # Q K^T and P V
 run = minicomp.compile(traced, target="c")
 assert_close(run(q, k, v)[0], attention(q, k, v))
@@ -204,8 +216,9 @@ def all_buffers(program):
 
 
 def lowered(fn, shape, disable=()):
+    """The loop program of ``fn`` at ``shape`` after the loop stages (lowered and scheduled)."""
     types = [TensorType(shape, "f32")] * 3
-    return lower(run_pipeline(minicomp.trace(fn, *types), disable=disable)[0])
+    return loop_program(run_pipeline(minicomp.trace(fn, *types), disable=disable)[0])
 
 
 long_shape = (heads, 1024, head_dim)
@@ -255,7 +268,7 @@ causal_graph, _ = run_pipeline(minicomp.trace(causal_attention, qc, kc, vc))
 print(causal_graph)
 [causal_node] = causal_graph.op_nodes()
 assert causal_node.attrs["pattern"] == "attention"
-causal_program = lower(causal_graph)
+causal_program = loop_program(causal_graph)
 score_line = next(line.strip() for line in str(causal_program).splitlines() if "select(" in line
                   and "-inf" in line and " s[" in line)
 print(f"\nthe score expression in the kernel:\n  {score_line}")
@@ -265,10 +278,11 @@ print("compiled causal attention: matches NumPy's nn.scaled_dot_product_attentio
 [(mask_buffer, mask)] = causal_program.constants
 print(f"constants: {mask_buffer} (the triu mask, {human(mask.nbytes)}, shared by all heads)")
 assert mask.dtype == np.bool_ and mask.shape == (100, 100)
-# An honest footnote: one Sq x Sk array is left, the mask constant: one byte per score, not
-# per head, read alongside each score tile. FlashAttention kernels compute it from the indices
-# instead (key j > query i), and skip the key blocks that are entirely masked; this kernel
-# does neither, so causal attention here costs as much as non-causal (Step 7 measures it).
+# One Sq x Sk array is left, the mask constant: one byte per score, not per head. The
+# flash_attention schedule reads it at compile time: key blocks it hides entirely (above the
+# diagonal) are skipped ("if kb < ..."), blocks it leaves entirely visible run the score
+# without it, and only the tiles on the diagonal load it (the two score loops printed above).
+assert "if kb < " in str(causal_program)
 
 # ----------------------------------------------------------------------------------------------
 step("Step 7: measured: NumPy vs minicomp (vs PyTorch)")

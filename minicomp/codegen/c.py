@@ -70,7 +70,7 @@ from ..ir.loops import Buffer, For, Block, If, Intrinsic, Kernel
 from ..ir.rewrite import statements
 from ..ir.schedule import collapsed
 from ..ir.symbolic import Sym
-from ..lower.program import PARALLEL_MIN_WORK
+from ..schedules.cpu import work
 from . import gemm  # noqa: F401  (registers the micro-kernel's C with minicomp.ir.intrinsics)
 from .cstyle import CStyleRenderer, _check_function
 from .cstyle import Identifiers, comment_text, program_sizes  # noqa: F401  (also found here, as before)
@@ -242,7 +242,7 @@ class CRenderer(CStyleRenderer):
         self.uses.add("mc_serial")
         condition = "!mc_serial"
         if isinstance(loop.extent, Sym):  # threads only when this call's sizes make enough work
-            condition += f" && {self.size(nest_work(loop))} >= {PARALLEL_MIN_WORK}"
+            condition += f" && {self.size(nest_work(loop))} >= {work.PARALLEL_MIN_WORK}"
         return [f"#pragma omp parallel for schedule(dynamic, mc_chunk({iterations})){collapse} if({condition})"]
 
     def vectorized_loop_prefix(self, loop: For) -> list[str]:

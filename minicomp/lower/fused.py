@@ -38,7 +38,8 @@ One lowering per pattern:
 
 * ``attention``: per query row, an online softmax over the keys (FlashAttention's idea): a
   running max ``m``, a running sum ``l`` and an output row ``acc`` rescaled by
-  ``exp(m_old - m_new)`` whenever the max grows. The scores are never stored.
+  ``exp(m_old - m_new)`` whenever the max grows. The scores are never stored. (The
+  ``flash_attention`` schedule tiles this nest: ``minicomp.schedules.cpu.flash_attention``.)
 * ``scan``: ``cumsum``/``cumprod``, each step reading the previous output element.
 """
 
@@ -50,19 +51,17 @@ from types import SimpleNamespace
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..errors import CompileError
 from ..ir.compute import Reduce, Tensor, _batch_index, cast, checked_index, compute, linear_index, to_arith
 from ..ir.dtypes import TensorType
 from ..ir.graph import Graph, Node
-from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Const, Declare, For, If, Kernel,
-                        Load, Select, Stmt, Store, Var, as_expr, const)
+from ..ir.loops import (BOOL, Binary, Block, Buffer, Const, Declare, For, If, Kernel,
+                        Load, Stmt, Store, Var, as_expr, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
 from ..ir.symbolic import Sym, SymbolicShapeError
-from ..schedules.cpu.flash_attention import lower_tiled_attention
-from .program import (accumulates_in_output, combine, is_inline_constant, nest,
-                    output_index, reduction_init, worth_parallel)
+from ..passes.fusion import accumulates_in_output
+from .online_softmax import OnlineSoftmax, online_softmax
+from .rules import is_inline_constant, nest, output_index, reduce_into
 
 
 def unless_symbolic(lowering, *args):
@@ -87,7 +86,6 @@ class Inliner:
 
     def __init__(self, inputs: dict[Node, Tensor]):
         self.bound: dict[Node, Tensor] = dict(inputs)
-        self.outer: dict[Node, Node] = {}  # a fused body's inputs -> the graph nodes they stand for
 
     def tensor(self, node: Node) -> Tensor:
         """How to read ``node`` at an index: bound value, input buffer, or its compute rule."""
@@ -132,12 +130,6 @@ def _loops(idx: list, shape) -> list[tuple[Var, int]]:
 def _work(shape, *extra: int) -> int:
     """Elements times reduction length (a ``Sym`` where a size is symbolic)."""
     return math.prod(shape) * math.prod(extra)
-
-
-def reduce_into(acc: Var, r: Reduce) -> list[Stmt]:
-    """``acc = init; for r...: acc = combine(acc, body)``."""
-    return [Declare(acc, reduction_init(r.combiner, r.dtype)),
-            nest(r.axes, Assign(acc, combine(r.combiner, acc, r.body, r.first_wins)), parallel=False)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,52 +221,32 @@ def lower_epilogue(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
 
 
 def lower_attention(nodes: list[Node], inline: Inliner, out: Buffer) -> Stmt:
+    """Per query row, the online softmax over the keys (``online_softmax``); the scores are never stored.
+
+    Requires a body ending in ``softmax(f(q @ k^T)) @ v`` (the ``attention`` fusion pattern,
+    ``f`` elementwise: scale, masks). Guarantees one plain nest over the batch and query axes,
+    the same for every target: the ``flash_attention`` schedule (``schedules/cpu``) tiles it::
+
+        %s = matmul(%q, %kT) * 0.125               for i0, i1:                  # batch, query
+        %p = softmax(%s)                     ->      m = -inf; l = 0; acc[e] = 0
+        %out = matmul(%p, %v)                        for j: dot = q.k; score = dot * 0.125 ...
+                                                     out[i0, i1, e] = acc[e] / l
+    """
     pv = nodes[-1]
     scores = pv.operands[0].operands[0].operands[0].operands[0]  # div <- exp <- sub <- scores
     qk = scores
     while qk.op != "matmul":
         qk = next(o for o in qk.operands if o.shape == qk.shape and o.kind is not Kind.SOURCE)
-    tiled = unless_symbolic(lower_tiled_attention, pv, qk, scores, inline, out)
-    if tiled is not None:  # float and big enough: FlashAttention tiles on the micro-kernel
-        return tiled
-    idx = output_index(pv.shape)
-    *batch, i, e_idx = idx
-    dtype, head = pv.dtype, pv.shape[-1]
-    j = Var("j")
-    m, l, m_new, shift = Var("m", dtype), Var("l", dtype), Var("m_new", dtype), Var("shift", dtype)
-    corr, p, s = Var("correction", dtype), Var("p", dtype), Var("score", dtype)
-    acc = Buffer("acc", dtype, (head,))
-    e = Var("e")
-    v = inline.tensor(pv.operands[1])
-
+    *batch, i, _ = output_index(pv.shape)
+    j, e = Var("j"), Var("e")
     r = compute(qk, [*batch, i, j], [inline.tensor(o) for o in qk.operands])
     dot = Var("dot", r.dtype)
     inline.bind(qk, r.finish(dot))
-    v_je = v[_batch_index(list(batch), v.shape[:-2]) + [j, e]]
-    exp = lambda x: Call("exp", (x,), dtype)  # noqa: E731
-    key_step = Block(reduce_into(dot, r) + [
-        Declare(s, inline.tensor(scores)[[*batch, i, j]]),
-        Declare(m_new, Call("mc_maximum", (m, s), dtype)),
-        # while every score so far is -inf (masked keys), exp(m - m_new) would be exp(-inf + inf)
-        # = NaN: shift by 0 instead, so the masked keys weigh exp(-inf) = 0 as in NumPy
-        Declare(shift, Select(Binary("==", m_new, const(-np.inf, dtype), BOOL), const(0, dtype), m_new)),
-        Declare(corr, exp(Binary("-", m, shift, dtype))),
-        Declare(p, exp(Binary("-", s, shift, dtype))),
-        Assign(l, Binary("+", Binary("*", l, corr, dtype), p, dtype)),
-        For(e, head, Store(acc, e, Binary("+", Binary("*", Load(acc, e), corr, dtype),
-                                          Binary("*", p, v_je, dtype), dtype))),
-        Assign(m, m_new),
-    ])
-    row_out = linear_index([*batch, i, e], pv.shape)
-    per_query = Block([
-        Allocate(acc), For(e, head, Store(acc, e, const(0, dtype))),
-        Declare(m, const(-np.inf, dtype)), Declare(l, const(0, dtype)),
-        For(j, qk.shape[-1], key_step),
-        For(e, head, Store(out, row_out, Binary("/", Load(acc, e), l, dtype))),
-    ])
-    outer = _loops([*batch, i], pv.shape[:-1])
-    work = _work(pv.shape[:-1], qk.shape[-1], qk.operands[0].shape[-1] + head)
-    return nest(outer, per_query, parallel=worth_parallel(work))
+    v = inline.tensor(pv.operands[1])
+    row = OnlineSoftmax(dot, r, inline.tensor(scores)[[*batch, i, j]],
+                        v[_batch_index(list(batch), v.shape[:-2]) + [j, e]], j, qk.shape[-1],
+                        Buffer("acc", pv.dtype, (pv.shape[-1],)), e, out, linear_index([*batch, i, e], pv.shape))
+    return nest(_loops([*batch, i], pv.shape[:-1]), online_softmax(row), parallel=False)
 
 
 @dataclass
@@ -392,7 +364,6 @@ def lower_fused(node: Node, buffers: dict[Node, Buffer], operand_tensor) -> Kern
     """The single kernel of a ``fused`` node (``operand_tensor(o)`` reads an operand)."""
     body: Graph = node.attrs["body"]
     inline = Inliner({inner: operand_tensor(outer) for inner, outer in zip(body.inputs, node.operands)})
-    inline.outer = dict(zip(body.inputs, node.operands))
     statement = LOWERINGS[node.attrs["pattern"]](body.nodes(), inline, buffers[node])
     inputs = [buffers[o] for o in node.operands if not is_inline_constant(o)]
     source = [f"%{node.name} = fused {node.attrs['pattern']} kernel of:"]

@@ -26,19 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.compute import Tensor, arith_dtype, linear_index
+from ..ir.compute import linear_index
 from ..ir.graph import Graph, Node
-from ..ir.loops import BOOL, Binary, Buffer, Call, Const, For, Kernel, Stmt, Store, Var, const
+from ..ir.loops import Buffer, Kernel, Store, Var
 from ..ir.ops import Kind
 from ..ir.symbolic import Sym, SymbolicShapeError, align_up
+from ..passes.memory import ALIGNMENT
+from .fused import lower_fused, lower_single
+from .rules import is_inline_constant, nest, operand_tensor, output_index
 
-# Work (elements x reduction length; elementwise elements weighed by schedules.element_cost)
-# below which threads cost more than they give. Measured with `minicomp bench
-# --parallel-threshold` on the 2-core development VM: all threads pay from 16K gelu elements
-# (each ~8 additions' work: 128K) and from 512K additions (memory-bound); 1 << 15 had made
-# additions of 32K-128K elements 10-20% slower on two threads.
-PARALLEL_MIN_WORK = 1 << 17
-ALIGNMENT = 64  # bytes: every workspace buffer starts on a cache line
 
 
 @dataclass
@@ -65,11 +61,6 @@ class Program:
 
     def __str__(self) -> str:
         return "\n\n".join(str(k) for k in self.kernels)
-
-
-def is_inline_constant(node: Node) -> bool:
-    """Constants with one element are written into the code as literals."""
-    return node.op == "constant" and node.type.size == 1
 
 
 def lower(graph: Graph) -> Program:
@@ -192,97 +183,18 @@ def _overlapping_params(kernel: Kernel, workspace: dict[Buffer, int]) -> frozens
                      if a is not b and start < e and s < end)
 
 
-def _operand_tensor(operand: Node, buffers: dict[Node, Buffer]) -> Tensor:
-    if is_inline_constant(operand):
-        value = const(operand.attrs["value"].reshape(-1)[0], operand.dtype)
-        return Tensor(operand.type, lambda idx: value)
-    return Tensor.of_buffer(buffers[operand])
-
-
 def lower_node(node: Node, buffers: dict[Node, Buffer]) -> Kernel:
     """The kernel computing ``node`` into ``buffers[node]`` from its operands' buffers.
 
     A single op is a fusion group of one: both go through ``lower_fused``'s pattern lowerings.
     """
-    from .fused import lower_fused, lower_single
-
     lower_group = lower_fused if node.op == "fused" else lower_single
-    return lower_group(node, buffers, lambda operand: _operand_tensor(operand, buffers))
-
-
-def accumulates_in_output(node: Node) -> bool:
-    """Whether a matmul/conv2d can sum into its output row instead of a scalar accumulator.
-
-    With a scalar accumulator, ``out[i, j] = sum_k a[i, k] * b[k, j]`` walks ``b`` down a
-    column (stride N) in its innermost loop, which misses the cache on every step. Moving the
-    reduction loop outside the last output axis (the i-k-j order: the CPU schedule's
-    ``accumulate_in_output``) makes the innermost loop run along rows of ``b`` and ``out``:
-    unit stride, which the C compiler vectorises, and an epilogue can finish each row while
-    it is in cache (fusion's ``epilogue`` groups). This needs the output to hold the
-    accumulator exactly (same dtype as the sum: not bool or float16) and a last axis longer
-    than 1.
-    """
-    accumulator = arith_dtype(node.dtype)
-    return (node.op in ("matmul", "conv2d") and accumulator == node.dtype and node.dtype != BOOL
-            and len(node.shape) >= 1 and (isinstance(node.shape[-1], Sym) or node.shape[-1] > 1))
-
-
-def output_index(shape: tuple[int, ...]) -> list:
-    """One loop variable ``i<axis>`` per output axis; axes of extent 1 are just index 0."""
-    return [Const(0) if extent == 1 else Var(f"i{axis}") for axis, extent in enumerate(shape)]
-
-
-def combine(combiner: str, acc, value, first_wins: bool = False):
-    """``acc + value``, or NumPy's NaN-propagating max/min (``||``/``&&`` for bool).
-
-    On a tie of max/min (-0.0 and 0.0) ``value`` wins, as in NumPy's float32/64 loops, or
-    ``acc`` if ``first_wins`` (NumPy's float16 loop: ``mc_maximum_first``).
-    """
-    if combiner == "sum":
-        return Binary("+", acc, value, acc.dtype)
-    if acc.dtype == BOOL:
-        return Binary("||" if combiner == "max" else "&&", acc, value, BOOL)
-    name = f"mc_{'maximum' if combiner == 'max' else 'minimum'}{'_first' if first_wins else ''}"
-    return Call(name, (acc, value), acc.dtype)
-
-
-def reduction_init(combiner: str, dtype: np.dtype):
-    """The identity of the combiner: 0 for sum, the lowest value for max, the highest for min."""
-    if combiner == "sum":
-        return const(0, dtype)
-    if dtype == BOOL:
-        return const(combiner == "min", dtype)
-    if dtype.kind == "f":
-        return const(-np.inf if combiner == "max" else np.inf, dtype)
-    info = np.iinfo(dtype)
-    return const(info.min if combiner == "max" else info.max, dtype)
-
-
-def worth_parallel(work: int) -> bool:
-    """Whether a kernel doing ``work`` (elements x reduction length) should use several threads.
-
-    Below ``PARALLEL_MIN_WORK`` starting and joining the threads costs more than they save
-    (``minicomp bench --parallel-threshold`` measures where that is on a machine). Symbolic
-    work is parallel when it could reach that amount (the call's thread choice,
-    ``runtime/threads.py``, still runs small calls on one thread).
-    """
-    if isinstance(work, Sym):  # some term grows with a size: large sizes reach the threshold
-        return any(c > 0 for m, c in work.terms if m)
-    return work >= PARALLEL_MIN_WORK
-
-
-def nest(loops: list[tuple[Var, int]], body: Stmt, parallel: bool) -> Stmt:
-    """Wrap ``body`` in loops (outermost first); the outermost is parallel if asked."""
-    for depth, (var, extent) in reversed(list(enumerate(loops))):
-        symbolic = isinstance(extent, Sym)
-        kind = "parallel" if parallel and depth == 0 and (symbolic or extent > 1) else "serial"
-        body = For(var, extent if symbolic else int(extent), body, kind)
-    return body
+    return lower_group(node, buffers, lambda operand: operand_tensor(operand, buffers))
 
 
 def _copy_kernel(node: Node, buffers: dict[Node, Buffer], out: Buffer) -> Kernel:
     idx = output_index(node.shape)
-    source = _operand_tensor(node, buffers)
+    source = operand_tensor(node, buffers)
     loops = [(i, extent) for i, extent in zip(idx, node.shape) if isinstance(i, Var)]
     body = nest(loops, Store(out, linear_index(idx, node.shape), source[idx]), parallel=False)
     inputs = [] if is_inline_constant(node) else [buffers[node]]

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ir.compute import arith_dtype
 from ..ir.graph import Graph, Node
+from ..ir.loops import BOOL
 from ..ir.ops import Kind
 from ..ir.symbolic import Sym
-from ..lower.program import accumulates_in_output
 from .pipeline import register_pass
 
 INLINABLE = (Kind.ELEMWISE, Kind.BROADCAST, Kind.INJECTIVE)
@@ -79,6 +80,23 @@ class Decision:
     fused: bool
     reason: str
     bytes_saved: int = 0
+
+
+def accumulates_in_output(node: Node) -> bool:
+    """Whether a matmul/conv2d can sum into its output row instead of a scalar accumulator.
+
+    With a scalar accumulator, ``out[i, j] = sum_k a[i, k] * b[k, j]`` walks ``b`` down a
+    column (stride N) in its innermost loop, which misses the cache on every step. Moving the
+    reduction loop outside the last output axis (the i-k-j order: the CPU schedule's
+    ``accumulate_in_output``) makes the innermost loop run along rows of ``b`` and ``out``:
+    unit stride, which the C compiler vectorises, and an epilogue can finish each row while
+    it is in cache (fusion's ``epilogue`` groups). This needs the output to hold the
+    accumulator exactly (same dtype as the sum: not bool or float16) and a last axis longer
+    than 1.
+    """
+    accumulator = arith_dtype(node.dtype)
+    return (node.op in ("matmul", "conv2d") and accumulator == node.dtype and node.dtype != BOOL
+            and len(node.shape) >= 1 and (isinstance(node.shape[-1], Sym) or node.shape[-1] > 1))
 
 
 def is_scalar_constant(node: Node) -> bool:

@@ -79,8 +79,9 @@ from dataclasses import dataclass
 from ..ir.graph import Graph, Node
 from ..ir.ops import Kind
 from ..ir.symbolic import shape_symbols
-from ..lower.program import ALIGNMENT
 from .pipeline import register_pass
+
+ALIGNMENT = 64  # bytes: every workspace buffer starts on a cache line
 
 
 def _align(n: int) -> int:

@@ -30,7 +30,8 @@ from .compiler import compile_c, load_library
 from ..errors import MinicompRuntimeError
 from ..ir.graph import Graph
 from ..ir.interpreter import check_arguments
-from ..lower.program import ALIGNMENT, Program
+from ..lower.program import Program
+from ..passes.memory import ALIGNMENT
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.symbolic import evaluate
@@ -164,28 +165,3 @@ class Executable:
             results.append(outputs[slot].copy() if slot in seen else outputs[slot])
             seen.add(slot)
         return results
-
-
-def compile_graph_c(graph) -> Executable:
-    """``graph`` through the loop-level stages (``minicomp.stages``: lower, schedule, simplify
-    indices, render, compile, load) for this CPU: the ``"c"`` target of ``jit``."""
-    from ..stages import build  # the stages load an Executable: imported when first compiled
-
-    return build(graph)
-
-
-def _register_target() -> None:
-    from ..driver import PROGRAM_CACHES, register_target
-    from . import program_cache
-
-    PROGRAM_CACHES["c"] = program_cache
-
-    @register_target("c")
-    def compile_c_target(graph, **options):
-        """The C target: one kernel per op (fusion and schedules come from later passes)."""
-        if options:
-            raise MinicompRuntimeError(f"target 'c' takes no options yet, got {sorted(options)}")
-        return compile_graph_c(graph)
-
-
-_register_target()

@@ -11,7 +11,7 @@ stage earlier, on what the function traced to, and remembers what calling the li
 The key covers everything that decides the program: the traced graph's text without source
 locations (every constant by the SHA-256 of its bytes), the pass list, minicomp's own source
 (every ``.py`` file of the package: an edited pass is a new key, whatever the version says),
-the compiler's module-level settings as they are now (``lower.PARALLEL_MIN_WORK = 0`` in a
+the compiler's module-level settings as they are now (``work.PARALLEL_MIN_WORK = 0`` in a
 notebook is a new key), the ``Target`` the schedules read (``host_target()``: ISA, vector widths,
 cores, caches), and the compile context: flags, compiler and the target they resolve to on this
 CPU (as ``compiler.compile_key``). The record is stored and read under the compile cache's rules
@@ -48,7 +48,7 @@ COMPILER_PACKAGES = ("minicomp.ir", "minicomp.passes", "minicomp.lower", "minico
 def settings_fingerprint() -> str:
     """SHA-256 of the compiler's settings as they are now: every UPPER_CASE module constant of
     ``COMPILER_PACKAGES`` whose value is plain data (numbers, strings, dtypes and containers of
-    them). A setting changed at run time (``lower.PARALLEL_MIN_WORK = 0``) is a new key."""
+    them). A setting changed at run time (``work.PARALLEL_MIN_WORK = 0``) is a new key."""
     digest = hashlib.sha256()
     for module in _compiler_modules():
         for name, value in vars(module).items():

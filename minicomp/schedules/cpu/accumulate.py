@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from ...ir.loops import Block, Buffer, Const, Declare, For, Kernel, Load, Stmt, Store, Var
 from ...ir.symbolic import Sym
-from ...lower.program import nest
+from ...lower.rules import nest
 from ..strategy import register_strategy
 from .lanes import LANES
 from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,

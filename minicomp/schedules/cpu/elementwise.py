@@ -38,7 +38,7 @@ from ...ir.affine import affine
 from ...ir.loops import Block, Call, For, Kernel, Load, Store, walk
 from ...ir.symbolic import Sym, SymbolicShapeError
 from ...ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
-from ...lower.program import worth_parallel
+from ...schedules.cpu.work import worth_parallel
 
 TILE = 16                    # transposing tiles: 16 x 16 float32 = 16 cache lines per side
 VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -1,99 +1,351 @@
-"""FlashAttention on a CPU: fused attention in tiles, with both matmuls on the micro-kernel.
+"""FlashAttention on a CPU: the ``flash_attention`` strategy tiles the plain attention nest.
 
-``softmax(f(q @ k^T)) @ v`` is lowered so that the ``Sq x Sk`` score matrix never exists.
-Queries are taken ``BQ`` rows at a time; for each block of ``BK`` keys::
+Requires the nest ``lower_attention`` writes (per query row, the online softmax of
+``minicomp.lower.online_softmax``) for float32 or float64, with static sizes and at least
+``MIN_WORK`` of ``Sq x Sk x head``. Guarantees the same results within rounding, and that the
+``Sq x Sk`` score matrix never exists: every row statistic is still kept per query row, the
+keys come in blocks, and both matmuls run on the register-blocked micro-kernel
+(``codegen/gemm.py``). Queries are taken ``bq`` rows at a time; for each block of ``bk`` keys::
 
-    S[BQ, BK]  = Qblock @ Kblock^T                 # micro-kernel, Q panel packed once per task
-    S          = f(S)   (scale, causal mask ...)   # the fused score expression, in L1
+    S[bq, bk]  = Qblock @ Kblock^T                 # micro-kernel, Q panel packed once per task
+    S          = f(S)   (scale, causal mask ...)   # the plain nest's score expression, in L1
     m_new      = max(m, rowmax(S)); c = exp(m - m_new)
     P          = exp(S - m_new); l = l*c + rowsum(P)   # P overwrites S
-    O[BQ, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
+    O[bq, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
     out        = O / l   (after the last key block)
 
-A constant mask (``where(c, -inf, s)``, causal attention's) is read at compile time: tiles it
-hides entirely are skipped, tiles it leaves entirely visible run the score expression with
-the mask folded away, and only the mixed tiles (causal: on the diagonal) load it.
+Before and after ``flash_attention(bq=12, bk=32)`` (8 float32 lanes: the micro-kernel is 6 x 16)::
+
+    for i0 in 0..8:                              parallel for t_pack in 0..128:  # K^T, V into panels
+      for i1 in 0..512:                          parallel for t in 0..344:       # (batch, 12 queries)
+        acc[e] = 0; m = -inf; l = 0                pack Q; o = 0; row_max = -inf; row_sum = 0
+        for j in 0..512:                  --->     for kb in 0..16:
+          dot = sum over rk of q.k                   mc_gemm_6x16_f32(...)        # S = Q K^T
+          score = dot * 0.125                        per row: score, max, exp, sum, rescale o
+          m_new = ...; acc[e] = ...                  mc_gemm_6x16_f32(...)        # O += P V
+        out[i0, i1, e] = acc[e] / l                out[...] = o / row_sum
+
+The micro-kernel is this machine's (``gemm.tile_shape``: what the C renderer defines), so
+``bq`` must be a multiple of its MR rows and ``bk`` of its NR columns.
+
+A constant mask is read at compile time: a ``select(c, -inf, s)`` (or ``select(c, s, -inf)``)
+of the score whose condition reads only constant arrays and the query and key indices, the
+same for every batch element (causal attention's ``constant[i*Sk + j]``). Tiles it hides
+entirely are skipped, tiles it leaves entirely visible run the score with the mask folded
+away, and only the mixed tiles (causal: on the diagonal) load it.
 
 ``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
-over (batch, query block) tasks. Every row statistic is kept per query row, exactly as the
-untiled online softmax in ``lower_fused.lower_attention`` (which small or integer cases
-still use); row max and row sum run over SIMD lanes (``reductions.reduce_into_lanes``).
+over (batch, query block) tasks. Row max and row sum run over SIMD lanes
+(``reductions.reduce_into_lanes``).
+
+The default rules: ``flash_attention_steps`` picks the tile for the target; where the
+strategy is refused (small, integer or symbolic sizes) ``parallel_query_rows`` runs the plain
+nest's outermost loop on all cores when there is enough work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from ...codegen import gemm
-from ...ir.compute import Reduce, _batch_index, compute, linear_index
-from ...ir.graph import Node
-from ...ir.loops import (BOOL, Address, Allocate, Binary, Block, Buffer, Call, Declare, Expr, For, If,
-                        Intrinsic, Load, Select, Stmt, Store, Var, const)
-from ...ir.simplify_indices import simplify_expr
-from . import packed_gemm as lower_matmul
-from .packed_gemm import as_index, declare_rows, index_op, uses
+from ...ir.compute import Reduce, linear_index
+from ...ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, Call, Cast, Const, Declare,
+                         Expr, For, If, Intrinsic, Kernel, Load, Select, Stmt, Store, Unary, Var, as_expr, const,
+                         walk)
+from ...ir.rewrite import free_vars, loads, map_expr, substitute
+from ...ir.schedule import Parallel, ScheduleError
+from ...ir.symbolic import Sym
+from ...lower.online_softmax import OnlineSoftmax, online_softmax
+from ...schedules.cpu.work import worth_parallel
+from ..strategy import Strategy, register_strategy
 from .reductions import reduce_into_lanes
 
 QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
+MIN_WORK = 1 << 15  # Sq x Sk x head below which packing K and V costs more than the tiles save
+MASK_GRID = 1 << 22  # points of a mask condition evaluated at once (a few query rows at a time)
 
 
-def lower_tiled_attention(pv: Node, qk: Node, scores: Node, inline, out: Buffer):
-    """The tiled nest for an attention group, or None where it does not apply (see module doc)."""
-    dtype = pv.dtype
-    if not gemm.supported(dtype) or qk.dtype != dtype or scores.dtype != dtype:
+# ----------------------------------------------------------------------------------------------
+# The strategy and its default rules
+# ----------------------------------------------------------------------------------------------
+
+
+@register_strategy("flash_attention")
+def flash_attention(kernel: Kernel, bq: int, bk: int) -> Kernel:
+    """The plain attention nest of ``kernel`` in FlashAttention tiles of ``bq`` queries x ``bk`` keys.
+
+    Raises ``ScheduleError`` where the kernel is not the plain nest or the tiles do not apply
+    (see the module docstring).
+    """
+    plain = read_plain_attention(kernel)
+    tiles = FlashTiles(kernel, plain, bq, bk)
+    return replace(kernel, body=tiles.body(), scratch=list(kernel.scratch) + [tiles.kpack, tiles.vpack])
+
+
+def flash_attention_steps(kernel: Kernel, target) -> list[Strategy]:
+    """``flash_attention`` with the tile of ``target``'s micro-kernel (MR x NR): ``bq`` =
+    ``QUERY_PANELS`` x MR queries (fewer where the queries are fewer), ``bk`` = ``KEY_PANELS``
+    x NR keys (one panel where the keys fit in one). Nothing for a kernel it cannot tile."""
+    plain = _plain_or_none(kernel)
+    dtype = kernel.output.dtype
+    if plain is None or not gemm.supported(dtype):
+        return []
+    sq, sk = kernel.output.shape[-2], plain.row.keys
+    if isinstance(sq, Sym) or isinstance(sk, Sym):
+        return []
+    mr, nr = gemm.tile_shape(dtype, target)
+    return [Strategy("flash_attention", bq=min(QUERY_PANELS * mr, -(-sq // mr) * mr),
+                     bk=nr * (KEY_PANELS if sk > nr else 1))]
+
+
+def parallel_query_rows(kernel: Kernel, target=None) -> list:
+    """Threads for a plain attention nest that does enough work (``worth_parallel``): its
+    outermost loop (batch, else query rows) marked ``parallel``, by the ``Parallel`` primitive
+    where its dependence test can tell (static sizes), else by ``parallel_attention_rows``.
+    Nothing for a tiled nest (already parallel)."""
+    plain = _plain_or_none(kernel)
+    if plain is None or not plain.loops:
+        return []
+    out = kernel.output
+    depth = math.prod(extent for _, extent in plain.row.qk.axes)
+    if not worth_parallel(math.prod(out.shape[:-1]) * plain.row.keys * (depth + out.shape[-1])):
+        return []
+    step = Parallel(plain.loops[0].var.name)
+    try:
+        step.apply(kernel)
+    except ScheduleError:  # symbolic strides: not affine to the dependence test
+        return [Strategy("parallel_attention_rows")]
+    return [step]
+
+
+@register_strategy("parallel_attention_rows")
+def parallel_attention_rows(kernel: Kernel) -> Kernel:
+    """The outermost loop of a plain attention nest marked ``parallel``.
+
+    Legal by the nest's construction, which ``read_plain_attention`` checks: every (batch,
+    query) iteration writes its own output row, reads only the inputs, and keeps its running
+    max, sum and output row in locals of its own. For the nests the ``Parallel`` primitive
+    cannot prove (a symbolic size makes the indices non-affine)::
+
+        for i0 in 0..4:                     parallel for i0 in 0..4:
+          for i1 in 0..T:           --->      for i1 in 0..T:
+            ... out[(i0*T + i1)*8 + e]          ... out[(i0*T + i1)*8 + e]
+    """
+    plain = read_plain_attention(kernel)
+    if not plain.loops:
+        raise ScheduleError(f"kernel {kernel.name} has no loop over rows to run in parallel")
+    outer = plain.loops[0]
+    return replace(kernel, body=replace(outer, kind="parallel"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the plain nest back
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlainAttention:
+    """An attention kernel as ``lower_attention`` wrote it: its loops and the parts of its row."""
+
+    loops: list[For]  # the batch loops, then the query loop (an axis of extent 1 has none)
+    batch: list[For]  # the batch loops alone
+    query: Var  # the query index (a variable of its own when there is one query)
+    row: OnlineSoftmax
+
+
+def read_plain_attention(kernel: Kernel) -> PlainAttention:
+    """The loops and row parts of ``kernel``'s plain attention nest; ``ScheduleError`` if it is not one.
+
+    The parts are read where ``online_softmax`` puts them, then the row is written again from
+    them: only a nest identical to what ``lower_attention`` writes is accepted.
+    """
+    out, loops, stmt = kernel.output, [], kernel.body
+    while isinstance(stmt, For):
+        loops.append(stmt)
+        stmt = stmt.body
+    row = _read_row(stmt)
+    outer = out.shape[:-1]
+    if len(outer) < 1 or [loop.extent for loop in loops] != [d for d in outer if not _is_one(d)]:
+        raise ScheduleError(f"kernel {kernel.name}: the loops are not one per output row axis")
+    it = iter(loops)
+    idx = [Const(0) if _is_one(d) else next(it).var for d in outer]
+    if row.out is not out or not same(row.out_at, linear_index(idx + [row.e], out.shape)) \
+            or not same(online_softmax(row), stmt):
+        raise ScheduleError(f"kernel {kernel.name} is not the online softmax that lower_attention writes")
+    query = idx[-1] if isinstance(idx[-1], Var) else Var(f"i{len(outer) - 1}")
+    return PlainAttention(loops, loops[:len(loops) - isinstance(idx[-1], Var)], query, row)
+
+
+def _read_row(stmt: Stmt) -> OnlineSoftmax:
+    """The parts of a query row, read where ``online_softmax`` puts them (not yet checked)."""
+    try:
+        alloc, _, _, _, keys, store_loop = stmt.stmts
+        dot_decl, reduction, score_decl, *_, update_loop, _ = keys.body.stmts
+        axes, assign = [], reduction
+        while isinstance(assign, For):
+            axes.append((assign.var, assign.extent))
+            assign = assign.body
+        qk = Reduce("sum", axes, assign.value.b, dot_decl.var.dtype)
+        v = update_loop.body.value.b.b  # acc[e] = acc[e]*correction + p*v
+        store = store_loop.body
+        return OnlineSoftmax(dot_decl.var, qk, score_decl.init, v, keys.var, keys.extent, alloc.buffer,
+                             store_loop.var, store.buffer, store.index)
+    except (AttributeError, TypeError, ValueError):
+        raise ScheduleError("not the online softmax that lower_attention writes") from None
+
+
+def _plain_or_none(kernel: Kernel) -> PlainAttention | None:
+    try:
+        return read_plain_attention(kernel)
+    except ScheduleError:
         return None
-    idx = [Var(f"i{a}") for a in range(len(pv.shape))]
-    *batch, i, e = idx
-    sq, sk, head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
-    j = Var("j")
-    r = compute(qk, [*batch, i, j], [inline.tensor(o) for o in qk.operands])
-    body = r.body
-    if r.combiner != "sum" or r.dtype != dtype or not (isinstance(body, Binary) and body.op == "*"):
-        return None
-    q_expr, k_expr = (body.b, body.a) if uses(body.a, j) else (body.a, body.b)
-    if uses(q_expr, j) or len(r.axes) != 1 or sq * sk * head < lower_matmul.MIN_WORK:
-        return None
-    return _Tiled(pv, qk, scores, inline, out, idx, j, q_expr, k_expr, r.axes[0]).nest()
+
+
+def _is_one(extent) -> bool:
+    return not isinstance(extent, Sym) and extent == 1
+
+
+def same(a, b) -> bool:
+    """Whether two loop-IR trees are the same: same node types and fields, variables by name
+    and dtype, buffers by identity."""
+    if a is b:
+        return True
+    if isinstance(a, Var) or isinstance(b, Var):
+        return isinstance(a, Var) and isinstance(b, Var) and a.name == b.name and a.dtype == b.dtype
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, (Expr, Stmt)):
+        return type(a) is type(b) and all(same(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+    if isinstance(a, Buffer) or isinstance(b, (Expr, Stmt, Buffer)):
+        return False
+    return bool(a == b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Constant masks
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Mask:
-    """``where(c, -inf, x)`` (``hidden_when`` True) or ``where(c, x, -inf)`` with ``c`` constant."""
+    """A ``select(c, -inf, s)`` (``hidden_when`` True) or ``select(c, s, -inf)`` of the score
+    that makes the whole score -inf where it hides, ``c`` known at compile time."""
 
-    operand: Node  # the node the ``where`` reads ``c`` through (an input of the fused body)
-    value: np.ndarray  # ``c`` as Sq x Sk (shared by the batch)
+    select: Select
+    value: np.ndarray  # c over the Sq x Sk grid (the same for every batch element)
     hidden_when: bool
 
+    @property
+    def visible(self) -> Expr:
+        """The branch the select takes where the mask shows the score."""
+        return self.select.b if self.hidden_when else self.select.a
 
-def score_masks(scores: Node, qk: Node, shape: tuple[int, int], outer: dict) -> list[Mask] | None:
-    """The constant masks on the way from ``qk`` to ``scores``; None if one differs by batch.
 
-    ``outer`` maps the inputs of a fused body to the graph nodes they stand for (constants).
-    """
-    masks, stack, seen = [], [scores], set()
-    while stack:
-        node = stack.pop()
-        if node is qk or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(node.operands)
-        if node.op != "where":
-            continue
-        operand = node.operands[0]
-        cond, a, b = [outer.get(o, o) for o in node.operands]
-        if cond.op != "constant":
-            continue
-        value = cond.attrs["value"]
-        if value.ndim > 2 and any(d != 1 for d in value.shape[:-2]):
-            return None  # a mask that differs between batch elements
-        value = np.broadcast_to(value.reshape(value.shape[-2:] if value.ndim >= 2 else value.shape), shape)
-        for branch, hidden_when in ((a, True), (b, False)):
-            if _is_minus_inf(branch):
-                masks.append(Mask(operand, value, hidden_when))
+def score_masks(plain: PlainAttention, constants: dict, sq: int) -> list[Mask]:
+    """The masks of the score expression (see ``Mask``). A select whose condition reads
+    anything else, or differs between batch elements, is no mask: it stays in every tile."""
+    score, masks = plain.row.score, []
+    for select in (e for e in walk(score) if isinstance(e, Select)):
+        for branch, hidden_when in ((select.a, True), (select.b, False)):
+            if not (_is_minus_inf(branch) and _forces_minus_inf(score, select)):
+                continue
+            value = mask_grid(select.cond, plain, constants, sq)
+            if value is not None:
+                masks.append(Mask(select, value, hidden_when))
     return masks
+
+
+def mask_grid(cond: Expr, plain: PlainAttention, constants: dict, sq: int) -> np.ndarray | None:
+    """``cond`` at every (query, key) as an ``Sq x Sk`` bool array, evaluated with NumPy a few
+    query rows at a time (at most ``MASK_GRID`` points each); None where it reads anything but
+    constant arrays and the batch, query and key indices, or differs between batch elements."""
+    sk, names = plain.row.keys, free_vars(cond)
+    axes = [(loop.var.name, loop.extent) for loop in plain.batch] + [(plain.query.name, sq), (plain.row.j.name, sk)]
+    if not names <= {name for name, _ in axes} or any(load.buffer not in constants for load in loads(cond)):
+        return None
+    batch_shape = [n if name in names else 1 for name, n in axes[:-2]]
+    rows = max(1, MASK_GRID // (math.prod(batch_shape) * max(sk, 1)))
+    chunks = [np.zeros((0, sk), bool)]
+    for first in range(0, sq, rows):
+        count = min(rows, sq - first)
+        starts = [0] * len(batch_shape) + [first, 0]
+        grid = {name: np.arange(start, start + n).reshape([-1 if k == axis else 1 for k in range(len(axes))])
+                for axis, ((name, _), start, n) in enumerate(zip(axes, starts, batch_shape + [count, sk]))
+                if name in names}
+        with np.errstate(all="ignore"):
+            value = grid_value(cond, grid, constants)
+        if value is None:
+            return None
+        value = np.broadcast_to(value.astype(bool), batch_shape + [count, sk]).reshape(-1, count, sk)
+        if not (value == value[0]).all():
+            return None
+        chunks.append(value[0])
+    return np.concatenate(chunks)
+
+
+_NUMPY_OPS = {"+": np.add, "-": np.subtract, "*": np.multiply, "<": np.less, "<=": np.less_equal,
+              ">": np.greater, ">=": np.greater_equal, "==": np.equal, "!=": np.not_equal,
+              "&&": np.logical_and, "||": np.logical_or}
+
+
+def grid_value(e: Expr, grid: dict[str, np.ndarray], constants: dict) -> np.ndarray | None:
+    """``e`` over NumPy arrays of its variables' values (``grid``), loading from the constant
+    arrays (``constants``: buffer -> array), with C's meaning; None for anything else (a call,
+    a load out of range)."""
+    if isinstance(e, Const):
+        return np.asarray(e.value, e.dtype)
+    if isinstance(e, Var):
+        return grid.get(e.name)
+    parts = [grid_value(child, grid, constants) for child in e.children()]
+    if any(part is None for part in parts):
+        return None
+    if isinstance(e, Load):
+        if e.buffer not in constants:
+            return None
+        flat, (index,) = np.asarray(constants[e.buffer]).reshape(-1), parts
+        inside = index.size == 0 or (index.min() >= 0 and index.max() < flat.size)
+        return flat[index].astype(e.dtype) if inside else None
+    if isinstance(e, Binary):
+        return _binary(e, *parts)
+    if isinstance(e, Unary):
+        return (np.logical_not(parts[0]) if e.op == "!" else np.negative(parts[0])).astype(e.dtype)
+    if isinstance(e, Cast):
+        return parts[0].astype(e.dtype)
+    if isinstance(e, Select):
+        return np.where(*parts).astype(e.dtype)
+    return None
+
+
+def _binary(e: Binary, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    if e.op in ("/", "%") and e.dtype.kind in "iu":  # C's: the quotient rounds toward zero
+        if (b == 0).any():
+            return None
+        quotient = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+        return (quotient if e.op == "/" else a - quotient * b).astype(e.dtype)
+    if e.op == "/":
+        return np.true_divide(a, b).astype(e.dtype)
+    return _NUMPY_OPS[e.op](a, b).astype(e.dtype) if e.op in _NUMPY_OPS else None
+
+
+def _is_minus_inf(e: Expr) -> bool:
+    return isinstance(e, Const) and e.dtype.kind == "f" and e.value == -np.inf
+
+
+def _forces_minus_inf(e: Expr, select: Select) -> bool:
+    """Whether ``e`` is -inf wherever ``select`` is: ``select`` itself, a select whose branches
+    both are, or one of them times a positive constant."""
+    if e is select:
+        return True
+    if isinstance(e, Select):
+        return all(_is_minus_inf(branch) or _forces_minus_inf(branch, select) for branch in (e.a, e.b))
+    if isinstance(e, Binary) and e.op == "*":
+        return any(isinstance(c, Const) and c.dtype.kind == "f" and 0 < c.value < np.inf
+                   and _forces_minus_inf(x, select) for x, c in ((e.a, e.b), (e.b, e.a)))
+    return False
 
 
 def dead_scores(masks: list[Mask], shape: tuple[int, int]) -> np.ndarray | None:
@@ -104,113 +356,177 @@ def dead_scores(masks: list[Mask], shape: tuple[int, int]) -> np.ndarray | None:
     return dead if dead.any() else None
 
 
-def _is_minus_inf(node: Node) -> bool:
-    return node.op == "constant" and node.type.size == 1 and node.attrs["value"].reshape(-1)[0] == -np.inf
+def without_masks(score: Expr, masks: list[Mask]) -> Expr:
+    """``score`` with every mask replaced by its visible branch (folded away)."""
+    visible = {id(mask.select): mask.visible for mask in masks}
+
+    def fold(e: Expr):
+        return map_expr(visible[id(e)], fold) if id(e) in visible else None
+    return map_expr(score, fold)
 
 
-def _per_block(qb: Var, values: list[int]):
+# ----------------------------------------------------------------------------------------------
+# Building the tiled nest
+# ----------------------------------------------------------------------------------------------
+
+
+def _less(a, b) -> Expr:
+    return Binary("<", as_expr(a), as_expr(b), BOOL)
+
+
+def _at_least(a, b) -> Expr:
+    return Binary(">=", as_expr(a), as_expr(b), BOOL)
+
+
+def _both(a: Expr, b: Expr) -> Expr:
+    return Binary("&&", a, b, BOOL)
+
+
+def _quotient(a: Expr, n: int) -> Expr:
+    """``a / n`` on indices (C's division: ``a`` is never negative here)."""
+    return Binary("/", a, as_expr(n), INDEX)
+
+
+def _remainder(a: Expr, n: int) -> Expr:
+    return Binary("%", a, as_expr(n), INDEX)
+
+
+def _per_block(qb: Var, values: list[int]) -> Expr:
     """``values[qb]`` as an expression (a chain of selects; query blocks are few)."""
-    expr = as_index(values[-1])
+    expr = as_expr(values[-1])
     if len(set(values)) == 1:
         return expr
     for index in range(len(values) - 2, -1, -1):
-        expr = Select(index_op("==", qb, index), as_index(values[index]), expr)
+        expr = Select(Binary("==", qb, as_expr(index), BOOL), as_expr(values[index]), expr)
     return expr
 
 
-class _Tiled:
-    def __init__(self, pv, qk, scores, inline, out, idx, j, q_expr, k_expr, red):
-        self.pv, self.qk, self.scores, self.inline, self.out = pv, qk, scores, inline, out
-        self.idx, self.j, self.q_expr, self.k_expr = idx, j, q_expr, k_expr
-        (self.d, self.depth) = red
-        self.dtype = pv.dtype
-        self.mr, self.nr = gemm.tile_shape(self.dtype)
-        self.ukernel = gemm.kernel_name(self.dtype)
-        *self.batch, self.i, self.e = idx
-        self.batch_shape = pv.shape[:-2]
-        self.nbatch = int(np.prod(self.batch_shape, dtype=np.int64))
-        self.sq, self.sk, self.head = qk.shape[-2], qk.shape[-1], pv.shape[-1]
-        self.bq = min(QUERY_PANELS * self.mr, -(-self.sq // self.mr) * self.mr)
-        self.halves = KEY_PANELS if qk.shape[-1] > self.nr else 1  # NR-wide panels of keys per block
-        self.bk = self.nr * self.halves
-        self.nqb, self.nkb = -(-self.sq // self.bq), -(-self.sk // self.bk)
+def _uses_only(expr: Expr, names: set[str], inputs: list[Buffer]) -> bool:
+    return free_vars(expr) <= names and all(load.buffer in inputs for load in loads(expr))
+
+
+class FlashTiles:
+    """The tiled nest of one plain attention kernel: its sizes, buffers and statements."""
+
+    def __init__(self, kernel: Kernel, plain: PlainAttention, bq: int, bk: int):
+        row, out = plain.row, kernel.output
+        self.dtype = dt = out.dtype
+        self.sq, self.sk, self.head = out.shape[-2], row.keys, out.shape[-1]
+        self.batch_shape = out.shape[:-2]
+        self._check(kernel, plain, bq, bk)
+        self.out, self.out_at, self.batch = out, row.out_at, plain.batch
+        self.i, self.j, self.e = plain.query, row.j, row.e
+        (self.d, self.depth), = row.qk.axes
+        self.q_expr, self.k_expr = self._factors(row)
+        self.v_expr, self.dot, self.score = row.v, row.dot, row.score
+        self.masks = score_masks(plain, kernel.constants, self.sq)
+        self.mr, self.nr = gemm.tile_shape(dt)
+        self.ukernel = gemm.kernel_name(dt)
+        self.nbatch = math.prod(self.batch_shape)
+        self.bq, self.bk = bq, bk
+        self.halves = bk // self.nr  # NR-wide panels of keys per block
+        self.nqb, self.nkb = -(-self.sq // bq), -(-self.sk // bk)
         self.dp = -(-self.head // self.nr) * self.nr  # head size padded to whole panels
         self.neb = self.dp // self.nr
-        self.kpack = Buffer(f"{out.name}_kpack", self.dtype, (self.nbatch * self.nkb * self.depth * self.bk,))
-        self.vpack = Buffer(f"{out.name}_vpack", self.dtype, (self.nbatch * self.neb * self.nkb * self.bk * self.nr,))
+        self.kpack = Buffer(f"{out.name}_kpack", dt, (self.nbatch * self.nkb * self.depth * bk,))
+        self.vpack = Buffer(f"{out.name}_vpack", dt, (self.nbatch * self.neb * self.nkb * bk * self.nr,))
         # per task, on its thread's stack: the Q panel, the score/P tile, O and the row statistics
-        self.qpanel = Buffer("qpanel", self.dtype, (self.bq * self.depth,))
-        self.s = Buffer("s", self.dtype, (self.bq * self.bk,))
-        self.o = Buffer("o", self.dtype, (self.bq * self.dp,))
-        self.m = Buffer("row_max", self.dtype, (self.bq,))
-        self.l = Buffer("row_sum", self.dtype, (self.bq,))
-        self.masks = score_masks(scores, qk, (self.sq, self.sk), inline.outer)  # None: one varies by batch
+        self.qpanel = Buffer("qpanel", dt, (bq * self.depth,))
+        self.s = Buffer("s", dt, (bq * bk,))
+        self.o = Buffer("o", dt, (bq * self.dp,))
+        self.m = Buffer("row_max", dt, (bq,))
+        self.l = Buffer("row_sum", dt, (bq,))
 
-    def nest(self):
-        from ...lower.fused import Nest
-        body = Block([self.pack_kv(), self.tasks()])
-        return Nest(body, [self.kpack, self.vpack], [self])
+    def _check(self, kernel: Kernel, plain: PlainAttention, bq, bk) -> None:
+        """``ScheduleError`` unless the tiles apply (see the module docstring)."""
+        row, dt = plain.row, self.dtype
 
-    def __str__(self) -> str:
-        return (f"flash_attention(bq={self.bq}, bk={self.bk}): pack K^T and V panels, parallel over "
-                f"(batch, query block), online softmax per row, tensorize {self.ukernel} for QK^T and PV")
+        def refuse(why: str):
+            return ScheduleError(f"flash_attention(bq={bq}, bk={bk}) does not apply to kernel {kernel.name}: {why}",
+                                 why)
+        if not gemm.supported(dt) or row.dot.dtype != dt or row.score.dtype != dt:
+            raise refuse(f"no micro-kernel for {dt} scores")
+        sizes = (self.sq, self.sk, self.head, *self.batch_shape, *(extent for _, extent in row.qk.axes))
+        if any(isinstance(size, Sym) for size in sizes):
+            raise refuse("the tiles need the sizes' values, and a size is symbolic")
+        if self.sq * self.sk * self.head < MIN_WORK:
+            raise refuse(f"Sq x Sk x head = {self.sq * self.sk * self.head} is less than MIN_WORK = {MIN_WORK}")
+        mr, nr = gemm.tile_shape(dt)
+        if not all(isinstance(size, (int, np.integer)) and size > 0 for size in (bq, bk)) or bq % mr or bk % nr:
+            raise refuse(f"bq must be a positive multiple of {mr} and bk of {nr} (the micro-kernel's tile)")
+        if len(row.qk.axes) != 1 or self._factors(row) is None:
+            raise refuse("the dot product is not one sum of q times k")
+        batch = {loop.var.name for loop in plain.batch}
+        i, j, d, e = plain.query.name, row.j.name, row.qk.axes[0][0].name, row.e.name
+        q_expr, k_expr = self._factors(row)
+        parts = [(q_expr, {i, d}), (k_expr, {j, d}), (row.v, {j, e}), (row.score, {i, j, row.dot.name})]
+        if not all(_uses_only(expr, batch | names, kernel.inputs) for expr, names in parts):
+            raise refuse("q, k, v or the score reads something other than the inputs at its indices")
 
-    def _batch_decls(self, flat: Var) -> list:
-        pairs = [(v, d) for v, d in zip(self.batch, self.batch_shape)]
-        return declare_rows(pairs, flat) if pairs else []
+    @staticmethod
+    def _factors(row: OnlineSoftmax) -> tuple[Expr, Expr] | None:
+        """``(q_expr, k_expr)`` of the dot product's ``q_expr * k_expr``; k is the one using ``j``."""
+        body = row.qk.body
+        if not (isinstance(body, Binary) and body.op == "*"):
+            return None
+        return (body.b, body.a) if row.j.name in free_vars(body.a) else (body.a, body.b)
+
+    def body(self) -> Stmt:
+        """Pack K^T and V, then one parallel task per (batch, query block)."""
+        return Block([self.pack_kv(), self.tasks()])
+
+    def _declare_batch(self, flat: Var) -> list[Stmt]:
+        """Each batch index from the flat batch number ``flat`` (the last batch axis fastest)."""
+        stmts: list[Stmt] = []
+        for n, loop in enumerate(reversed(self.batch)):
+            rest = flat if n == 0 else _quotient(flat, math.prod(inner.extent for inner in self.batch[-n:]))
+            stmts.append(Declare(loop.var, rest if n == len(self.batch) - 1 else _remainder(rest, loop.extent)))
+        return stmts
 
     def pack_kv(self) -> Stmt:
-        """kpack[b][kb][d][c] = k[b, kb*BK + c, d]; vpack[b][eb][key][jj] = v[b, key, eb*NR + jj]."""
-        bf, kb, c, jj, eb = Var("bf"), Var("kb"), Var("c"), Var("jj"), Var("eb")
-        zero = const(0, self.dtype)
-        h, c2 = Var("h"), Var("c2")
-        k_panel = index_op("+", index_op("*", index_op("+", index_op("*", bf, self.nkb), kb), self.halves), h)
-        k_at = index_op("+", index_op("*", index_op("+", index_op("*", k_panel, self.depth), self.d), self.nr), c2)
-        k_store = Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), index_op("+", index_op("*", h, self.nr), c2))),
-                         Store(self.kpack, k_at, Select(index_op("<", self.j, self.sk), self.k_expr, zero))])
-        v = self.inline.tensor(self.pv.operands[1])
-        key = index_op("+", index_op("*", kb, self.bk), c)
-        v_col = index_op("+", index_op("*", eb, self.nr), jj)
-        v_idx = _batch_index(list(self.batch), v.shape[:-2]) + [self.j, self.e]
-        v_at = index_op("+", index_op("*", index_op("+", index_op("*", index_op("+", index_op("*", bf, self.neb), eb), self.nkb * self.bk), key), self.nr), jj)
-        inside = index_op("&&", index_op("<", self.j, self.sk), index_op("<", self.e, self.head))
-        v_store = Block([Declare(self.j, key), Declare(self.e, v_col),
-                         Store(self.vpack, v_at, Select(inside, v[v_idx], zero))])
-        per_block = Block(self._batch_decls(bf) + [
-            For(h, self.halves, For(self.d, self.depth, For(c2, self.nr, k_store))),
-            For(eb, self.neb, For(c, self.bk, For(jj, self.nr, v_store)))])
+        """kpack[b][kb][d][c] = k[b, kb*bk + c, d]; vpack[b][eb][key][jj] = v[b, key, eb*NR + jj]."""
+        bf, kb, c, jj, eb, h, c2 = (Var(name) for name in ("bf", "kb", "c", "jj", "eb", "h", "c2"))
+        nr, bk, zero = self.nr, self.bk, const(0, self.dtype)
+        k_at = (((bf * self.nkb + kb) * self.halves + h) * self.depth + self.d) * nr + c2
+        k_store = Block([Declare(self.j, kb * bk + (h * nr + c2)),
+                         Store(self.kpack, k_at, Select(_less(self.j, self.sk), self.k_expr, zero))])
+        v_at = (((bf * self.neb + eb) * (self.nkb * bk) + (kb * bk + c)) * nr) + jj
+        inside = _both(_less(self.j, self.sk), _less(self.e, self.head))
+        v_store = Block([Declare(self.j, kb * bk + c), Declare(self.e, eb * nr + jj),
+                         Store(self.vpack, v_at, Select(inside, self.v_expr, zero))])
+        per_block = Block(self._declare_batch(bf) + [
+            For(h, self.halves, For(self.d, self.depth, For(c2, nr, k_store))),
+            For(eb, self.neb, For(c, bk, For(jj, nr, v_store)))])
         task = Var("t_pack")
         return For(task, self.nbatch * self.nkb,
-                   Block([Declare(bf, index_op("/", task, self.nkb)), Declare(kb, index_op("%", task, self.nkb)), per_block]),
+                   Block([Declare(bf, _quotient(task, self.nkb)), Declare(kb, _remainder(task, self.nkb)), per_block]),
                    "parallel")
 
     def tasks(self) -> Stmt:
         """One task per (batch, query block): Q panel, then the loop over key blocks, then O / l."""
-        t, bf, qb, q0 = Var("t"), Var("bf"), Var("qb"), Var("q0")
-        kb = Var("kb")
-        stmts = [Declare(bf, index_op("/", t, self.nqb)), Declare(qb, index_op("%", t, self.nqb)),
-                 Declare(q0, index_op("*", qb, self.bq))] + self._batch_decls(bf)
+        t, bf, qb, q0, kb = Var("t"), Var("bf"), Var("qb"), Var("q0"), Var("kb")
+        stmts = [Declare(bf, _quotient(t, self.nqb)), Declare(qb, _remainder(t, self.nqb)),
+                 Declare(q0, qb * self.bq)] + self._declare_batch(bf)
         stmts += [Allocate(b) for b in (self.qpanel, self.s, self.o, self.m, self.l)]
         live = self.live_key_blocks()
         mixed = self.mixed_key_blocks(live)
-        masked = None if mixed is None else index_op("&&", index_op(">=", kb, _per_block(qb, [lo for lo, _ in mixed])),
-                                                         index_op("<", kb, _per_block(qb, [hi for _, hi in mixed])))
+        masked = None if mixed is None else _both(_at_least(kb, _per_block(qb, [lo for lo, _ in mixed])),
+                                                  _less(kb, _per_block(qb, [hi for _, hi in mixed])))
         key_block = Block([self.scores_tile(bf, kb), self.softmax_rows(q0, kb, masked), self.accumulate_pv(bf, kb)])
         if live is not None:  # skip key blocks a constant mask hides entirely (causal: above the diagonal)
-            visible = index_op("<", kb, _per_block(qb, [hi for _, hi in live]))
+            visible = _less(kb, _per_block(qb, [hi for _, hi in live]))
             if any(lo for lo, _ in live):
-                visible = index_op("&&", index_op(">=", kb, _per_block(qb, [lo for lo, _ in live])), visible)
+                visible = _both(_at_least(kb, _per_block(qb, [lo for lo, _ in live])), visible)
             key_block = If(visible, key_block)
         stmts += [self.pack_q(q0), self.init_rows(), For(kb, self.nkb, key_block), self.store_out(q0)]
         return For(t, self.nbatch * self.nqb, Block(stmts), "parallel")
 
     def live_key_blocks(self) -> list[tuple[int, int]] | None:
-        """Per query block, the range [lo, hi) of key blocks a constant mask leaves visible.
+        """Per query block, the range [lo, hi) of key blocks the masks leave visible.
 
-        The score expression is searched for ``where(c, -inf, x)`` / ``where(c, x, -inf)`` with a
-        constant ``c`` shared by the whole batch; a tile where every score is forced to -inf adds
-        exp(-inf) = 0 to every sum, so it is skipped. None when nothing can be skipped, or the
-        visible blocks of a query block are not one range.
+        A tile where every score is forced to -inf adds exp(-inf) = 0 to every sum, so it is
+        skipped. None when nothing can be skipped, or the visible blocks of a query block are
+        not one range.
         """
         dead = dead_scores(self.masks, (self.sq, self.sk)) if self.masks else None
         if dead is None:
@@ -225,11 +541,11 @@ class _Tiled:
         return None if all(span == (0, self.nkb) for span in live) else live
 
     def mixed_key_blocks(self, live) -> list[tuple[int, int]] | None:
-        """Per query block, the range [lo, hi) of key blocks where a constant mask hides some scores.
+        """Per query block, the range [lo, hi) of key blocks where a mask hides some scores.
 
-        The other visible tiles (causal: below the diagonal) see every mask constant and
-        visible, and run the score expression without loading the mask. None when there is
-        no mask, or the mixed tiles of a query block are not one range (then every tile loads it).
+        The other visible tiles (causal: below the diagonal) see every mask visible, and run
+        the score expression without loading the masks. None when there is no mask, or the
+        mixed tiles of a query block are not one range (then every tile loads them).
         """
         if not self.masks:
             return None
@@ -244,23 +560,17 @@ class _Tiled:
             mixed.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
         return mixed
 
-    def score_without_masks(self, at_index) -> Expr:
-        """The score expression with every mask replaced by its visible value (folded away)."""
-        visible = {m.operand: const(not m.hidden_when, BOOL) for m in self.masks}
-        with self.inline.rebound(visible):
-            return simplify_expr(self.inline.tensor(self.scores)[at_index], {})
-
-    def pack_q(self, q0) -> Stmt:
+    def pack_q(self, q0: Var) -> Stmt:
         """qpanel[r][d] = q[b, q0 + r, d] (0 past the last query): the rows the micro-kernel reads."""
         panel, r = Var("panel"), Var("r")
-        at = index_op("+", index_op("*", index_op("+", index_op("*", panel, self.mr), r), self.depth), self.d)
-        value = Select(index_op("<", self.i, self.sq), self.q_expr, const(0, self.dtype))
-        row = Block([Declare(self.i, index_op("+", q0, index_op("+", index_op("*", panel, self.mr), r))),
+        at = (panel * self.mr + r) * self.depth + self.d
+        value = Select(_less(self.i, self.sq), self.q_expr, const(0, self.dtype))
+        row = Block([Declare(self.i, q0 + (panel * self.mr + r)),
                      For(self.d, self.depth, Store(self.qpanel, at, value))])
         return self._rows(panel, r, row)
 
     def _rows(self, panel: Var, r: Var, body: Stmt) -> Stmt:
-        """``for panel, r: body`` over the BQ rows of a task, MR rows per micro-kernel panel."""
+        """``for panel, r: body`` over the bq rows of a task, MR rows per micro-kernel panel."""
         return For(panel, self.bq // self.mr, For(r, self.mr, body))
 
     def init_rows(self) -> Stmt:
@@ -269,84 +579,73 @@ class _Tiled:
                       For(row, self.bq, Block([Store(self.m, row, const(-np.inf, self.dtype)),
                                                Store(self.l, row, const(0, self.dtype))]))])
 
-    def scores_tile(self, bf, kb) -> Stmt:
-        """S = Qblock @ Kblock^T: one micro-kernel call per MR query rows."""
+    def scores_tile(self, bf: Var, kb: Var) -> Stmt:
+        """S = Qblock @ Kblock^T: one micro-kernel call per MR query rows and NR keys."""
         p, h = Var("p"), Var("h")
-        panel = index_op("+", index_op("*", index_op("+", index_op("*", bf, self.nkb), kb), self.halves), h)
-        k_panel = Address(self.kpack, index_op("*", panel, self.depth * self.nr))
-        s_at = Address(self.s, index_op("+", index_op("*", p, self.mr * self.bk), index_op("*", h, self.nr)))
-        call = Intrinsic(self.ukernel, (as_index(self.depth), Address(self.qpanel, index_op("*", p, self.mr * self.depth)),
-                                        as_index(self.depth),
-                                        k_panel, s_at, as_index(self.bk), as_index(0)))
+        k_panel = Address(self.kpack, ((bf * self.nkb + kb) * self.halves + h) * (self.depth * self.nr))
+        s_at = Address(self.s, p * (self.mr * self.bk) + h * self.nr)
+        call = Intrinsic(self.ukernel, (as_expr(self.depth), Address(self.qpanel, p * (self.mr * self.depth)),
+                                        as_expr(self.depth), k_panel, s_at, as_expr(self.bk), as_expr(0)))
         return For(p, self.bq // self.mr, For(h, self.halves, call))
 
-    def softmax_rows(self, q0, kb, masked: Expr | None) -> Stmt:
+    def softmax_rows(self, q0: Var, kb: Var, masked: Expr | None) -> Stmt:
         """Per query row: the score expression, then the online max/sum update with P = exp(S - max).
 
-        ``masked``: the condition for a tile that needs the constant mask (None: every tile).
+        ``masked``: the condition for a tile that needs the constant masks (None: every tile).
         """
-        panel, r, c = Var("panel"), Var("r"), Var("c")
-        row = Var("row")
+        panel, r, c, row = Var("panel"), Var("r"), Var("c"), Var("row")
         dt = self.dtype
-        at = index_op("+", index_op("*", row, self.bk), c)
+        at = row * self.bk + c
         qk_value = Var("qk", dt)  # loaded before the score expression: no load in a branch of it
-        self.inline.bind(self.qk, qk_value)
-        score = self.inline.tensor(self.scores)[[*self.batch, self.i, self.j]]
+        score = substitute(self.score, {self.dot.name: qk_value})
         neg_inf = const(-np.inf, dt)
 
         def over_keys(value) -> Stmt:
-            return For(c, self.bk, Block([Declare(self.j, index_op("+", index_op("*", kb, self.bk), c)),
+            return For(c, self.bk, Block([Declare(self.j, kb * self.bk + c),
                                           Declare(qk_value, Load(self.s, at)), Store(self.s, at, value)]),
                        "vectorized")
 
         # the padding guards: per key inside the loop (folded away when Sk is whole blocks), per
         # row outside it, so that the loop body has no branch around a load and vectorises
-        key_exists = index_op("<", self.j, self.sk)
+        key_exists = _less(self.j, self.sk)
         apply_f = over_keys(Select(key_exists, score, neg_inf))
         if masked is not None:
-            plain = self.score_without_masks([*self.batch, self.i, self.j])
-            apply_f = If(masked, apply_f, over_keys(Select(key_exists, plain, neg_inf)))
-        apply_f = If(index_op("<", self.i, self.sq), apply_f, over_keys(neg_inf))
+            visible = substitute(without_masks(self.score, self.masks), {self.dot.name: qk_value})
+            apply_f = If(masked, apply_f, over_keys(Select(key_exists, visible, neg_inf)))
+        apply_f = If(_less(self.i, self.sq), apply_f, over_keys(neg_inf))
         m_old, m_new, shift, corr = Var("m_old", dt), Var("m_new", dt), Var("shift", dt), Var("correction", dt)
         s_val = Load(self.s, at)
         p_val = Call("exp", (Binary("-", s_val, shift, dt),), dt)
-        mx, total = Var("mx", dt), Var("sum", dt)
-        row_max = reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt))
-        exps = For(c, self.bk, Store(self.s, at, p_val), "vectorized")
-        row_sum = reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt))
-        x = Var("x")
-        o_at = index_op("+", index_op("*", row, self.dp), x)
-        stmts = [Declare(row, index_op("+", index_op("*", panel, self.mr), r)), Declare(self.i, index_op("+", q0, row)),
-                 apply_f, Declare(m_old, Load(self.m, row))]
-        stmts += row_max
+        mx, total, x = Var("mx", dt), Var("sum", dt), Var("x")
+        o_at = row * self.dp + x
+        stmts = [Declare(row, panel * self.mr + r), Declare(self.i, q0 + row), apply_f,
+                 Declare(m_old, Load(self.m, row))]
+        stmts += reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt))
         stmts += [Declare(m_new, Call("mc_maximum", (m_old, mx), dt)),
                   # all scores so far -inf (masked): shift by 0 so exp(-inf - 0) = 0, not NaN
                   Declare(shift, Select(Binary("==", m_new, neg_inf, BOOL), const(0, dt), m_new)),
                   Declare(corr, Call("exp", (Binary("-", m_old, shift, dt),), dt)),
-                  exps]
-        stmts += row_sum
+                  For(c, self.bk, Store(self.s, at, p_val), "vectorized")]
+        stmts += reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt))
         stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), total, dt)),
                   Store(self.m, row, m_new),
                   For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]
         return self._rows(panel, r, Block(stmts))
 
-    def accumulate_pv(self, bf, kb) -> Stmt:
+    def accumulate_pv(self, bf: Var, kb: Var) -> Stmt:
         """O += P @ Vblock: micro-kernel per (MR query rows, NR head columns), P's rows read in place."""
         p, eb = Var("p"), Var("eb")
-        v_panel = Address(self.vpack, index_op("*", index_op("+", index_op("*", index_op("+", index_op("*", bf, self.neb), eb), self.nkb * self.bk),
-                                                   index_op("*", kb, self.bk)), self.nr))
-        call = Intrinsic(self.ukernel, (as_index(self.bk), Address(self.s, index_op("*", p, self.mr * self.bk)),
-                                        as_index(self.bk), v_panel,
-                                        Address(self.o, index_op("+", index_op("*", p, self.mr * self.dp), index_op("*", eb, self.nr))),
-                                        as_index(self.dp), as_index(1)))
+        v_panel = Address(self.vpack, ((bf * self.neb + eb) * (self.nkb * self.bk) + kb * self.bk) * self.nr)
+        call = Intrinsic(self.ukernel, (as_expr(self.bk), Address(self.s, p * (self.mr * self.bk)),
+                                        as_expr(self.bk), v_panel,
+                                        Address(self.o, p * (self.mr * self.dp) + eb * self.nr),
+                                        as_expr(self.dp), as_expr(1)))
         return For(p, self.bq // self.mr, For(eb, self.neb, call))
 
-    def store_out(self, q0) -> Stmt:
+    def store_out(self, q0: Var) -> Stmt:
         """out[b, q0 + row, e] = O[row, e] / l[row] for the rows that exist."""
         row = Var("row")
-        value = Binary("/", Load(self.o, index_op("+", index_op("*", row, self.dp), self.e)), Load(self.l, row), self.dtype)
-        store = Store(self.out, linear_index(self.idx, self.pv.shape), value)
-        return For(row, self.bq, Block([Declare(self.i, index_op("+", q0, row)),
-                                        If(index_op("<", self.i, self.sq), For(self.e, self.head, store))]))
-
-
+        value = Binary("/", Load(self.o, row * self.dp + self.e), Load(self.l, row), self.dtype)
+        store = Store(self.out, self.out_at, value)
+        return For(row, self.bq, Block([Declare(self.i, q0 + row),
+                                        If(_less(self.i, self.sq), For(self.e, self.head, store))]))

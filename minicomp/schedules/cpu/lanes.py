@@ -24,7 +24,7 @@ from dataclasses import replace
 from ...ir.compute import Reduce
 from ...ir.loops import Allocate, Assign, Block, Buffer, Const, Declare, For, If, Kernel, Load, Stmt, Store, Var
 from ...ir.symbolic import Sym
-from ...lower.program import combine, nest, reduction_init
+from ...lower.rules import combine, nest, reduction_init
 from ..strategy import register_strategy
 from .plain import refuse, scalar_reduction
 

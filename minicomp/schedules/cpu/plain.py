@@ -27,7 +27,7 @@ from ...ir.loops import (INDEX, Address, Assign, Binary, Block, Call, Cast, Cons
                          Load, Select, Size, Stmt, Store, Unary, Var)
 from ...ir.rewrite import exprs_of, free_vars, map_expr, statements
 from ...ir.schedule import ScheduleError
-from ...lower.program import reduction_init
+from ...lower.rules import reduction_init
 
 #: the helpers ``lower.program.combine`` writes for max and min: name -> (combiner, first wins)
 COMBINER_CALLS = {"mc_maximum": ("max", False), "mc_minimum": ("min", False),

@@ -34,7 +34,7 @@ from ...ir.loops import Block, For, If, Kernel, Store
 from ...ir.rewrite import loads
 from ...ir.schedule import Parallel, Primitive
 from ...ir.symbolic import Sym
-from ...lower.program import worth_parallel
+from ...schedules.cpu.work import worth_parallel
 from ..strategy import Strategy
 from .lanes import LANES, fold_lanes, reduce_into_lanes, splits_into_lanes  # noqa: F401  (re-exported)
 from .plain import ScalarReduction, output_loops, reductions_in, row_major, same_index, scalar_reduction, statements_of
