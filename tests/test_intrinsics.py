@@ -171,14 +171,15 @@ NR = gemm.tile_shape(F32)[1]
 
 
 @pytest.mark.parametrize("m, k, n, variant", [
-    (13, 70, 2 * NR + 5, "pack A and B panels"),    # edge tiles in M and N
-    (7, 400, NR + 3, "pack A and B panels"),        # two k blocks (kc = 384): tiles accumulate
-    (7, 40, 8 * NR - 3, "each packing its B panel"),  # many panels of B: tasks are B panels
+    (13, 70, 2 * NR + 5, "b_per_task=False"),    # A and B packed whole; edge tiles in M and N
+    (7, 400, NR + 3, "b_per_task=False"),        # two k blocks (kc = 384): tiles accumulate
+    (7, 40, 8 * NR - 3, "b_per_task=True"),      # many panels of B: tasks are B panels, each packing its own
 ])
 def test_packed_matmul_runs_in_the_loop_interpreter(rng, m, k, n, variant):
     a, b = randn(rng, (m, k)), randn(rng, (k, n))
     program = interpret_and_check(lambda a, b: a @ b, a, b)
-    assert variant in steps(program) and "tensorize mc_gemm" in steps(program)
+    assert "packed_gemm(" in steps(program) and variant in steps(program)
+    assert "mc_gemm_" in str(program.kernels[0])
 
 
 def test_packed_matmul_with_per_task_a_blocks_runs_in_the_loop_interpreter(rng, monkeypatch):
@@ -191,7 +192,8 @@ def test_packed_matmul_with_per_task_a_blocks_runs_in_the_loop_interpreter(rng, 
 def test_packed_matmul_with_an_epilogue_float64_and_a_batch_runs_in_the_loop_interpreter(rng):
     x, w, bias = randn(rng, (2, 9, 50), F64), randn(rng, (50, 45), F64), randn(rng, (45,), F64)
     program = interpret_and_check(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, bias)
-    assert "mc_gemm" in steps(program) and "_f64" in steps(program)
+    assert "packed_gemm(" in steps(program) and "mc_gemm_6x" in str(program.kernels[0])
+    assert "_f64" in str(program.kernels[0])
 
 
 @pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1)])
@@ -199,7 +201,7 @@ def test_nhwc_conv_runs_in_the_loop_interpreter(rng, stride, padding):
     x, w = randn(rng, (2, 9, 8, 8)), randn(rng, (3, 3, 8, 21))
     program = interpret_and_check(
         lambda x, w: np.maximum(nn.conv2d(x, w, stride=stride, padding=padding, layout="NHWC"), 0), x, w)
-    assert "tensorize mc_gemm" in steps(program)
+    assert "packed_gemm(" in steps(program)
 
 
 def test_tiled_attention_runs_in_the_loop_interpreter(rng):

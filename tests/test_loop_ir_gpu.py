@@ -23,6 +23,7 @@ from minicomp.errors import CompileError
 from minicomp.ir.loop_text import print_stmt
 from minicomp.ir.loops import (BOOL, INDEX, Allocate, Assign, Barrier, Binary, Block, Buffer, Call, Cast, Const,
                                Declare, For, If, Kernel, Load, Select, Store, Var, WarpReduce, const)
+from minicomp.schedules import Strategy
 from minicomp.ir.schedule import (Bind, Fuse, Parallel, Reorder, ScheduleError, Split, Tile, Vectorize,
                                   apply_schedule)
 from minicomp.lower.program import lower
@@ -105,7 +106,9 @@ def test_bind_is_refused_where_iterations_depend_on_each_other():
     refused(row_sum, [Bind("r1", "threadIdx.x")], "carried from one iteration to the next")
     matmul = lowered(lambda a, b: a @ b, (5, 6), (6, 7)).kernels[0]
     reduction = next(loop for loop in ("rk", "r1", "k") if loop in text(matmul))
-    refused(matmul, [Bind(reduction, "threadIdx.x")], "touches the same element")
+    refused(matmul, [Bind(reduction, "threadIdx.x")], "carried from one iteration to the next")
+    in_output = Strategy("accumulate_in_output").apply(matmul)  # the sum kept in out[i, j]
+    refused(in_output, [Bind(reduction, "threadIdx.x")], "touches the same element")
 
 
 def test_bind_is_refused_where_the_bindings_could_not_run_on_a_gpu():
