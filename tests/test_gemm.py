@@ -1,6 +1,6 @@
 """The packed matmul (``schedules/cpu/packed_gemm.py``) and tiled attention (``schedules/cpu/flash_attention.py``).
 
-Both paths only start above a work threshold (``lower_matmul.MIN_WORK``); the tests lower it to
+Both paths only start above a work threshold (``packed_gemm.MIN_WORK``); the tests lower it to
 0 where they need the packed path on small, awkward shapes, and check through the kernel's
 printed schedule that the path they test really ran. ``tests/test_cpu_strategies.py`` runs the
 ``packed_gemm`` strategy with chosen parameters against the plain nest.
@@ -17,7 +17,7 @@ from minicomp.codegen import gemm
 from minicomp.driver import jit
 from minicomp.ir.rewrite import allocated
 from minicomp.schedules.cpu import flash_attention
-from minicomp.schedules.cpu import packed_gemm as lower_matmul
+from minicomp.schedules.cpu import packed_gemm
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stages import loop_program
@@ -29,8 +29,8 @@ F32, F64 = np.float32, np.float64
 
 @pytest.fixture
 def always_packed(monkeypatch):
-    monkeypatch.setattr(lower_matmul, "MIN_WORK", 0)
-    monkeypatch.setattr(lower_matmul, "MIN_ROWS", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_ROWS", 0)
 
 
 def schedules(fn, *args) -> list[str]:
@@ -75,8 +75,8 @@ def test_micro_kernel_tile_fits_the_target(target, tile):
 @given(m=st.integers(1, 80), k=st.integers(1, 70), n=st.integers(2, 150), f64=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
-    saved = lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS
-    lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS = 0, 0
+    saved = packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS
+    packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS = 0, 0
     try:
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
@@ -84,7 +84,7 @@ def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
         assert any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
     finally:
-        lower_matmul.MIN_WORK, lower_matmul.MIN_ROWS = saved
+        packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS = saved
 
 
 @pytest.mark.parametrize("m, k, n", [(1024 // 4, 400, 1030), (7, 1000, 130), (145, 385, 65)])
@@ -219,7 +219,7 @@ def test_tiled_attention_stores_no_score_matrix():
 @pytest.mark.parametrize("m, k, n", [(300, 50, 70), (7, 20, 200)])
 def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, n):
     """Big A (here: any A) is packed by each task for its own MC rows, not all at once."""
-    monkeypatch.setattr(lower_matmul, "A_PACK_BYTES", 0)
+    monkeypatch.setattr(packed_gemm, "A_PACK_BYTES", 0)
     rng = np.random.default_rng(9)
     a, b = randn(rng, (m, k)), randn(rng, (k, n))
     program = loop_program(run_pipeline(minicomp.trace(matmul, a, b))[0])
@@ -240,8 +240,8 @@ def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
     k up to 900 crosses kc blocks, so tiles accumulate over several passes; the epilogue
     (bias + GELU) must still run once per tile, after the last one.
     """
-    saved = lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS
-    lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS = 0, 1, 0
+    saved = packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS
+    packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS = 0, 1, 0
     try:
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
@@ -251,7 +251,7 @@ def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
         fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
         assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
     finally:
-        lower_matmul.MIN_WORK, lower_matmul.B_TASK_PANELS, lower_matmul.MIN_ROWS = saved
+        packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS = saved
 
 
 @pytest.mark.parametrize("m, k, n", [(3, 4, 5), (70, 90, 130)])  # the naive and the packed path

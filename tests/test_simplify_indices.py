@@ -18,7 +18,7 @@ from minicomp.ir.loops import (BOOL, INDEX, Assign, Binary, Block, Buffer, Const
                                Store, Var)
 from minicomp.ir.simplify_indices import simplify_expr, simplify_kernel_indices
 from minicomp.schedules.cpu import flash_attention
-from minicomp.schedules.cpu import packed_gemm as lower_matmul
+from minicomp.schedules.cpu import packed_gemm
 from minicomp.testing.loop_interpreter import LoopInterpreter
 
 
@@ -107,8 +107,8 @@ def test_declared_index_gets_a_range_but_an_assigned_one_does_not():
 
 def test_block_attention_reads_q_k_v_without_division(monkeypatch):
     """The GPT-2 block's head split reaches the attention kernel's packing as plain strided reads."""
-    monkeypatch.setattr(lower_matmul, "MIN_WORK", 0)
-    monkeypatch.setattr(lower_matmul, "MIN_ROWS", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_ROWS", 0)
     monkeypatch.setattr(flash_attention, "MIN_WORK", 0)
     w = workloads.WORKLOADS["block"]
     source = render_c(jit(w.fn).compiled_for(*w.inputs("tiny")).run.program)

@@ -490,16 +490,3 @@ def micro_kernel_name(mr: int, nr: int, dtype) -> str:
     of that many values (``gemm.tile_shape(dtype, target)`` always is).
     """
     return f"mc_gemm_{mr}x{nr}_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}"
-
-
-# Older names of index helpers, still imported by ``flash_attention.py``: ``as_index(v)`` is
-# ``as_expr(v)``; ``index_op(op, a, b)`` is ``a op b`` with ``Expr``'s operators and methods.
-as_index = as_expr
-
-
-def index_op(op: str, a, b) -> Expr:
-    """``a op b`` on indices (``+ - *`` fold constants; comparisons and ``&&`` give bool)."""
-    a = as_expr(a)
-    ops = {"+": a.__add__, "-": a.__sub__, "*": a.__mul__, "/": a.__truediv__, "%": a.__mod__,
-           "<": a.lt, "<=": a.le, ">": a.gt, ">=": a.ge, "==": a.eq, "&&": a.__and__}
-    return ops[op](b)
