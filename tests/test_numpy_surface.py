@@ -311,6 +311,15 @@ def test_clip(data, dtype, shape):
         check(lambda a: a.clip(low, high), x)
 
 
+def test_clip_promotes_over_all_three_operands():
+    """NumPy's clip is one ufunc over x and both bounds: a float16 x with an int32 bound is
+    float64, and a Python-float bound is not rounded to float16 first (hypothesis found it)."""
+    x = np.array([-3.0, 0.1, 2.0], np.float16)
+    high = np.array([1, 0, 3], np.int32)
+    check(lambda a: np.clip(a, -2.4, high), x)
+    assert minicomp.jit(lambda a: np.clip(a, -2.4, high))(x)[0] == -2.4
+
+
 @settings(max_examples=30)
 @given(data=st.data(), dtype=dtypes, shape=shapes(max_side=4), ddof=st.integers(0, 5),
        keepdims=st.booleans(), root=st.booleans())

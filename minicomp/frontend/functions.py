@@ -371,6 +371,11 @@ def _clip(a, a_min=np._NoValue, a_max=np._NoValue, out=None, *, min=np._NoValue,
     if a_min is None and a_max is None and x.dtype == np.bool_:  # NumPy's np.positive, which refuses bools
         raise DTypeError(f"np.clip with no bounds is np.positive, which NumPy refuses for bool arrays; operand "
                          f"{x.node.type}{at(user_location())}")
+    bounds = [b for b in (a_min, a_max) if b is not None]
+    result = np.result_type(x.dtype, *[b if isinstance(b, (bool, int, float)) else np.asarray(b).dtype
+                                       if not hasattr(b, "node") else b.dtype for b in bounds])
+    if result != x.dtype:  # one ufunc over all three in NumPy: a float16 x clipped by int32 bounds is float64
+        x = x.astype(result)
     if a_min is not None:
         x = np.maximum(x, a_min)
     if a_max is not None:
