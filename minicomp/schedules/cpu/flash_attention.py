@@ -1,8 +1,10 @@
 """FlashAttention on a CPU: the ``flash_attention`` strategy tiles the plain attention nest.
 
 Requires the nest ``lower_attention`` writes (per query row, the online softmax of
-``minicomp.lower.online_softmax``) for float32 or float64, with static sizes and at least
-``MIN_WORK`` of ``Sq x Sk x head``. Guarantees the same results within rounding, and that the
+``minicomp.lower.online_softmax``) for float32 or float64, with static head, depth and batch
+sizes, and at least ``MIN_WORK`` of ``Sq x Sk x head`` where the lengths are static. ``Sq`` and
+``Sk`` may be symbolic (``T``): there are ``ceil_div(T, bq)`` query blocks (C: ``(T + bq - 1)/bq``),
+the rows and keys past ``T`` are guarded as any tail is, and a mask is loaded in every tile. Guarantees the same results within rounding, and that the
 ``Sq x Sk`` score matrix never exists: every row statistic is still kept per query row, the
 keys come in blocks, and both matmuls run on the register-blocked micro-kernel
 (``codegen/gemm.py``). Queries are taken ``bq`` rows at a time; for each block of ``bk`` keys::
@@ -39,7 +41,7 @@ over (batch, query block) tasks. Row max and row sum run over SIMD lanes
 (``reductions.reduce_into_lanes``).
 
 The default rules: ``flash_attention_steps`` picks the tile for the target; where the
-strategy is refused (small, integer or symbolic sizes) ``parallel_query_rows`` runs the plain
+strategy is refused (small sizes, integer scores, a symbolic head size) ``parallel_query_rows`` runs the plain
 nest's outermost loop on all cores when there is enough work.
 """
 
