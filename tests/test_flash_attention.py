@@ -16,7 +16,7 @@ from minicomp import nn
 from minicomp.codegen import gemm
 from minicomp.codegen.c import render_c
 from minicomp.driver import jit
-from minicomp.ir.loops import BOOL, Binary, Call, Const, For, Intrinsic, Select, Var, const
+from minicomp.ir.loops import BOOL, Binary, Call, Const, Intrinsic, Select, Var, const
 from minicomp.ir.rewrite import statements
 from minicomp.ir.schedule import ScheduleError, apply_schedule, schedule_program
 from minicomp.lower.online_softmax import online_softmax
@@ -25,7 +25,7 @@ from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.schedules import Strategy
 from minicomp.schedules.cpu import flash_attention
-from minicomp.schedules.cpu.flash_attention import (flash_attention_steps, mask_grid, parallel_query_rows,
+from minicomp.schedules.cpu.flash_attention import (flash_attention_steps, mask_grid,
                                                     read_plain_attention)
 from minicomp.stages import loop_program
 from minicomp.target import Target
