@@ -16,7 +16,7 @@ from minicomp import nn
 from minicomp.codegen import gemm
 from minicomp.codegen.c import render_c
 from minicomp.driver import jit
-from minicomp.ir.loops import BOOL, Binary, Call, Const, For, Intrinsic, Select, Var, const
+from minicomp.ir.loops import BOOL, Binary, Call, Const, Intrinsic, Select, Var, const
 from minicomp.ir.rewrite import statements
 from minicomp.ir.schedule import ScheduleError, apply_schedule, schedule_program
 from minicomp.lower.online_softmax import online_softmax
@@ -25,7 +25,7 @@ from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.schedules import Strategy
 from minicomp.schedules.cpu import flash_attention
-from minicomp.schedules.cpu.flash_attention import (flash_attention_steps, mask_grid, parallel_query_rows,
+from minicomp.schedules.cpu.flash_attention import (flash_attention_steps, mask_grid,
                                                     read_plain_attention)
 from minicomp.stages import loop_program
 from minicomp.target import Target
@@ -185,7 +185,9 @@ def test_scores_in_another_dtype_than_the_output_stay_plain():
     assert_close(jit(fn)(q, k, v), fn(q, k, v), rtol=1e-5)  # float32 scores, summed in another order
 
 
-def test_symbolic_sizes_keep_the_plain_nest_with_parallel_rows():
+def test_symbolic_length_runs_in_tiles_with_guarded_tails():
+    """Over a symbolic length T the tiles are ceil(T / bq) query blocks and ceil(T / bk) key
+    blocks; the rows and keys past T are guarded, in the loop interpreter and in C."""
     heads, dim = 4, 8
 
     @minicomp.jit(dynamic={"x": [0]})
@@ -196,20 +198,37 @@ def test_symbolic_sizes_keep_the_plain_nest_with_parallel_rows():
         return (e / e.sum(axis=-1, keepdims=True)) @ q
 
     rng = np.random.default_rng(7)
-    for n in (1, 7, 300):
+    for n in (1, 7, 13, 300):
         x = randn(rng, (n, heads * dim))
         assert_close(f(x), f.fn(x))
     program = f.inspect(x).program
-    kernel = attention_kernel(program)
-    assert isinstance(kernel.body, For) and kernel.body.kind == "parallel"
-    fresh = attention_kernel(lower(program.graph))
-    assert parallel_query_rows(fresh) == kernel.schedule
-    rows = Strategy("parallel_attention_rows").apply(fresh)  # legal by the nest's construction
-    assert str(replace(rows, schedule=[])) == str(fresh).replace("for i0", "parallel for i0", 1)
-    with pytest.raises(ScheduleError, match="symbolic"):
-        Strategy("flash_attention", **tile_multiples(F32, 1, 1)).apply(fresh)
-    rescheduled = attention_kernel(loop_program(program.graph, stop_after="schedule"))
-    assert str(apply_schedule(fresh, kernel.schedule)) == str(rescheduled)
+    assert [s.name for s in attention_kernel(program).schedule] == ["flash_attention"]
+    assert "/32)" in f.inspect(x).source or "/16)" in f.inspect(x).source  # ceil(T / bk) in C
+    plain = lower(program.graph)
+    for bq, bk in ((1, 1), (2, 1)):
+        tiles = tiled(plain, **tile_multiples(F32, bq, bk))
+        for n in (1, 5, 2 * gemm.tile_shape(F32)[1] + 3):
+            x = randn(rng, (n, heads * dim))
+            [out] = run_program(tiles, x)
+            assert_close(out, f.fn(x))
+
+
+def test_causal_attention_over_a_symbolic_length_matches_numpy():
+    """picoGPT's mask, ``np.tri`` of the length, is computed in the program over a symbolic
+    length: every tile loads it (nothing is skipped), and the answer is NumPy's."""
+    def attention(q, k, v):
+        mask = (1 - np.tri(q.shape[0], dtype=q.dtype)) * np.float32(-1e10)
+        s = q @ k.T * np.float32(1 / np.sqrt(q.shape[-1])) + mask
+        e = np.exp(s - np.max(s, axis=-1, keepdims=True))
+        return (e / np.sum(e, axis=-1, keepdims=True)) @ v
+
+    f = jit(attention, dynamic={"q": [0], "k": [0], "v": [0]})
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 12, 13, 33, 100):
+        q, k, v = (randn(rng, (n, 64)) for _ in range(3))
+        assert_close(f(q, k, v), attention(q, k, v), rtol=1e-4, atol=1e-5)
+    assert f.cache_size == 1
+    assert [s.name for s in attention_kernel(f.inspect(q, k, v).program).schedule] == ["flash_attention"]
 
 
 # -- masks ---------------------------------------------------------------------------------------------

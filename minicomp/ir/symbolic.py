@@ -40,7 +40,63 @@ class SymbolicShapeError(MinicompError):
     """Something needed the value of a symbolic size: the signature is compiled with static sizes."""
 
 
-Monomial = tuple  # sorted symbol names, repeated for powers: ("T", "T") is T**2; () is 1
+Monomial = tuple  # sorted factors, repeated for powers: ("T", "T") is T**2; () is 1
+
+
+class CeilDiv(str):
+    """A factor of a monomial that is no symbol: ``ceil(numerator / divisor)`` (the tiles of a
+    symbolic size, ``ceil(T / 12)``). Build with ``ceil_div``.
+
+    It is a ``str`` (its printed form, ``"ceil(T/12)"``) so that monomials stay sorted tuples
+    of strings; ``Sym`` asks ``factor_symbols``, ``factor_value`` and ``render_factor`` for
+    what a factor means. It stands for a size ``>= 0``, as a symbol does, so the comparisons
+    of ``Sym`` stay exact.
+    """
+
+    __slots__ = ("numerator", "divisor")
+
+    def __new__(cls, numerator: "Sym", divisor: int):
+        factor = super().__new__(cls, f"ceil({numerator}/{divisor})")
+        factor.numerator, factor.divisor = numerator, divisor
+        return factor
+
+    def __getnewargs__(self):
+        return self.numerator, self.divisor
+
+
+def factor_symbols(factor: str) -> frozenset:
+    """The size symbols a monomial's factor reads: ``T`` -> {T}; ``ceil(T/12)`` -> {T}."""
+    return factor.numerator.free_symbols if isinstance(factor, CeilDiv) else frozenset((factor,))
+
+
+def factor_value(factor: str, env: dict) -> int:
+    """A factor's value for sizes ``env``: ``ceil(T/12)`` at T = 13 is 2."""
+    if isinstance(factor, CeilDiv):
+        return -(-evaluate(factor.numerator, env) // factor.divisor)
+    return env[factor]
+
+
+def render_factor(factor: str, name_of) -> str:
+    """A factor as an expression on non-negative integers: ``ceil(T/12)`` -> ``((T + 11)/12)``."""
+    if isinstance(factor, CeilDiv):
+        return f"(({(factor.numerator + (factor.divisor - 1)).render(name_of)})/{factor.divisor})"
+    return name_of(factor)
+
+
+def ceil_div(size, divisor: int):
+    """``ceil(size / divisor)`` for a size ``>= 0`` and a positive int ``divisor``: an int, an
+    exact quotient, or a ``Sym`` with a ``CeilDiv`` factor (the tiles of ``size``)::
+
+        ceil_div(13, 12) = 2;  ceil_div(24*T, 12) = 2*T;  ceil_div(T, 12) = ceil(T/12)
+    """
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ValueError(f"ceil_div needs a positive int divisor, not {divisor!r}")
+    if not isinstance(size, Sym):
+        return -(-size // divisor)
+    exact = size._exact_quotient(divisor)
+    if exact is not None:
+        return exact
+    return Sym({(CeilDiv(size, divisor),): 1})
 
 
 class Sym:
@@ -230,15 +286,15 @@ class Sym:
 
     @property
     def free_symbols(self) -> frozenset:
-        return frozenset(name for m, _ in self.terms for name in m)
+        return frozenset().union(*(factor_symbols(factor) for m, _ in self.terms for factor in m))
 
     def evaluate(self, env: dict) -> int:
         """The value for sizes ``env`` (symbol name -> int)."""
         total = 0
         for m, c in self.terms:
             term = c
-            for name in m:
-                term *= env[name]
+            for factor in m:
+                term *= factor_value(factor, env)
             total += term
         return total
 
@@ -251,7 +307,7 @@ class Sym:
         """The polynomial as an expression, symbol ``s`` spelled ``name_of(s)``: ``768*T - 1``."""
         text = ""
         for m, c in sorted(self.terms, key=lambda t: (-len(t[0]), t[0])):
-            factors = [name_of(n) for n in m]
+            factors = [render_factor(factor, name_of) for factor in m]
             if abs(c) != 1 or not factors:
                 factors.insert(0, str(abs(c)))
             term = "*".join(factors)

@@ -38,7 +38,8 @@ import numpy as np
 
 from ..ir import intrinsics
 from ..ir.loops import (Address, Allocate, Assign, Barrier, Binary, Block, Buffer, Call, Cast, Const, Declare, Expr,
-                        For, If, Intrinsic, Load, Select, Stmt, Store, Unary, Var, WarpReduce)
+                        For, If, Intrinsic, Load, Select, Size, Stmt, Store, Unary, Var, WarpReduce)
+from ..ir.symbolic import bind_shape, evaluate
 from ..ir.rewrite import c_div, c_mod, statements
 
 COLLAPSE_BELOW = 64  # as the C renderer: a shorter parallel loop runs together with its inner loop
@@ -81,9 +82,10 @@ class SynchronisationError(RuntimeError):
 class LoopInterpreter:
     """Executes statements on ``memory`` (buffer -> flat array) and local scalars."""
 
-    def __init__(self, memory, scalars: dict | None = None):
+    def __init__(self, memory, scalars: dict | None = None, sizes: dict | None = None):
         self.memory = memory
         self.scalars: dict[str, object] = {} if scalars is None else scalars
+        self.sizes: dict[str, int] = {} if sizes is None else sizes  # size symbol -> this run's value
         self.local_buffers: set[Buffer] = set()  # allocated ``local`` here: each thread copies them
 
     def expr(self, e: Expr):
@@ -92,6 +94,8 @@ class LoopInterpreter:
             return e.dtype.type(e.value)
         if isinstance(e, Var):
             return self.scalars[e.name]
+        if isinstance(e, Size):
+            return e.dtype.type(evaluate(e.value, self.sizes))
         if isinstance(e, Load):
             return self.memory[e.buffer][int(self.expr(e.index))]
         if isinstance(e, Binary):
@@ -130,8 +134,9 @@ class LoopInterpreter:
             self.run_block(s)
         elif isinstance(s, For):
             backwards = reversed_ or s.kind in ("parallel", "vectorized", "gpu_block")
-            collapsed = s.kind == "parallel" and s.extent < COLLAPSE_BELOW and isinstance(s.body, For)
-            for i in (range(s.extent - 1, -1, -1) if backwards else range(s.extent)):
+            extent = evaluate(s.extent, self.sizes)
+            collapsed = s.kind == "parallel" and extent < COLLAPSE_BELOW and isinstance(s.body, For)
+            for i in (range(extent - 1, -1, -1) if backwards else range(extent)):
                 self.scalars[s.var.name] = np.int64(i)
                 self.stmt(s.body, reversed_=collapsed)
         elif isinstance(s, Block):
@@ -157,7 +162,7 @@ class LoopInterpreter:
 
     def allocate(self, s: Allocate) -> None:
         """A fresh array, every element unwritten."""
-        self.memory[s.buffer] = unwritten(s.buffer)
+        self.memory[s.buffer] = unwritten(s.buffer, self.sizes)
         if s.scope == "local":
             self.local_buffers.add(s.buffer)
 
@@ -172,7 +177,7 @@ class LoopInterpreter:
         for number, index in enumerate(thread_indices(chain)):
             own = {b: self.memory[b].copy() for b in self.local_buffers if b in self.memory}
             scalars = self.scalars | {name: np.int64(i) for name, i in index.items()}
-            threads.append(Thread(number, block, ChainMap(own, block.shared, self.memory), scalars))
+            threads.append(Thread(number, block, ChainMap(own, block.shared, self.memory), scalars, self.sizes))
         lockstep(threads, chain[-1].body, block)
 
     def steps(self, s: Stmt) -> Iterator[tuple[Stmt, object]]:
@@ -187,7 +192,7 @@ class LoopInterpreter:
         elif isinstance(s, For):
             if s.kind not in ("serial", "unrolled"):
                 raise SynchronisationError(f"the {s.kind} loop {s.var.name} holds a barrier or warp reduce")
-            for i in range(s.extent):
+            for i in range(evaluate(s.extent, self.sizes)):
                 self.scalars[s.var.name] = np.int64(i)
                 yield from self.steps(s.body)
         elif isinstance(s, If):
@@ -235,8 +240,8 @@ class Thread(LoopInterpreter):
     """One thread of a block: its own scalars and ``local`` buffers, its block's ``shared``
     ones, every other access recorded in its ``ThreadBlock`` (races)."""
 
-    def __init__(self, number: int, block: ThreadBlock, memory: ChainMap, scalars: dict):
-        super().__init__(memory, scalars)
+    def __init__(self, number: int, block: ThreadBlock, memory: ChainMap, scalars: dict, sizes: dict):
+        super().__init__(memory, scalars, sizes)
         self.number, self.block, self.own = number, block, memory.maps[0]
 
     def expr(self, e: Expr):
@@ -259,7 +264,7 @@ class Thread(LoopInterpreter):
     def allocate(self, s: Allocate) -> None:
         """A ``local`` buffer is this thread's; a ``shared`` one its block's, made by the first thread."""
         if s.scope == "shared":
-            self.block.shared.setdefault(s.buffer, unwritten(s.buffer))
+            self.block.shared.setdefault(s.buffer, unwritten(s.buffer, self.sizes))
         else:
             super().allocate(s)
 
@@ -350,22 +355,32 @@ def warp_reduce(s: WarpReduce, values: list) -> list:
     return values
 
 
-def unwritten(buffer: Buffer) -> np.ndarray:
-    """A flat array for ``buffer`` whose every element says "never written" (NaN, or the minimum)."""
+def unwritten(buffer: Buffer, sizes: dict | None = None) -> np.ndarray:
+    """A flat array for ``buffer`` (its symbolic sizes at ``sizes``) whose every element says
+    "never written" (NaN, or the minimum)."""
+    count = evaluate(buffer.size, sizes or {})
     if buffer.dtype.kind == "f":
-        return np.full(buffer.size, np.nan, buffer.dtype)
+        return np.full(count, np.nan, buffer.dtype)
     if buffer.dtype.kind == "b":
-        return np.zeros(buffer.size, buffer.dtype)
-    return np.full(buffer.size, np.iinfo(buffer.dtype).min, buffer.dtype)
+        return np.zeros(count, buffer.dtype)
+    return np.full(count, np.iinfo(buffer.dtype).min, buffer.dtype)
 
 
 def run_program(program, *arrays) -> list[np.ndarray]:
-    """The outputs of a lowered ``Program`` run by the ``LoopInterpreter`` (see the module docstring)."""
+    """The outputs of a lowered ``Program`` run by the ``LoopInterpreter`` (see the module docstring).
+
+    A program with symbolic sizes (dynamic dimensions) takes them from the arrays' shapes, as
+    the compiled code does: ``T = 5`` for an input of shape ``[T, 8]`` given a 5 x 8 array.
+    """
+    sizes: dict[str, int] = {}
+    for buffer, array in zip(program.inputs, arrays):
+        if not bind_shape(tuple(buffer.shape), np.shape(array), sizes):
+            raise ValueError(f"input {buffer.name} of shape {buffer.shape} given an array of shape {np.shape(array)}")
     memory = {b: np.asarray(a, b.dtype).reshape(-1).copy() for b, a in zip(program.inputs, arrays)}
     memory |= {b: np.asarray(v, b.dtype).reshape(-1).copy() for b, v in program.constants}
-    memory |= {b: unwritten(b) for b in list(program.outputs) + list(program.workspace)}
+    memory |= {b: unwritten(b, sizes) for b in list(program.outputs) + list(program.workspace)}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         for kernel in program.kernels:
-            LoopInterpreter(memory).stmt(kernel.body)
-    return [memory[b].reshape(b.shape) for b in program.outputs]
+            LoopInterpreter(memory, sizes=sizes).stmt(kernel.body)
+    return [memory[b].reshape([evaluate(d, sizes) for d in b.shape]) for b in program.outputs]

@@ -1,8 +1,10 @@
 """FlashAttention on a CPU: the ``flash_attention`` strategy tiles the plain attention nest.
 
 Requires the nest ``lower_attention`` writes (per query row, the online softmax of
-``minicomp.lower.online_softmax``) for float32 or float64, with static sizes and at least
-``MIN_WORK`` of ``Sq x Sk x head``. Guarantees the same results within rounding, and that the
+``minicomp.lower.online_softmax``) for float32 or float64, with static head, depth and batch
+sizes, and at least ``MIN_WORK`` of ``Sq x Sk x head`` where the lengths are static. ``Sq`` and
+``Sk`` may be symbolic (``T``): there are ``ceil_div(T, bq)`` query blocks (C: ``(T + bq - 1)/bq``),
+the rows and keys past ``T`` are guarded as any tail is, and a mask is loaded in every tile. Guarantees the same results within rounding, and that the
 ``Sq x Sk`` score matrix never exists: every row statistic is still kept per query row, the
 keys come in blocks, and both matmuls run on the register-blocked micro-kernel
 (``codegen/gemm.py``). Queries are taken ``bq`` rows at a time; for each block of ``bk`` keys::
@@ -39,7 +41,7 @@ over (batch, query block) tasks. Row max and row sum run over SIMD lanes
 (``reductions.reduce_into_lanes``).
 
 The default rules: ``flash_attention_steps`` picks the tile for the target; where the
-strategy is refused (small, integer or symbolic sizes) ``parallel_query_rows`` runs the plain
+strategy is refused (small sizes, integer scores, a symbolic head size) ``parallel_query_rows`` runs the plain
 nest's outermost loop on all cores when there is enough work.
 """
 
@@ -57,7 +59,7 @@ from ...ir.loops import (BOOL, INDEX, Address, Allocate, Binary, Block, Buffer, 
                          walk)
 from ...ir.rewrite import free_vars, loads, map_expr, substitute
 from ...ir.schedule import Parallel, ScheduleError
-from ...ir.symbolic import Sym
+from ...ir.symbolic import Sym, ceil_div
 from ...lower.online_softmax import OnlineSoftmax, online_softmax
 from ...schedules.cpu.work import worth_parallel
 from ..strategy import Strategy, register_strategy
@@ -95,11 +97,10 @@ def flash_attention_steps(kernel: Kernel, target) -> list[Strategy]:
     if plain is None or not gemm.supported(dtype):
         return []
     sq, sk = kernel.output.shape[-2], plain.row.keys
-    if isinstance(sq, Sym) or isinstance(sk, Sym):
-        return []
     mr, nr = gemm.tile_shape(dtype, target)
-    return [Strategy("flash_attention", bq=min(QUERY_PANELS * mr, -(-sq // mr) * mr),
-                     bk=nr * (KEY_PANELS if sk > nr else 1))]
+    bq = QUERY_PANELS * mr if isinstance(sq, Sym) else min(QUERY_PANELS * mr, -(-sq // mr) * mr)
+    bk = nr * (KEY_PANELS if isinstance(sk, Sym) or sk > nr else 1)
+    return [Strategy("flash_attention", bq=bq, bk=bk)]
 
 
 def parallel_query_rows(kernel: Kernel, target=None) -> list:
@@ -413,19 +414,21 @@ class FlashTiles:
         self.dtype = dt = out.dtype
         self.sq, self.sk, self.head = out.shape[-2], row.keys, out.shape[-1]
         self.batch_shape = out.shape[:-2]
+        self.symbolic = isinstance(self.sq, Sym) or isinstance(self.sk, Sym)
         self._check(kernel, plain, bq, bk)
         self.out, self.out_at, self.batch = out, row.out_at, plain.batch
         self.i, self.j, self.e = plain.query, row.j, row.e
         (self.d, self.depth), = row.qk.axes
         self.q_expr, self.k_expr = self._factors(row)
         self.v_expr, self.dot, self.score = row.v, row.dot, row.score
-        self.masks = score_masks(plain, kernel.constants, self.sq)
+        # a mask over a symbolic length cannot be read at compile time: every tile loads it
+        self.masks = [] if self.symbolic else score_masks(plain, kernel.constants, self.sq)
         self.mr, self.nr = gemm.tile_shape(dt)
         self.ukernel = gemm.kernel_name(dt)
         self.nbatch = math.prod(self.batch_shape)
         self.bq, self.bk = bq, bk
         self.halves = bk // self.nr  # NR-wide panels of keys per block
-        self.nqb, self.nkb = -(-self.sq // bq), -(-self.sk // bk)
+        self.nqb, self.nkb = ceil_div(self.sq, bq), ceil_div(self.sk, bk)  # ceil(T / bq) when T is symbolic
         self.dp = -(-self.head // self.nr) * self.nr  # head size padded to whole panels
         self.neb = self.dp // self.nr
         self.kpack = Buffer(f"{out.name}_kpack", dt, (self.nbatch * self.nkb * self.depth * bk,))
@@ -446,10 +449,10 @@ class FlashTiles:
                                  why)
         if not gemm.supported(dt) or row.dot.dtype != dt or row.score.dtype != dt:
             raise refuse(f"no micro-kernel for {dt} scores")
-        sizes = (self.sq, self.sk, self.head, *self.batch_shape, *(extent for _, extent in row.qk.axes))
+        sizes = (self.head, *self.batch_shape, *(extent for _, extent in row.qk.axes))
         if any(isinstance(size, Sym) for size in sizes):
-            raise refuse("the tiles need the sizes' values, and a size is symbolic")
-        if self.sq * self.sk * self.head < MIN_WORK:
+            raise refuse("the tiles need the head size, batch and depth, and one is symbolic")
+        if not self.symbolic and self.sq * self.sk * self.head < MIN_WORK:
             raise refuse(f"Sq x Sk x head = {self.sq * self.sk * self.head} is less than MIN_WORK = {MIN_WORK}")
         mr, nr = gemm.tile_shape(dt)
         if not all(isinstance(size, (int, np.integer)) and size > 0 for size in (bq, bk)) or bq % mr or bk % nr:
