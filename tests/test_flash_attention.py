@@ -134,10 +134,23 @@ def test_default_tiles_are_chosen_from_the_target():
     kernel = attention_kernel(lower(fused_graph(sdpa(), q, q, q)))
     avx2 = Target("cpu", "avx2", vector_bytes=32, vector_registers=16)
     avx512 = Target("cpu", "avx512", vector_bytes=64, vector_registers=32)
-    assert [str(s) for s in flash_attention_steps(kernel, avx2)] == ["flash_attention(bq=12, bk=32)"]
-    assert [str(s) for s in flash_attention_steps(kernel, avx512)] == ["flash_attention(bq=12, bk=128)"]
+    assert [str(s) for s in flash_attention_steps(kernel, avx2)] == ["flash_attention(bq=12, bk=32, mr=6, nr=16)"]
+    assert [str(s) for s in flash_attention_steps(kernel, avx512)] == ["flash_attention(bq=12, bk=128, mr=6, nr=64)"]
     short = attention_kernel(lower(fused_graph(sdpa(), q[:, :4], q[:, :16], q[:, :16])))
-    assert [str(s) for s in flash_attention_steps(short, avx2)] == ["flash_attention(bq=6, bk=16)"]
+    assert [str(s) for s in flash_attention_steps(short, avx2)] == ["flash_attention(bq=6, bk=16, mr=6, nr=16)"]
+
+
+def test_a_record_names_its_micro_kernel_tile_and_replays_with_it():
+    """``flash_attention(..., mr, nr)`` tiles with the micro-kernel it names, not this machine's:
+    the AVX-512 tile (6 x 64 float32) replayed here gives that kernel, and NumPy's result
+    (64 columns are whole vectors at any x86 width, so it renders on any CPU)."""
+    rng = np.random.default_rng(8)
+    q, k, v = randn(rng, (2, 40, 24)), randn(rng, (2, 70, 24)), randn(rng, (2, 70, 24))
+    plain = lower(fused_graph(sdpa(), q, k, v))
+    steps = {attention_kernel(plain).name: [Strategy("flash_attention", bq=12, bk=64, mr=6, nr=64)]}
+    program = place_scratch(schedule_program(plain, steps))
+    assert set(intrinsics(attention_kernel(program))) == {"mc_gemm_6x64_f32"}  # QK^T and PV
+    assert_close(run_c(program, q, k, v)[0], sdpa()(q, k, v))
 
 
 def test_replaying_the_recorded_steps_on_a_fresh_lowering_gives_the_same_nest():

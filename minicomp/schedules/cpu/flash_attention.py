@@ -16,7 +16,7 @@ keys come in blocks, and both matmuls run on the register-blocked micro-kernel
     O[bq, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
     out        = O / l   (after the last key block)
 
-Before and after ``flash_attention(bq=12, bk=32)`` (8 float32 lanes: the micro-kernel is 6 x 16)::
+Before and after ``flash_attention(bq=12, bk=32, mr=6, nr=16)`` (8 float32 lanes: the micro-kernel is 6 x 16)::
 
     for i0 in 0..8:                              parallel for t_pack in 0..128:  # K^T, V into panels
       for i1 in 0..512:                          parallel for t in 0..344:       # (batch, 12 queries)
@@ -61,9 +61,10 @@ from ...ir.rewrite import free_vars, loads, map_expr, substitute
 from ...ir.schedule import Parallel, ScheduleError
 from ...ir.symbolic import Sym, ceil_div
 from ...lower.online_softmax import OnlineSoftmax, online_softmax
-from ...schedules.cpu.work import worth_parallel
 from ..strategy import Strategy, register_strategy
+from .packed_gemm import micro_kernel_name
 from .reductions import reduce_into_lanes
+from .work import worth_parallel
 
 QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
 KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
@@ -77,14 +78,17 @@ MASK_GRID = 1 << 22  # points of a mask condition evaluated at once (a few query
 
 
 @register_strategy("flash_attention")
-def flash_attention(kernel: Kernel, bq: int, bk: int) -> Kernel:
-    """The plain attention nest of ``kernel`` in FlashAttention tiles of ``bq`` queries x ``bk`` keys.
+def flash_attention(kernel: Kernel, bq: int, bk: int, mr: int | None = None, nr: int | None = None) -> Kernel:
+    """The plain attention nest of ``kernel`` in FlashAttention tiles of ``bq`` queries x ``bk`` keys,
+    both matmuls on the ``mr x nr`` micro-kernel (default: this machine's, ``gemm.tile_shape``).
 
     Raises ``ScheduleError`` where the kernel is not the plain nest or the tiles do not apply
     (see the module docstring).
     """
     plain = read_plain_attention(kernel)
-    tiles = FlashTiles(kernel, plain, bq, bk)
+    if mr is None or nr is None:
+        mr, nr = gemm.tile_shape(kernel.output.dtype)
+    tiles = FlashTiles(kernel, plain, bq, bk, mr, nr)
     return replace(kernel, body=tiles.body(), scratch=list(kernel.scratch) + [tiles.kpack, tiles.vpack])
 
 
@@ -100,7 +104,7 @@ def flash_attention_steps(kernel: Kernel, target) -> list[Strategy]:
     mr, nr = gemm.tile_shape(dtype, target)
     bq = QUERY_PANELS * mr if isinstance(sq, Sym) else min(QUERY_PANELS * mr, -(-sq // mr) * mr)
     bk = nr * (KEY_PANELS if isinstance(sk, Sym) or sk > nr else 1)
-    return [Strategy("flash_attention", bq=bq, bk=bk)]
+    return [Strategy("flash_attention", bq=bq, bk=bk, mr=mr, nr=nr)]
 
 
 def parallel_query_rows(kernel: Kernel, target=None) -> list:
@@ -409,13 +413,13 @@ def _uses_only(expr: Expr, names: set[str], inputs: list[Buffer]) -> bool:
 class FlashTiles:
     """The tiled nest of one plain attention kernel: its sizes, buffers and statements."""
 
-    def __init__(self, kernel: Kernel, plain: PlainAttention, bq: int, bk: int):
+    def __init__(self, kernel: Kernel, plain: PlainAttention, bq: int, bk: int, mr: int, nr: int):
         row, out = plain.row, kernel.output
         self.dtype = dt = out.dtype
         self.sq, self.sk, self.head = out.shape[-2], row.keys, out.shape[-1]
         self.batch_shape = out.shape[:-2]
         self.symbolic = isinstance(self.sq, Sym) or isinstance(self.sk, Sym)
-        self._check(kernel, plain, bq, bk)
+        self._check(kernel, plain, bq, bk, mr, nr)
         self.out, self.out_at, self.batch = out, row.out_at, plain.batch
         self.i, self.j, self.e = plain.query, row.j, row.e
         (self.d, self.depth), = row.qk.axes
@@ -423,8 +427,8 @@ class FlashTiles:
         self.v_expr, self.dot, self.score = row.v, row.dot, row.score
         # a mask over a symbolic length cannot be read at compile time: every tile loads it
         self.masks = [] if self.symbolic else score_masks(plain, kernel.constants, self.sq)
-        self.mr, self.nr = gemm.tile_shape(dt)
-        self.ukernel = gemm.kernel_name(dt)
+        self.mr, self.nr = mr, nr
+        self.ukernel = micro_kernel_name(mr, nr, dt)
         self.nbatch = math.prod(self.batch_shape)
         self.bq, self.bk = bq, bk
         self.halves = bk // self.nr  # NR-wide panels of keys per block
@@ -440,12 +444,12 @@ class FlashTiles:
         self.m = Buffer("row_max", dt, (bq,))
         self.l = Buffer("row_sum", dt, (bq,))
 
-    def _check(self, kernel: Kernel, plain: PlainAttention, bq, bk) -> None:
+    def _check(self, kernel: Kernel, plain: PlainAttention, bq, bk, mr, nr) -> None:
         """``ScheduleError`` unless the tiles apply (see the module docstring)."""
         row, dt = plain.row, self.dtype
 
         def refuse(why: str):
-            return ScheduleError(f"flash_attention(bq={bq}, bk={bk}) does not apply to kernel {kernel.name}: {why}",
+            return ScheduleError(f"flash_attention(bq={bq}, bk={bk}, mr={mr}, nr={nr}) does not apply to kernel {kernel.name}: {why}",
                                  why)
         if not gemm.supported(dt) or row.dot.dtype != dt or row.score.dtype != dt:
             raise refuse(f"no micro-kernel for {dt} scores")
@@ -454,8 +458,7 @@ class FlashTiles:
             raise refuse("the tiles need the head size, batch and depth, and one is symbolic")
         if not self.symbolic and self.sq * self.sk * self.head < MIN_WORK:
             raise refuse(f"Sq x Sk x head = {self.sq * self.sk * self.head} is less than MIN_WORK = {MIN_WORK}")
-        mr, nr = gemm.tile_shape(dt)
-        if not all(isinstance(size, (int, np.integer)) and size > 0 for size in (bq, bk)) or bq % mr or bk % nr:
+        if not all(isinstance(size, (int, np.integer)) and size > 0 for size in (bq, bk, mr, nr)) or bq % mr or bk % nr:
             raise refuse(f"bq must be a positive multiple of {mr} and bk of {nr} (the micro-kernel's tile)")
         if len(row.qk.axes) != 1 or self._factors(row) is None:
             raise refuse("the dot product is not one sum of q times k")
