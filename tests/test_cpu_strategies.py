@@ -37,6 +37,7 @@ from minicomp.stages import loop_program
 from minicomp.testing import assert_close
 from minicomp.testing.loop_interpreter import run_program
 from minicomp.workloads import WORKLOADS
+from test_reductions import row_reductions  # sum, mean, max, min along rows
 
 MINE = ("reduce", "row", "epilogue", "scan")  # the patterns these strategies shape
 FLOATS = ["float32", "float64", "float16"]
@@ -172,13 +173,6 @@ def test_lowering_writes_plain_nests_and_the_default_steps_replay(name):
 # ----------------------------------------------------------------------------------------------
 # lanes
 # ----------------------------------------------------------------------------------------------
-
-
-def row_reductions(x):
-    results = [x.sum(axis=-1), x.mean(axis=-1, keepdims=True)]
-    if x.shape[-1]:  # max/min of an empty row raise in NumPy
-        results += [x.max(axis=-1), x.min(axis=-1, keepdims=True)]
-    return tuple(results)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

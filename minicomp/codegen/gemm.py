@@ -35,6 +35,7 @@ import re
 
 import numpy as np
 
+from ..ir import intrinsics
 from ..target import Target, host_target
 
 MR = 6  # rows of C per micro-kernel call: 6 x NV accumulators fit the register file
@@ -151,6 +152,4 @@ def is_micro_kernel(name: str) -> bool:
 
 # The micro-kernel's C, registered with its reference meaning (``minicomp.ir.intrinsics``): the
 # renderer emits it from there, the loop interpreter runs the meaning.
-from ..ir import intrinsics  # noqa: E402
-
 intrinsics.implement("mc_gemm", "c", source, lambda name: types_source(dtype_suffix(name)))

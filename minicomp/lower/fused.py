@@ -58,23 +58,10 @@ from ..ir.graph import Graph, Node
 from ..ir.loops import (BOOL, Binary, Block, Buffer, Const, Declare, For, If, Kernel,
                         Load, Stmt, Store, Var, as_expr, const)
 from ..ir.ops import SCAN_OPS, SCATTER_UFUNCS, Kind
-from ..ir.symbolic import Sym, SymbolicShapeError
+from ..ir.symbolic import Sym
 from ..passes.fusion import accumulates_in_output
 from .online_softmax import OnlineSoftmax, online_softmax
 from .rules import is_inline_constant, nest, output_index, reduce_into
-
-
-def unless_symbolic(lowering, *args):
-    """``lowering(*args)``, or None when it needs the value of a symbolic size.
-
-    Tiled lowerings and schedules choose tiles and thresholds from sizes; where a size is
-    symbolic (a dynamic dimension) the plain loop nest, which is correct for every size, is
-    used instead (its static loops keep their schedule-free but vectorisable form).
-    """
-    try:
-        return lowering(*args)
-    except SymbolicShapeError:
-        return None
 
 
 def _ident(name: str) -> str:

@@ -23,7 +23,7 @@ import re
 
 from ..errors import MinicompError
 from ..codegen.c import render_c
-from ..runtime.compiler import compile_assembly, predefined_macros
+from ..runtime.compiler import compile_assembly
 
 WIDTHS = ("zmm", "ymm", "xmm")  # 512, 256, 128 bits
 _LABEL = re.compile(r"^([A-Za-z_][\w.$]*):")  # a symbol's label; local labels (.L5:) start with "."
@@ -95,12 +95,3 @@ def format_summary(summary: dict[str, dict[str, int]]) -> str:
     """One comment line per kernel: ``# k_add: packed zmm 12, ymm 0, xmm 3; scalar 0``."""
     return "\n".join(f"# k_{name}: packed " + ", ".join(f"{w} {c[w]}" for w in WIDTHS) +
                      f"; scalar {c['scalar']}" for name, c in summary.items())
-
-
-def widest_vector_register(flags: list[str] | None = None) -> str:
-    """``"zmm"`` if the flags target AVX-512F, ``"ymm"`` for AVX2 (or AVX), else ``"xmm"``: from
-    the compiler's predefined macros (``gcc -march=native -dM -E``)."""
-    macros = predefined_macros(flags)
-    if "__AVX512F__" in macros:
-        return "zmm"
-    return "ymm" if "__AVX2__" in macros or "__AVX__" in macros else "xmm"
