@@ -275,6 +275,10 @@ def cmd_target(args) -> None:
     import numpy as np
 
     from .codegen import gemm
+    from .schedules.cpu.elementwise import tile_size
+    from .schedules.cpu.lanes import lane_count
+    from .schedules.cpu.reductions import cached_row_bytes, column_block
+    from .schedules.cpu.work import PARALLEL_MIN_WORK
     from .target import cuda_target, describe, host_target, probe_cuda_target
 
     if args.cuda:
@@ -286,6 +290,12 @@ def cmd_target(args) -> None:
     gpu = probe_cuda_target()
     print(describe(target))
     print(f"  {'matmul tile':<14}{tiles} (rows x columns of C the micro-kernel keeps in registers)")
+    tile = tile_size(target)
+    print(f"  {'schedules':<14}{lane_count(target)} lanes per float reduction, column tasks of "
+          f"{column_block(target)}, rows of up to {cached_row_bytes(target) // 1024} KiB kept in L2, "
+          f"{tile} x {tile} transposing tiles")
+    print(f"  {'threads':<14}parallel loops from {PARALLEL_MIN_WORK} units of work "
+          "(measured: minicomp bench --parallel-threshold)")
     print(f"  {'GPU':<14}{gpu or 'none found (minicomp target --cuda sm_90: a known architecture)'}")
 
 

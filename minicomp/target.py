@@ -19,8 +19,8 @@ compiler's answers are remembered on disk by the compile cache, ``compiler.probe
   AVX-512 CPUs (Skylake-SP to Sapphire Rapids) prefers 256-bit vectors for the loops it
   vectorises by itself, unless told ``-mprefer-vector-width=512``. So the probe compiles a
   plain loop with the real flags to assembly and reads the widest packed instruction;
-* the cores this process may run on and the data caches of core 0 (Linux sysfs, else
-  ``sysconf``, else typical sizes).
+* the cores this process may run on, the data caches of core 0 and their line size (Linux
+  sysfs, else ``sysconf``, else typical sizes).
 
 A ``Target`` is plain data, so a test or a tutorial can make one by hand
 (``Target(vector_bytes=16, vector_registers=16)``, an SSE machine) to see what another machine
@@ -57,7 +57,8 @@ class Target:
     most Intel AVX-512 CPUs; 0 when the flags do not vectorise; None when made by hand: the
     register width); ``vector_registers`` how many registers there are; ``cores`` the threads
     a parallel loop may use; ``l1_bytes``/``l2_bytes`` the data caches of one core,
-    ``l3_bytes`` the last-level cache core 0 shares (0: none known); ``compiler`` and
+    ``l3_bytes`` the last-level cache core 0 shares (0: none known); ``line_bytes`` their line
+    size (the unit memory moves in: 64 on x86, 128 on Apple's cores); ``compiler`` and
     ``flags`` the compiler and flags probed (empty for a hand-made target).
 
     For a GPU: ``compute_capability`` (``(9, 0)`` for sm_90), ``warp_size``,
@@ -75,6 +76,7 @@ class Target:
     l1_bytes: int = 32 * KiB
     l2_bytes: int = 256 * KiB
     l3_bytes: int = 0
+    line_bytes: int = 64
     compiler: str = ""
     flags: tuple[str, ...] = ()
     compute_capability: tuple[int, int] | None = None
@@ -104,6 +106,7 @@ class Target:
                     f"{self.registers_per_block} registers per block")
         loops = f"loops vectorised at {self.loop_vector_bytes * 8} bits" if self.loop_vector_bytes else "loops not vectorised"
         caches = f"L1d {_size(self.l1_bytes)}, L2 {_size(self.l2_bytes)}" + (f", L3 {_size(self.l3_bytes)}" if self.l3_bytes else "")
+        caches += f" ({self.line_bytes}-byte lines)"
         return (f"cpu {self.name + ', ' if self.name else ''}{self.isa}: {self.vector_bytes * 8}-bit registers x "
                 f"{self.vector_registers}, {loops}, {self.cores} cores, {caches}")
 
@@ -116,6 +119,7 @@ def describe(target: Target) -> str:
           registers     16 x 256-bit (8 float32; explicit vector types get this width: ...)
           loops         auto-vectorised at 256 bits (8 float32 per vector)
           cores         2
+          caches        L1d 32 KiB, L2 512 KiB, L3 32 MiB (core 0), lines of 64 bytes
           ...
     """
     if target.kind == "cuda":
@@ -131,7 +135,8 @@ def describe(target: Target) -> str:
     rows = [("isa", target.isa),
             ("registers", f"{target.vector_registers} x {target.vector_bytes * 8}-bit ({target.lanes(np.float32)} "
                           "float32; explicit vector types get this width: the matmul micro-kernel)"),
-            ("loops", loops), ("cores", target.cores), ("caches", f"{caches} (core 0)"),
+            ("loops", loops), ("cores", target.cores),
+            ("caches", f"{caches} (core 0), lines of {target.line_bytes} bytes"),
             ("compiler", target.compiler or "-"), ("flags", " ".join(target.flags) or "-")]
     return "\n".join([f"cpu: {target.name or 'unknown processor'}"] + [f"  {k:<14}{v}" for k, v in rows])
 
@@ -162,7 +167,7 @@ def cpu_target(flags: tuple[str, ...]) -> Target:
     isa, width, registers = vector_unit(target_macros(flags))
     return Target("cpu", cpu_name(), isa=isa, vector_bytes=width, loop_vector_bytes=loop_vector_width(flags),
                   vector_registers=registers, cores=available_cores(), **cache_sizes(),
-                  compiler=compiler_version(compiler()), flags=flags)
+                  line_bytes=cache_line_bytes(), compiler=compiler_version(compiler()), flags=flags)
 
 
 def vector_unit(macros: str) -> tuple[str, int, int]:
@@ -250,6 +255,23 @@ def cache_sizes(directory: Path = CACHE_DIRECTORY) -> dict[str, int]:
         if level not in sizes:
             sizes[level] = _sysconf(name) or TYPICAL_CACHES[level]
     return {f"l{level}_bytes": sizes[level] for level in (1, 2, 3)}
+
+
+TYPICAL_LINE_BYTES = 64  # x86 and most Arm cores, when the machine does not say
+
+
+def cache_line_bytes(directory: Path = CACHE_DIRECTORY) -> int:
+    """Bytes per line of core 0's level-1 data cache: Linux's ``index*/coherency_line_size``
+    in ``directory`` (``64``), else ``TYPICAL_LINE_BYTES``."""
+    for index in sorted(directory.glob("index*")):
+        try:
+            if int((index / "level").read_text()) == 1 and (index / "type").read_text().strip() == "Data":
+                size = int((index / "coherency_line_size").read_text())
+                if size > 0:
+                    return size
+        except (OSError, ValueError):
+            continue
+    return TYPICAL_LINE_BYTES
 
 
 def parse_size(text: str) -> int:

@@ -8,7 +8,9 @@ with NaN, so a wrong mark or a read before a write shows every time) wherever th
 intrinsic. Sizes are the awkward ones: 0, 1, around the lane count and the tiles, every float
 and int dtype where the strategy applies. Also: each strategy refuses nests it does not know,
 lowering writes no CPU step, and a kernel's recorded steps replayed on a fresh lowering give
-the same nest.
+the same nest. Last, the default rules' machine-specific numbers (lanes, column blocks, the
+rows kept in L2, transposing tiles) for hand-made targets of other machines, and the programs
+scheduled for those targets, compiled and run here (their C is portable).
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from minicomp.frontend.tracer import trace_with_structure
 from minicomp.lower.program import lower, place_scratch
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
-from minicomp.schedules import Strategy
+from minicomp.schedules import Strategy, schedule
+from minicomp.schedules.cpu.elementwise import tile_size
+from minicomp.schedules.cpu.lanes import lane_count
+from minicomp.schedules.cpu.reductions import cached_row_bytes, column_block
 from minicomp.stages import loop_program
+from minicomp.target import Target
 from minicomp.testing import assert_close
 from minicomp.testing.loop_interpreter import run_program
-from minicomp.workloads import WORKLOADS
+from minicomp.workloads import WORKLOADS, layernorm
 from test_reductions import row_reductions  # sum, mean, max, min along rows
 
 MINE = ("reduce", "row", "epilogue", "scan")  # the patterns these strategies shape
@@ -106,7 +112,7 @@ def sample(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-LANES = Strategy("lanes", lanes=16)
+LANES_16 = Strategy("lanes", lanes=16)  # a record names its count: the same nest on any machine
 IKJ = Strategy("accumulate_in_output")
 KEEP = Strategy("keep_operand")
 
@@ -188,21 +194,21 @@ def test_lanes_split_float_reductions(dtype, n, lanes, rng):
 def test_lanes_leave_exact_reductions_alone(dtype, rng):
     x = sample(rng, (3, 40), dtype)
     if dtype == "bool":
-        check(lambda x: (x.any(axis=-1), x.all(axis=-1)), [x], [LANES], "reduce", applies=False)
+        check(lambda x: (x.any(axis=-1), x.all(axis=-1)), [x], [LANES_16], "reduce", applies=False)
     else:  # (the mean of integers sums in float64: that one splits)
-        check(lambda x: (x.sum(axis=-1), x.max(axis=-1), x.min(axis=-1)), [x], [LANES], "reduce", applies=False)
+        check(lambda x: (x.sum(axis=-1), x.max(axis=-1), x.min(axis=-1)), [x], [LANES_16], "reduce", applies=False)
 
 
 @pytest.mark.parametrize("shape, axes", [((3, 4, 37), (1, 2)), ((3, 4, 37), None), ((5, 33, 2), 1)])
 def test_lanes_split_the_innermost_reduction_loop(shape, axes, rng):
     x = sample(rng, shape, "float32")
-    check(lambda x: (x.sum(axis=axes), x.max(axis=axes)), [x], [LANES], "reduce", applies=None)
+    check(lambda x: (x.sum(axis=axes), x.max(axis=axes)), [x], [LANES_16], "reduce", applies=None)
 
 
 def test_lanes_refuse_a_nest_without_a_long_float_reduction():
     [kernel] = lowered(lambda x: x.sum(axis=-1), np.zeros((4, 9), np.float32)).kernels
     with pytest.raises(ScheduleError, match="no float reduction"):
-        LANES.apply(kernel)
+        LANES_16.apply(kernel)
     with pytest.raises(ScheduleError, match="power of two"):
         Strategy("lanes", lanes=12).apply(kernel)
 
@@ -291,7 +297,7 @@ def test_softmax_keeps_exp_in_the_output_row(dtype, n, rng):
     program = check(softmax, [x], [KEEP], "row")
     assert str(program).count("exp(") == 1  # computed once, read back by the epilogue
     if n >= 16:
-        check(softmax, [x], [KEEP, LANES], "row")
+        check(softmax, [x], [KEEP, LANES_16], "row")
 
 
 @pytest.mark.parametrize("fn", [
@@ -370,7 +376,7 @@ def test_packed_gemm_refusals():
 
 def test_parallel_rows_on_plain_nests(rng):
     x = sample(rng, (6, 20), "float32")
-    program = check(softmax, [x], [Strategy("parallel_rows"), KEEP, LANES], "row")
+    program = check(softmax, [x], [Strategy("parallel_rows"), KEEP, LANES_16], "row")
     assert str(program).count("parallel for i0") == 1
     check(lambda x: x.T.sum(axis=1) * 2, [x], [Strategy("parallel_rows")], "reduce")
     a, b = sample(rng, (6, 5), "float32"), sample(rng, (5, 7), "float32")
@@ -404,3 +410,88 @@ def test_scans_run_their_outer_loop_in_parallel(shape, axis, rng):
     [kernel] = program.kernels
     assert_close(results(program, [x], interpret=x.size < 20000), [np.cumsum(x, axis=axis)])
     assert (kernel.schedule != []) == (x.size >= 1 << 17 and axis > 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The machine-specific numbers are rules of the Target: other machines, by hand
+# ----------------------------------------------------------------------------------------------
+
+KiB, MiB = 1 << 10, 1 << 20
+AVX512 = Target(isa="avx512", vector_bytes=64, loop_vector_bytes=64, vector_registers=32,  # -mprefer-vector-width=512
+                l1_bytes=48 * KiB, l2_bytes=2 * MiB)
+MACHINES = {  # name -> (target, lanes, column block, longest row kept, transposing tile), worked out by hand
+    "avx512, 512-bit loops": (AVX512, 32, 512, 1 * MiB, 16),
+    "avx512, 256-bit loops": (replace(AVX512, loop_vector_bytes=32), 16, 256, 1 * MiB, 16),  # gcc's usual tuning
+    "avx2": (Target(isa="avx2", vector_bytes=32, vector_registers=16, l2_bytes=512 * KiB), 16, 256, 256 * KiB, 16),
+    "sse": (Target(isa="sse", vector_bytes=16, vector_registers=16), 8, 128, 128 * KiB, 16),
+    "loops not vectorised": (Target(isa="avx2", vector_bytes=32, loop_vector_bytes=0), 8, 128, 128 * KiB, 16),
+    "128-byte lines": (Target(isa="neon", vector_bytes=16, vector_registers=32, l2_bytes=4 * MiB, line_bytes=128),
+                       8, 128, 2 * MiB, 32),
+}
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+def test_the_rules_give_each_machine_its_numbers(name):
+    target, lanes, block, row_bytes, tile = MACHINES[name]
+    assert lane_count(target) == lanes
+    assert column_block(target) == block
+    assert cached_row_bytes(target) == row_bytes
+    assert tile_size(target) == tile
+
+
+def scheduled_for(target: Target, fn, *arrays):
+    """``fn``'s program at the arrays' types with the default schedules of ``target``."""
+    return schedule(lowered(fn, *arrays), target)
+
+
+def steps_of(program, pattern: str) -> list[str]:
+    return [str(step) for kernel in program.kernels if kernel.pattern == pattern for step in kernel.schedule]
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+@pytest.mark.parametrize("n", [1, 7, 33, 1000])
+def test_rows_scheduled_for_other_machines_run_here(name, n, rng):
+    """Softmax, layer norm and row reductions with another machine's lane count: split exactly
+    where a row has that many elements, and NumPy's results from the C built here."""
+    target, lanes = MACHINES[name][:2]
+    x = sample(rng, (5, n), "float32")
+    for fn, arrays, pattern in [(softmax, [x], "row"), (layernorm, [x, x[0], x[1]], "row"),
+                                (row_reductions, [x], "reduce")]:
+        program = scheduled_for(target, fn, *arrays)
+        assert (f"lanes(lanes={lanes})" in steps_of(program, pattern)) == (n >= lanes), steps_of(program, pattern)
+        assert_close(results(program, arrays, interpret=n < 1000), list(fn(*arrays)) if pattern == "reduce"
+                     else [fn(*arrays)])
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+def test_column_blocks_and_kept_rows_scheduled_for_other_machines_run_here(name, rng):
+    """Column sums in tasks of the machine's column block (2100 columns: two blocks even of
+    512), and a softmax row of 600 KiB kept in the output only where half of L2 holds it."""
+    target, lanes, block, row_bytes = MACHINES[name][:4]
+    x = sample(rng, (64, 2100), "float32")
+    program = scheduled_for(target, lambda x: (x.sum(axis=0), x.max(axis=0)), x)
+    assert f"accumulate_in_output(column_block={block})" in steps_of(program, "reduce")
+    assert_close(results(program, [x], interpret=False), [x.sum(axis=0), x.max(axis=0)])
+    wide = sample(rng, (2, 150_000), "float32")
+    program = scheduled_for(target, softmax, wide)
+    assert ("keep_operand()" in steps_of(program, "row")) == (wide.shape[1] * 4 <= row_bytes)
+    assert_close(results(program, [wide], interpret=False), [softmax(wide)])
+
+
+@pytest.mark.parametrize("name", ["avx2", "128-byte lines"])
+@pytest.mark.parametrize("shape, perm", [((40, 70), (1, 0)), ((2, 33, 47, 20), (0, 3, 1, 2))])
+def test_transposes_tiled_for_other_line_sizes_run_here(name, shape, perm, rng):
+    """A transposing copy in tiles of one cache line of float32 per side: 16 x 16 with 64-byte
+    lines, 32 x 32 with 128-byte ones (where both loops are that long), and NumPy's result."""
+    target, tile = MACHINES[name][0], MACHINES[name][4]
+    x = sample(rng, shape, "float32")
+
+    def fn(x):
+        return np.maximum(x.transpose(perm), 0) * 3
+
+    program = scheduled_for(target, fn, x)
+    tiles = [step for step in steps_of(program, "elemwise") if step.startswith("tile(")]
+    # the output's innermost loop and the one the input is contiguous along (its last axis)
+    assert len(tiles) == (shape[perm[-1]] >= tile and shape[-1] >= tile), steps_of(program, "elemwise")
+    assert all(f", {tile}, {tile})" in step for step in tiles)
+    assert_close(results(program, [x]), [fn(x)])

@@ -10,7 +10,10 @@ from minicomp.ir.dtypes import TensorType
 from minicomp.ir.symbolic import Sym
 from minicomp.workloads import layernorm
 from minicomp.passes.pipeline import run_pipeline
+from minicomp.schedules.cpu.lanes import lane_count
+from minicomp.schedules.cpu.reductions import column_block
 from minicomp.stages import loop_program
+from minicomp.target import host_target
 from minicomp.testing import assert_close
 
 
@@ -82,20 +85,23 @@ def softmax(x):
 
 F32 = np.float32
 T = Sym.symbol("T")
+# the numbers the rules read from this machine (16 lanes and column blocks of 256 with AVX2)
+LANES = f"lanes(lanes={lane_count(host_target())})"
+BLOCKS = f"accumulate_in_output(column_block={column_block(host_target())})"
 
 
 @pytest.mark.parametrize("fn, types, expected", [
-    (softmax, [((256, 512), F32)], ["parallel(i0)", "keep_operand()", "lanes(lanes=16)"]),
-    (softmax, [((4, 9), F32)], ["keep_operand()"]),                       # short rows: no lanes
+    (softmax, [((256, 512), F32)], ["parallel(i0)", "keep_operand()", LANES]),
+    (softmax, [((4, 7), F32)], ["keep_operand()"]),                       # short rows: no lanes (8 at least)
     (layernorm, [((256, 512), F32), ((512,), F32), ((512,), F32)],
-     ["parallel(i0)", "lanes(lanes=16)"]),                                 # nothing worth keeping
+     ["parallel(i0)", LANES]),                                             # nothing worth keeping
     (softmax, [((40, T), F32)], ["parallel_rows()"]),                       # a row of symbolic length
-    (lambda x: x.sum(axis=-1), [((512, 1000), F32)], ["parallel(i0)", "lanes(lanes=16)"]),
+    (lambda x: x.sum(axis=-1), [((512, 1000), F32)], ["parallel(i0)", LANES]),
     (lambda x: x.sum(axis=-1), [((512, 1000), np.int32)], ["parallel(i0)"]),   # exact: gcc's to vectorise
-    (lambda x: x.sum(axis=0), [((160, 1000), F32)], ["accumulate_in_output(column_block=256)"]),
+    (lambda x: x.sum(axis=0), [((160, 2100), F32)], [BLOCKS]),           # 2100: two blocks even of 512
     (lambda x: x.max(axis=0), [((7, 33), F32)], ["accumulate_in_output()"]),
     (lambda x: x.sum(axis=1), [((64, 512, 256), F32)], ["parallel(i0)", "accumulate_in_output()"]),
-    (lambda x: x.sum(axis=0), [((40, 33), np.float16)], ["lanes(lanes=16)"]),  # sums in float32, not in its output
+    (lambda x: x.sum(axis=0), [((40, 33), np.float16)], [LANES]),       # sums in float32, not in its output
     (lambda a, b: a @ b, [((9, 20), np.int32), ((20, 7), np.int32)], ["accumulate_in_output()"]),
     (lambda a, b: a @ b, [((1, 512), F32), ((512, 512), F32)], ["accumulate_in_output()"]),  # one row
     (lambda a, b: a @ b, [((300, 200), np.int64), ((200, 40), np.int64)], ["parallel(i0)", "accumulate_in_output()"]),

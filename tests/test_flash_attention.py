@@ -25,7 +25,7 @@ from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
 from minicomp.schedules import Strategy
 from minicomp.schedules.cpu import flash_attention
-from minicomp.schedules.cpu.flash_attention import (flash_attention_steps, mask_grid,
+from minicomp.schedules.cpu.flash_attention import (QUERY_PANELS, flash_attention_steps, mask_grid, query_panels,
                                                     read_plain_attention)
 from minicomp.stages import loop_program
 from minicomp.target import Target
@@ -134,23 +134,43 @@ def test_default_tiles_are_chosen_from_the_target():
     kernel = attention_kernel(lower(fused_graph(sdpa(), q, q, q)))
     avx2 = Target("cpu", "avx2", vector_bytes=32, vector_registers=16)
     avx512 = Target("cpu", "avx512", vector_bytes=64, vector_registers=32)
-    assert [str(s) for s in flash_attention_steps(kernel, avx2)] == ["flash_attention(bq=12, bk=32, mr=6, nr=16)"]
-    assert [str(s) for s in flash_attention_steps(kernel, avx512)] == ["flash_attention(bq=12, bk=128, mr=6, nr=64)"]
+    assert [str(s) for s in flash_attention_steps(kernel, avx2)] == ["flash_attention(bq=12, bk=32, mr=6, nr=16, lanes=16)"]
+    assert [str(s) for s in flash_attention_steps(kernel, avx512)] == ["flash_attention(bq=12, bk=128, mr=6, nr=64, lanes=32)"]
+    avx512_loops_256 = replace(avx512, loop_vector_bytes=32)  # gcc's tuning for most Intel AVX-512 CPUs
+    assert [str(s) for s in flash_attention_steps(kernel, avx512_loops_256)] == [
+        "flash_attention(bq=12, bk=128, mr=6, nr=64, lanes=16)"]
     short = attention_kernel(lower(fused_graph(sdpa(), q[:, :4], q[:, :16], q[:, :16])))
-    assert [str(s) for s in flash_attention_steps(short, avx2)] == ["flash_attention(bq=6, bk=16, mr=6, nr=16)"]
+    assert [str(s) for s in flash_attention_steps(short, avx2)] == ["flash_attention(bq=6, bk=16, mr=6, nr=16, lanes=16)"]
+
+
+def test_the_score_tile_takes_at_most_a_quarter_of_l1():
+    """``query_panels``: QUERY_PANELS panels of queries, fewer where the bq x bk score tile would
+    outgrow a quarter of L1d (never on today's machines: 1.5 KiB with AVX2, 6 KiB with AVX-512)."""
+    avx512 = Target("cpu", "avx512", vector_bytes=64, vector_registers=32, l1_bytes=48 << 10)
+    assert query_panels(avx512, 6, 128, 4) == 2 == QUERY_PANELS      # 12 x 128 float32: 6 KiB <= 12 KiB
+    assert query_panels(replace(avx512, l1_bytes=16 << 10), 6, 128, 4) == 1  # 6 KiB > 4 KiB: one panel
+    assert query_panels(replace(avx512, l1_bytes=1 << 10), 6, 128, 8) == 1   # at least one
+    rng = np.random.default_rng(3)
+    q = randn(rng, (2, 100, 32))
+    kernel = attention_kernel(lower(fused_graph(sdpa(), q, q, q)))
+    small_l1 = replace(avx512, l1_bytes=16 << 10)
+    assert [str(s) for s in flash_attention_steps(kernel, small_l1)] == [
+        "flash_attention(bq=6, bk=128, mr=6, nr=64, lanes=32)"]
 
 
 def test_a_record_names_its_micro_kernel_tile_and_replays_with_it():
-    """``flash_attention(..., mr, nr)`` tiles with the micro-kernel it names, not this machine's:
-    the AVX-512 tile (6 x 64 float32) replayed here gives that kernel, and NumPy's result
-    (64 columns are whole vectors at any x86 width, so it renders on any CPU)."""
+    """``flash_attention(..., mr, nr, lanes)`` tiles with the micro-kernel and the lane count it
+    names, not this machine's: the AVX-512 tile (6 x 64 float32) replayed here gives that kernel,
+    and NumPy's result (64 columns are whole vectors at any x86 width, so it renders on any CPU)."""
     rng = np.random.default_rng(8)
     q, k, v = randn(rng, (2, 40, 24)), randn(rng, (2, 70, 24)), randn(rng, (2, 70, 24))
     plain = lower(fused_graph(sdpa(), q, k, v))
-    steps = {attention_kernel(plain).name: [Strategy("flash_attention", bq=12, bk=64, mr=6, nr=64)]}
-    program = place_scratch(schedule_program(plain, steps))
-    assert set(intrinsics(attention_kernel(program))) == {"mc_gemm_6x64_f32"}  # QK^T and PV
-    assert_close(run_c(program, q, k, v)[0], sdpa()(q, k, v))
+    for lanes in (8, 32):  # SSE's lane count, and AVX-512's with 512-bit loops
+        steps = {attention_kernel(plain).name: [Strategy("flash_attention", bq=12, bk=64, mr=6, nr=64, lanes=lanes)]}
+        program = place_scratch(schedule_program(plain, steps))
+        assert set(intrinsics(attention_kernel(program))) == {"mc_gemm_6x64_f32"}  # QK^T and PV
+        assert f"_lanes: f32[{lanes}]" in str(program)
+        assert_close(run_c(program, q, k, v)[0], sdpa()(q, k, v))
 
 
 def test_replaying_the_recorded_steps_on_a_fresh_lowering_gives_the_same_nest():
@@ -184,6 +204,8 @@ def test_refusals_leave_the_plain_nest():
     small = attention_kernel(lower(fused_graph(sdpa(), q[:, :8, :8], q[:, :8, :8], q[:, :8, :8])))
     with pytest.raises(ScheduleError, match="MIN_WORK"):
         Strategy("flash_attention", bq=mr, bk=nr).apply(small)
+    with pytest.raises(ScheduleError, match="power of two"):
+        Strategy("flash_attention", bq=mr, bk=nr, lanes=12).apply(kernel)
 
 
 def test_scores_in_another_dtype_than_the_output_stay_plain():

@@ -1,7 +1,7 @@
 """Reduction loops that vectorise (the default schedules of ``minicomp.schedules.cpu.reductions``), against NumPy.
 
-* float reductions split into ``LANES`` partial accumulators: row lengths around the lane
-  count (tails of 1, 15, 17, 33 ...), empty rows, NaN and infinities (a NaN anywhere in a row
+* float reductions split into ``lane_count(host_target())`` partial accumulators (16 with AVX2):
+  row lengths around the lane count (tails of 1, 15, 17, 33 ...), empty rows, NaN and infinities (a NaN anywhere in a row
   still wins ``max``/``min``); integer and bool reductions stay exact;
 * column reductions accumulating into the output row: blocks for the threads plus a tail;
 * softmax computing ``exp`` once (kept in the output row for the epilogue), and only where
@@ -25,8 +25,10 @@ from minicomp.codegen.c import render_c
 from minicomp.runtime.compiler import build_flags, compiler
 from minicomp.ir.dtypes import TensorType
 from minicomp.passes.pipeline import run_pipeline
-from minicomp.schedules.cpu.reductions import LANES
+from minicomp.schedules.cpu.lanes import lane_count
+from minicomp.schedules.cpu.reductions import column_block
 from minicomp.stages import loop_program
+from minicomp.target import host_target
 from minicomp.testing import assert_close
 
 FLOATS = ["float32", "float64", "float16"]
@@ -94,13 +96,15 @@ def test_row_reductions_match_numpy(dtype, n, rng):
         np.testing.assert_array_equal(a, e)
 
 
-@pytest.mark.parametrize("n", [15, 16, 17, 33, 1000])
+@pytest.mark.parametrize("n", [7, 8, 9, 15, 16, 17, 31, 32, 33, 1000])
 def test_rows_split_into_lanes_exactly_when_long_enough(n):
+    """Into this machine's lane count (16 with AVX2, 8 with SSE, 32 with 512-bit loops)."""
+    lanes = lane_count(host_target())
     x = np.zeros((3, n), np.float32)
     text = kernels_text(lambda x: x.sum(axis=-1), x)
-    assert ("vectorized for lane in 0..16" in text) == (n >= LANES)
-    tail = n % LANES
-    assert (f"for lane in 0..{tail}:" in text) == (n >= LANES and tail != 0)
+    assert (f"vectorized for lane in 0..{lanes}:" in text) == (n >= lanes)
+    tail = n % lanes
+    assert (f"for lane in 0..{tail}:" in text) == (n >= lanes and tail != 0)
     ints = kernels_text(lambda x: x.sum(axis=-1), x.astype(np.int32))
     assert "lane" not in ints  # integer sums are exact in any order: gcc vectorises them itself
 
@@ -205,10 +209,17 @@ def test_column_reductions_match_numpy(dtype, shape, axes, rng):
 
 
 def test_column_sum_loops_over_rows_outside_columns():
-    x = np.zeros((160, 1000), np.float32)  # 160K elements: enough work to run in parallel
+    """Three blocks of whole lane groups and a block of the rest: with AVX2 (blocks of 256),
+    1000 columns are 3 blocks of 320 and one of 40."""
+    block, lanes = column_block(host_target()), lane_count(host_target())
+    columns = 4 * block - 24
+    x = np.zeros((400, columns), np.float32)  # 400 x 1000 with AVX2: enough work to run in parallel
     text = kernels_text(lambda x: x.sum(axis=0), x)
-    assert "parallel for i0_b in 0..3:" in text  # 3 blocks of 320 columns, 40 left for one block
-    assert re.search(r"for r0 in 0..160:\n\s+for i0_i in 0..320:\n.*\n\s+sum\[i0\] = sum\[i0\] \+ x\[", text)
+    assert "parallel for i0_b in 0..3:" in text
+    width = int(re.search(r"for r0 in 0..400:\n\s+for i0_i in 0..(\d+):\n.*\n\s+sum\[i0\] = sum\[i0\] \+ x\[", text)[1])
+    rest = columns - 3 * width
+    assert width >= block and width % lanes == 0 and 0 < rest < 3 * lanes, (width, rest)
+    assert f"for i0_i in 0..{rest}:" in text
     half = kernels_text(lambda x: x.sum(axis=0), x.astype(np.float16))
     assert "sum[i0] = sum[i0] +" not in half  # float16 sums in float32: not in its output
 

@@ -24,9 +24,12 @@ from minicomp.codegen import gemm
 from minicomp.errors import UnsupportedError
 from minicomp.runtime import compiler
 from minicomp.runtime.compiler import build_flags, cflags, compile_c, load_library, target_macros
+from minicomp.schedules.cpu import work
+from minicomp.schedules.cpu.lanes import lane_count
 from minicomp import target as target_module
-from minicomp.target import (CUDA_ARCHITECTURES, Target, cache_sizes, cpu_target, cuda_target, host_target,
-                             packed_width, parse_size, probe_cuda_target, vector_unit)
+from minicomp.target import (CUDA_ARCHITECTURES, TYPICAL_LINE_BYTES, Target, cache_line_bytes, cache_sizes, cpu_target,
+                             cuda_target, describe, host_target, packed_width, parse_size, probe_cuda_target,
+                             vector_unit)
 
 REPO = Path(__file__).resolve().parent.parent
 SSE = Target(vector_bytes=16, vector_registers=16)
@@ -47,6 +50,7 @@ def test_host_target_agrees_with_the_compiler_and_the_os():
     assert target.loop_vector_bytes in (0, 16, 32, 64) and target.loop_vector_bytes <= target.vector_bytes
     assert 1 <= target.cores <= (os.cpu_count() or 1)
     assert 0 < target.l1_bytes <= target.l2_bytes and target.l3_bytes >= 0
+    assert target.line_bytes in (32, 64, 128, 256)
     assert target.compiler == compiler.compiler_version(compiler.compiler())
     assert f"{target.vector_bytes * 8}-bit registers" in str(target)
 
@@ -93,18 +97,26 @@ def test_packed_width_counts_packed_arithmetic_only():
 
 
 def test_cache_sizes_from_sysfs(tmp_path):
-    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
-                                                 (2, "Unified", "2048K"), (3, "Unified", "105M")]):
+    for index, (level, kind, size, line) in enumerate([(1, "Instruction", "32K", 64), (1, "Data", "48K", 128),
+                                                       (2, "Unified", "2048K", 64), (3, "Unified", "105M", 64)]):
         folder = tmp_path / f"index{index}"
         folder.mkdir()
-        for name, value in (("level", level), ("type", kind), ("size", size)):
+        for name, value in (("level", level), ("type", kind), ("size", size), ("coherency_line_size", line)):
             (folder / name).write_text(f"{value}\n")
     assert cache_sizes(tmp_path) == {"l1_bytes": 48 << 10, "l2_bytes": 2 << 20, "l3_bytes": 105 << 20}
+    assert cache_line_bytes(tmp_path) == 128  # the L1 data cache's, not the instruction cache's
 
 
 def test_cache_sizes_without_sysfs_are_still_sane(tmp_path):
     sizes = cache_sizes(tmp_path / "missing")
     assert sizes["l1_bytes"] > 0 and sizes["l2_bytes"] >= sizes["l1_bytes"] and sizes["l3_bytes"] >= 0
+    assert cache_line_bytes(tmp_path / "missing") == TYPICAL_LINE_BYTES == 64
+
+
+def test_describe_shows_the_line_size():
+    apple = Target(isa="neon", vector_bytes=16, vector_registers=32, l2_bytes=4 << 20, line_bytes=128)
+    assert "lines of 128 bytes" in describe(apple) and "128-byte lines" in str(apple)
+    assert "lines of 64 bytes" in describe(Target())
 
 
 def test_parse_size():
@@ -121,9 +133,10 @@ def test_program_key_covers_the_target(monkeypatch):
     traced = minicomp.trace(lambda x: x + 1, np.ones(4, np.float32))
     key = program_cache.program_key(traced, [], {})
     assert program_cache.program_key(traced, [], {}) == key
-    other = replace(host_target(), cores=host_target().cores + 1)
-    monkeypatch.setattr(program_cache, "host_target", lambda: other)
-    assert program_cache.program_key(traced, [], {}) != key
+    for other in (replace(host_target(), cores=host_target().cores + 1),
+                  replace(host_target(), line_bytes=2 * host_target().line_bytes)):
+        monkeypatch.setattr(program_cache, "host_target", lambda: other)
+        assert program_cache.program_key(traced, [], {}) != key
 
 
 # -- the micro-kernel reads the target ---------------------------------------------------------------
@@ -272,6 +285,10 @@ def test_cli_prints_the_target(capsys):
     assert " ".join(target.flags) in out and target.compiler in out
     mr, nr = gemm.tile_shape(np.float32)
     assert f"{'matmul tile':<14}{mr} x {nr} float32" in out and "GPU" in out
+    assert f"lines of {target.line_bytes} bytes" in out
+    assert f"{lane_count(target)} lanes per float reduction" in out
+    assert (f"{'threads':<14}parallel loops from {work.PARALLEL_MIN_WORK} units of work "
+            "(measured: minicomp bench --parallel-threshold)\n") in out
 
 
 def test_cli_prints_a_cuda_architecture(capsys):

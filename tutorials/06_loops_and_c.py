@@ -66,7 +66,9 @@ from minicomp.lower.program import lower
 from minicomp.lower.rules import combine, nest, reduction_init
 from minicomp.runtime import cache
 from minicomp.runtime.executable import Executable, aligned_empty
+from minicomp.schedules.cpu.lanes import lane_count
 from minicomp.stages import loop_program
+from minicomp.target import host_target
 from minicomp.testing import assert_close
 from minicomp.workloads import ew_chain, layernorm, softmax
 
@@ -158,14 +160,17 @@ plain = lower(graph)
 print(plain.kernels[0])
 assert "parallel" not in str(plain) and "lane" not in str(plain)
 # The schedule stage then shapes each kernel for this CPU (minicomp/schedules/cpu/, run by
-# minicomp.stages.loop_program, as jit does): a float reduction keeps 16 partial accumulators,
-# `acc_lanes`, one per SIMD lane (minicomp/schedules/cpu/lanes.py says why), and the outer loop
-# of a kernel with enough work runs on all cores (`parallel`). Each kernel lists its steps.
+# minicomp.stages.loop_program, as jit does): a float reduction keeps a few partial
+# accumulators, `acc_lanes`, one per SIMD lane (minicomp/schedules/cpu/lanes.py says why; how
+# many is a rule of the machine, `lane_count(target)`: two vectors of its vectorised loops, 16
+# floats with AVX2), and the outer loop of a kernel with enough work runs on all cores
+# (`parallel`). Each kernel lists its steps.
 program = loop_program(graph)
 print()
 print(program)
 assert len(program.kernels) == 5
-assert [str(step) for step in program.kernels[0].schedule] == ["parallel(i0)", "lanes(lanes=16)"]
+LANE_COUNT = lane_count(host_target())
+assert [str(step) for step in program.kernels[0].schedule] == ["parallel(i0)", f"lanes(lanes={LANE_COUNT})"]
 
 # Where does every value live? Inputs and outputs are the caller's arrays; each intermediate
 # gets a slice of one workspace, at an offset fixed at compile time (a static buffer plan).

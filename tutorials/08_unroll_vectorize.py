@@ -16,7 +16,8 @@ What you learn:
   1. an elementwise kernel: gcc vectorises it by itself; with its auto-vectoriser switched off
      it runs one element at a time, and ``Vectorize`` brings the SIMD back;
   2. a reduction: the one-accumulator loop lowering writes stays scalar; minicomp's default
-     schedule (the ``lanes`` strategy) sums into 16 partial sums instead, which vectorises;
+     schedule (the ``lanes`` strategy) sums into 16 partial sums instead (with AVX2: two
+     vectors of the machine's vectorised loops), which vectorises;
   3. the tiled matmul of tutorial 07, turned into a **register tile**: split and reorder so an
      ``mr x nr`` block of the result is computed across the whole k loop, ``cache_write`` it
      into a local array the compiler keeps in registers, ``Vectorize`` the columns and
@@ -68,6 +69,7 @@ from minicomp.stages import simplify_indices
 from minicomp.target import host_target
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.schedules import Strategy
+from minicomp.schedules.cpu.lanes import lane_count
 from minicomp.runtime.executable import Executable
 from minicomp.testing import assert_close
 from minicomp.workloads import ew_chain
@@ -87,6 +89,7 @@ NO_AUTOVEC = OPT + ["-fno-tree-vectorize"]  # ... with gcc's own loop vectoriser
 TARGET = host_target()
 WIDE = {64: "zmm", 32: "ymm"}.get(TARGET.loop_vector_bytes, "xmm")   # the registers of vectorised loops
 LANES = TARGET.loop_lanes(F32)                                        # floats per such register
+LANE_COUNT = lane_count(TARGET)       # partial sums of a lane reduction: two such vectors (16 with AVX2)
 
 
 def step(title: str) -> None:
@@ -199,12 +202,12 @@ print(f"SIMD vs one element at a time, measured here: {rows[1][2] / rows[0][2]:.
       f"(auto), {rows[1][2] / rows[2][2]:.1f}x (Vectorize)")
 
 # ----------------------------------------------------------------------------------------------
-step("Step 3: a reduction: one accumulator stays scalar, 16 lanes vectorise")
+step(f"Step 3: a reduction: one accumulator stays scalar, {LANE_COUNT} lanes vectorise")
 # ----------------------------------------------------------------------------------------------
 # Row sums of a 256 x 4096 array, written the plain way: one scalar accumulator per row.
 # Every add needs the previous one's result: a chain of 4096 dependent additions, each
 # waiting a few cycles for the last. Vectorising it would add the elements in another order
-# (16 interleaved partial sums), which rounds differently: C forbids that for floats (unless
+# (interleaved partial sums), which rounds differently: C forbids that for floats (unless
 # -ffast-math), and Vectorize refuses it too.
 rows_x = rng.standard_normal((256, 4096), dtype=F32)
 sum_program = lower(minicomp.trace(lambda x: x.sum(axis=-1), rows_x))
@@ -217,15 +220,16 @@ except ScheduleError as error:
 
 # minicomp's default schedule of a float reduction, the `lanes` strategy (a schedule step like
 # Vectorize, with a name and parameters: minicomp/schedules/cpu/lanes.py), changes the order
-# explicitly, in the loop IR: 16 partial sums in a local array, lane l adding elements l, l+16,
-# l+32, ...; the lane loop is `vectorized` (one SIMD add per 16 elements); the lanes are
-# combined at the end. Same values to float32 rounding (NumPy itself sums pairwise, in yet
-# another order).
-lanes_kernel = Strategy("lanes", lanes=16).apply(plain)
+# explicitly, in the loop IR: LANE_COUNT partial sums in a local array (lane_count(TARGET): two
+# vectors of the width gcc gives loops here, 16 floats with AVX2), lane l adding elements l,
+# l+LANE_COUNT, l+2*LANE_COUNT, ...; the lane loop is `vectorized` (two independent SIMD adds
+# per LANE_COUNT elements); the lanes are combined at the end. Same values to float32 rounding (NumPy itself sums
+# pairwise, in yet another order).
+lanes_kernel = Strategy("lanes", lanes=LANE_COUNT).apply(plain)
 print()
 print(lanes_kernel)
 sum_rows = []
-for label, kernel in [("one accumulator", plain), ("16 lanes (minicomp)", lanes_kernel)]:
+for label, kernel in [("one accumulator", plain), (f"{LANE_COUNT} lanes (minicomp)", lanes_kernel)]:
     executable, asm = build(replace(sum_program, kernels=[kernel]), OPT)
     assert_close(executable(rows_x)[0], rows_x.sum(axis=-1))
     sum_rows.append((label, asm, median_ms(lambda: executable(rows_x))))

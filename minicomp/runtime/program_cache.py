@@ -12,11 +12,12 @@ The key covers everything that decides the program: the traced graph's text with
 locations (every constant by the SHA-256 of its bytes), the pass list, minicomp's own source
 (every ``.py`` file of the package: an edited pass is a new key, whatever the version says),
 the compiler's module-level settings as they are now (``work.PARALLEL_MIN_WORK = 0`` in a
-notebook is a new key), the ``Target`` the schedules read (``host_target()``: ISA, vector widths,
-cores, caches), and the compile context: flags, compiler and the target they resolve to on this
-CPU (as ``compiler.compile_key``). The record is stored and read under the compile cache's rules
-(yours only, no links, checksummed, whole or absent); a record that does not match what was
-traced (input names and types) is ignored.
+notebook is a new key), the ``Target`` the schedules read (``host_target()``, every field by its
+``repr``: ISA, vector widths, cores, caches and their line size), and the compile context:
+flags, compiler and the target they resolve to on this CPU (as ``compiler.compile_key``). The
+record is stored and read under the compile cache's rules (yours only, no links, checksummed,
+whole or absent); a record that does not match what was traced (input names and types) is
+ignored.
 
 ``jit`` uses it (``lookup`` before the passes, ``remember`` after compiling); the graph after
 the passes and the loop IR of a program found here are made again only when asked for

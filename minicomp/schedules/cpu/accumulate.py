@@ -19,7 +19,9 @@ a last loop over the row finishes it while it is in cache. Other output loops st
 (with their marks: a parallel one stays parallel); with none (a column reduction)
 ``column_block`` cuts the row into blocks of at least that many columns, one task each for the
 threads (the block loop is parallel: each block writes its own columns; the columns left over
-make one more block after them).
+make one more block after them). Blocks are whole groups of ``column_block //
+GROUPS_PER_BLOCK`` columns (the default rule makes a group the lane count: whole vectors), so
+the record alone decides the nest, on any machine.
 
 Requires a perfect nest of output loops around exactly ``acc = init; for ...: acc =
 combine(acc, value); out[index] = finish(acc)`` (``plain.py``), with ``index`` the row-major
@@ -37,9 +39,11 @@ from ...ir.loops import Block, Buffer, Const, Declare, For, Kernel, Load, Stmt, 
 from ...ir.symbolic import Sym
 from ...lower.rules import nest
 from ..strategy import register_strategy
-from .lanes import LANES
 from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,
                     statements_of)
+
+
+GROUPS_PER_BLOCK = 16  # a column block is 16 groups of columns (not a machine property: the group is)
 
 
 @register_strategy("accumulate_in_output")
@@ -84,19 +88,20 @@ def accumulate_in_output(kernel: Kernel, column_block: int | None = None) -> Ker
 
 
 def _column_blocks(kernel: Kernel, columns, j_loop: For, column_block: int) -> Stmt:
-    """The row cut into ``extent // column_block`` parallel blocks of a multiple of ``LANES``
-    columns (at least ``column_block``), then one block of the columns left over::
+    """The row cut into ``extent // column_block`` parallel blocks of whole groups of
+    ``column_block // GROUPS_PER_BLOCK`` columns (about ``column_block`` each), then one block of
+    the columns left over::
 
-        parallel for i0_b in 0..3:                # 1000 columns, column_block 256
+        parallel for i0_b in 0..3:                # 1000 columns, column_block 256: groups of 16
           for i0_i in 0..320: i64 i0 = i0_b*320 + i0_i; ...
         for i0_i in 0..40: i64 i0 = 960 + i0_i; ...
     """
     j, extent = j_loop.var, j_loop.extent
-    if not isinstance(column_block, int) or column_block < LANES or extent < 2 * column_block:
+    if not isinstance(column_block, int) or column_block < GROUPS_PER_BLOCK or extent < 2 * column_block:
         raise refuse("accumulate_in_output", kernel,
                      f"{extent} columns make fewer than two blocks of column_block={column_block!r}")
-    count = extent // column_block
-    width = extent // count // LANES * LANES  # >= column_block; leaves a tail < count * LANES
+    count, group = extent // column_block, column_block // GROUPS_PER_BLOCK
+    width = extent // count // group * group  # whole groups; >= column_block where it is whole groups
     block, inner, rest = Var(f"{j.name}_b"), Var(f"{j.name}_i"), extent - count * width
 
     def sweep_from(first, length: int):

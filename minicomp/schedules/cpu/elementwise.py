@@ -14,8 +14,9 @@ printed kernel lists what was done (``# schedule: ...``) and every step was lega
           y[i0*1024 + i1] = ...    ->     vectorized for i1 in 0..1024: ...
 
 * **elementwise that transposes** (an input read with a large stride along the innermost
-  loop, and unit stride along another, e.g. NHWC -> NCHW): the two loops are tiled 16 x 16
-  so both the reads and the writes of a tile stay within a few cache lines::
+  loop, and unit stride along another, e.g. NHWC -> NCHW): the two loops are tiled
+  ``tile_size(target)`` x ``tile_size(target)`` (16 x 16 with 64-byte cache lines) so both the
+  reads and the writes of a tile use whole cache lines::
 
       for c in 0..64:                   # schedule: reorder(h, c, w), tile(c, w, 16, 16), parallel(h)
         for h in 0..56:
@@ -36,11 +37,11 @@ import numpy as np
 
 from ...ir.affine import affine
 from ...ir.loops import Block, Call, For, Kernel, Load, Store, walk
-from ...ir.symbolic import Sym, SymbolicShapeError
-from ...ir.schedule import Parallel, Primitive, Reorder, ScheduleError, Tile, Vectorize
+from ...ir.symbolic import Sym
+from ...ir.schedule import Parallel, Primitive, Reorder, Tile, Vectorize
 from ...schedules.cpu.work import worth_parallel
+from ...target import Target
 
-TILE = 16                    # transposing tiles: 16 x 16 float32 = 16 cache lines per side
 VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -55,8 +56,15 @@ def perfect_nest(kernel: Kernel) -> tuple[list[For], Store] | None:
     return (chain, stmt) if isinstance(stmt, Store) and chain else None
 
 
-def transposed_loop(chain: list[For], store: Store) -> str | None:
-    """A loop along which some input is read with unit stride while the innermost is not."""
+def tile_size(target: Target) -> int:
+    """Rows and columns of a transposing tile: one cache line of float32 per side (16 with
+    64-byte lines), so each row of the tile read and each row written is a whole line."""
+    return target.line_bytes // 4
+
+
+def transposed_loop(chain: list[For], store: Store, tile: int) -> str | None:
+    """A loop of at least ``tile`` iterations along which some input is read with unit stride
+    while the innermost is not."""
     inner = chain[-1].var.name
     names = {loop.var.name for loop in chain}
     for load in (e for e in walk(store.value) if isinstance(e, Load)):
@@ -67,7 +75,7 @@ def transposed_loop(chain: list[For], store: Store) -> str | None:
         if abs(coefficients.get(inner, 0)) <= 1:
             continue
         unit = [name for name, c in coefficients.items() if c == 1 and name in names and name != inner]
-        if unit and next(loop for loop in chain if loop.var.name == unit[0]).extent >= TILE:
+        if unit and next(loop for loop in chain if loop.var.name == unit[0]).extent >= tile:
             return unit[0]
     return None
 
@@ -82,8 +90,8 @@ def unit_stride(chain: list[For], store: Store) -> bool:
     return True
 
 
-def elementwise_steps(kernel: Kernel, target=None) -> list[Primitive]:
-    """The default steps for an elementwise kernel (see the module docstring)."""
+def elementwise_steps(kernel: Kernel, target: Target) -> list[Primitive]:
+    """The default steps for an elementwise kernel on ``target`` (see the module docstring)."""
     nest = perfect_nest(kernel)
     if nest is None:
         return []
@@ -92,13 +100,14 @@ def elementwise_steps(kernel: Kernel, target=None) -> list[Primitive]:
     inner = chain[-1]
     static_inner = not isinstance(inner.extent, Sym)
     steps: list[Primitive] = []
-    moved = transposed_loop(chain, store) if static_inner and inner.extent >= TILE else None
+    tile = tile_size(target)
+    moved = transposed_loop(chain, store, tile) if static_inner and inner.extent >= tile else None
     if moved is not None:
         order = [loop.var.name for loop in chain if loop.var.name not in (moved, inner.var.name)]
         order += [moved, inner.var.name]
         if order != [loop.var.name for loop in chain]:
             steps.append(Reorder(*order))
-        steps.append(Tile(moved, inner.var.name, TILE, TILE))
+        steps.append(Tile(moved, inner.var.name, tile, tile))
         outermost = order[0] if len(order) > 2 else f"{moved}_o"
     else:
         outermost = chain[0].var.name
@@ -109,6 +118,8 @@ def elementwise_steps(kernel: Kernel, target=None) -> list[Primitive]:
     return steps
 
 
+# The weights of element_cost: ratios between kinds of work, the same on any CPU (not machine
+# properties: what a unit of work costs on a machine is measured once, in PARALLEL_MIN_WORK).
 CALL_COST = 8   # a vectorised exp, tanh, erf or log costs about as much as 8 additions
 COPY_COST = 3   # what element_cost counts for one load, one constant and one operation
 

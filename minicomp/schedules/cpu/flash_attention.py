@@ -16,7 +16,7 @@ keys come in blocks, and both matmuls run on the register-blocked micro-kernel
     O[bq, D]   = O * c + P @ Vblock                 # micro-kernel again, reading P's rows in place
     out        = O / l   (after the last key block)
 
-Before and after ``flash_attention(bq=12, bk=32, mr=6, nr=16)`` (8 float32 lanes: the micro-kernel is 6 x 16)::
+Before and after ``flash_attention(bq=12, bk=32, mr=6, nr=16, lanes=16)`` (AVX2, 8 float32 per vector: the micro-kernel is 6 x 16)::
 
     for i0 in 0..8:                              parallel for t_pack in 0..128:  # K^T, V into panels
       for i1 in 0..512:                          parallel for t in 0..344:       # (batch, 12 queries)
@@ -37,10 +37,11 @@ entirely are skipped, tiles it leaves entirely visible run the score with the ma
 away, and only the mixed tiles (causal: on the diagonal) load it.
 
 ``K^T`` and ``V`` are packed into micro-kernel panels once per call, before the parallel loop
-over (batch, query block) tasks. Row max and row sum run over SIMD lanes
-(``reductions.reduce_into_lanes``).
+over (batch, query block) tasks. Row max and row sum run over ``lanes`` SIMD lanes
+(``lanes.reduce_into_lanes``).
 
-The default rules: ``flash_attention_steps`` picks the tile for the target; where the
+The default rules: ``flash_attention_steps`` picks the tile for the target (its micro-kernel,
+``query_panels`` of it per task, its ``lane_count``); where the
 strategy is refused (small sizes, integer scores, a symbolic head size) ``parallel_query_rows`` runs the plain
 nest's outermost loop on all cores when there is enough work.
 """
@@ -61,13 +62,21 @@ from ...ir.rewrite import free_vars, loads, map_expr, substitute
 from ...ir.schedule import Parallel, ScheduleError
 from ...ir.symbolic import Sym, ceil_div
 from ...lower.online_softmax import OnlineSoftmax, online_softmax
+from ...target import Target, host_target
 from ..strategy import Strategy, register_strategy
+from .lanes import lane_count, reduce_into_lanes
 from .packed_gemm import micro_kernel_name
-from .reductions import reduce_into_lanes
 from .work import worth_parallel
 
-QUERY_PANELS = 2  # queries per task = 2 x MR: the S tile (12 x 128) stays in L1; measured best of 2..12
-KEY_PANELS = 2  # keys per block = 2 micro-kernel panels: halves the per-row bookkeeping per key
+# The tile counts micro-kernel panels: their size is the machine's (MR x NR), the counts are not
+# cache sizes. 2 query panels (12 queries) keep a causal mask's diagonal blocks from wasting much
+# (measured on the AVX2 VM, attention 8 x 512 x 64: 4 or 8 panels 5-8% slower causal, within 2%
+# unmasked); the S tile (1.5 KiB at 2 panels, 6 KiB at 8) stays in L1 either way. The cache rule
+# is query_panels' bound: the S tile within a quarter of L1d.
+QUERY_PANELS = 2  # MR-row panels of queries per task (measured: 12 queries, not 48, made attention 10-15% faster)
+KEY_PANELS = 2  # NR-column panels of keys per block: halves the per-row bookkeeping per key
+S_TILE_L1_SHARE = 4  # the S tile takes at most a quarter of L1d: it shares L1 with Q, O and the K, V panels
+# Not machine properties: a ratio of work to packing, and the compile-time mask grid's memory.
 MIN_WORK = 1 << 15  # Sq x Sk x head below which packing K and V costs more than the tiles save
 MASK_GRID = 1 << 22  # points of a mask condition evaluated at once (a few query rows at a time)
 
@@ -78,9 +87,12 @@ MASK_GRID = 1 << 22  # points of a mask condition evaluated at once (a few query
 
 
 @register_strategy("flash_attention")
-def flash_attention(kernel: Kernel, bq: int, bk: int, mr: int | None = None, nr: int | None = None) -> Kernel:
+def flash_attention(kernel: Kernel, bq: int, bk: int, mr: int | None = None, nr: int | None = None,
+                    lanes: int | None = None) -> Kernel:
     """The plain attention nest of ``kernel`` in FlashAttention tiles of ``bq`` queries x ``bk`` keys,
-    both matmuls on the ``mr x nr`` micro-kernel (default: this machine's, ``gemm.tile_shape``).
+    both matmuls on the ``mr x nr`` micro-kernel (default: this machine's, ``gemm.tile_shape``),
+    row max and row sum over ``lanes`` partial accumulators (default: this machine's
+    ``lane_count``; a power of two).
 
     Raises ``ScheduleError`` where the kernel is not the plain nest or the tiles do not apply
     (see the module docstring).
@@ -88,23 +100,36 @@ def flash_attention(kernel: Kernel, bq: int, bk: int, mr: int | None = None, nr:
     plain = read_plain_attention(kernel)
     if mr is None or nr is None:
         mr, nr = gemm.tile_shape(kernel.output.dtype)
-    tiles = FlashTiles(kernel, plain, bq, bk, mr, nr)
+    tiles = FlashTiles(kernel, plain, bq, bk, mr, nr, lane_count(host_target()) if lanes is None else lanes)
     return replace(kernel, body=tiles.body(), scratch=list(kernel.scratch) + [tiles.kpack, tiles.vpack])
 
 
-def flash_attention_steps(kernel: Kernel, target) -> list[Strategy]:
-    """``flash_attention`` with the tile of ``target``'s micro-kernel (MR x NR): ``bq`` =
-    ``QUERY_PANELS`` x MR queries (fewer where the queries are fewer), ``bk`` = ``KEY_PANELS``
-    x NR keys (one panel where the keys fit in one). Nothing for a kernel it cannot tile."""
+def flash_attention_steps(kernel: Kernel, target: Target) -> list[Strategy]:
+    """``flash_attention`` with the tile of ``target``'s micro-kernel (MR x NR): ``bk`` =
+    ``KEY_PANELS`` x NR keys (one panel where the keys fit in one), ``bq`` = ``query_panels`` x
+    MR queries (fewer where the queries are fewer), ``lane_count(target)`` lanes. Nothing for a
+    kernel it cannot tile."""
     plain = _plain_or_none(kernel)
     dtype = kernel.output.dtype
     if plain is None or not gemm.supported(dtype):
         return []
     sq, sk = kernel.output.shape[-2], plain.row.keys
     mr, nr = gemm.tile_shape(dtype, target)
-    bq = QUERY_PANELS * mr if isinstance(sq, Sym) else min(QUERY_PANELS * mr, -(-sq // mr) * mr)
     bk = nr * (KEY_PANELS if isinstance(sk, Sym) or sk > nr else 1)
-    return [Strategy("flash_attention", bq=bq, bk=bk, mr=mr, nr=nr)]
+    panels = query_panels(target, mr, bk, dtype.itemsize)
+    bq = panels * mr if isinstance(sq, Sym) else min(panels * mr, -(-sq // mr) * mr)
+    return [Strategy("flash_attention", bq=bq, bk=bk, mr=mr, nr=nr, lanes=lane_count(target))]
+
+
+def query_panels(target: Target, mr: int, bk: int, itemsize: int) -> int:
+    """MR-row panels of queries per task: ``QUERY_PANELS``, fewer where the ``bq x bk`` score
+    tile would take more than ``1 / S_TILE_L1_SHARE`` of ``target``'s L1d (each key block reads
+    it four times: scale and mask, max, exp and sum, P @ V). At least one. No machine probed so
+    far has an L1d that small:
+
+        AVX2, float32: 12 x 32 S tile = 1.5 KiB of 32 KiB -> 2    AVX-512: 12 x 128 = 6 KiB of 32 KiB -> 2
+    """
+    return max(1, min(QUERY_PANELS, target.l1_bytes // S_TILE_L1_SHARE // (mr * bk * itemsize)))
 
 
 def parallel_query_rows(kernel: Kernel, target=None) -> list:
@@ -413,13 +438,13 @@ def _uses_only(expr: Expr, names: set[str], inputs: list[Buffer]) -> bool:
 class FlashTiles:
     """The tiled nest of one plain attention kernel: its sizes, buffers and statements."""
 
-    def __init__(self, kernel: Kernel, plain: PlainAttention, bq: int, bk: int, mr: int, nr: int):
+    def __init__(self, kernel: Kernel, plain: PlainAttention, bq: int, bk: int, mr: int, nr: int, lanes: int):
         row, out = plain.row, kernel.output
         self.dtype = dt = out.dtype
         self.sq, self.sk, self.head = out.shape[-2], row.keys, out.shape[-1]
         self.batch_shape = out.shape[:-2]
         self.symbolic = isinstance(self.sq, Sym) or isinstance(self.sk, Sym)
-        self._check(kernel, plain, bq, bk, mr, nr)
+        self._check(kernel, plain, bq, bk, mr, nr, lanes)
         self.out, self.out_at, self.batch = out, row.out_at, plain.batch
         self.i, self.j, self.e = plain.query, row.j, row.e
         (self.d, self.depth), = row.qk.axes
@@ -430,7 +455,7 @@ class FlashTiles:
         self.mr, self.nr = mr, nr
         self.ukernel = micro_kernel_name(mr, nr, dt)
         self.nbatch = math.prod(self.batch_shape)
-        self.bq, self.bk = bq, bk
+        self.bq, self.bk, self.lanes = bq, bk, lanes
         self.halves = bk // self.nr  # NR-wide panels of keys per block
         self.nqb, self.nkb = ceil_div(self.sq, bq), ceil_div(self.sk, bk)  # ceil(T / bq) when T is symbolic
         self.dp = -(-self.head // self.nr) * self.nr  # head size padded to whole panels
@@ -444,12 +469,13 @@ class FlashTiles:
         self.m = Buffer("row_max", dt, (bq,))
         self.l = Buffer("row_sum", dt, (bq,))
 
-    def _check(self, kernel: Kernel, plain: PlainAttention, bq, bk, mr, nr) -> None:
+    def _check(self, kernel: Kernel, plain: PlainAttention, bq, bk, mr, nr, lanes) -> None:
         """``ScheduleError`` unless the tiles apply (see the module docstring)."""
         row, dt = plain.row, self.dtype
 
         def refuse(why: str):
-            return ScheduleError(f"flash_attention(bq={bq}, bk={bk}, mr={mr}, nr={nr}) does not apply to kernel {kernel.name}: {why}",
+            return ScheduleError(f"flash_attention(bq={bq}, bk={bk}, mr={mr}, nr={nr}, lanes={lanes}) does not apply to "
+                                 f"kernel {kernel.name}: {why}",
                                  why)
         if not gemm.supported(dt) or row.dot.dtype != dt or row.score.dtype != dt:
             raise refuse(f"no micro-kernel for {dt} scores")
@@ -460,6 +486,8 @@ class FlashTiles:
             raise refuse(f"Sq x Sk x head = {self.sq * self.sk * self.head} is less than MIN_WORK = {MIN_WORK}")
         if not all(isinstance(size, (int, np.integer)) and size > 0 for size in (bq, bk, mr, nr)) or bq % mr or bk % nr:
             raise refuse(f"bq must be a positive multiple of {mr} and bk of {nr} (the micro-kernel's tile)")
+        if not (isinstance(lanes, int) and lanes >= 2 and lanes & (lanes - 1) == 0):
+            raise refuse(f"lanes must be a power of two >= 2, not {lanes!r}")
         if len(row.qk.axes) != 1 or self._factors(row) is None:
             raise refuse("the dot product is not one sum of q times k")
         batch = {loop.var.name for loop in plain.batch}
@@ -626,13 +654,13 @@ class FlashTiles:
         o_at = row * self.dp + x
         stmts = [Declare(row, panel * self.mr + r), Declare(self.i, q0 + row), apply_f,
                  Declare(m_old, Load(self.m, row))]
-        stmts += reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt))
+        stmts += reduce_into_lanes(mx, Reduce("max", [(c, self.bk)], s_val, dt), self.lanes)
         stmts += [Declare(m_new, Call("mc_maximum", (m_old, mx), dt)),
                   # all scores so far -inf (masked): shift by 0 so exp(-inf - 0) = 0, not NaN
                   Declare(shift, Select(Binary("==", m_new, neg_inf, BOOL), const(0, dt), m_new)),
                   Declare(corr, Call("exp", (Binary("-", m_old, shift, dt),), dt)),
                   For(c, self.bk, Store(self.s, at, p_val), "vectorized")]
-        stmts += reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt))
+        stmts += reduce_into_lanes(total, Reduce("sum", [(c, self.bk)], s_val, dt), self.lanes)
         stmts += [Store(self.l, row, Binary("+", Binary("*", Load(self.l, row), corr, dt), total, dt)),
                   Store(self.m, row, m_new),
                   For(x, self.dp, Store(self.o, o_at, Binary("*", Load(self.o, o_at), corr, dt)), "vectorized")]

@@ -4,11 +4,17 @@ A float reduction written the plain way keeps one accumulator, and gcc leaves it
 turning it into SIMD means adding the elements in another order, and float addition is not
 associative, so C forbids it (``-ffast-math`` would allow it for the whole file). This strategy
 changes the order *explicitly*, in the loop IR, so the C compiler has nothing to prove:
-``lanes`` partial accumulators, lane ``l`` summing the elements ``l, l + 16, l + 32, ...``; the
-lane loop is one SIMD instruction, and the lanes are combined at the end as a tree. This is
-how NumPy's own pairwise summation adds 8 partial sums at a time; the result stays within
-float32 rounding of NumPy's. Max and min keep NumPy's NaN rule lane by lane (``mc_maximum``:
-a NaN wins), so a NaN anywhere in a row still gives NaN.
+``lanes`` partial accumulators, lane ``l`` summing the elements ``l, l + lanes, l + 2*lanes,
+...``; the lane loop is a few SIMD instructions, and the lanes are combined at the end as a
+tree. This is how NumPy's own pairwise summation adds 8 partial sums at a time; the result
+stays within float32 rounding of NumPy's. Max and min keep NumPy's NaN rule lane by lane
+(``mc_maximum``: a NaN wins), so a NaN anywhere in a row still gives NaN.
+
+How many lanes is the one machine-specific choice, and the strategy's record names it
+(``lanes(lanes=16)``: a record replays the same nest on any machine). The default rules ask
+``lane_count(target)``: two vectors of the width the target's auto-vectorised loops get, so
+each step of the lane loop is two independent vector adds (16 float32 with AVX2 or with
+AVX-512 where gcc prefers 256-bit loops, 32 with ``-mprefer-vector-width=512``, 8 with SSE).
 
 Requires a kernel holding plain scalar reductions (``plain.ScalarReduction``). Guarantees each
 float one whose innermost loop has at least ``lanes`` iterations (and whose result does not
@@ -21,29 +27,43 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from ...ir.compute import Reduce
 from ...ir.loops import Allocate, Assign, Block, Buffer, Const, Declare, For, If, Kernel, Load, Stmt, Store, Var
 from ...ir.symbolic import Sym
 from ...lower.rules import combine, nest, reduction_init
+from ...target import Target
 from ..strategy import register_strategy
 from .plain import refuse, scalar_reduction
 
-LANES = 16  # partial accumulators: one AVX-512 register of float32, two AVX2 registers
+MIN_LANES = 8  # even where loops stay scalar: 8 chains hide the latency of a float add (3-4 cycles)
 
 
-def splits_into_lanes(r: Reduce, lanes: int = LANES) -> bool:
+def lane_count(target: Target) -> int:
+    """Partial accumulators of a lane reduction on ``target``: two vectors of the width its
+    auto-vectorised loops get, in float32 values (two independent vector adds per step of the
+    lane loop), at least ``MIN_LANES``. Vector widths are powers of two, so this is one, as the
+    strategy requires.
+
+        AVX2, or AVX-512 with 256-bit loops: 16     AVX-512 with 512-bit loops: 32     SSE: 8
+    """
+    return max(MIN_LANES, 2 * target.loop_lanes(np.float32))
+
+
+def splits_into_lanes(r: Reduce, lanes: int) -> bool:
     """Float reductions whose innermost loop has at least ``lanes`` iterations (and whose
     result does not depend on the order, as ``first_wins`` max/min does for signed zeros)."""
     return (r.dtype.kind == "f" and bool(r.axes) and not isinstance(r.axes[-1][1], Sym)  # symbolic: plain
             and r.axes[-1][1] >= lanes and not r.first_wins)
 
 
-def reduce_into_lanes(acc: Var, r: Reduce, per_element: list[Stmt] = (), lanes: int = LANES) -> list[Stmt]:
+def reduce_into_lanes(acc: Var, r: Reduce, lanes: int, per_element: list[Stmt] = ()) -> list[Stmt]:
     """Declare ``acc`` and reduce ``r`` into it, the innermost loop split over ``lanes`` lanes.
 
     ``per_element`` runs before each element is accumulated (``keep_operand``'s store).
     Reductions that do not split (``splits_into_lanes``) keep the plain loop. The sum of 1000
-    elements, before and after::
+    elements, before and after (16 lanes)::
 
         f32 acc = 0                               local acc_lanes: f32[16]
         for r1 in 0..1000:                        vectorized for lane in 0..16:
@@ -100,7 +120,7 @@ def fold_lanes(lanes: Buffer, combiner: str) -> list[Stmt]:
 
 
 @register_strategy("lanes")
-def split_into_lanes(kernel: Kernel, lanes: int = LANES) -> Kernel:
+def split_into_lanes(kernel: Kernel, lanes: int) -> Kernel:
     """``kernel`` with each of its float scalar reductions that splits (``splits_into_lanes``)
     reduced into ``lanes`` partial accumulators (``reduce_into_lanes``); see the module docstring."""
     if not (isinstance(lanes, int) and lanes >= 2 and lanes & (lanes - 1) == 0):
@@ -112,7 +132,7 @@ def split_into_lanes(kernel: Kernel, lanes: int = LANES) -> Kernel:
         while k < len(stmts):
             found = scalar_reduction(stmts[k], stmts[k + 1]) if k + 1 < len(stmts) else None
             if found is not None and splits_into_lanes(found.reduce(), lanes):
-                out += reduce_into_lanes(found.acc, found.reduce(), found.per_element, lanes)
+                out += reduce_into_lanes(found.acc, found.reduce(), lanes, found.per_element)
                 split.append(found.acc.name)
                 k += 2
             else:

@@ -8,6 +8,12 @@ makes the same comparison at run time (``codegen/c.py``)::
 
     worth_parallel(4096 * 1024)   ->  True     (parallel for i0 ...)
     worth_parallel(64 * 64)       ->  False    (stays serial)
+
+``PARALLEL_MIN_WORK`` is a property of the machine, but not one the ``Target`` probes: what
+starting and joining threads costs (the OpenMP runtime, the scheduler, how busy the machine is)
+shows only when kernels run. ``minicomp bench --parallel-threshold`` measures it
+(``bench_load.py``: serial against parallel kernels of growing size), and the value it found is
+set here by hand; ``minicomp target`` prints it with the probed description.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ from __future__ import annotations
 from ...ir.symbolic import Sym
 
 # Work (elements x reduction length; elementwise elements weighed by schedules.element_cost)
-# below which threads cost more than they give. Measured with `minicomp bench
-# --parallel-threshold` on the 2-core development VM: all threads pay from 16K gelu elements
-# (each ~8 additions' work: 128K) and from 512K additions (memory-bound); 1 << 15 had made
-# additions of 32K-128K elements 10-20% slower on two threads.
+# below which threads cost more than they give. Measured, not probed: `minicomp bench
+# --parallel-threshold` on the 2-core development VM (AMD EPYC, znver3): all threads pay from
+# 16K gelu elements (each ~8 additions' work: 128K) and from 512K additions (memory-bound);
+# 1 << 15 had made additions of 32K-128K elements 10-20% slower on two threads.
 PARALLEL_MIN_WORK = 1 << 17
 
 
