@@ -264,21 +264,24 @@ def estimated_work(s: MatmulShape) -> float:
 
 def default_tiling(s: MatmulShape, dtype, target) -> dict:
     """Tile sizes and variant for ``target``: the micro-kernel's tile (``gemm.tile_shape``), the
-    cache blocks (``cache_blocks``), MC balanced over a static number of rows (``balanced``),
-    and who packs what (``choose_variant``). Holds for every value of the symbolic sizes."""
+    cache blocks (``cache_blocks``), who packs what (``choose_variant``), and MC balanced over a
+    static number of rows (``balanced``; with ``a_per_task``, whose tasks are the row blocks,
+    into at least one block per core). Holds for every value of the symbolic sizes."""
     mr, nr = gemm.tile_shape(dtype, target)
     kc, mc, nc = cache_blocks(target, dtype, mr, nr)
-    if not isinstance(s.m, Sym):
-        mc = balanced(mc, mr, s.m)
     a_per_task, b_per_task = choose_variant(s, mr, nr, kc, np.dtype(dtype).itemsize, target)
+    if not isinstance(s.m, Sym):
+        mc = balanced(mc, mr, s.m, target.cores if a_per_task else 1)
     if b_per_task:  # the tasks are all of B's panels: one block of columns
         nc = ceil_div(s.n, nr) * nr
     return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, a_per_task=a_per_task, b_per_task=b_per_task)
 
 
-def balanced(mc: int, mr: int, m: int) -> int:
-    """``mc`` shrunk so that ``m`` rows split into equal blocks (256 rows: 2 x 132, not 144 + 112)."""
-    blocks = -(-m // mc)
+def balanced(mc: int, mr: int, m: int, tasks: int = 1) -> int:
+    """``mc`` shrunk so that ``m`` rows split into equal blocks, at least ``tasks`` of them
+    where there are that many panels of ``mr`` rows (256 rows: 2 x 132, not 168 + 88; 1000
+    rows in 4 tasks, mc = 1818: 4 x 252)."""
+    blocks = max(-(-m // mc), min(tasks, -(-m // mr)))
     rows = -(-m // blocks)
     return min(mc, -(-rows // mr) * mr)
 
