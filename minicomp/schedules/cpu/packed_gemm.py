@@ -266,7 +266,7 @@ def default_tiling(s: MatmulShape, dtype, target) -> dict:
     """Tile sizes and variant for ``target``: the micro-kernel's tile (``gemm.tile_shape``), the
     cache blocks (``cache_blocks``), who packs what (``choose_variant``), and MC balanced over a
     static number of rows (``balanced``; with ``a_per_task``, whose tasks are the row blocks,
-    into at least one block per core). Holds for every value of the symbolic sizes."""
+    into a multiple of the cores). Holds for every value of the symbolic sizes."""
     mr, nr = gemm.tile_shape(dtype, target)
     kc, mc, nc = cache_blocks(target, dtype, mr, nr)
     a_per_task, b_per_task = choose_variant(s, mr, nr, kc, np.dtype(dtype).itemsize, target)
@@ -278,12 +278,12 @@ def default_tiling(s: MatmulShape, dtype, target) -> dict:
 
 
 def balanced(mc: int, mr: int, m: int, tasks: int = 1) -> int:
-    """``mc`` shrunk so that ``m`` rows split into equal blocks, at least ``tasks`` of them
-    where there are that many panels of ``mr`` rows (256 rows: 2 x 132, not 168 + 88; 1000
-    rows in 4 tasks, mc = 1818: 4 x 252)."""
-    blocks = max(-(-m // mc), min(tasks, -(-m // mr)))
-    rows = -(-m // blocks)
-    return min(mc, -(-rows // mr) * mr)
+    """``mc`` shrunk so that ``m`` rows split into equal blocks, their number a multiple of
+    ``tasks`` (the cores, where the blocks are the tasks) up to one block per panel of ``mr``
+    rows (256 rows: 2 x 132, not 168 + 88; 1024 rows on 2 cores: 8 x 132, not 7 x 150, which
+    left one core a block more to do; 1000 rows on 4 cores with mc = 1818: 4 x 252)."""
+    blocks = min(ceil_div(ceil_div(m, mc), tasks) * tasks, ceil_div(m, mr))
+    return min(mc, ceil_div(ceil_div(m, blocks), mr) * mr)
 
 
 # ----------------------------------------------------------------------------------------------
