@@ -18,7 +18,11 @@ from minicomp.driver import jit
 from minicomp.ir.rewrite import allocated
 from minicomp.schedules.cpu import flash_attention
 from minicomp.schedules.cpu import packed_gemm
-from minicomp.lower.program import lower
+from minicomp.codegen.c import render_c
+from minicomp.ir.schedule import schedule_program
+from minicomp.lower.program import lower, place_scratch
+from minicomp.runtime.executable import Executable
+from minicomp.schedules import Strategy
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stages import loop_program
 from minicomp.target import Target, host_target
@@ -30,7 +34,7 @@ F32, F64 = np.float32, np.float64
 @pytest.fixture
 def always_packed(monkeypatch):
     monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)
-    monkeypatch.setattr(packed_gemm, "MIN_ROWS", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_ROW_PANELS", 0)
 
 
 def schedules(fn, *args) -> list[str]:
@@ -75,8 +79,8 @@ def test_micro_kernel_tile_fits_the_target(target, tile):
 @given(m=st.integers(1, 80), k=st.integers(1, 70), n=st.integers(2, 150), f64=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
-    saved = packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS
-    packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS = 0, 0
+    saved = packed_gemm.MIN_WORK, packed_gemm.MIN_ROW_PANELS
+    packed_gemm.MIN_WORK, packed_gemm.MIN_ROW_PANELS = 0, 0
     try:
         rng = np.random.default_rng(seed)
         dtype = F64 if f64 else F32
@@ -84,7 +88,7 @@ def test_packed_matmul_matches_numpy_on_any_shape(m, k, n, f64, seed):
         assert any(s.startswith("packed_gemm(") for s in schedules(matmul, a, b))
         assert_close(jit(matmul)(a, b), a @ b)
     finally:
-        packed_gemm.MIN_WORK, packed_gemm.MIN_ROWS = saved
+        packed_gemm.MIN_WORK, packed_gemm.MIN_ROW_PANELS = saved
 
 
 @pytest.mark.parametrize("m, k, n", [(1024 // 4, 400, 1030), (7, 1000, 130), (145, 385, 65)])
@@ -216,42 +220,50 @@ def test_tiled_attention_stores_no_score_matrix():
     assert max(b.size for b in allocated(kernel.body)) < sq * sk // 8  # tiles, not rows of S
 
 
+def run_variant(fn, args, **variant):
+    """``fn`` on ``args`` with its matmul packed by this machine's default tiles in the variant
+    a ``Strategy`` record forces (``a_per_task=True`` or ``b_per_task=True``); the program too."""
+    plain = lower(run_pipeline(minicomp.trace(fn, *args))[0])
+    [kernel] = [k for k in plain.kernels if packed_gemm.find_matmul(k) is not None]
+    found = packed_gemm.find_matmul(kernel)
+    tiles = packed_gemm.default_tiling(found.shape, found.tiles.dtype, host_target())
+    step = Strategy("packed_gemm", **(tiles | dict(a_per_task=False, b_per_task=False) | variant))
+    program = place_scratch(schedule_program(plain, {kernel.name: [step]}))
+    return Executable(program, render_c(program))(*args)[0], program
+
+
 @pytest.mark.parametrize("m, k, n", [(300, 50, 70), (7, 20, 200)])
-def test_packed_matmul_with_per_task_a_blocks(always_packed, monkeypatch, m, k, n):
-    """Big A (here: any A) is packed by each task for its own MC rows, not all at once."""
-    monkeypatch.setattr(packed_gemm, "A_PACK_BYTES", 0)
+def test_packed_matmul_with_per_task_a_blocks(m, k, n):
+    """A big A (here: any A, by the record) is packed by each task for its own MC rows, not all at once."""
     rng = np.random.default_rng(9)
     a, b = randn(rng, (m, k)), randn(rng, (k, n))
-    program = loop_program(run_pipeline(minicomp.trace(matmul, a, b))[0])
+    out, program = run_variant(matmul, (a, b), a_per_task=True)
     assert "a_block" in str(program.kernels[0]) and len(program.kernels[0].scratch) == 1
     assert "a_per_task=True" in str(program.kernels[0].schedule[0])
-    assert_close(jit(matmul)(a, b), a @ b)
+    assert_close(out, a @ b)
     fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
     bias = randn(rng, (n,))
-    assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
+    assert_close(run_variant(fn, (a, b, bias), a_per_task=True)[0], fn(a, b, bias))
 
 
 @settings(max_examples=20, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 900), n=st.integers(2, 200), f64=st.booleans(),
        batch=st.integers(1, 2), seed=st.integers(0, 2**16))
 def test_packed_matmul_with_per_task_b_panels(m, k, n, f64, batch, seed):
-    """Small A, many panels: tasks are NR panels of B, each packed by its own task.
+    """Small A, many panels (here: any number, by the record): tasks are NR panels of B, each
+    packed by its own task.
 
     k up to 900 crosses kc blocks, so tiles accumulate over several passes; the epilogue
     (bias + GELU) must still run once per tile, after the last one.
     """
-    saved = packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS
-    packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS = 0, 1, 0
-    try:
-        rng = np.random.default_rng(seed)
-        dtype = F64 if f64 else F32
-        a, b, bias = randn(rng, (batch, m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
-        assert any("b_per_task=True" in s for s in schedules(matmul, a, b))
-        assert_close(jit(matmul)(a, b), a @ b)
-        fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
-        assert_close(jit(fn)(a, b, bias), fn(a, b, bias))
-    finally:
-        packed_gemm.MIN_WORK, packed_gemm.B_TASK_PANELS, packed_gemm.MIN_ROWS = saved
+    rng = np.random.default_rng(seed)
+    dtype = F64 if f64 else F32
+    a, b, bias = randn(rng, (batch, m, k), dtype), randn(rng, (k, n), dtype), randn(rng, (n,), dtype)
+    out, program = run_variant(matmul, (a, b), b_per_task=True)
+    assert "b_per_task=True" in str(program.kernels[0].schedule[0])
+    assert_close(out, a @ b)
+    fn = lambda x, w, b: gelu(x @ w + b)  # noqa: E731
+    assert_close(run_variant(fn, (a, b, bias), b_per_task=True)[0], fn(a, b, bias))
 
 
 @pytest.mark.parametrize("m, k, n", [(3, 4, 5), (70, 90, 130)])  # the naive and the packed path

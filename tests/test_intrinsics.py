@@ -28,7 +28,7 @@ from minicomp.ir.loops import INDEX, Address, Block, Const, For, Intrinsic, Kern
 from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime.executable import Executable
-from minicomp.schedules.cpu import packed_gemm
+from minicomp.target import KiB, Target
 from minicomp.stages import LOOP_STAGES, loop_program
 from minicomp.testing import assert_close
 from minicomp.testing.graphs import assert_outputs_close, random_graphs
@@ -151,9 +151,14 @@ def test_the_micro_kernel_meaning_refuses_a_block_outside_its_buffer():
 # ----------------------------------------------------------------------------------------------
 
 
-def scheduled(fn, *args):
-    """The loop program of ``fn`` after the graph passes and every loop stage."""
-    return loop_program(run_pipeline(minicomp.trace(fn, *args))[0])
+# The machine the packed matmuls below are scheduled for, whatever this one is: its cache rules
+# give kc = 384 float32 and B's panels as the tasks from 8 panels (packed_gemm.cache_blocks).
+AVX2_2_CORES = Target(isa="avx2", vector_bytes=32, vector_registers=16, cores=2, l1_bytes=32 * KiB, l2_bytes=512 * KiB)
+
+
+def scheduled(fn, *args, target=AVX2_2_CORES):
+    """The loop program of ``fn`` after the graph passes and every loop stage, for ``target``."""
+    return loop_program(run_pipeline(minicomp.trace(fn, *args))[0], target)
 
 
 def steps(program) -> str:
@@ -167,7 +172,7 @@ def interpret_and_check(fn, *args):
     return program
 
 
-NR = gemm.tile_shape(F32)[1]
+NR = gemm.tile_shape(F32, AVX2_2_CORES)[1]
 
 
 @pytest.mark.parametrize("m, k, n, variant", [
@@ -182,11 +187,12 @@ def test_packed_matmul_runs_in_the_loop_interpreter(rng, m, k, n, variant):
     assert "mc_gemm_" in str(program.kernels[0])
 
 
-def test_packed_matmul_with_per_task_a_blocks_runs_in_the_loop_interpreter(rng, monkeypatch):
-    monkeypatch.setattr(packed_gemm, "A_PACK_BYTES", 0)  # A is "big": each task packs its rows
+def test_packed_matmul_with_per_task_a_blocks_runs_in_the_loop_interpreter(rng):
     a, b = randn(rng, (20, 50)), randn(rng, (50, 2 * NR + 3))
-    program = interpret_and_check(lambda a, b: a @ b, a, b)
-    assert "a_block" in str(program.kernels[0]) and "gemm(" in steps(program)
+    tiny_l2 = replace(AVX2_2_CORES, l2_bytes=KiB)  # A is "big": each task packs its rows
+    program = scheduled(lambda a, b: a @ b, a, b, target=tiny_l2)
+    assert_close(run_program(program, a, b)[0], a @ b)
+    assert "a_block" in str(program.kernels[0]) and "a_per_task=True" in steps(program)
 
 
 def test_packed_matmul_with_an_epilogue_float64_and_a_batch_runs_in_the_loop_interpreter(rng):

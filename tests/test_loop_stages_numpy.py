@@ -53,7 +53,7 @@ def thresholds(request, monkeypatch):
     if request.param == "every strategy":
         monkeypatch.setattr(work, "PARALLEL_MIN_WORK", 0)
         monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)  # tiled attention reads it too
-        monkeypatch.setattr(packed_gemm, "MIN_ROWS", 1)
+        monkeypatch.setattr(packed_gemm, "MIN_ROW_PANELS", 0)
     return request.param
 
 

@@ -108,7 +108,7 @@ def test_declared_index_gets_a_range_but_an_assigned_one_does_not():
 def test_block_attention_reads_q_k_v_without_division(monkeypatch):
     """The GPT-2 block's head split reaches the attention kernel's packing as plain strided reads."""
     monkeypatch.setattr(packed_gemm, "MIN_WORK", 0)
-    monkeypatch.setattr(packed_gemm, "MIN_ROWS", 0)
+    monkeypatch.setattr(packed_gemm, "MIN_ROW_PANELS", 0)
     monkeypatch.setattr(flash_attention, "MIN_WORK", 0)
     w = workloads.WORKLOADS["block"]
     source = render_c(jit(w.fn).compiled_for(*w.inputs("tiny")).run.program)

@@ -58,11 +58,12 @@ from minicomp.codegen import gemm
 from minicomp.codegen.c import CRenderer, render_c
 from minicomp.runtime.compiler import compile_c, load_library
 from minicomp.lower.program import lower
-from minicomp.schedules.cpu.packed_gemm import B_TASK_PANELS, KC_BYTES, MC_PANELS, balanced
+from minicomp.schedules.cpu.packed_gemm import b_task_panels, balanced, cache_blocks
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.stages import loop_program
 from minicomp.runtime.executable import aligned_empty
 from minicomp.stats import human, kernel_summary
+from minicomp.target import host_target
 from minicomp.testing import assert_close
 from minicomp.workloads import WORKLOADS, gelu
 
@@ -100,13 +101,16 @@ def linear_gelu(x, w, b):
 
 
 # A small size to read the code: 64 rows (not a multiple of the micro-kernel's 6: edge
-# tiles), a reduction two k blocks long (kc is 384 floats, so 768), and 4 panels of nr output
-# columns (256 with AVX-512's 64-column tiles, 64 with AVX2's 16). With fewer than
-# B_TASK_PANELS panels, w is packed once per k block for all tasks: the layout read back below.
-mr, nr = gemm.tile_shape(F32)   # the micro-kernel's tile on this machine
-kc = KC_BYTES // 4              # the reduction block, in floats
-M, K, N = 64, 2 * kc, 4 * nr
-assert N // nr < B_TASK_PANELS
+# tiles), a reduction two k blocks long (kc is 384 floats with a 32 KiB L1, so 768), and 4
+# panels of nr output columns (256 with AVX-512's 64-column tiles, 64 with AVX2's 16). With
+# fewer panels than b_task_panels (4 per core), w is packed once per k block for all tasks:
+# the layout read back below. Every size comes from the Target, this machine's as probed
+# (`minicomp target` prints it); packed_gemm.cache_blocks holds the rules.
+target = host_target()
+mr, nr = gemm.tile_shape(F32, target)              # the micro-kernel's tile on this machine
+kc, mc, nc = cache_blocks(target, F32, mr, nr)     # the cache blocks: kc is the reduction block, in floats
+panels = min(4, b_task_panels(target) - 1)         # 3 on a 1-core machine
+M, K, N = 64, 2 * kc, panels * nr
 x = rng.standard_normal((M, K), dtype=F32)
 w = rng.standard_normal((K, N), dtype=F32) / F32(np.sqrt(K))
 b = rng.standard_normal(N, dtype=F32)
@@ -144,12 +148,12 @@ print(kernel)
 [schedule] = kernel.schedule
 # mc shrinks so that the rows split into equal blocks (here one block of all 64 rows + edge)
 assert schedule.name == "packed_gemm" and (schedule["mr"], schedule["nr"], schedule["kc"]) == (mr, nr, kc)
-assert schedule["mc"] == balanced(MC_PANELS * mr, mr, M)
+assert schedule["mc"] == balanced(mc, mr, M)
 print(f"\nmicro-kernel tile mr x nr = {mr} x {nr}: {gemm.vector_bytes() * 8}-bit vectors "
       f"({gemm.vector_bytes() // 4} floats), {gemm.vectors_per_row()} per row of the tile")
 # How to read the nest, outside in:
 #   for jc:  blocks of nc columns of w (here all N fit in one);
-#   for pc:  blocks of kc steps of the reduction (here 2: 384 + 384);
+#   for pc:  blocks of kc steps of the reduction (here 2: kc + kc);
 #     parallel for jb: pack w[pc block, jc block] into panels of nr columns  -> *_bpack
 #     parallel for ib: pack x[:, pc block] into rows of kc values             -> *_apack
 #     parallel for t:  one task per (mc rows, nr panel): for each mr x nr tile,

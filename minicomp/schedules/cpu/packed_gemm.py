@@ -21,12 +21,22 @@ of A (im2col) writes 9 values per input value: k-major panels made it a stream o
 stores costing a fifth of conv_bn_relu's time.
 
 Two variants change who packs what: ``a_per_task``, each task packs its own MC rows of A (for
-an A too big for L2, ``A_PACK_BYTES``); ``b_per_task``, the tasks are B's NR panels and each
-packs its own into L2 (for a small A and many panels: a layer's weights), so B is read once
-and no packed copy of it goes back to memory. Edge tiles (``M`` or ``N`` not a multiple of the
-tile) run the same micro-kernel into a local tile and copy the valid part out, so the packed
-panels are zero-padded and never overrun. A symbolic ``M`` (the tokens of a sequence) is
-packed in the ``b_per_task`` variant only (A packed whole, rows ``0..M`` guarded by ``m < M``).
+an A too big for L2, or of a size unknown until the call); ``b_per_task``, the tasks are B's NR
+panels and each packs its own into L2 (for a small A and many panels: a layer's weights), so B
+is read once and no packed copy of it goes back to memory. Edge tiles (``M`` or ``N`` not a
+multiple of the tile) run the same micro-kernel into a local tile and copy the valid part out,
+so the packed panels are zero-padded and never overrun.
+
+Symbolic sizes (``T``, the tokens of a sequence), in every variant: any row axis (so ``M``),
+any batch axis, the column axis ``N`` and the outermost reduction axis ``K`` may be symbolic.
+The block *sizes* stay static (``kc``, ``mc``, ``nc``: the packed panels of B and the per-task
+buffers have sizes known at compile time); the *counts* of panels and blocks are
+``ceil_div(size, block)`` (C: ``((T + 5)/6)``), and the tails are guarded as for a static size
+that is not a multiple of the block (``m0 < M``, ``jb*NR < nc``, the k block's ``inside``
+test). Packed A of a symbolic ``M`` is a scratch buffer of ``ceil_div(M, MR)*MR*kc`` values.
+A symbolic ``K`` may be 0 at a call, where no k block would run: the plain nest (which stores
+``value(0)``) runs instead. The inner reduction axes of conv (the window and the channels
+packed with it) must be known sizes.
 
 Requires a plain matmul-like nest (``find_matmul``): output loops around ``acc = 0; for k...:
 acc = acc + a_expr * b_expr; out[index] = value(acc)``, where ``b_expr`` uses the last output
@@ -41,9 +51,11 @@ ending in a transpose): the tiles accumulate in a scratch buffer ``<out>_acc`` a
 epilogue stores them moved. Guarantees the same values up to float rounding (the sum runs in
 blocks of ``kc``, in order within a tile).
 
-The default schedule (``packed_gemm_steps``) chooses the tiles from the ``Target``'s
-micro-kernel shape and cache blocks for about 1 MiB of L2, and leaves small matmuls (below
-``MIN_WORK``, or fewer rows than the micro-kernel) to the plain order.
+The default schedule (``packed_gemm_steps``) takes every size from the ``Target``: the
+micro-kernel's tile from its registers (``gemm.tile_shape``), the cache blocks from its L1 and
+L2 (``cache_blocks``), who packs what from its L2 and cores (``choose_variant``); the rules are
+the small functions under "The cache rules" below, one rationale each. It leaves small matmuls
+(below ``MIN_WORK``, or fewer rows than the micro-kernel) to the plain order.
 """
 
 from __future__ import annotations
@@ -58,19 +70,14 @@ from ...ir.affine import affine
 from ...ir.compute import linear_index
 from ...ir.loops import (Address, Allocate, Binary, Block, Buffer, Const, Declare, Expr, For, If, Intrinsic, Kernel,
                          Load, Select, Stmt, Store, Var, as_expr, const, walk)
-from ...ir.symbolic import Sym, SymbolicShapeError
+from ...ir.symbolic import Sym, ceil_div
 from ..strategy import Strategy, register_strategy
 from .plain import (output_loops, refuse, replace_var, row_major, same_index, scalar_reduction, shares_output,
                     statements_of)
 
 MIN_WORK = 1 << 15  # M*N*K below which packing costs more than it saves
-MIN_ROWS = 6  # fewer rows than the micro-kernel's MR: packing B costs a copy of B and saves nothing
-PARALLEL_WORK = 1 << 20
-A_PACK_BYTES = 1 << 20  # packed A above this: each task packs its own MC rows instead (stays in L2)
-B_TASK_PANELS = 8  # with A packed whole and this many NR panels or more: tasks are panels, each packs its B
-KC_BYTES = 1536  # one block of the reduction (A and B panels of kc values stay in L1/L2): 384 float32
-NC_BYTES = 4096  # columns of B packed at once: 1024 float32
-MC_PANELS = 24  # rows one task computes: 24 micro-kernel panels (before balancing over the rows)
+MIN_ROW_PANELS = 1  # fewer rows than this many micro-kernel panels (MR rows each): packing B costs a copy of it
+PARALLEL_WORK = 1 << 20  # M*N*K from which the packing and the tiles run on all threads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,8 +189,10 @@ def _order_by_stride(red: list[tuple[Var, int]], a_expr: Expr) -> list[tuple[Var
     forms = [affine(e.index) for e in walk(a_expr) if isinstance(e, Load)]
     if len(red) < 2 or not forms or forms[0] is None:
         return red
-    strides = {atom: abs(c) for atom, c in forms[0].terms if isinstance(atom, str)}
-    return sorted(red, key=lambda axis: strides.get(axis[0].name, 0), reverse=True)
+    strides = {atom: c for atom, c in forms[0].terms if isinstance(atom, str)}
+    if any(isinstance(c, Sym) for c in strides.values()):  # a symbolic size in the strides: no order to prove
+        return red
+    return sorted(red, key=lambda axis: abs(strides.get(axis[0].name, 0)), reverse=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +210,9 @@ def packed_gemm(kernel: Kernel, mr: int, nr: int, kc: int, mc: int, nc: int, a_p
 
     Equivalent to split(i, mc, mr), split(j, nc, nr), split(k, kc), reorder, cache_read of A
     and B with packed layouts, parallel over (mc, nr) tiles and tensorize of the ``mr x nr x
-    kc`` block.
+    kc`` block. Every variant takes symbolic rows, batch, columns and outermost reduction axis
+    (the counts of blocks are ``ceil_div``s, the block sizes these static ints); the inner
+    reduction axes (conv's window) must be known sizes.
     """
     def fail(why: str):
         return refuse("packed_gemm", kernel, why)
@@ -215,68 +226,154 @@ def packed_gemm(kernel: Kernel, mr: int, nr: int, kc: int, mc: int, nc: int, a_p
         raise fail("no float matmul accumulating in the output's dtype (see find_matmul)")
     if shares_output(kernel):
         raise fail(f"{kernel.output.name} shares memory with an input")
-    s = found.shape
-    if isinstance(s.m, Sym) and (len(s.rows) != 1 or isinstance(s.n, Sym) or isinstance(s.red[0][1], Sym)
-                                 or not b_per_task):
-        raise fail(f"{s.m} rows: packed only with b_per_task, one symbolic row axis and a known N and K")
-    if isinstance(s.n, Sym) or isinstance(s.k, Sym):
-        raise fail("N and K must be known sizes")
+    if _symbolic_inner(found.shape):
+        raise fail("an inner reduction axis (conv's window or channels) has a symbolic size; only the outermost "
+                   "reduction axis may")
     builder = GemmBuilder(found, mr, nr, kc, mc, nc, a_per_task, b_per_task, "parallel" if parallel else "serial")
     scratch = [] if found.in_place else [found.tiles]
     scratch += [b for b in (None if a_per_task else builder.a_pack, builder.b_pack) if b is not None]
-    return replace(kernel, body=builder.body(), scratch=list(kernel.scratch) + scratch)
+    body = builder.body()
+    if isinstance(builder.k0, Sym):  # K = 0 at a call: no k block runs, so the plain nest stores value(0)
+        body = If(as_expr(builder.k0).eq(0), kernel.body, body)
+    return replace(kernel, body=body, scratch=list(kernel.scratch) + scratch)
 
 
 def packed_gemm_steps(kernel: Kernel, target) -> list[Strategy]:
-    """The default rule: ``packed_gemm`` with tiles for ``target``, for a matmul worth packing."""
+    """The default rule: ``packed_gemm`` with tiles for ``target``, for a matmul worth packing
+    (``estimated_work`` at least ``MIN_WORK``, and a full micro-kernel panel of rows or a
+    symbolic number of them)."""
     found = find_matmul(kernel)
-    if found is None:
+    if found is None or _symbolic_inner(found.shape):
         return []
-    s = found.shape
-    symbolic = isinstance(s.m, Sym)
-    work = s.n * s.k if symbolic else s.m * s.n * s.k  # symbolic: at one row
-    if work < MIN_WORK or (not symbolic and s.m < MIN_ROWS):  # a decode step's x @ W: B read once anyway
-        return []
-    return [Strategy("packed_gemm", **default_tiling(s, found.tiles.dtype, target), parallel=work >= PARALLEL_WORK)]
+    s, dtype = found.shape, found.tiles.dtype
+    work = estimated_work(s)
+    mr = gemm.tile_shape(dtype, target)[0]
+    if work < MIN_WORK or (not isinstance(s.m, Sym) and s.m < MIN_ROW_PANELS * mr):
+        return []  # a decode step's x @ W: B is read once anyway
+    return [Strategy("packed_gemm", **default_tiling(s, dtype, target), parallel=work >= PARALLEL_WORK)]
+
+
+def estimated_work(s: MatmulShape) -> float:
+    """``M*N*K`` for the ``MIN_WORK`` and ``PARALLEL_WORK`` tests, with a symbolic ``M`` counted
+    as one row (the call may be a decode step: the work of one row must pay for packing B) and
+    a symbolic ``N`` or ``K`` as large (``inf``: a layer's width, not known to be small)."""
+    m = 1 if isinstance(s.m, Sym) else s.m
+    n, k = (math.inf if isinstance(size, Sym) else size for size in (s.n, s.k))
+    return m * n * k
 
 
 def default_tiling(s: MatmulShape, dtype, target) -> dict:
-    """Tile sizes and variant for ``target``: the micro-kernel's tile, cache blocks for ~1 MiB
-    of L2 (in bytes: float64 blocks hold half the values), MC balanced over the rows, and who
-    packs what (``A_PACK_BYTES``, ``B_TASK_PANELS``). ``SymbolicShapeError`` where a symbolic
-    size leaves no variant that holds for every size."""
+    """Tile sizes and variant for ``target``: the micro-kernel's tile (``gemm.tile_shape``), the
+    cache blocks (``cache_blocks``), who packs what (``choose_variant``), and MC balanced over a
+    static number of rows (``balanced``; with ``a_per_task``, whose tasks are the row blocks,
+    into a multiple of the cores). Holds for every value of the symbolic sizes."""
     mr, nr = gemm.tile_shape(dtype, target)
+    kc, mc, nc = cache_blocks(target, dtype, mr, nr)
+    a_per_task, b_per_task = choose_variant(s, mr, nr, kc, np.dtype(dtype).itemsize, target)
+    if not isinstance(s.m, Sym):
+        mc = balanced(mc, mr, s.m, target.cores if a_per_task else 1)
+    if b_per_task:  # the tasks are all of B's panels: one block of columns
+        nc = ceil_div(s.n, nr) * nr
+    return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=nc, a_per_task=a_per_task, b_per_task=b_per_task)
+
+
+def balanced(mc: int, mr: int, m: int, tasks: int = 1) -> int:
+    """``mc`` shrunk so that ``m`` rows split into equal blocks, their number a multiple of
+    ``tasks`` (the cores, where the blocks are the tasks) up to one block per panel of ``mr``
+    rows (256 rows: 2 x 132, not 168 + 88; 1024 rows on 2 cores: 8 x 132, not 7 x 150, which
+    left one core a block more to do; 1000 rows on 4 cores with mc = 1818: 4 x 252)."""
+    blocks = min(ceil_div(ceil_div(m, mc), tasks) * tasks, ceil_div(m, mr))
+    return min(mc, ceil_div(ceil_div(m, blocks), mr) * mr)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache rules: every block size and threshold from the Target
+# ----------------------------------------------------------------------------------------------
+# One function per rule, each with its reason, so that a rule measured better on another
+# machine changes in one place. On a 2-core AVX2 machine with 32 KiB of L1d and 512 KiB of L2
+# (float32 tile 6 x 16) they give kc = 384, mc = 168, nc = 1024, A packed whole up to 1 MiB
+# and panel tasks from 8 panels.
+
+KC_RANGE = (64, 1024)  # below 64, the micro-kernel's loads and stores of C outweigh its FMAs
+
+
+def k_block(target, nr: int, itemsize: int) -> int:
+    """``kc``, the reduction values of one packed block: B's micro-panel (``kc x nr``), which
+    every row panel of a sweep reuses, fills 3/4 of L1 (the rest holds the A rows and the C
+    tile passing through). Rounded down to a multiple of 8, clamped to ``KC_RANGE``.
+
+        32 KiB L1, nr = 16 float32  ->  384;     48 KiB L1, nr = 64 float32  ->  144
+    """
+    kc = (3 * target.l1_bytes // 4) // (nr * itemsize) // 8 * 8
+    return min(max(kc, KC_RANGE[0]), KC_RANGE[1])
+
+
+def cache_blocks(target, dtype, mr: int, nr: int) -> tuple[int, int, int]:
+    """``(kc, mc, nc)`` for an ``mr x nr`` micro-kernel on ``target``:
+
+    * ``kc``: ``k_block``;
+    * ``mc``: A's block (``mc x kc``), which one task sweeps over every panel of B, fills half
+      of L2 (the other half: the panels of B streaming through); a multiple of ``mr``, at least
+      ``mr`` (``default_tiling`` then balances it over the rows);
+    * ``nc``: B's packed block (``kc x nc``), which every row block of a pass reads, is three
+      L2s (it is read from L3; a bigger block makes fewer passes over C); a multiple of ``nr``,
+      at least ``nr``.
+
+        32 KiB L1, 512 KiB L2, float32 6 x 16  ->  (384, 168, 1024)
+    """
     itemsize = np.dtype(dtype).itemsize
-    kc, mc, nc = KC_BYTES // itemsize, MC_PANELS * mr, max(nr, NC_BYTES // itemsize // nr * nr)
-    symbolic = isinstance(s.m, Sym)
-    if not symbolic:
-        mc = balanced(mc, mr, s.m)
-    kce = _k_block(s, kc) * _inner(s)
-    packed_rows = s.m + mr - 1 if symbolic else -(-s.m // mr) * mr
-    a_per_task = not symbolic and packed_rows * kce * itemsize > A_PACK_BYTES
-    panels = -(-s.n // nr)
-    b_per_task = not a_per_task and panels >= B_TASK_PANELS
-    if symbolic and not b_per_task:
-        raise SymbolicShapeError(f"packed matmul with {s.m} rows needs {B_TASK_PANELS} panels of B")
-    return dict(mr=mr, nr=nr, kc=kc, mc=mc, nc=panels * nr if b_per_task else nc, a_per_task=a_per_task,
-                b_per_task=b_per_task)
+    kc = k_block(target, nr, itemsize)
+    mc = max(mr, (target.l2_bytes // 2) // (kc * itemsize) // mr * mr)
+    nc = max(nr, 3 * target.l2_bytes // (kc * itemsize) // nr * nr)
+    return kc, mc, nc
 
 
-def balanced(mc: int, mr: int, m: int) -> int:
-    """``mc`` shrunk so that ``m`` rows split into equal blocks (256 rows: 2 x 132, not 144 + 112)."""
-    blocks = -(-m // mc)
-    rows = -(-m // blocks)
-    return min(mc, -(-rows // mr) * mr)
+def a_pack_limit(target) -> int:
+    """Bytes of packed A that all tasks may share: two L2s. A bigger one would go back to memory
+    between its packing and its use, so each task packs its own MC rows (``a_per_task``)."""
+    return 2 * target.l2_bytes
+
+
+def b_task_panels(target) -> int:
+    """NR panels of B from which the tasks are B's panels (``b_per_task``): 4 per core, so they
+    share out evenly (at most a quarter of a core's work left over)."""
+    return 4 * target.cores
+
+
+def choose_variant(s: MatmulShape, mr: int, nr: int, kc: int, itemsize: int, target) -> tuple[bool, bool]:
+    """``(a_per_task, b_per_task)`` for ``s`` on ``target``, a choice that holds for every value
+    of its symbolic sizes:
+
+    * ``b_per_task`` where B has a known number of panels, at least ``b_task_panels`` (a layer's
+      weights), and A packs whole: it is at most ``a_pack_limit``, or its rows are symbolic (a
+      sequence: its length is not known to be large, the weights are);
+    * else ``a_per_task`` where A may be bigger than ``a_pack_limit`` (its rows symbolic, or
+      that many);
+    * else neither: A and B packed whole, shared by all tasks.
+    """
+    many_panels = not isinstance(s.n, Sym) and ceil_div(s.n, nr) >= b_task_panels(target)
+    if isinstance(s.m, Sym):
+        return not many_panels, many_panels
+    a_bytes = ceil_div(s.m, mr) * mr * _k_block(s, kc) * _inner(s) * itemsize
+    a_per_task = a_bytes > a_pack_limit(target)
+    return a_per_task, not a_per_task and many_panels
 
 
 def _inner(s: MatmulShape) -> int:
     """Values of the reduction per step of its outermost (blocked) axis."""
-    return int(np.prod([e for _, e in s.red[1:]], dtype=np.int64))
+    return math.prod(e for _, e in s.red[1:])
+
+
+def _symbolic_inner(s: MatmulShape) -> bool:
+    """Whether an inner reduction axis (not the blocked one) has a symbolic size."""
+    return any(isinstance(e, Sym) for _, e in s.red[1:])
 
 
 def _k_block(s: MatmulShape, kc: int) -> int:
-    """Steps of the outermost reduction axis in one block of about ``kc`` values."""
-    return max(1, min(s.red[0][1], kc // max(_inner(s), 1)))
+    """Steps of the outermost reduction axis in one block of about ``kc`` values (``kc``'s worth
+    for a symbolic axis: the packed buffers keep a static size)."""
+    steps = max(1, kc // max(_inner(s), 1))
+    return steps if isinstance(s.red[0][1], Sym) else min(s.red[0][1], steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +391,7 @@ def declare_rows(rows: list[tuple[Var, int]], m: Expr) -> list[Stmt]:
     """Declare each row variable from the flat row number ``m`` (last axis fastest)."""
     stmts: list[Stmt] = []
     for n, (var, extent) in enumerate(reversed(rows)):
-        rest = m if n == 0 else m / int(np.prod([e for _, e in rows[len(rows) - n:]]))
+        rest = m if n == 0 else m / math.prod(e for _, e in rows[len(rows) - n:])
         stmts.append(Declare(var, rest if n == len(rows) - 1 else rest % extent))
     return stmts
 
@@ -315,22 +412,21 @@ class GemmBuilder:
         self.a_per_task, self.b_per_task, self.kind = a_per_task, b_per_task, kind
         self.micro_kernel = micro_kernel_name(mr, nr, self.dtype)
         self.k0, self.inner = s.red[0][1], _inner(s)
-        self.chunk = _k_block(s, kc)  # steps of the outermost reduction axis per block
-        self.kce = self.chunk * self.inner  # reduction values per block
-        self.symbolic = isinstance(s.m, Sym)
-        # rows of packed A: M rounded up to whole MR panels (for a symbolic M, an upper bound)
-        self.mp = s.m + mr - 1 if self.symbolic else -(-s.m // mr) * mr
-        # loop over MR panels of rows: ceil(M / MR), or for a symbolic M, M iterations guarded by m0 < M
-        self.row_panels = s.m if self.symbolic else self.mp // mr
+        self.chunk = _k_block(s, kc)  # steps of the outermost reduction axis per block (static)
+        self.kce = self.chunk * self.inner  # reduction values per block (static)
+        # counts of panels and blocks: ceil(size / block), a Sym with a CeilDiv factor for a symbolic size
+        self.row_panels = ceil_div(s.m, mr)  # MR panels of rows
+        self.mp = self.row_panels * mr  # rows of packed A: M rounded up to whole MR panels
         self.a_pack = Buffer(f"{self.tiles.name}_apack", self.dtype, (self.mp * self.kce,))
-        self.nce = min(nc, -(-s.n // nr) * nr)  # columns per NC block, in whole NR panels
+        # columns per NC block, in whole NR panels (static: nc itself for a symbolic N)
+        self.nce = nc if isinstance(s.n, Sym) else min(nc, ceil_div(s.n, nr) * nr)
         self.n_jb = self.nce // nr  # NR panels per NC block
-        self.n_ic = None if self.symbolic else -(-s.m // mc)  # MC row blocks
+        self.n_ic = ceil_div(s.m, mc)  # MC row blocks
         # B packed whole per (jc, pc) block, except when each task packs its own panel
         self.b_pack = None if b_per_task else Buffer(f"{self.tiles.name}_bpack", self.dtype, (self.kce * self.nce,))
         self.jc, self.pc = Var("jc"), Var("pc")
         self.nc_now, self.kc_now = Var("nc"), Var("kc")
-        self.n_jc, self.n_pc = -(-s.n // nc), -(-self.k0 // self.chunk)
+        self.n_jc, self.n_pc = ceil_div(s.n, nc), ceil_div(self.k0, self.chunk)
 
     def body(self) -> Stmt:
         """The whole nest."""
@@ -339,7 +435,7 @@ class GemmBuilder:
         elif self.b_per_task:
             work = [self.pack_a(self.a_pack, Const(0), self.row_panels, self.kind), self.compute_per_panel()]
         else:
-            work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.mp // self.mr, self.kind), self.compute()]
+            work = [self.pack_b(), self.pack_a(self.a_pack, Const(0), self.row_panels, self.kind), self.compute()]
         block = Block([Declare(self.nc_now, smaller(self.nc, self.s.n - self.jc * self.nc)),
                        Declare(self.kc_now, smaller(self.chunk, self.k0 - self.pc * self.chunk) * self.inner)] + work)
         nest: Stmt = For(self.jc, self.n_jc, For(self.pc, self.n_pc, block))
@@ -382,7 +478,7 @@ class GemmBuilder:
 
         return self._reduction_loops(leaf)
 
-    def pack_a(self, into: Buffer, first_panel: Expr, panels: int, kind: str) -> Stmt:
+    def pack_a(self, into: Buffer, first_panel: Expr, panels, kind: str) -> Stmt:
         """``into[p*MR + r][kk] = A[(first_panel + p)*MR + r, k]``, rows of KC (0 past the last row)."""
         p, r, m = Var("p"), Var("r"), Var("m")
 
@@ -393,10 +489,7 @@ class GemmBuilder:
                      If(m.lt(self.s.m),
                         Block(declare_rows(self.s.rows, m) + [self._reduction_loops(store(self.s.a_expr))]),
                         self._reduction_loops(store(const(0, self.dtype))))])
-        rows: Stmt = For(r, self.mr, row)
-        if self.symbolic:  # M iterations: only the first ceil(M / MR) are panels of A
-            rows = If((p * self.mr).lt(self.s.m), rows)
-        return For(p, panels, rows, kind)
+        return For(p, panels, For(r, self.mr, row), kind)
 
     def _c_offset(self, m: Expr, n0: Expr) -> Expr:
         batch = linear_index([v for v, _ in self.s.batch], tuple(e for _, e in self.s.batch))
@@ -442,8 +535,15 @@ class GemmBuilder:
         panel = Buffer("b_panel", self.dtype, (self.kce * self.nr,))
         a_panel = Address(self.a_pack, m0 * self.kce)
         per_tile = Block([Declare(m0, ir * self.mr), self._tile(m0, jb, a_panel, Address(panel, Const(0)))])
-        return For(jb, self.n_jb, Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)),
-                                         For(ir, self.row_panels, per_tile)]), self.kind)
+        task: Stmt = Block([Allocate(panel), self.pack_b_panel(panel, jb, Const(0)), For(ir, self.row_panels, per_tile)])
+        if self.panels_past_n():
+            task = If((jb * self.nr).lt(self.nc_now), task)
+        return For(jb, self.n_jb, task, self.kind)
+
+    def panels_past_n(self) -> bool:
+        """Whether some NR panel of some NC block holds no column of B (a symbolic N, or several
+        NC blocks, the last one short): those need the ``jb*NR < nc`` guard."""
+        return isinstance(self.s.n, Sym) or self.n_jc * self.nce - self.s.n >= self.nr
 
     def compute_per_row_block(self) -> Stmt:
         """Parallel over MC-row blocks; each packs its own A block (in L2), then sweeps all panels."""
