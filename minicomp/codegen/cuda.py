@@ -458,7 +458,7 @@ class CudaRenderer(CStyleRenderer):
                 return f"({inner} != 0)"
             if dst.kind in "iu":
                 return f"mc_from_f64_{HELPER_SUFFIXES[dst]}((double){inner})"
-            return f"(({self.types[dst]}){inner})"
+            return inner if dst == F32 else f"(({self.types[dst]}){inner})"
         if dst == F16:
             inner = self.expr(e.a)
             if src == BOOL:
