@@ -10,7 +10,7 @@ and expressions read as in C, and CUDA's spellings are its hooks. It renders ker
         f32 acc = ...                            __shared__ __align__(16) float b_part[2];
         f32 s = warp_sum(acc)                    const int64_t t = (int64_t)threadIdx.x;  /* gpu_thread.x in 0..64 */
         if t % 32 == 0: part[t / 32] = s         float acc = ...;
-        barrier                                  float s = acc;  /* warp_sum of acc over 32 lanes: a butterfly */
+        barrier                                  float s = acc;  /* warp_sum over 32 lanes: a butterfly */
         ...                                      s = (s + __shfl_xor_sync(0xffffffffu, s, 16, 32)); ...
                                                  if (((t % 32) == 0)) { b_part[(t / 32)] = s; }
                                                  __syncthreads(); ...
@@ -35,7 +35,7 @@ Semantics are NumPy's as in C: the helpers of ``codegen/c.py``'s prelude (floor 
 Python's modulo, NaN-propagating maximum/minimum, integer powers, sign, sigmoid, float-to-int
 casts that never hit undefined behaviour, ``mc_index``) are ``__device__ __forceinline__``
 functions made from the same templates; int32 ``+ - *`` wrap as NumPy's (through ``uint32_t``;
-nvcc has no ``-fwrapv``). A kernel whose body can hit a NumPy error case (``can_fail``: integer
+nvcc has no ``-fwrapv``; int64 arithmetic, which is also every index's, is left as it is). A kernel whose body can hit a NumPy error case (``can_fail``: integer
 ``x ** y`` with ``y < 0``, an index out of range) takes ``int *mc_status`` last, into which a
 failing thread ORs its code (``STATUS_MESSAGES``' codes are bits: 1 | 2 = both happened);
 its ``Launch.status`` says so. nvcc contracts ``a * b + c`` into fused multiply-adds by
