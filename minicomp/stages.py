@@ -39,8 +39,10 @@ from .lower import program as lowering
 from .lower.program import Program
 from . import schedules
 from .codegen.c import render_c
+from .codegen.cuda import CudaSource, render_cuda
 from .runtime.compiler import compile_c, load_library
 from .runtime.executable import Executable
+from .runtime.nvcc import arch_of, compile_ptx
 from .target import Target, host_target
 
 
@@ -127,6 +129,26 @@ def render_source(program: Program, target: Target) -> Source:
     if target.kind != "cpu":
         raise MinicompError(f"no renderer for target kind {target.kind!r} yet")
     return Source(program, render_c(program))
+
+
+def render_cuda_source(program: Program, target: Target) -> CudaSource:
+    """The program as one CUDA file (``minicomp.codegen.cuda``): what ``render`` makes for a
+    CUDA target, and ``minicomp dump --emit cuda`` prints.
+
+    Requires: every kernel in SIMT form (a GPU schedule, then ``fuse_threads``); a
+    ``CompileError`` names the first kernel that is not. Guarantees: a self-contained ``.cu``
+    text that ``nvcc -cubin`` compiles on its own, a ``Launch`` per kernel in order.
+
+        gpu_block.x for b in 0..6: ...   ->   extern "C" __global__ void __launch_bounds__(64) k_add(...) {
+                                                const int64_t b = (int64_t)blockIdx.x; ...
+    """
+    return render_cuda(program, target)
+
+
+def cuda_ptx(source: CudaSource, target: Target) -> str:
+    """The PTX nvcc makes of a CUDA source for ``target``'s architecture (``nvcc -ptx -arch=sm_90``;
+    ``minicomp.runtime.nvcc``): what ``minicomp dump --emit ptx`` prints. Needs nvcc, no GPU."""
+    return compile_ptx(source.text, arch_of(target))
 
 
 def compile_source(source: Source, target: Target) -> Library:
