@@ -17,6 +17,7 @@
                                                            changes results (--stop-after STAGE)
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp bench gpt2.py:gpt2 --args-from make_args.py:make   time your function against NumPy
+    minicomp bench --target cuda [WORKLOAD ...]            on the GPU at GPU sizes against torch (CUDA events)
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
     minicomp target [--cuda sm_90]                         what minicomp thinks the machine is
@@ -310,6 +311,11 @@ def cmd_bench(args) -> None:
         from .bench_load import run_parallel_threshold
 
         run_parallel_threshold()
+        return
+    if args.target == "cuda" and not functions:
+        from .bench_cuda import run_cuda_bench
+
+        run_cuda_bench(args.workloads or None, min_rounds=args.rounds, as_json=args.json)
         return
     if args.under_load:
         from .bench_load import run_load_bench
