@@ -41,6 +41,7 @@ from ..ir.symbolic import evaluate
 from .executable import CallPlan, prepare_argument
 
 GRID_LIMITS = (2**31 - 1, 65535, 65535)  # blocks along x, y, z
+STATIC_SHARED_LIMIT = 48 * 1024  # shared memory a block gets without opting in
 GRAPH_AFTER_CALLS = 2  # capture a CUDA graph on the second call with the same sizes
 GRAPHS_KEPT = 8  # captured graphs per executable (one per set of sizes)
 
@@ -258,6 +259,9 @@ class CudaExecutable:
     def _prepare(self, launch):
         """The kernel function of ``launch`` with its argument types: pointers, int64 sizes."""
         function = self.module.get_function(launch.function)
+        if launch.shared_bytes > STATIC_SHARED_LIMIT:  # a block asks for more than the default 48 KiB
+            function.set_attribute(self.driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                   launch.shared_bytes)
         kinds = "".join("P" if name in self._buffers else "q" for name in launch.params)
         function.prepare(kinds + ("P" if launch.status else ""))
         return function
@@ -323,7 +327,8 @@ class CudaExecutable:
                       for name in launch.params]
             if launch.status:
                 values.append(np.uintp(int(status)))
-            function.prepared_async_call(grid, tuple(launch.block), self.stream, *values)
+            function.prepared_async_call(grid, tuple(launch.block), self.stream, *values,
+                                         shared_size=launch.shared_bytes)
 
     def _run(self, pointers: dict, sizes: dict, status, replayable: bool) -> None:
         """The launches, replayed from a captured CUDA graph where the addresses are the ones
@@ -347,7 +352,7 @@ class CudaExecutable:
         self._graph_api.replay(self._graphs[key], self.stream)
 
     def _raise_status(self, status) -> None:
-        """The NumPy error a kernel hit (the C target's status codes), if any."""
+        """The NumPy error a kernel hit (the C target's status codes, OR-ed by the threads), if any."""
         if status is None:
             return
         from ..codegen.c import STATUS_ERRORS, STATUS_MESSAGES
@@ -355,10 +360,10 @@ class CudaExecutable:
         word = np.zeros(1, np.int32)
         self.driver.memcpy_dtoh_async(word, status, self.stream)
         self.stream.synchronize()
-        code = int(word[0])
-        if code:
-            error = STATUS_ERRORS.get(code, MinicompRuntimeError)
-            raise error(f"{self.plan.graph.name}: {STATUS_MESSAGES.get(code, f'error {code}')}")
+        codes = [code for code in sorted(STATUS_MESSAGES) if int(word[0]) & code]  # threads OR their codes in
+        if codes:
+            error = STATUS_ERRORS.get(max(codes, key=lambda code: code in STATUS_ERRORS), MinicompRuntimeError)
+            raise error(f"{self.plan.graph.name}: {'; '.join(STATUS_MESSAGES[code] for code in codes)}")
 
     def _results(self, outputs, shapes, on_device: bool) -> list:
         """The outputs in the graph's order: GPUArrays on the device, or NumPy arrays copied back."""
