@@ -6,6 +6,8 @@ graph passes have::
 
     lower             Graph   -> Program    plain loop nests, one kernel per fused group (minicomp.lower)
     schedule          Program -> Program    each kernel's pattern gets its default steps (minicomp.schedules)
+    fuse_threads      Program -> Program    (cuda targets only) the GPU kernels' thread-serial form
+                                            becomes the SIMT form (minicomp.schedules.gpu.fuse_threads)
     simplify_indices  Program -> Program    index arithmetic the loop ranges decide is folded
     render            Program -> Source     the C text (minicomp.codegen)
     compile           Source  -> Library    gcc, or the compile cache (minicomp.runtime.compiler)
@@ -21,7 +23,11 @@ and printing what each made (``print_between``; CLI ``--print-between-passes``):
     >>> print(report)                   # one line per stage: kernels, milliseconds
     >>> run, _ = run_stages(graph)      # through "load": an Executable, run(*arrays) -> outputs
 
-``loop_program(graph)`` is the shortcut for the loop IR the renderer is given.
+``loop_program(graph)`` is the shortcut for the loop IR the renderer is given. The stages a
+target runs are ``target_stages(target)``: ``STAGES``, and for a ``cuda`` target
+``fuse_threads`` after ``schedule`` (``TARGET_STAGES``), so that
+``loop_program(graph, cuda_target("sm_90"), stop_after="schedule")`` is the thread-serial form
+(which the C renderer runs too) and ``stop_after="fuse_threads"`` the SIMT form.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from .ir.verify_loops import LoopIRError, verify_program
 from .lower import program as lowering
 from .lower.program import Program
 from . import schedules
+from .schedules.gpu.fuse_threads import fuse_threads
 from .codegen.c import render_c
 from .runtime.compiler import compile_c, load_library
 from .runtime.executable import Executable
@@ -103,6 +110,22 @@ def schedule_kernels(program: Program, target: Target) -> Program:
     return schedules.schedule(program, target)
 
 
+def fuse_gpu_threads(program: Program, target: Target) -> Program:
+    """Each GPU kernel's thread-serial form becomes the SIMT form (``minicomp.schedules.gpu.fuse_threads``).
+
+    Requires: a program the GPU schedules shaped (block loops around barrier phases: sibling
+    thread loops; per-thread arrays of all threads at block level). Guarantees: the same
+    stores of the same values, each kernel one thread loop nest inside its block loops, a
+    barrier between phases (where one protects something), per-thread arrays each thread's own.
+
+        gpu_block.x for b in 0..G:                 ->   gpu_block.x for b in 0..G:
+          local v: f32[256]                               gpu_thread.x for t in 0..256:
+          gpu_thread.x for t in 0..256: v[t] = ...          local v: f32[1]
+          gpu_thread.x for t in 0..256: ... v[t] ...        v[0] = ...;  ... v[0] ...
+    """
+    return fuse_threads(program, target)
+
+
 def simplify_indices(program: Program, target: Target | None = None) -> Program:
     """Fold index arithmetic the loop ranges decide (``minicomp.ir.simplify_indices``).
 
@@ -162,10 +185,30 @@ STAGES: dict[str, Callable] = {
     "compile": compile_source,
     "load": load_executable,
 }
-#: The stages whose result is a ``Program`` (checked by ``verify_program`` after each).
+#: Stages only some kinds of target run: name -> (function, the stage it follows, target kinds).
+TARGET_STAGES: dict[str, tuple[Callable, str, tuple[str, ...]]] = {
+    "fuse_threads": (fuse_gpu_threads, "schedule", ("cuda",)),
+}
+#: The loop stages of a CPU target: those whose result is a ``Program`` (checked by
+#: ``verify_program`` after each); a cuda target adds ``fuse_threads`` (``PROGRAM_STAGES``).
 LOOP_STAGES = ("lower", "schedule", "simplify_indices")
+PROGRAM_STAGES = LOOP_STAGES + ("fuse_threads",)
 #: The stages ``disable`` may leave out: each hands on what it was given.
 OPTIONAL_STAGES = ("schedule", "simplify_indices")
+
+
+
+
+def target_stages(target: Target | None = None) -> dict[str, Callable]:
+    """The stages ``target`` (default: this CPU) runs, in order: ``STAGES``, with each of
+    ``TARGET_STAGES`` that its kind runs after the stage it follows."""
+    kind = (target or host_target()).kind
+    found: dict[str, Callable] = {}
+    for name, fn in STAGES.items():
+        found[name] = fn
+        found |= {extra: stage for extra, (stage, after, kinds) in TARGET_STAGES.items()
+                  if after == name and kind in kinds}
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +252,7 @@ class StageReport:
 
     def programs(self) -> dict[str, Program]:
         """The program after each loop stage that ran, by stage name, in order."""
-        return {r.name: r.result for r in self.records if r.name in LOOP_STAGES and not r.skipped}
+        return {r.name: r.result for r in self.records if r.name in PROGRAM_STAGES and not r.skipped}
 
     def __str__(self) -> str:
         lines = [f"{'stage':<20} {'made':>22} {'ms':>8}"]
@@ -231,28 +274,30 @@ def shown(value) -> str:
     return str(value)
 
 
-def stage_names(stop_after: str = "load", disable: Iterable[str] = ()) -> list[str]:
-    """The stages that would run, in order, up to ``stop_after``, minus ``disable``;
-    ``MinicompError`` naming the known stages for an unknown or undisableable name."""
+def stage_names(stop_after: str = "load", disable: Iterable[str] = (), target: Target | None = None) -> list[str]:
+    """The stages that would run for ``target`` (default: this CPU), in order, up to
+    ``stop_after``, minus ``disable``; ``MinicompError`` naming the known stages for an unknown
+    or undisableable name."""
     disabled = set(disable)
-    if stop_after not in STAGES:
-        raise MinicompError(f"unknown stage {stop_after!r}; the stages are {', '.join(STAGES)}")
-    unknown = disabled - set(STAGES)
+    stages = target_stages(target)
+    if stop_after not in stages:
+        raise MinicompError(f"unknown stage {stop_after!r}; the stages are {', '.join(stages)}")
+    unknown = disabled - set(stages)
     if unknown:
-        raise MinicompError(f"unknown stage(s) {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+        raise MinicompError(f"unknown stage(s) {sorted(unknown)}; the stages are {', '.join(stages)}")
     needed = disabled - set(OPTIONAL_STAGES)
     if needed:
         raise MinicompError(f"stage(s) {sorted(needed)} cannot be left out (the next stage needs what they "
                             f"make); only {', '.join(OPTIONAL_STAGES)} can")
-    names = list(STAGES)[:list(STAGES).index(stop_after) + 1]
+    names = list(stages)[:list(stages).index(stop_after) + 1]
     return [n for n in names if n not in disabled]
 
 
 def run_stage(name: str, value, target: Target):
     """Stage ``name`` on ``value`` (what the stage before it made); after a loop stage the
     program is verified (``LoopIRError`` naming the stage if it is broken)."""
-    made = STAGES[name](value, target)
-    if name in LOOP_STAGES:
+    made = target_stages(target)[name](value, target)
+    if name in PROGRAM_STAGES:
         try:
             verify_program(made)
         except LoopIRError as exc:
@@ -270,10 +315,11 @@ def run_stages(graph: Graph, target: Target | None = None, stop_after: str = "lo
     A loop stage whose program fails ``verify_program`` raises ``LoopIRError`` naming it.
     """
     target = target or host_target()
-    enabled = set(stage_names(stop_after, disable))
+    enabled = set(stage_names(stop_after, disable, target))
     report = StageReport()
     value: object = graph
-    for name in list(STAGES)[:list(STAGES).index(stop_after) + 1]:
+    order = list(target_stages(target))
+    for name in order[:order.index(stop_after) + 1]:
         if name not in enabled:
             report.records.append(StageRecord(name, skipped=True))
             continue
@@ -291,9 +337,12 @@ def loop_program(graph: Graph, target: Target | None = None, stop_after: str = "
     """The loop IR of a fused ``graph`` after the loop stages up to ``stop_after``.
 
     ``disable``: loop stages to leave out (``("schedule",)`` gives the plain nests, simplified).
+    For a cuda target, ``stop_after="schedule"`` gives the thread-serial form, ``"fuse_threads"``
+    the SIMT form.
     """
-    if stop_after not in LOOP_STAGES:
-        raise ValueError(f"stop_after must be one of {', '.join(LOOP_STAGES)}, not {stop_after!r}")
+    allowed = [name for name in target_stages(target) if name in PROGRAM_STAGES]
+    if stop_after not in allowed:
+        raise ValueError(f"stop_after must be one of {', '.join(allowed)}, not {stop_after!r}")
     program, _ = run_stages(graph, target, stop_after, disable)
     return program
 
