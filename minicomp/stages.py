@@ -48,7 +48,7 @@ from .schedules.gpu.fuse_threads import fuse_threads
 from .codegen.c import render_c
 from .runtime.compiler import compile_c, load_library
 from .runtime.executable import Executable
-from .target import Target, host_target
+from .target import Target, cuda_target, host_target
 
 
 @dataclass(frozen=True)
@@ -351,3 +351,17 @@ def build(graph: Graph, target: Target | None = None) -> Executable:
     """``graph`` through every stage: the loaded ``Executable`` (the ``"c"`` target of ``jit``)."""
     executable, _ = run_stages(graph, target)
     return executable
+
+
+def gpu_serial_program(graph: Graph, target: Target | None = None) -> Program:
+    """The GPU schedules' thread-serial form of ``graph`` (for ``target``, default
+    ``cuda_target("sm_90")``), indices simplified: what the C renderer runs as plain loops
+    (MCUDA-style), so that a CPU runs every GPU schedule at C's speed."""
+    return simplify_indices(loop_program(graph, target or cuda_target("sm_90"), stop_after="schedule"))
+
+
+def build_gpu_serial(graph: Graph, target: Target | None = None) -> Executable:
+    """``gpu_serial_program(graph)`` rendered to C, compiled and loaded (the ``"gpu-serial-c"``
+    target of ``jit``: GPU schedules tested without a GPU)."""
+    program = gpu_serial_program(graph, target)
+    return Executable(program, render_c(program))

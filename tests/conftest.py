@@ -49,6 +49,7 @@ def fresh_compile_cache(tmp_path_factory):
 @pytest.fixture(scope="session", params=sorted(BACKENDS))
 def backend(request):
     """Each backend that runs a loop-IR program (``minicomp/testing/backends.py``: the C
-    compiler, the loop interpreter; CUDA joins there): ``backend.run(program, *arrays)`` gives
-    the outputs. Session-scoped, so that hypothesis tests can take it."""
+    compiler, the loop interpreter, and the GPU schedules on a CPU: their thread-serial form in
+    C, their SIMT form in the loop interpreter; CUDA joins there): ``backend.run(program,
+    *arrays)`` gives the outputs. Session-scoped, so that hypothesis tests can take it."""
     return BACKENDS[request.param]

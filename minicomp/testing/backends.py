@@ -7,6 +7,14 @@ to each backend and compares the outputs::
     >>> BACKENDS["loop_interpreter"].run(program, x, w)   # statement by statement in Python
 
 Both return the outputs in the graph's output order (a value returned twice comes back twice).
+
+Two more run a program's graph as a GPU runs it, on a CPU (``minicomp.schedules.gpu``): the
+graph (``program.graph``, what the program was lowered from) is lowered again and scheduled
+for ``cuda_target("sm_90")``, so whichever schedule the program had, these run the GPU one::
+
+    >>> BACKENDS["gpu-serial-c"].run(program, x)      # thread-serial form, rendered to C (MCUDA)
+    >>> BACKENDS["gpu-simt-interp"].run(program, x)   # SIMT form, threads in lockstep (tiny sizes)
+
 A CUDA backend joins as one more entry.
 """
 
@@ -55,7 +63,46 @@ def load_loop_interpreter(program) -> Callable:
     return run
 
 
+def gpu_program(program, stop_after: str):
+    """``program``'s graph lowered again and scheduled for a GPU (``cuda_target("sm_90")``), up
+    to the loop stage ``stop_after``: ``"schedule"`` gives the thread-serial form, the last loop
+    stage the SIMT form."""
+    from ..stages import loop_program
+    from ..target import cuda_target
+
+    return loop_program(program.graph, cuda_target("sm_90"), stop_after=stop_after)
+
+
+def load_gpu_serial_c(program) -> Callable:
+    """The GPU schedule's thread-serial form (block, thread and phase loops serial, as MCUDA
+    runs CUDA on a CPU), indices simplified, rendered to C and compiled: C's speed."""
+    from ..stages import gpu_serial_program
+
+    return load_c(gpu_serial_program(program.graph))
+
+
+#: the thread order of the gpu-simt-interp backend: a fresh shuffle at each step, from this seed
+SIMT_ORDER_SEED = 0
+
+
+def load_gpu_simt_interp(program) -> Callable:
+    """The GPU schedule's SIMT form (after ``fuse_threads``) in the loop interpreter: threads in
+    lockstep, shuffled at each step, shared memory NaN at each block's start, races reported."""
+    from .loop_interpreter import run_program
+
+    simt = gpu_program(program, "simplify_indices")
+    slot = {node: i for i, node in enumerate(simt.output_nodes)}
+
+    def run(*arrays) -> list[np.ndarray]:
+        outputs = run_program(simt, *arrays, order=SIMT_ORDER_SEED)
+        return [outputs[slot[node]].copy() for node in simt.graph.outputs]
+
+    return run
+
+
 BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("c", load_c),
     Backend("loop_interpreter", load_loop_interpreter),
+    Backend("gpu-serial-c", load_gpu_serial_c),
+    Backend("gpu-simt-interp", load_gpu_simt_interp),
 ]}

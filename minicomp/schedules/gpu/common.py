@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from ...ir.dependence import carried_scalars, conflict
+from ...ir.dependence import carried_scalars, conflict, scalar_names
 from ...ir.loops import (BOOL, GPU_LOOPS, INDEX, Binary, Const, Expr, For, Intrinsic, Kernel, Size, Stmt,
                          Store, as_expr)
 from ...ir.rewrite import allocated, declared_names, loaded_buffers, statements
@@ -91,11 +91,12 @@ def rows_apart(kernel: Kernel, loops: list[For], body: Stmt) -> bool:
     written = {s.buffer for s in inside if isinstance(s, Store)}
     if written - {out} - set(allocated(body)):
         return False
-    extents = {loop.var.name: loop.extent for loop in loops}
-    for s in inside:
-        if isinstance(s, For):
-            if str(extents.setdefault(s.var.name, s.extent)) != str(s.extent):
-                return False
+    extents: dict[str, object] = {}
+    for s in statements(kernel.body):  # the loops around ``loops`` too: a position reads their variables
+        if isinstance(s, For) and str(extents.setdefault(s.var.name, s.extent)) != str(s.extent):
+            return False
+    for name in scalar_names(kernel.body):  # a scalar named like a loop is not that loop's variable
+        extents.pop(name, None)
     names = {loop.var.name for loop in loops}
     for store in (s for s in inside if isinstance(s, Store) and s.buffer is out):
         position = row_major_position(store.index, extents)
