@@ -507,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--graphs", type=int, help="how many graphs (default: 1000, or unlimited with --minutes)")
     fuzz.add_argument("--seed", type=int, help="graph g of a seed is always the same (default: a fresh one, printed)")
     fuzz.add_argument("--minutes", type=float, help="stop starting new graphs after this long")
-    fuzz.add_argument("--target", default="c", help="the target compiled for (default: c)")
+    fuzz.add_argument("--target", default="c", help="the target compiled for (default: c; gpu-serial-c: the GPU "
+                      "schedules, run as C)")
     fuzz.add_argument("--jobs", type=int, help="worker processes (default: one per CPU; 0: this process)")
     fuzz.add_argument("--out", default="fuzz-reproducers", metavar="DIR",
                       help="where reproducers are written (default: ./fuzz-reproducers)")

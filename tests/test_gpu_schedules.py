@@ -27,6 +27,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import minicomp
 from minicomp import TensorType
@@ -342,6 +345,31 @@ def test_nan_and_signed_zeros_in_row_reductions(rng):
             program = scheduled(lowered(fn, x), *steps)
             for out in (run_serial_c(program, x), run_simt(program, x)):
                 assert_close(out[0], fn(x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=40), data=st.data())
+def test_any_reduction_through_the_row_schedules(shape, data):
+    """Whatever the axes, dtype and row schedule: ``gpu_row_reduce`` gives each output element
+    a warp or a block (the default rules keep it for contiguous rows of 32 and more, which
+    small random shapes seldom are)."""
+    dtype = data.draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64]))
+    op = data.draw(st.sampled_from(["sum", "max", "min", "mean"]))
+    axes = data.draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, unique=True).map(tuple))
+    if op in ("max", "min") and any(shape[a] == 0 for a in axes):
+        axes = tuple(a for a in axes if shape[a])  # NumPy refuses max of nothing
+        if not axes:
+            return
+    threads, rows = data.draw(st.sampled_from([(32, 1), (32, 2), (32, 8), (64, 1), (128, 1)]))
+    x = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).integers(-9, 10, shape).astype(dtype)
+    fn = lambda v: getattr(np, op)(v, axis=axes)  # noqa: E731
+    program = scheduled(lowered(fn, x), Strategy("gpu_row_reduce", threads=threads, rows_per_block=rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing
+        expected = fn(x)
+    assert_close(run_serial_c(program, x)[0], expected)
+    if x.size <= 2000:
+        assert_close(run_simt(program, x, order=data.draw(st.integers(0, 99)))[0], expected)
 
 
 def test_symbolic_sizes_through_jit():

@@ -62,7 +62,9 @@ def check_plain(strategy: str, kernel: Kernel) -> None:
 def independent_loops(kernel: Kernel, chain: list[For]) -> int:
     """How many of the outermost loops of ``chain`` (a perfect nest) may run all their
     iterations at once: the largest ``k`` for which ``chain[:k]`` never touch one element from
-    two iterations (0: none may)."""
+    two iterations (0: none may). A nest with an empty loop runs nothing: all are independent."""
+    if any(not isinstance(loop.extent, Sym) and loop.extent == 0 for loop in chain):
+        return len(chain)
     for k in range(len(chain), 0, -1):
         body = chain[k - 1].body
         if free_of_conflicts(kernel, chain[:k], body) or rows_apart(kernel, chain[:k], body):
