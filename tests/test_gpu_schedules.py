@@ -225,6 +225,19 @@ def test_a_warp_per_row_several_rows_a_block():
     assert "local acc_max_part: f32[1]" in simt
 
 
+def test_rows_past_the_grid_loop_over_rounds_of_blocks(rng):
+    """More rows than blocks (``max_blocks``, 2^31-1 by default): each block takes rows
+    ``b``, ``b + blocks``, ... in a uniform loop around its phases."""
+    x = rand(rng, 7, 40)
+    for threads, rows_per_block in ((64, 1), (32, 2)):
+        program = scheduled(lowered(softmax, x), Strategy("gpu_row_reduce", threads=threads,
+                                                          rows_per_block=rows_per_block, max_blocks=2))
+        block = program.kernels[0].body
+        assert block.extent == 2 and isinstance(block.body.stmts[-1], For)  # the rounds
+        for out in (run_serial_c(program, x), run_simt(program, x, order=4)):
+            assert_close(out[0], softmax(x))
+
+
 def test_row_reduce_refuses_what_it_does_not_know():
     def refused(fn, dtype, why, **params):
         program = lowered(fn, TensorType((3, 40), dtype))

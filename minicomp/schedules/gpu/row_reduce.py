@@ -17,9 +17,11 @@ gets ``threads`` threads: a block per row, or, with ``threads=32``, a warp per r
    value into ``shared`` memory, where every thread of the block reads it in later phases.
 
 Then the row's elementwise epilogue runs over the row by all its threads (same strided
-order), or, for a reduction, lane 0 stores the finished value. Softmax over rows of 1000::
+order), or, for a reduction, lane 0 stores the finished value. More rows than ``max_blocks``
+(CUDA allows 2^31-1 blocks) loop over rounds of blocks around the phases. Softmax over rows
+of 1000::
 
-    # schedule: gpu_row_reduce(threads=32, rows_per_block=8, ...)
+    # schedule: gpu_row_reduce(threads=32, rows_per_block=8)         (row = b*8 + w)
     gpu_block.x for b in 0..ceil(R/8):
       local acc_max_part: f32[256];  local acc_max_row: f32[256];  ...
       gpu_thread.y for w in 0..8:  gpu_thread.x for l in 0..32:        # phase: max partials
