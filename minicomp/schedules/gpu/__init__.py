@@ -20,8 +20,7 @@ A kernel every rule refuses keeps its plain nest, which ``fuse_threads`` then re
 
 from __future__ import annotations
 
-from . import row_reduce, threads  # noqa: F401  (register their strategies)
-from .row_reduce import gpu_row_reduce_steps
+from .row_reduce import gpu_row_reduce_steps  # (importing each module registers its strategy)
 from .threads import gpu_threads_steps
 
 #: the fusion patterns (``minicomp.passes.fusion``) and None: a kernel lowering gave no pattern
