@@ -229,6 +229,22 @@ def compile_ptx(text: str, arch: str = DEFAULT_ARCH, flags=("-O3",)) -> str:
         return Path(work, "kernel.ptx").read_text()
 
 
+def disassemble(cubin: bytes) -> str:
+    """The SASS (the GPU's own instructions) of a cubin: ``cuobjdump --dump-sass``, found next
+    to nvcc (``minicomp dump --target cuda --emit sass``). Needs no GPU; ``CompileError`` where
+    the toolkit has no cuobjdump (some minimal installs ship nvcc alone)."""
+    tool = shutil.which("cuobjdump", path=os.path.dirname(find_nvcc())) or shutil.which("cuobjdump")
+    if tool is None:
+        raise CompileError(f"cuobjdump not found next to {find_nvcc()} or on $PATH: this CUDA toolkit cannot "
+                           "disassemble a cubin; --emit ptx shows the code one level up")
+    with tempfile.TemporaryDirectory(prefix="minicomp-sass-") as work:
+        Path(work, "kernel.cubin").write_bytes(cubin)
+        result = subprocess.run([tool, "--dump-sass", "kernel.cubin"], cwd=work, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"cuobjdump failed: {result.stderr[-2000:]}")
+    return result.stdout
+
+
 # -- many sources at once ------------------------------------------------------------------------------
 
 
