@@ -9,6 +9,7 @@
     minicomp dump ... --emit lower                         the loop IR after one loop stage (lower,
                                                            schedule, simplify_indices = loops)
     minicomp dump --workload softmax --emit asm            gcc's assembly, SIMD instructions counted
+    minicomp dump --workload softmax --target cuda --emit cuda   the CUDA (also: ptx, sass, fuse_threads)
     minicomp dump ... --disable fusion --print-between-passes   the graph after each pass
     minicomp dump ... --emit c --print-between-passes     ... then the program after each loop stage
     minicomp explain --workload block --size cpu           why each op was fused or not; kernels,
@@ -17,6 +18,7 @@
                                                            changes results (--stop-after STAGE)
     minicomp bench [WORKLOAD ...] [--json] [--plot F.png]  time workloads against NumPy and peers
     minicomp bench gpt2.py:gpt2 --args-from make_args.py:make   time your function against NumPy
+    minicomp bench --target cuda [WORKLOAD ...]            on the GPU at GPU sizes against torch (CUDA events)
     minicomp bench --under-load [WORKLOAD ...]             ... idle and with one core busy: median, p90
     minicomp cache info|clear                              the on-disk compile cache
     minicomp target [--cuda sm_90]                         what minicomp thinks the machine is
@@ -226,8 +228,24 @@ def _optimise(args, graph):
 
 
 #: ``dump --emit`` choice -> the last stage of ``minicomp.stages`` it runs (graph: none of them)
-EMIT_STAGES = {"graph": None, "lower": "lower", "schedule": "schedule", "simplify_indices": "simplify_indices",
-               "loops": "simplify_indices", "c": "render", "asm": "simplify_indices"}
+EMIT_STAGES = {"graph": None, "lower": "lower", "schedule": "schedule", "fuse_threads": "fuse_threads",
+               "simplify_indices": "simplify_indices", "loops": "simplify_indices", "c": "render",
+               "asm": "simplify_indices", "cuda": "render", "ptx": "render", "sass": "compile"}
+#: what each --emit needs of the target: a CPU's (C) or a GPU's (CUDA)
+CPU_EMITS, CUDA_EMITS = ("c", "asm"), ("fuse_threads", "cuda", "ptx", "sass")
+
+
+def _dump_target(args):
+    """The ``Target`` of ``dump --target``: this CPU; or for cuda the GPU here, else ``--arch``'s."""
+    from .target import cuda_target, host_target, probe_cuda_target
+
+    if args.target == "c":
+        if args.emit in CUDA_EMITS:
+            raise MinicompError(f"--emit {args.emit} is a CUDA stage: add --target cuda")
+        return host_target()
+    if args.emit in CPU_EMITS:
+        raise MinicompError(f"--emit {args.emit} is the C target's: with --target cuda, --emit cuda, ptx or sass")
+    return cuda_target(args.arch) if args.arch else (probe_cuda_target() or cuda_target("sm_90"))
 
 
 def cmd_dump(args) -> None:
@@ -244,9 +262,18 @@ def cmd_dump(args) -> None:
         raise MinicompError("--kernel only applies to --emit asm")
     from .stages import run_stages
 
-    made, _ = run_stages(graph, stop_after=EMIT_STAGES[args.emit], disable=_stage_options(args),
+    target = _dump_target(args)
+    made, _ = run_stages(graph, target, stop_after=EMIT_STAGES[args.emit], disable=_stage_options(args),
                          print_between=between)
-    if args.emit == "asm":
+    if args.emit == "ptx":
+        from .runtime.nvcc import arch_of, compile_ptx
+
+        print(compile_ptx(made.text, arch_of(target)))
+    elif args.emit == "sass":
+        from .runtime.nvcc import disassemble
+
+        print(disassemble(made.cubin.data))
+    elif args.emit == "asm":
         from .tools.asm import assembly, format_summary, simd_summary
 
         text = assembly(made, args.kernel)
@@ -310,6 +337,11 @@ def cmd_bench(args) -> None:
         from .bench_load import run_parallel_threshold
 
         run_parallel_threshold()
+        return
+    if args.target == "cuda" and not functions:
+        from .bench_cuda import run_cuda_bench
+
+        run_cuda_bench(args.workloads or None, min_rounds=args.rounds, as_json=args.json)
         return
     if args.under_load:
         from .bench_load import run_load_bench
@@ -454,8 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which stage to print: the graph after the passes; the loop IR after the loop "
                            "stage lower, schedule or simplify_indices (= loops: what is rendered); the "
                            "generated C; or the assembly gcc makes of it (with a count of SIMD instructions "
-                           "per kernel). With --print-between-passes, every stage up to it is printed")
+                           "per kernel); with --target cuda: fuse_threads (the SIMT form), cuda (one .cu file "
+                           "nvcc compiles on its own), ptx or sass. With --print-between-passes, every stage "
+                           "up to it is printed")
     dump.add_argument("--kernel", metavar="NAME", help="with --emit asm: only this kernel (k_NAME)")
+    dump.add_argument("--target", default="c", choices=["c", "cuda"],
+                      help="c (default: this CPU) or cuda (the GPU here, else --arch's; no GPU needed for "
+                           "--emit fuse_threads, cuda, ptx and sass)")
+    dump.add_argument("--arch", metavar="sm_XY", help="with --target cuda: the architecture (default: the GPU "
+                                                      "here, else sm_90)")
     dump.add_argument("--format", default="text", choices=["text", "dot"])
     dump.add_argument("--full-constants", action="store_true", help="print large constants too")
     dump.set_defaults(run=cmd_dump)
@@ -517,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--graphs", type=int, help="how many graphs (default: 1000, or unlimited with --minutes)")
     fuzz.add_argument("--seed", type=int, help="graph g of a seed is always the same (default: a fresh one, printed)")
     fuzz.add_argument("--minutes", type=float, help="stop starting new graphs after this long")
-    fuzz.add_argument("--target", default="c", help="the target compiled for (default: c)")
+    fuzz.add_argument("--target", default="c", help="the target compiled for (default: c; gpu-serial-c: the GPU "
+                      "schedules, run as C)")
     fuzz.add_argument("--jobs", type=int, help="worker processes (default: one per CPU; 0: this process)")
     fuzz.add_argument("--out", default="fuzz-reproducers", metavar="DIR",
                       help="where reproducers are written (default: ./fuzz-reproducers)")

@@ -61,7 +61,7 @@ from .frontend.pytree import flatten
 from .frontend.state import read_lifted
 from .frontend.tracer import Structure, trace_with_structure
 from .runtime import program_cache
-from .stages import build
+from .stages import build, build_gpu_serial
 
 #: target name -> function ``(graph, **options) -> callable(*arrays) -> list of arrays``
 TARGETS: dict[str, Callable] = {}
@@ -92,6 +92,33 @@ def _compile_c(graph: Graph, **options):
     if options:
         raise MinicompRuntimeError(f"target 'c' takes no options yet, got {sorted(options)}")
     return build(graph)
+
+
+@register_target("gpu-serial-c")
+def _compile_gpu_serial_c(graph: Graph, **options):
+    """The GPU schedules on this CPU: lowered, scheduled for ``cuda_target("sm_90")`` (the
+    thread-serial form: block, thread and barrier-phase loops are plain loops there), indices
+    simplified, rendered as C, compiled and loaded (``stages.build_gpu_serial``)."""
+    if options:
+        raise MinicompRuntimeError(f"target 'gpu-serial-c' takes no options, got {sorted(options)}")
+    return build_gpu_serial(graph)
+
+
+@register_target("cuda")
+def _compile_cuda(graph: Graph, device: int = 0, **options):
+    """The CUDA target: the loop-level stages for the NVIDIA GPU number ``device`` of this
+    machine (lower, GPU schedules, fuse_threads, simplify indices, CUDA, nvcc, pycuda): NumPy
+    arrays in and out, or device arrays (``__cuda_array_interface__``) in and ``GPUArray`` s out
+    (``runtime/cuda.py``). ``MinicompError`` where pycuda, nvcc or a GPU is missing."""
+    from .target import probe_cuda_target
+
+    if options:
+        raise MinicompRuntimeError(f"target 'cuda' takes only device=N, got {sorted(options)}")
+    target = probe_cuda_target(device)
+    if target is None:
+        raise MinicompError(f"target 'cuda' needs an NVIDIA GPU (number {device}) and its driver: none found "
+                            "(minicomp dump --target cuda prints the CUDA code without one)")
+    return build(graph, target)
 
 
 DEFAULT_TARGET = "c"  # NumPy code in, native code out; "numpy" runs the reference interpreter

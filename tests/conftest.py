@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from minicomp.testing.backends import BACKENDS
+from minicomp.testing.backends import BACKENDS, cuda_available
 
 # "ci" (the default) keeps the whole suite within CI's budget; "thorough" digs deeper locally:
 #   HYPOTHESIS_PROFILE=thorough python -m pytest
@@ -46,9 +46,20 @@ def fresh_compile_cache(tmp_path_factory):
         os.environ["MINICOMP_CACHE_DIR"] = previous
 
 
-@pytest.fixture(scope="session", params=sorted(BACKENDS))
+def _backend_param(name: str):
+    """The fixture's parameter for backend ``name``: the CUDA one carries the ``cuda`` marker
+    and skips, saying why, where pycuda or a GPU is missing."""
+    if name != "cuda":
+        return name
+    why_not = cuda_available()
+    marks = [pytest.mark.cuda] + ([pytest.mark.skip(reason=f"cuda backend: {why_not}")] if why_not else [])
+    return pytest.param(name, marks=marks)
+
+
+@pytest.fixture(scope="session", params=[_backend_param(name) for name in sorted(BACKENDS)])
 def backend(request):
     """Each backend that runs a loop-IR program (``minicomp/testing/backends.py``: the C
-    compiler, the loop interpreter; CUDA joins there): ``backend.run(program, *arrays)`` gives
-    the outputs. Session-scoped, so that hypothesis tests can take it."""
+    compiler, the loop interpreter, and the GPU schedules on a CPU: their thread-serial form in
+    C, their SIMT form in the loop interpreter; CUDA joins there): ``backend.run(program,
+    *arrays)`` gives the outputs. Session-scoped, so that hypothesis tests can take it."""
     return BACKENDS[request.param]

@@ -66,13 +66,15 @@ import numpy as np
 
 from ..errors import CompileError, IndexOutOfBoundsError
 from ..ir import intrinsics
-from ..ir.loops import Buffer, For, Block, If, Intrinsic, Kernel
+from ..ir.affine import affine
+from ..ir.loops import INDEX, Block, Buffer, For, If, Intrinsic, Kernel, Load, WarpReduce
 from ..ir.rewrite import statements
 from ..ir.schedule import collapsed
 from ..ir.symbolic import Sym
 from ..schedules.cpu import work
+from ..schedules.gpu.fuse_threads import flat_thread_index
 from . import gemm  # noqa: F401  (registers the micro-kernel's C with minicomp.ir.intrinsics)
-from .cstyle import CStyleRenderer, _check_function
+from .cstyle import HELPER_SUFFIXES, CStyleRenderer, _check_function
 from .cstyle import Identifiers, comment_text, program_sizes  # noqa: F401  (also found here, as before)
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -226,10 +228,56 @@ class CRenderer(CStyleRenderer):
         """The includes, status codes and NumPy-meaning helpers every C file starts with."""
         return prelude()
 
+    def __init__(self, indent: str = "  "):
+        super().__init__(indent)
+        self.thread_loops: list[For] = []  # the gpu_thread loops around the statement being rendered
+
     def intrinsic_definitions(self, program) -> list[str]:
         """The intrinsics the program's kernels call (the matmul micro-kernels), after what they
-        need once per file (vector types), from the registry (``minicomp.ir.intrinsics``)."""
-        return intrinsic_sources(intrinsics_used(program.kernels))
+        need once per file (vector types), from the registry (``minicomp.ir.intrinsics``); then
+        the warp reduce helpers of a GPU program's thread-serial form, if it has warp reduces."""
+        helpers = [warp_helper(combiner, dtype) for combiner, dtype in warp_reduces(program.kernels)]
+        return intrinsic_sources(intrinsics_used(program.kernels)) + helpers
+
+    def bound_loop(self, loop: For, depth: int) -> list[str]:
+        """As ``CStyleRenderer.bound_loop``; the thread loops around are remembered (a warp
+        reduce of the thread-serial form reads them)."""
+        if loop.kind != "gpu_thread":
+            return super().bound_loop(loop, depth)
+        self.thread_loops.append(loop)
+        try:
+            return super().bound_loop(loop, depth)
+        finally:
+            self.thread_loops.pop()
+
+    def warp_reduce_statement(self, s: WarpReduce, depth: int) -> list[str]:
+        """A warp reduce of the thread-serial form has a C meaning (``warp_reduce``); any
+        other is refused, as by ``CStyleRenderer``."""
+        if self._serial_warp_reduce(s):
+            return self.warp_reduce(s, depth)
+        return super().warp_reduce_statement(s, depth)
+
+    def _serial_warp_reduce(self, s: WarpReduce) -> bool:
+        """Whether ``s`` is a warp reduce of the thread-serial form: ``buf[e + t]`` reduced, ``t``
+        the flat index of the thread loops around (``buf`` not written in that phase: the form
+        guarantees it, ``fuse_threads`` checks it)."""
+        if not (self.thread_loops and isinstance(s.value, Load)):
+            return False
+        form, flat = affine(s.value.index), affine(self._flat_thread())
+        names = {loop.var.name for loop in self.thread_loops}
+        return form is not None and not ((form - flat).names() & names)
+
+    def _flat_thread(self):
+        return flat_thread_index(self.thread_loops)
+
+    def warp_reduce(self, s: WarpReduce, depth: int) -> list[str]:
+        """``float r = mc_warp_sum_f32(&b_v[e + t - lane], lane, 32);`` with ``lane = t & 31``:
+        this thread's value of the butterfly over its group's ``width`` values (``warp_helper``)."""
+        lane = f"({self.expr(self._flat_thread())} & {self.literal(s.width - 1, INDEX)})"
+        group = f"&{self.name(s.value.buffer)}[{self.expr(s.value.index)} - {lane}]"
+        function = f"mc_warp_{s.combiner}_{_helper_suffix(s.var.dtype)}"
+        return [f"{self.indent * depth}{self.types[s.var.dtype]} {self.var(s.var)} = "
+                f"{function}({group}, {lane}, {s.width});"]
 
     def parallel_loop_prefix(self, loop: For) -> list[str]:
         """``#pragma omp parallel for schedule(dynamic, mc_chunk(n)) if(!mc_serial)``, with
@@ -296,6 +344,41 @@ def intrinsic_sources(names: list[str], language: str = "c") -> list[str]:
         supports += [support] if support else []
         routines.append(routine)
     return list(dict.fromkeys(supports)) + routines
+
+
+# A warp reduce of the thread-serial form (minicomp.schedules.gpu.fuse_threads), lane by lane: lane
+# ``lane`` of the group of ``width`` threads whose values start at ``group`` gets the value
+# WarpReduce's butterfly gives it (v = combine(v, v of lane ^ off) for off = width/2 ... 1),
+# combined in the same order: v[j] holds the butterfly's value of lane ``lane ^ j`` so far.
+_WARP_HELPER = Template("""
+static inline $T mc_warp_${C}_$S(const $T *group, int64_t lane, int64_t width) {
+  $T v[32];
+  for (int64_t j = 0; j < width; ++j) v[j] = group[lane ^ j];
+  for (int64_t off = width / 2; off > 0; off /= 2)
+    for (int64_t j = 0; j < off; ++j) v[j] = $COMBINE;
+  return v[0];
+}""")
+_WARP_COMBINE = {"sum": "v[j] + v[j + off]", "max": "mc_maximum_$S(v[j], v[j + off])",
+                 "min": "mc_minimum_$S(v[j], v[j + off])"}
+
+
+def warp_helper(combiner: str, dtype) -> str:
+    """The C helper ``mc_warp_<combiner>_<suffix>`` that gives one lane's warp reduce value."""
+    suffix = _helper_suffix(dtype)
+    combine = Template(_WARP_COMBINE[combiner]).substitute(S=suffix)
+    return _WARP_HELPER.substitute(T=C_TYPES[np.dtype(dtype)], C=combiner, S=suffix, COMBINE=combine)
+
+
+def _helper_suffix(dtype) -> str:
+    if np.dtype(dtype) not in HELPER_SUFFIXES:
+        raise CompileError(f"no warp reduce over {np.dtype(dtype)} values")
+    return HELPER_SUFFIXES[np.dtype(dtype)]
+
+
+def warp_reduces(kernels: list[Kernel]) -> list[tuple[str, object]]:
+    """(combiner, dtype) of each kind of warp reduce the kernels hold, in order of first use."""
+    found = ((s.combiner, s.var.dtype) for k in kernels for s in statements(k.body) if isinstance(s, WarpReduce))
+    return list(dict.fromkeys(found))
 
 
 def render_c(program) -> str:

@@ -5,7 +5,8 @@ per ``For``, fully parenthesised expressions, a function per kernel; and so does
 point that runs them: it binds the program's buffers from ``void **args`` and calls each kernel.
 What differs between languages is spelled in one place each, a class attribute or a short
 method of ``CStyleRenderer``, and a language is a subclass that sets them: ``codegen/c.py``'s
-``CRenderer`` is C99 with GNU extensions and OpenMP; a CUDA renderer overrides the same hooks.
+``CRenderer`` is C99 with GNU extensions and OpenMP; ``codegen/cuda.py``'s ``CudaRenderer``
+overrides the same hooks for CUDA C++.
 The hooks, with what C spells there:
 
 * ``types``, ``array_types``: a scalar's and an array element's type (``float``, ``int64_t``;
@@ -18,6 +19,12 @@ The hooks, with what C spells there:
   simd``, ``#pragma GCC unroll 8``); a serial loop has none;
 * ``loop_opening``: how a loop introduces its index (``for (int64_t i0 = 0; i0 < 8; ++i0) {``);
 * ``local_array``: an array a kernel allocates (``float b_t[64] __attribute__((aligned(64)));``);
+  ``shared_array``: one a GPU block's threads share (C: a local array too);
+* ``bound_loop``: a loop bound to a GPU block or thread axis (C: a serial loop; CUDA: the
+  index read from ``blockIdx``/``threadIdx``); ``barrier_statement``, ``warp_reduce_statement``:
+  the threads of a block synchronising (C refuses a barrier);
+* ``kernel_signature``: the line that opens a kernel's function (``kernel_prefix``, the name,
+  the parameters); ``reserved``: the names a variable may not take (C's keywords, types, libm);
 * ``prelude``, ``intrinsic_definitions``: what a file starts with (``#include``s, the ``mc_*``
   helpers, the matmul micro-kernels the kernels call);
 * ``entry_name``, ``entry_signature``, ``entry_bindings``, ``kernel_call``, ``entry_return``:
@@ -98,13 +105,14 @@ def comment_text(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _safe(prefix: str, name: str) -> bool:
+def _safe(prefix: str, name: str, reserved: frozenset = RESERVED) -> bool:
     """Whether ``prefix + name`` can be used as it is: ``b_``/``k_`` + ASCII letters, digits and
     underscores, or for a local variable (no prefix) an ASCII identifier that no keyword, type,
-    libm function, macro (all capitals) or minicomp name (``mc_``) could mean."""
+    libm function (``reserved``: the language's), macro (all capitals) or minicomp name (``mc_``)
+    could mean."""
     if not _SAFE_NAME.fullmatch(name):
         return prefix != "" and re.fullmatch(r"[A-Za-z0-9_]+", name) is not None
-    return prefix != "" or not (name in RESERVED or name.startswith("mc_") or name.upper() == name)
+    return prefix != "" or not (name in reserved or name.startswith("mc_") or name.upper() == name)
 
 
 class Identifiers:
@@ -117,11 +125,14 @@ class Identifiers:
     taken earlier adds a number (``b_x_e9_``, ``b_x_e9__1``). The buffers given to the
     constructor are placed safe ones first, so a mangled name never takes their spelling; a
     name not given there is placed when first asked for (a loop variable named ``b_x`` after
-    buffer ``x`` is ``b_x_1``). Distinct names always get distinct identifiers.
+    buffer ``x`` is ``b_x_1``). Distinct names always get distinct identifiers. ``reserved``:
+    the names a variable may not take as they are (the language's keywords, types and the
+    functions its kernels call; C's by default).
     """
 
-    def __init__(self, buffers: Iterable[str] = ()):
+    def __init__(self, buffers: Iterable[str] = (), reserved: frozenset = RESERVED):
         self._taken: set[str] = set()
+        self.reserved = reserved
         self.buffers = _Kind(self, "b_")
         self.variables = _Kind(self, "")
         buffers = list(dict.fromkeys(buffers))
@@ -130,7 +141,7 @@ class Identifiers:
 
     def fresh(self, prefix: str, name: str) -> str:
         """A new identifier for ``name``, even if the name was asked for before."""
-        base = prefix + name if _safe(prefix, name) else (prefix or "v_") + mangle(name)
+        base = prefix + name if _safe(prefix, name, self.reserved) else (prefix or "v_") + mangle(name)
         ident, n = base, 1
         while ident in self._taken:
             ident, n = f"{base}_{n}", n + 1
@@ -201,10 +212,12 @@ class CStyleRenderer:
     math_functions: dict[np.dtype, dict[str, str]] = {}
     #: the host entry point's name
     entry_name = "minicomp_entry"
+    #: names a local variable may not take as they are: the language's keywords, types, functions
+    reserved = RESERVED
 
     def __init__(self, indent: str = "  "):
         self.indent = indent
-        self.names = Identifiers()      # the identifiers of the function being rendered
+        self.names = Identifiers(reserved=self.reserved)  # the identifiers of the function being rendered
         self.uses: set[str] = set()     # what its body needs: "mc_serial", "mc_status" (added
                                         # by loop prefixes and expr as they render)
         self.functions: dict[Kernel, str] = {}  # the file's kernel function names
@@ -242,6 +255,30 @@ class CStyleRenderer:
     def local_array(self, buffer: Buffer) -> str:
         """The declaration of an array a kernel allocates for itself: ``float b_t[64];``."""
         return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{buffer.size}];"
+
+    def shared_array(self, buffer: Buffer) -> str:
+        """The declaration of an array shared by the threads of a GPU block (``Allocate`` of
+        scope ``shared``); on a CPU, where a block's threads are loops, a local array."""
+        return self.local_array(buffer)
+
+    def bound_loop(self, loop: For, depth: int) -> list[str]:
+        """The lines of a loop bound to a GPU block or thread axis; on a CPU a serial loop,
+        its axis in a comment: ``for (...) {  /* blockIdx.x */``, the body, ``}``."""
+        return self.loop_header(loop, depth) + self.stmt(loop.body, depth + 1) + [self.indent * depth + "}"]
+
+    def barrier_statement(self, s: Barrier, depth: int) -> list[str]:
+        """The lines of a ``Barrier``: none in C, which refuses it."""
+        raise CompileError(f"the C renderer cannot express '{print_stmt(s, 0)[0]}': threads of a GPU "
+                           "block synchronising need the CUDA renderer; the loop interpreter "
+                           "(minicomp.testing.loop_interpreter) can run it")
+
+    def warp_reduce_statement(self, s: WarpReduce, depth: int) -> list[str]:
+        """The lines of a ``WarpReduce`` (here refused, as ``barrier_statement``)."""
+        return self.barrier_statement(s, depth)
+
+    def kernel_signature(self, k: Kernel, function: str, params: list[str]) -> str:
+        """The line that opens kernel ``k``'s function: ``static void k_add(const float *restrict b_x, ...) {``."""
+        return f"{self.kernel_prefix} {function}({', '.join(params)}) {{"
 
     def math_function(self, fn: str, dtype: np.dtype) -> str:
         """libm's function ``fn`` for ``dtype``, as ``math_functions`` spells it."""
@@ -331,6 +368,8 @@ class CStyleRenderer:
         """The lines of a statement, indented ``depth`` levels."""
         pad = self.indent * depth
         if isinstance(s, For):
+            if s.kind in GPU_LOOPS:
+                return self.bound_loop(s, depth)
             return self.loop_header(s, depth) + self.stmt(s.body, depth + 1) + [pad + "}"]
         if isinstance(s, Store):
             return [f"{pad}{self.name(s.buffer)}[{self.expr(s.index)}] = {self.expr(s.value)};"]
@@ -341,7 +380,7 @@ class CStyleRenderer:
         if isinstance(s, Block):
             return [line for sub in s.stmts for line in self.stmt(sub, depth)]
         if isinstance(s, Allocate):
-            return [pad + self.local_array(s.buffer)]
+            return [pad + (self.shared_array(s.buffer) if s.scope == "shared" else self.local_array(s.buffer))]
         if isinstance(s, If):
             lines = [f"{pad}if ({self.expr(s.cond)}) {{"] + self.stmt(s.then, depth + 1)
             if s.otherwise is not None:
@@ -349,10 +388,10 @@ class CStyleRenderer:
             return lines + [pad + "}"]
         if isinstance(s, Intrinsic):
             return [f"{pad}{_check_function(s.fn)}({', '.join(self.expr(a) for a in s.args)});"]
-        if isinstance(s, (Barrier, WarpReduce)):
-            raise CompileError(f"the C renderer cannot express '{print_stmt(s, 0)[0]}': threads of a GPU "
-                               "block synchronising need the CUDA renderer; the loop interpreter "
-                               "(minicomp.testing.loop_interpreter) can run it")
+        if isinstance(s, Barrier):
+            return self.barrier_statement(s, depth)
+        if isinstance(s, WarpReduce):
+            return self.warp_reduce_statement(s, depth)
         raise TypeError(f"cannot render {s!r}")
 
     def loop_header(self, loop: For, depth: int) -> list[str]:
@@ -404,7 +443,7 @@ class CStyleRenderer:
         Its parameters are its buffers, then the program's sizes (``int64_t mc_size_T``), then
         ``uses_params`` (see the module docstring).
         """
-        self.names, self.uses = Identifiers(b.name for b in k.params), set()
+        self.names, self.uses = Identifiers((b.name for b in k.params), self.reserved), set()
         params = [self.param(b, written=b is k.output or b in k.scratch, aliased=b in k.aliases)
                   for b in k.params]
         body = self.stmt(k.body, 1)
@@ -413,7 +452,7 @@ class CStyleRenderer:
         self.kernel_uses[k] = self.uses
         lines = [f"/* {comment_text(line)} */" for line in k.source]
         function = self.functions.get(k) or function_names([k])[k]
-        lines.append(f"{self.kernel_prefix} {function}({', '.join(params)}) {{")
+        lines.append(self.kernel_signature(k, function, params))
         lines += body
         lines.append("}")
         return "\n".join(lines)
@@ -444,7 +483,7 @@ class CStyleRenderer:
         for k in program.kernels:
             if k not in self.kernel_uses:
                 self.kernel(k)
-        self.names = Identifiers(b.name for b in [*program.params, *program.workspace])
+        self.names = Identifiers((b.name for b in [*program.params, *program.workspace]), self.reserved)
         uses = [self.kernel_uses[k] for k in program.kernels]
         lines = [self.entry_signature()]
         lines += [self.indent + line for line in self.entry_bindings(program, set().union(*uses))]

@@ -55,13 +55,17 @@ class SymbolicPlan:
         return values
 
 
+#: the jit targets that compile symbolic sizes (the C renderer's size parameters)
+SYMBOLIC_TARGETS = ("c", "gpu-serial-c", "cuda")
+
+
 class DynamicSizes:
     """One jitted function's record of the shapes and ints its calls had; see the module docstring."""
 
     def __init__(self, dynamic, signature: inspect.Signature, target: str, name: str):
         check_dynamic(dynamic, signature, target, name)
         self.dynamic = dynamic  # None: automatic; False: off; {argument name: [axes]}
-        self.active = dynamic is not False and target == "c"
+        self.active = dynamic is not False and target in SYMBOLIC_TARGETS
         self.signature = signature
         self._first: dict[tuple, tuple[list, list]] = {}  # signature class -> first shapes and ints
         self._varying: dict[tuple, tuple[set, set]] = {}  # signature class -> (leaf, axis) pairs, int leaves
@@ -260,8 +264,9 @@ def check_dynamic(dynamic, signature: inspect.Signature, target: str, name: str)
     if dynamic is None or dynamic is False:
         return
     where = f"jit({name}, dynamic={dynamic!r:.60})"
-    if target != "c":
-        raise MinicompError(f"{where}: dynamic dimensions need the C target, not {target!r}")
+    if target not in SYMBOLIC_TARGETS:
+        raise MinicompError(f"{where}: dynamic dimensions need a target that compiles symbolic sizes "
+                            f"({', '.join(SYMBOLIC_TARGETS)}), not {target!r}")
     if not isinstance(dynamic, dict):
         raise MinicompError(f"{where}: write dynamic={{'x': [0]}} (argument name -> axes), or dynamic=False")
     for arg, axes in dynamic.items():

@@ -63,21 +63,25 @@ def check_arguments(graph: Graph, args, sizes: dict | None = None) -> list[np.nd
             f"graph {graph.name!r} takes {len(graph.inputs)} argument(s) "
             f"({', '.join('%' + i.name for i in graph.inputs)}), got {len(args)}"
         )
-    arrays = []
-    for node, arg in zip(graph.inputs, args):
-        refuse_array_subclass(arg, f"argument %{node.name} of graph {graph.name!r}")
-        array = _as_array(arg, node, graph)
-        dtype = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
-        symbolic = shape_symbols(node.shape)
-        if dtype != node.dtype or (not bind_shape(node.shape, array.shape, sizes) if symbolic
-                                   else array.shape != node.shape):
-            bound = ", ".join(f"{k} = {v}" for k, v in sorted(sizes.items()) if k in symbolic)
-            raise MinicompRuntimeError(
-                f"argument %{node.name} of graph {graph.name!r} must be {node.type}"
-                f"{f' (with {bound})' if bound else ''}, got {_describe(arg, array)}"
-            )
-        arrays.append(array)
-    return arrays
+    return [check_argument(graph, node, arg, sizes) for node, arg in zip(graph.inputs, args)]
+
+
+def check_argument(graph: Graph, node: Node, arg, sizes: dict, described: bool = False) -> np.ndarray:
+    """One argument of ``check_arguments``: ``arg`` checked against the input ``node`` (binding
+    its size symbols in ``sizes``) and returned as an array. ``described``: ``arg`` only
+    describes an array elsewhere (a device array's ``shape`` and ``dtype``): checked, returned as is."""
+    refuse_array_subclass(arg, f"argument %{node.name} of graph {graph.name!r}")
+    array = arg if described else _as_array(arg, node, graph)
+    dtype = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
+    symbolic = shape_symbols(node.shape)
+    if dtype != node.dtype or (not bind_shape(node.shape, array.shape, sizes) if symbolic
+                               else array.shape != node.shape):
+        bound = ", ".join(f"{k} = {v}" for k, v in sorted(sizes.items()) if k in symbolic)
+        raise MinicompRuntimeError(
+            f"argument %{node.name} of graph {graph.name!r} must be {node.type}"
+            f"{f' (with {bound})' if bound else ''}, got {_describe(arg, array)}"
+        )
+    return array
 
 
 def _as_array(arg, node: Node, graph: Graph) -> np.ndarray:

@@ -13,7 +13,7 @@ C compile error (or a ``KeyError`` in the loop interpreter) two stages later::
 What is checked, in one walk over each kernel (cheap next to lowering itself):
 
 * every ``Var`` an expression reads is in scope: the variable of an enclosing ``For``, or a
-  scalar ``Declare`` d earlier in an enclosing body (C's scoping: a ``Block`` opens no scope, a
+  scalar ``Declare`` d (or a ``WarpReduce``'s result) earlier in an enclosing body (C's scoping: a ``Block`` opens no scope, a
   loop body and each branch of an ``If`` do); every ``Assign`` assigns a declared scalar;
 * every buffer loaded, stored or addressed is a parameter of its kernel (inputs, output,
   scratch) or ``Allocate`` d in it;
@@ -24,7 +24,8 @@ What is checked, in one walk over each kernel (cheap next to lowering itself):
 from __future__ import annotations
 
 from ..errors import MinicompError
-from .loops import Address, Allocate, Assign, Block, Declare, Expr, For, If, Kernel, Load, Stmt, Store, Var, walk
+from .loops import (Address, Allocate, Assign, Block, Declare, Expr, For, If, Kernel, Load, Stmt, Store, Var,
+                    WarpReduce, walk)
 from .rewrite import exprs_of, statements
 
 
@@ -75,7 +76,7 @@ def _check_stmt(s: Stmt, scope: set[str], allowed: set, problems: list[str]) -> 
     else:
         for e in exprs_of(s):
             _check_expr(e, scope, allowed, problems)
-        if isinstance(s, Declare):
+        if isinstance(s, (Declare, WarpReduce)):  # a warp reduce declares its result
             scope.add(s.var.name)
         elif isinstance(s, Assign) and s.var.name not in scope:
             problems.append(f"{s.var.name} is assigned but never declared")

@@ -6,6 +6,8 @@ created with mode 0700)::
     <key>.so         the compiled library
     <key>.json       {"sha256": ..., "size": ..., "source_name": ...}, written last
     <key>.c          the C source it was built from, kept for reading (never compiled from here)
+    <key>.cubin      a CUDA module nvcc built (``runtime/nvcc.py``), its ``.json`` as a library's
+                     (with nvcc's ptxas report), its source kept as ``<key>.cu``
     <key>.lock       taken while one process builds the entry; holds that process's pid
     program-<k>.json  what calling a library takes, by the graph it was traced as
     program-<k>.bin   ... and the constants its kernels read (``runtime/program_cache.py``)
@@ -63,7 +65,7 @@ _HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}(\.[a-z]+)?\.tmp")  # host, pid
 _OLD_TEMPORARY = re.compile(r"tmp[a-z0-9_]{8}\.(so|json|py)\.tmp")  # minicomp 0.1's mkstemp names
 _OWN_FILE = re.compile(
-    r"[0-9a-f]{64}\.(so|json|c|lock)|program-[0-9a-f]{64}\.(json|bin)|probe-[0-9a-f]{32}\.(json|txt)"
+    r"[0-9a-f]{64}\.(so|json|c|cu|cubin|lock)|program-[0-9a-f]{64}\.(json|bin)|probe-[0-9a-f]{32}\.(json|txt)"
     r"|cffi-entry-[0-9a-f]{32}\.py")
 
 _trusted: dict[str, tuple] = {}  # directory -> (st_dev, st_ino, st_uid, st_mode) it had when checked
@@ -279,9 +281,10 @@ def _text_sha256(text: str) -> str:
 # -- entries ----------------------------------------------------------------------------------------
 
 
-def lookup(key: str) -> Path | None:
-    """The verified library for ``key``, or None if absent, truncated, corrupted or not ours."""
-    library = cache_dir() / f"{key}.so"
+def lookup(key: str, suffix: str = ".so") -> Path | None:
+    """The verified library for ``key`` (a ``suffix`` entry: ``.cubin`` for a CUDA module), or
+    None if absent, truncated, corrupted or not ours."""
+    library = cache_dir() / f"{key}{suffix}"
     try:
         os.close(open_verified(library))
     except (OSError, ValueError, KeyError, TypeError):
@@ -307,14 +310,34 @@ def open_verified(library: Path) -> int:
     return fd
 
 
-def store(key: str, built: Path, description: str = "") -> Path:
-    """Move a freshly built library into the cache atomically; return its cached path."""
+def read_entry(key: str, suffix: str) -> tuple[bytes, dict] | None:
+    """The content of the verified entry ``<key><suffix>`` and its record (what ``store`` was
+    given as ``extra`` included), read from the very file that was checked; None if the entry
+    is absent, truncated, corrupted or not ours."""
+    library = cache_dir() / f"{key}{suffix}"
+    try:
+        meta = json.loads(read_own(library.with_suffix(".json")))
+        fd = open_verified(library)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    return (data, meta) if len(data) == size else None
+
+
+def store(key: str, built: Path, description: str = "", suffix: str = ".so", extra: dict | None = None) -> Path:
+    """Move a freshly built library (``<key><suffix>``) into the cache atomically; return its
+    cached path. ``extra``: more fields for its record (a compiler's report, say)."""
     directory = cache_dir()
-    library = directory / f"{key}.so"
+    library = directory / f"{key}{suffix}"
     try:
         fd = open_own(built)
         try:
-            meta = {"sha256": fd_sha256(fd), "size": os.fstat(fd).st_size, "source_name": description}
+            meta = {**(extra or {}), "sha256": fd_sha256(fd), "size": os.fstat(fd).st_size,
+                    "source_name": description}
         finally:
             os.close(fd)
         os.replace(built, library)
@@ -479,7 +502,7 @@ def info() -> dict:
     with os.scandir(directory) as listing:
         for entry in listing:
             if _own_file(entry) or (_TEMPORARY.fullmatch(entry.name) and _own_regular(entry)):
-                entries += entry.name.endswith(".so")
+                entries += entry.name.endswith((".so", ".cubin"))
                 size += entry.stat(follow_symlinks=False).st_size
             else:
                 others += 1
@@ -504,7 +527,7 @@ def clear() -> dict:
                 except FileNotFoundError:
                     continue
                 files += 1
-                libraries += entry.name.endswith(".so")
+                libraries += entry.name.endswith((".so", ".cubin"))
     files += sweep_temporaries(directory)
     left = sum(1 for _ in os.scandir(directory))
     return {"path": str(directory), "libraries": libraries, "files": files, "left": left}

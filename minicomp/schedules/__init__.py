@@ -11,8 +11,8 @@ checked, each printed in the kernel's ``# schedule:`` line::
       for i0 in 0..4096:                          --->        parallel for i0 in 0..4096:
         for i1 in 0..1024: ...                                  vectorized for i1 in 0..1024: ...
 
-The defaults per target kind live beside each other (``schedules/cpu/``; a ``cuda/`` sibling
-binds loops to blocks and threads). A step that is refused (``ScheduleError``) or needs the
+The defaults per target kind live beside each other (``schedules/cpu/``; ``schedules/gpu/``
+binds loops to blocks and threads for a ``cuda`` target). A step that is refused (``ScheduleError``) or needs the
 value of a symbolic size is skipped: the kernel stays as it was, which is always correct.
 """
 
@@ -25,13 +25,16 @@ from ..ir.schedule import ScheduleError
 from ..ir.symbolic import SymbolicShapeError
 from ..target import Target, host_target
 from .strategy import STRATEGIES, Strategy, register_strategy  # noqa: F401  (the strategy record)
-from . import cpu  # noqa: F401,E402  (the CPU strategies register themselves: replays find them)
+from . import cpu, gpu  # noqa: F401,E402  (the strategies register themselves: replays find them)
 
 
 def default_rules(target: Target) -> dict:
     """pattern -> the functions ``(kernel, target) -> [steps]`` that choose its default steps."""
     if target.kind == "cpu":
         from .cpu import DEFAULTS
+        return DEFAULTS
+    if target.kind == "cuda":
+        from .gpu import DEFAULTS
         return DEFAULTS
     raise ScheduleError(f"no default schedules for target kind {target.kind!r}")
 

@@ -31,6 +31,9 @@ the matmul micro-kernels once, then each program's kernels and entry point, rena
 prefix by ``#define`` (``render_batch``); one gcc run builds it (~10 ms a program), and each
 entry runs through an ``Executable``. One case in ``SINGLE_EVERY`` goes through the normal
 path instead: ``minicomp.compile`` (pipeline, compile cache, loading, ``Executable``).
+``--target gpu-serial-c`` batches too: each program is the GPU schedules' thread-serial form
+(``stages.gpu_serial_program``: block, thread and barrier-phase loops run as plain loops), so
+every random graph checks the GPU schedules at C's speed.
 
 **Failures**: a mismatch, an input written, an exception anywhere in the compiler (a pass,
 lowering, rendering, the C compiler), a crash or a hang (a watchdog stops a case that runs
@@ -89,11 +92,14 @@ from ..ir.interpreter import interpret
 from ..ir.loops import For
 from ..ir.rewrite import statements
 from ..ir.ops import OPS
-from ..stages import loop_program
+from ..stages import gpu_serial_program, loop_program
 from ..passes.pipeline import pipeline_names, run_pipeline
 from ..runtime.executable import Executable
 from .graphs import GeneratedGraph, MAX_SIZE, assert_outputs_close, random_graphs
 
+#: The targets whose programs a batch renders (the others go through ``minicomp.compile``):
+#: target -> the loop program of an optimised graph, as that target's pipeline makes it
+BATCHED = {"c": loop_program, "gpu-serial-c": gpu_serial_program}
 #: Cases per round: generated together, compiled into one library.
 ROUND = 32
 #: One case in this many goes through ``minicomp.compile`` instead of a batch.
@@ -587,7 +593,7 @@ class Checker:
             except Exception as exc:  # the generator made an invalid case: its own bug
                 job.failure = _error("reference", exc, (), "interpreter")
                 return job
-            single = case.single or self.target != "c"
+            single = case.single or self.target not in BATCHED
             for passes in case.pipelines:
                 failure = self._compile_single(job, passes) if single else self._lower(job, passes)
                 if failure:
@@ -612,7 +618,7 @@ class Checker:
             return _error("passes", exc, passes, "batch")
         self.patterns.update(n.attrs["pattern"] for n in optimised.op_nodes() if n.op == "fused")
         try:
-            program = loop_program(optimised)
+            program = BATCHED[self.target](optimised)
         except Exception as exc:
             return _error("lowering", exc, passes, "batch")
         job.programs.append((passes, program))
@@ -620,6 +626,8 @@ class Checker:
         self.schedules.update(kind for kind in ("parallel", "vectorized") if kind in loops)
         if any(gemm.is_micro_kernel(fn) for fn in intrinsics_used(program.kernels)):
             self.schedules["micro-kernel"] += 1
+        self.schedules.update({step.name for k in program.kernels for step in k.schedule
+                               if getattr(step, "name", "").startswith("gpu_")})
         return None
 
     def _compile_batch(self, programs: list[tuple]) -> None:

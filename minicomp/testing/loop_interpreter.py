@@ -12,9 +12,11 @@ choices make it a sharp test of schedule legality:
   element before it was written shows in the result;
 * the threads of a GPU block run in lockstep, as on a GPU: the ``gpu_thread`` loops directly
   nested in one another are the block's threads, each running the body as a Python generator
-  that stops at every ``Barrier`` and ``WarpReduce``. All threads (last to first) run to their
-  next stop; the lanes of a warp waiting at one warp reduce get its result and go on; once all
-  threads wait at one barrier they all go on. A ``shared`` buffer is one array per block; a
+  that stops at every ``Barrier`` and ``WarpReduce``. All threads run to their next stop, in an
+  adversarial order (``order``: last to first, or a fresh random permutation per step drawn
+  from a seed, which also runs the blocks in a random order); the lanes of a warp waiting at
+  one warp reduce get its result and go on; once all threads wait at one barrier they all go
+  on. A ``shared`` buffer is one array per block; a
   ``local`` one each thread's own (a copy per thread of one allocated outside the thread loops).
   ``SynchronisationError`` is raised for what a GPU would hang on or compute at random: a
   barrier some threads of the block do not reach, a warp whose lanes wait at different
@@ -79,14 +81,33 @@ class SynchronisationError(RuntimeError):
     at different statements. On a GPU such a kernel hangs or gives undefined results."""
 
 
+class ThreadOrder:
+    """The order in which the interpreter runs the threads of a block to their next stop, and
+    the blocks of a grid: ``"reversed"`` (last to first) or a seed (an int: a fresh random
+    permutation each time, reproducible from the seed)."""
+
+    def __init__(self, order: str | int = "reversed"):
+        if order != "reversed" and not isinstance(order, (int, np.integer)):
+            raise ValueError(f"a thread order is 'reversed' or a seed (an int), not {order!r}")
+        self.order = order
+        self.random = None if order == "reversed" else np.random.default_rng(int(order))
+
+    def __call__(self, numbers) -> list[int]:
+        """``numbers`` (thread or block numbers) in the order to run them."""
+        ordered = sorted(numbers, reverse=True)
+        return ordered if self.random is None else [ordered[k] for k in self.random.permutation(len(ordered))]
+
+
 class LoopInterpreter:
     """Executes statements on ``memory`` (buffer -> flat array) and local scalars."""
 
-    def __init__(self, memory, scalars: dict | None = None, sizes: dict | None = None):
+    def __init__(self, memory, scalars: dict | None = None, sizes: dict | None = None,
+                 order: ThreadOrder | None = None):
         self.memory = memory
         self.scalars: dict[str, object] = {} if scalars is None else scalars
         self.sizes: dict[str, int] = {} if sizes is None else sizes  # size symbol -> this run's value
         self.local_buffers: set[Buffer] = set()  # allocated ``local`` here: each thread copies them
+        self.order = order or ThreadOrder()
 
     def expr(self, e: Expr):
         """The value of an expression, with the dtype of the expression."""
@@ -136,7 +157,10 @@ class LoopInterpreter:
             backwards = reversed_ or s.kind in ("parallel", "vectorized", "gpu_block")
             extent = evaluate(s.extent, self.sizes)
             collapsed = s.kind == "parallel" and extent < COLLAPSE_BELOW and isinstance(s.body, For)
-            for i in (range(extent - 1, -1, -1) if backwards else range(extent)):
+            iterations = range(extent - 1, -1, -1) if backwards else range(extent)
+            if s.kind == "gpu_block":
+                iterations = self.order(range(extent))
+            for i in iterations:
                 self.scalars[s.var.name] = np.int64(i)
                 self.stmt(s.body, reversed_=collapsed)
         elif isinstance(s, Block):
@@ -178,7 +202,7 @@ class LoopInterpreter:
             own = {b: self.memory[b].copy() for b in self.local_buffers if b in self.memory}
             scalars = self.scalars | {name: np.int64(i) for name, i in index.items()}
             threads.append(Thread(number, block, ChainMap(own, block.shared, self.memory), scalars, self.sizes))
-        lockstep(threads, chain[-1].body, block)
+        lockstep(threads, chain[-1].body, block, self.order)
 
     def steps(self, s: Stmt) -> Iterator[tuple[Stmt, object]]:
         """Execute ``s`` as one thread of a block: a generator that yields ``(barrier, None)`` at
@@ -292,14 +316,16 @@ def thread_indices(chain: list[For]) -> list[dict[str, int]]:
             for index in np.ndindex(*[loop.extent for loop in axes])]
 
 
-def lockstep(threads: list[Thread], body: Stmt, block: ThreadBlock) -> None:
-    """Run ``body`` on every thread, meeting at barriers and warp reduces (module docstring)."""
+def lockstep(threads: list[Thread], body: Stmt, block: ThreadBlock, order: ThreadOrder | None = None) -> None:
+    """Run ``body`` on every thread, meeting at barriers and warp reduces (module docstring);
+    each step runs the threads in ``order`` (default: last to first)."""
+    order = order or ThreadOrder()
     runs = [thread.steps(body) for thread in threads]
     resume: dict[int, object] = {n: None for n in range(len(threads))}  # thread -> value to resume with
     waiting: dict[int, tuple[Stmt, object]] = {}
     finished: set[int] = set()
     while resume:
-        for n in sorted(resume, reverse=True):  # last to first: a race between threads shows
+        for n in order(resume):  # last to first, or shuffled: a race between threads shows
             try:
                 waiting[n] = runs[n].send(resume[n])
             except StopIteration:
@@ -366,12 +392,14 @@ def unwritten(buffer: Buffer, sizes: dict | None = None) -> np.ndarray:
     return np.full(count, np.iinfo(buffer.dtype).min, buffer.dtype)
 
 
-def run_program(program, *arrays) -> list[np.ndarray]:
+def run_program(program, *arrays, order: str | int = "reversed") -> list[np.ndarray]:
     """The outputs of a lowered ``Program`` run by the ``LoopInterpreter`` (see the module docstring).
 
     A program with symbolic sizes (dynamic dimensions) takes them from the arrays' shapes, as
     the compiled code does: ``T = 5`` for an input of shape ``[T, 8]`` given a 5 x 8 array.
+    ``order``: how the threads of a block (and the blocks) take turns (``ThreadOrder``).
     """
+    thread_order = ThreadOrder(order)
     sizes: dict[str, int] = {}
     for buffer, array in zip(program.inputs, arrays):
         if not bind_shape(tuple(buffer.shape), np.shape(array), sizes):
@@ -382,5 +410,5 @@ def run_program(program, *arrays) -> list[np.ndarray]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         for kernel in program.kernels:
-            LoopInterpreter(memory, sizes=sizes).stmt(kernel.body)
+            LoopInterpreter(memory, sizes=sizes, order=thread_order).stmt(kernel.body)
     return [memory[b].reshape([evaluate(d, sizes) for d in b.shape]) for b in program.outputs]

@@ -1,0 +1,31 @@
+"""The default GPU schedules: which steps each pattern of kernel gets on a CUDA target.
+
+Every GPU schedule produces the *thread-serial form* (``fuse_threads.py``): loops bound to
+blocks and threads, each thread's work serial inside, barrier phases as sibling thread
+loops. On a CPU that form is plain loops (the C renderer runs it, MCUDA-style); the
+``fuse_threads`` stage turns it into the SIMT form the CUDA renderer writes.
+
+``DEFAULTS[pattern]`` lists the rules, in order; each looks at the kernel (as the rules before
+it left it) and the target and returns the steps to apply:
+
+* ``reduce`` and ``row``: ``gpu_row_reduce`` (a warp or a block per row: ``row_reduce.py``)
+  where the reduction runs along contiguous memory over at least a warp's worth of elements;
+* every pattern (and what the rule before left unbound): ``gpu_threads``, a thread per
+  iteration of the independent output loops (``threads.py``): elementwise, broadcast,
+  gather, column and scalar reductions, scans, and for now matmul, convolution and attention
+  (correct, not fast: the tiled strategies come later).
+
+A kernel every rule refuses keeps its plain nest, which ``fuse_threads`` then refuses.
+"""
+
+from __future__ import annotations
+
+from .row_reduce import gpu_row_reduce_steps  # (importing each module registers its strategy)
+from .threads import gpu_threads_steps
+
+#: the fusion patterns (``minicomp.passes.fusion``) and None: a kernel lowering gave no pattern
+PATTERNS = ("elemwise", "reduce", "row", "epilogue", "scan", "attention", None)
+
+DEFAULTS = {pattern: [gpu_threads_steps] for pattern in PATTERNS}
+DEFAULTS["reduce"] = [gpu_row_reduce_steps, gpu_threads_steps]
+DEFAULTS["row"] = [gpu_row_reduce_steps, gpu_threads_steps]

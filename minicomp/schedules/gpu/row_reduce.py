@@ -1,0 +1,364 @@
+"""Strategy ``gpu_row_reduce``: a block (or a warp) per row of a reduction or row kernel.
+
+Row kernels (softmax, layer norm, logsumexp) and reductions along the last axis (sum, max,
+min, mean) read each row once per reduction and write one value or one row. On a GPU each row
+gets ``threads`` threads: a block per row, or, with ``threads=32``, a warp per row and
+``rows_per_block`` rows in one block. Per reduction, in barrier phases (the thread-serial form:
+``fuse_threads.py``):
+
+1. each thread combines a strided share of the row (elements ``lane``, ``lane + threads``, ...:
+   neighbouring threads read neighbouring elements, so a warp's loads coalesce) into its
+   per-thread slot of a ``local`` array;
+2. each warp combines its 32 lanes (``WarpReduce``, the shuffle butterfly); with one warp per
+   row that is the row's value, which every lane keeps in a per-thread ``local`` array; with
+   more warps lane 0 of each stores its partial into ``shared`` memory (32 slots, the unused
+   ones the identity);
+3. (more warps) warp 0 combines the 32 partials (a second ``WarpReduce``) and stores the row's
+   value into ``shared`` memory, where every thread of the block reads it in later phases.
+
+Then the row's elementwise epilogue runs over the row by all its threads (same strided
+order), or, for a reduction, lane 0 stores the finished value. More rows than ``max_blocks``
+(CUDA allows 2^31-1 blocks) loop over rounds of blocks around the phases. Softmax over rows
+of 1000::
+
+    # schedule: gpu_row_reduce(threads=32, rows_per_block=8)         (row = b*8 + w)
+    gpu_block.x for b in 0..ceil(R/8):
+      local acc_max_part: f32[256];  local acc_max_row: f32[256];  ...
+      gpu_thread.y for w in 0..8:  gpu_thread.x for l in 0..32:        # phase: max partials
+        f32 acc_max = -inf;  for c in 0..32: if c*32 + l < 1000: acc_max = max(acc_max, x[row, c*32 + l])
+        acc_max_part[w*32 + l] = acc_max
+      gpu_thread.y for w in 0..8:  gpu_thread.x for l in 0..32:        # phase: the warp's max
+        f32 acc_max_warp = warp_max(acc_max_part[w*32 + l]);  acc_max_row[w*32 + l] = acc_max_warp
+      ... the same for the sum of exp(x - max) ..., then the epilogue phase:
+      gpu_thread.y for w in 0..8:  gpu_thread.x for l in 0..32:
+        f32 acc_max = acc_max_row[w*32 + l];  f32 v_max = acc_max;  ... f32 v_sum = acc_sum
+        for c in 0..32: if c*32 + l < 1000: out[row, c*32 + l] = exp(x[row, c*32 + l] - v_max) / v_sum
+
+Scalars never cross phases: each phase declares again the row's scalars it reads (``v_max``,
+``v_sqrt`` ...) from where the reductions left their values.
+
+Requires a plain row nest: independent output loops around, per row, scalar reductions (sum,
+max or min, not float16's first-wins max/min: those keep gpu_threads; accumulators of
+float32/64 or int32/64) and scalar declarations, ending in a store of the output or an
+elementwise loop nest over the row whose iterations are independent. Refuses anything else.
+Guarantees the thread-serial form, the same stores of the same values up to the order of the
+reductions' combining (float sums round differently, as any reordering does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...ir.affine import affine
+from ...ir.dependence import carried_scalars
+from ...ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Const, Declare, Expr, For, If, Kernel,
+                         Load, Stmt, Store, Var, WarpReduce)
+from ...ir.rewrite import declared_names, exprs_of, free_vars, loads, statements, substitute_stmt
+from ...ir.schedule import ScheduleError, tidy
+from ...ir.symbolic import Sym, ceil_div
+from ...lower.rules import reduction_init
+from ..cpu.plain import ScalarReduction, loop_chain, output_loops, refuse, scalar_reduction, statements_of
+from ..strategy import Strategy, register_strategy
+from .common import (MAX_BLOCKS, WARP, Namer, check_plain, divides, equal, extent_product, free_of_conflicts,
+                     grid, independent_loops, less, rows_apart, unravel)
+
+#: accumulator dtypes the warp shuffles combine (float16 rows accumulate in float32)
+REDUCED_DTYPES = {np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64)}
+COMBINERS = ("sum", "max", "min")
+BLOCK_THREADS = (32, 64, 128, 256, 512, 1024)
+
+
+@dataclass
+class RowPlan:
+    """A row nest read by ``row_plan``: the output loops (the rows), the per-row statements
+    (``("reduce", ScalarReduction)`` or ``("declare", Declare)``) and the final store or
+    epilogue loop nest."""
+
+    chain: list[For]
+    items: list[tuple[str, object]]
+    final: Stmt
+
+    @property
+    def reductions(self) -> list[ScalarReduction]:
+        return [item for kind, item in self.items if kind == "reduce"]
+
+
+def row_plan(kernel: Kernel) -> RowPlan:
+    """The ``RowPlan`` of ``kernel``, or ``ScheduleError`` saying why it is no row nest."""
+    def fail(why: str) -> ScheduleError:
+        return refuse("gpu_row_reduce", kernel, why)
+
+    check_plain("gpu_row_reduce", kernel)
+    chain, body = output_loops(kernel)
+    if independent_loops(kernel, chain) != len(chain):
+        raise fail("the rows (output loops) are not independent of each other")
+    stmts = statements_of(body)
+    items, k = [], 0
+    while k < len(stmts) - 1:
+        found = scalar_reduction(stmts[k], stmts[k + 1])
+        if found is not None:
+            _check_reduction(found, fail)
+            items.append(("reduce", found))
+            k += 2
+        elif isinstance(stmts[k], Declare):
+            items.append(("declare", stmts[k]))
+            k += 1
+        else:
+            raise fail(f"a row holds a statement other than reductions and scalars: {type(stmts[k]).__name__}")
+    final = stmts[-1] if stmts else None
+    if not any(kind == "reduce" for kind, _ in items):
+        raise fail("no scalar reduction in the row")
+    if isinstance(final, For):
+        _check_epilogue(kernel, final, fail)
+    elif not (isinstance(final, Store) and final.buffer is kernel.output):
+        raise fail("the row does not end in a store of the output or an elementwise loop nest")
+    return RowPlan(chain, items, final)
+
+
+def _check_reduction(red: ScalarReduction, fail) -> None:
+    if red.combiner not in COMBINERS or red.first_wins:
+        raise fail(f"{red.acc.name} combines by {red.combiner}{' (first wins)' if red.first_wins else ''}")
+    if red.acc.dtype not in REDUCED_DTYPES:
+        raise fail(f"{red.acc.name} accumulates in {red.acc.dtype}, which no warp shuffle here combines")
+    if red.per_element:
+        raise fail(f"{red.acc.name} does more than accumulate per element")
+
+
+def _check_epilogue(kernel: Kernel, nest: For, fail) -> None:
+    loops, inner = loop_chain(nest)
+    if any(isinstance(s, For) for s in statements(inner)) or carried_scalars(inner):
+        raise fail("the epilogue is not a perfect nest of independent iterations")
+    body = loops[-1].body
+    if not free_of_conflicts(kernel, loops, body) and not rows_apart(kernel, loops, body):
+        raise fail("the epilogue's iterations are not independent of each other")
+
+
+def unit_stride(red: ScalarReduction) -> bool:
+    """Whether the reduction's innermost loop walks its operands contiguously: every load
+    moves by 0 or 1 element along it, one by 1 (a symbolic index ``i0*T + r1`` is read by its
+    terms)."""
+    var = red.axes[-1][0].name if red.axes else None
+    strides = [_stride(load.index, var) for load in loads(red.value)]
+    return var is not None and all(s in (0, 1) for s in strides) and 1 in strides
+
+
+def _stride(index: Expr, var: str):
+    form = affine(index)
+    if form is not None:
+        return form.coeff(var)
+    terms = _terms(index)
+    moving = [term for term in terms if var in free_vars(term)]
+    if not moving:
+        return 0
+    return 1 if len(moving) == 1 and isinstance(moving[0], Var) and moving[0].name == var else None
+
+
+def _terms(e: Expr) -> list[Expr]:
+    if isinstance(e, Binary) and e.op == "+" and e.dtype == INDEX:
+        return _terms(e.a) + _terms(e.b)
+    return [e]
+
+
+# ----------------------------------------------------------------------------------------------
+# The strategy
+# ----------------------------------------------------------------------------------------------
+
+
+@register_strategy("gpu_row_reduce")
+def gpu_row_reduce(kernel: Kernel, threads: int = 256, rows_per_block: int = 1,
+                   max_blocks: int = MAX_BLOCKS) -> Kernel:
+    """``kernel`` with ``threads`` threads per row, ``rows_per_block`` rows (of one warp each,
+    ``threads=32``) per block; see the module docstring."""
+    def fail(why: str) -> ScheduleError:
+        return refuse("gpu_row_reduce", kernel, why)
+
+    if threads not in BLOCK_THREADS:
+        raise fail(f"threads must be one of {BLOCK_THREADS}, not {threads!r}")
+    if not (isinstance(rows_per_block, int) and rows_per_block >= 1 and threads * rows_per_block <= 1024):
+        raise fail(f"rows_per_block must be a positive int with threads x rows_per_block <= 1024, "
+                   f"not {rows_per_block!r}")
+    if rows_per_block > 1 and threads != WARP:
+        raise fail("several rows per block need a warp per row (threads=32)")
+    if not (isinstance(max_blocks, int) and max_blocks >= 1):
+        raise fail(f"max_blocks must be a positive int, not {max_blocks!r}")
+    plan = row_plan(kernel)
+    return replace(kernel, body=tidy(RowBuilder(kernel, plan, threads, rows_per_block, max_blocks).build()))
+
+
+class RowBuilder:
+    """Builds the thread-serial form of one row nest (see the module docstring)."""
+
+    def __init__(self, kernel: Kernel, plan: RowPlan, threads: int, rows_per_block: int, max_blocks: int):
+        self.plan, self.threads, self.rows_per_block = plan, threads, rows_per_block
+        self.name = Namer(kernel)
+        self.block = Var(self.name("b"))
+        if rows_per_block == 1:
+            self.lane = Var(self.name("t"))
+            self.flat: Expr = self.lane
+            self.thread_loops = [("x", self.lane, threads)]
+            warp = Const(0)
+        else:
+            warp, self.lane = Var(self.name("w")), Var(self.name("l"))
+            self.flat = warp * WARP + self.lane
+            self.thread_loops = [("y", warp, rows_per_block), ("x", self.lane, WARP)]
+        self.total_threads = threads * rows_per_block
+        rows = extent_product([loop.extent for loop in plan.chain])
+        self.blocks, self.rounds = grid(rows, rows_per_block, max_blocks)
+        self.round = Var(self.name("s")) if self.rounds > 1 else None
+        block_index = self.block if self.round is None else self.round * self.blocks + self.block
+        row = block_index * rows_per_block + warp
+        self.guard = None if self.rounds == 1 and divides(rows, rows_per_block) else less(row, rows)
+        self.row_values = unravel(row, [(loop.var.name, loop.extent) for loop in plan.chain])
+        self.allocations: list[Stmt] = []
+        self.phases: list[Stmt] = []
+        self.context: list[Declare] = []  # the row's scalars so far, as a later phase declares them
+
+    def build(self) -> Stmt:
+        """The block loop around the allocations and the phases."""
+        items, final = self.plan.items, self.plan.final
+        last = max(k for k, (kind, _) in enumerate(items) if kind == "reduce")
+        for k, (kind, item) in enumerate(items):
+            if kind == "declare" and not (k > last and isinstance(final, Store)):
+                self.context.append(self.at_row(item))
+            elif kind == "reduce":
+                finish = None
+                if k == last and isinstance(final, Store):
+                    finish = [self.at_row(d) for _, d in items[k + 1:]] + [self.at_row(final)]
+                self.reduction(item, finish)
+        if isinstance(final, For):
+            self.epilogue(final)
+        phases: Stmt = Block(self.phases)
+        if self.round is not None:
+            phases = For(self.round, self.rounds, phases)
+        return For(self.block, self.blocks, Block(self.allocations + [phases]), "gpu_block", "x")
+
+    def at_row(self, s: Stmt) -> Stmt:
+        """``s`` with the output loops' variables replaced by this thread's row."""
+        return substitute_stmt(s, self.row_values)
+
+    def phase(self, stmts: list[Stmt]) -> None:
+        """One barrier phase: the block's thread loops around the row's scalars ``stmts`` need
+        and ``stmts``, under the row guard where rows overhang."""
+        body: Stmt = Block(self.needed_context(stmts) + stmts)
+        if self.guard is not None:
+            body = If(self.guard, body)
+        for axis, var, extent in reversed(self.thread_loops):
+            body = For(var, extent, body, "gpu_thread", axis)
+        self.phases.append(body)
+
+    def needed_context(self, stmts: list[Stmt]) -> list[Stmt]:
+        """The declarations of ``context`` that ``stmts`` read, directly or through another."""
+        inside = Block(stmts)
+        needed = {name for e in _all_exprs(inside) for name in free_vars(e)} - declared_names(inside)
+        kept = []
+        for declare in reversed(self.context):
+            if declare.var.name in needed:
+                kept.append(declare)
+                needed |= free_vars(declare.init)
+        return kept[::-1]
+
+    def allocate(self, base: str, dtype, size: int, scope: str) -> Buffer:
+        buffer = Buffer(self.name(base), dtype, (size,))
+        self.allocations.append(Allocate(buffer, scope))
+        return buffer
+
+    def strided(self, loops: list[tuple[str, object]], body: Stmt) -> Stmt:
+        """``body`` at this thread's share of the positions of ``loops``: ``c*threads + lane``
+        for ``c`` in ``0..ceil(n/threads)``, guarded where the last round overhangs."""
+        count = extent_product([extent for _, extent in loops])
+        c = Var(self.name("c"))
+        position = c * self.threads + self.lane
+        body = substitute_stmt(body, {**self.row_values, **unravel(position, loops)})
+        if not divides(count, self.threads):
+            body = If(less(position, count), body)
+        return For(c, ceil_div(count, self.threads), body)
+
+    def reduction(self, red: ScalarReduction, finish: list[Stmt] | None) -> None:
+        """The phases of one reduction; ``finish``: the statements that store the output from
+        its value (the last reduction of a ``reduce`` kernel), run by lane 0."""
+        acc, dtype = red.acc, red.acc.dtype
+        identity = reduction_init(red.combiner, dtype)
+        partial = self.allocate(f"{acc.name}_part", dtype, self.total_threads, "local")
+        axes = [(var.name, extent) for var, extent in red.axes]
+        self.phase([red.declare, self.strided(axes, red.update), Store(partial, self.flat, acc)])
+        in_warp = Var(self.name(f"{acc.name}_warp"), dtype)
+        stmts: list[Stmt] = [WarpReduce(in_warp, red.combiner, Load(partial, self.flat), WARP)]
+        if self.threads == WARP:
+            stmts.append(self.finished(acc, in_warp, finish, local=True))
+            self.phase(stmts)
+            return
+        warps = self.allocate(f"{acc.name}_warps", dtype, WARP, "shared")
+        stmts.append(If(equal(Binary("%", self.lane, Const(WARP), INDEX), 0),
+                        Store(warps, Binary("/", self.lane, Const(WARP), INDEX), in_warp)))
+        used = self.threads // WARP
+        if used < WARP:  # the slots no warp fills hold the identity
+            unused = Binary("&&", Binary(">=", self.lane, Const(used), BOOL), less(self.lane, WARP), BOOL)
+            stmts.append(If(unused, Store(warps, self.lane, identity)))
+        self.phase(stmts)
+        in_block = Var(self.name(f"{acc.name}_block"), dtype)
+        final = [WarpReduce(in_block, red.combiner, Load(warps, self.lane), WARP),
+                 self.finished(acc, in_block, finish, local=False)]
+        self.phase([If(less(self.lane, WARP), Block(final))])
+
+    def finished(self, acc: Var, value: Var, finish: list[Stmt] | None, local: bool) -> Stmt:
+        """What follows the row's value ``value`` of ``acc``: lane 0 stores the output
+        (``finish``), or the value is kept for the later phases (a per-thread ``local`` slot
+        that every lane writes, or one ``shared`` slot that lane 0 writes)."""
+        if finish is not None:
+            return If(equal(self.lane, 0), Block([Declare(acc, value)] + finish))
+        if local:
+            kept = self.allocate(f"{acc.name}_row", acc.dtype, self.total_threads, "local")
+            self.context.append(Declare(acc, Load(kept, self.flat)))
+            return Store(kept, self.flat, value)
+        kept = self.allocate(f"{acc.name}_row", acc.dtype, 1, "shared")
+        self.context.append(Declare(acc, Load(kept, Const(0))))
+        return If(equal(self.lane, 0), Store(kept, Const(0), value))
+
+    def epilogue(self, nest: For) -> None:
+        """The phase that runs the row's elementwise loop nest, strided over the row's threads."""
+        loops, inner = loop_chain(nest)
+        self.phase([self.strided([(loop.var.name, loop.extent) for loop in loops], inner)])
+
+
+def _all_exprs(s: Stmt):
+    """Every expression ``s`` reads, an assigned scalar counted as read."""
+    for sub in statements(s):
+        yield from exprs_of(sub)
+        if isinstance(sub, Assign):
+            yield sub.var
+
+
+# ----------------------------------------------------------------------------------------------
+# The default rule
+# ----------------------------------------------------------------------------------------------
+
+SHORT_ROW = 1024   # up to this many elements a warp per row (8 rows a block), longer rows a block
+LONG_ROW = 8192    # from here on, 1024 threads per row
+
+
+def gpu_row_reduce_steps(kernel: Kernel, target=None) -> list:
+    """The rule for ``reduce`` and ``row`` kernels: ``gpu_row_reduce`` where the first
+    reduction runs along contiguous memory over at least a warp's worth of elements (a shorter
+    or strided one is better served by a thread per row, ``gpu_threads``): a warp per row up
+    to ``SHORT_ROW`` elements, 256 threads up to ``LONG_ROW``, 1024 beyond."""
+    try:
+        plan = row_plan(kernel)
+    except ScheduleError:
+        return []
+    first = plan.reductions[0]
+    length = first.length
+    if not unit_stride(first) or (not isinstance(length, Sym) and length < WARP):
+        return []
+    if isinstance(length, Sym):
+        threads = 256
+    else:
+        threads = WARP if length <= SHORT_ROW else 256 if length <= LONG_ROW else 1024
+    if target is not None and target.max_threads_per_block:
+        threads = min(threads, target.max_threads_per_block)
+    rows_per_block = 1
+    if threads == WARP:
+        rows = extent_product([loop.extent for loop in plan.chain])
+        rows_per_block = 8 if isinstance(rows, Sym) or rows >= 8 else 1 << max(rows - 1, 0).bit_length()
+    return [Strategy("gpu_row_reduce", threads=threads, rows_per_block=rows_per_block)]
