@@ -83,6 +83,7 @@ def test_workloads_on_the_gpu_match_numpy(name, rng):
 @pytest.mark.cuda
 @needs_gpu
 def test_device_arrays_in_gpu_arrays_out(rng):
+    import pycuda.autoprimaryctx  # noqa: F401  (pycuda allocates in the primary context, minicomp's)
     import pycuda.gpuarray as gpuarray
 
     workload = WORKLOADS["layernorm"]
