@@ -53,9 +53,11 @@ import numpy as np
 
 from ...ir.affine import affine
 from ...ir.dependence import carried_scalars
+from ...ir.loop_text import print_expr
 from ...ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Const, Declare, Expr, For, If, Kernel,
-                         Load, Stmt, Store, Var, WarpReduce)
-from ...ir.rewrite import declared_names, exprs_of, free_vars, loads, statements, substitute_stmt
+                         Load, Stmt, Store, Var, WarpReduce, walk)
+from ...ir.rewrite import (declared_names, exprs_of, free_vars, loads, map_expr, map_stmt_exprs, statements,
+                           stored_buffers, substitute_stmt)
 from ...ir.schedule import ScheduleError, tidy
 from ...ir.symbolic import Sym, ceil_div
 from ...lower.rules import reduction_init
@@ -68,6 +70,8 @@ from .common import (MAX_BLOCKS, WARP, Namer, check_plain, divides, equal, exten
 REDUCED_DTYPES = {np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64)}
 COMBINERS = ("sum", "max", "min")
 BLOCK_THREADS = (32, 64, 128, 256, 512, 1024)
+KEPT_PER_THREAD = 32   # keep_row: at most this many of a row's values in a thread's registers
+KEPT_PER_BLOCK = 16384  # ... and at most this many in a block's (a quarter of an SM's register file)
 
 
 @dataclass
@@ -168,9 +172,11 @@ def _terms(e: Expr) -> list[Expr]:
 
 @register_strategy("gpu_row_reduce")
 def gpu_row_reduce(kernel: Kernel, threads: int = 256, rows_per_block: int = 1,
-                   max_blocks: int = MAX_BLOCKS) -> Kernel:
+                   max_blocks: int = MAX_BLOCKS, keep_row: bool = False) -> Kernel:
     """``kernel`` with ``threads`` threads per row, ``rows_per_block`` rows (of one warp each,
-    ``threads=32``) per block; see the module docstring."""
+    ``threads=32``) per block; ``keep_row``: each thread loads its share of the row once, into
+    registers, and every pass reads it there (refused where the row is symbolic, longer than
+    ``kept_limit`` values per thread, or read by one pass only); see the module docstring."""
     def fail(why: str) -> ScheduleError:
         return refuse("gpu_row_reduce", kernel, why)
 
@@ -183,8 +189,13 @@ def gpu_row_reduce(kernel: Kernel, threads: int = 256, rows_per_block: int = 1,
         raise fail("several rows per block need a warp per row (threads=32)")
     if not (isinstance(max_blocks, int) and max_blocks >= 1):
         raise fail(f"max_blocks must be a positive int, not {max_blocks!r}")
+    if not isinstance(keep_row, bool):
+        raise fail(f"keep_row must be True or False, not {keep_row!r}")
     plan = row_plan(kernel)
-    return replace(kernel, body=tidy(RowBuilder(kernel, plan, threads, rows_per_block, max_blocks).build()))
+    builder = RowBuilder(kernel, plan, threads, rows_per_block, max_blocks)
+    if keep_row:
+        builder.keep_row(fail)
+    return replace(kernel, body=tidy(builder.build()))
 
 
 class RowBuilder:
@@ -214,6 +225,14 @@ class RowBuilder:
         self.allocations: list[Stmt] = []
         self.phases: list[Stmt] = []
         self.context: list[Declare] = []  # the row's scalars so far, as a later phase declares them
+        self.own_vars = {var.name for var in (self.block, self.lane, warp, self.round) if isinstance(var, Var)}
+        self.written = stored_buffers(kernel.body)
+        # keep_row: the position variable every pass shares, the per-thread arrays that hold the
+        # kept elements (by load), their length, and the loop that fills them (first pass)
+        self.c: Var | None = None
+        self.kept: dict[tuple, Buffer] = {}
+        self.kept_count = 0
+        self.loading: Stmt | None = None
 
     def build(self) -> Stmt:
         """The block loop around the allocations and the phases."""
@@ -264,16 +283,97 @@ class RowBuilder:
         self.allocations.append(Allocate(buffer, scope))
         return buffer
 
-    def strided(self, loops: list[tuple[str, object]], body: Stmt) -> Stmt:
+    def strided(self, loops: list[tuple[str, object]], body: Stmt) -> list[Stmt]:
         """``body`` at this thread's share of the positions of ``loops``: ``c*threads + lane``
-        for ``c`` in ``0..ceil(n/threads)``, guarded where the last round overhangs."""
-        count = extent_product([extent for _, extent in loops])
-        c = Var(self.name("c"))
-        position = c * self.threads + self.lane
-        body = substitute_stmt(body, {**self.row_values, **unravel(position, loops)})
-        if not divides(count, self.threads):
-            body = If(less(position, count), body)
-        return For(c, ceil_div(count, self.threads), body)
+        for ``c`` in ``0..ceil(n/threads)``, guarded where the last round overhangs. With a
+        kept row, the loop is unrolled, reads the kept elements from registers and, in the
+        first pass, follows the loop that loads them."""
+        c = self.c or Var(self.name("c"))
+        body = self.at_position(loops, body, c)
+        if self.kept:
+            body = self.from_registers(body)
+        loop = For(c, ceil_div(self.count(loops), self.threads), self.guarded(loops, body, c),
+                   "unrolled" if self.kept else "serial")
+        loading, self.loading = self.loading, None
+        return [loading, loop] if loading is not None else [loop]
+
+    @staticmethod
+    def count(loops: list[tuple[str, object]]):
+        return extent_product([extent for _, extent in loops])
+
+    def at_position(self, loops: list[tuple[str, object]], body: Stmt, c: Var) -> Stmt:
+        """``body`` at position ``c*threads + lane`` of ``loops`` of this thread's row."""
+        return substitute_stmt(body, {**self.row_values, **unravel(c * self.threads + self.lane, loops)})
+
+    def guarded(self, loops: list[tuple[str, object]], body: Stmt, c: Var) -> Stmt:
+        """``body`` under ``c*threads + lane < n`` where the last round overhangs the row."""
+        count = self.count(loops)
+        return body if divides(count, self.threads) else If(less(c * self.threads + self.lane, count), body)
+
+    # -- keep_row: the row in registers ------------------------------------------------------------
+
+    def passes(self) -> list[tuple[list[tuple[str, object]], Stmt]]:
+        """The passes over the row: each reduction's update over its axes, then the epilogue's
+        body over its loops (``(loops, body)``, loops as ``(name, extent)``)."""
+        found = [([(var.name, extent) for var, extent in red.axes], red.update) for red in self.plan.reductions]
+        if isinstance(self.plan.final, For):
+            loops, inner = loop_chain(self.plan.final)
+            found.append(([(loop.var.name, loop.extent) for loop in loops], inner))
+        return found
+
+    def keep_row(self, fail) -> None:
+        """Plan the registers that hold this thread's share of the row: one per-thread array
+        (``local``, ``k = ceil(n/threads)`` values) for each element that two or more passes
+        load (same buffer, same index at the same position), filled by one unrolled loop at the
+        start of the first pass; every pass then reads them there. Refused (``fail``) where the
+        passes run over different or symbolic lengths, nothing is loaded twice, or the arrays
+        need more than ``kept_limit`` values per thread."""
+        passes = self.passes()
+        count = self.count(passes[0][0])
+        if isinstance(count, Sym):
+            raise fail("keep_row: the row's length is symbolic, so a thread's share of it has no size known "
+                       "when compiling")
+        if any(str(self.count(loops)) != str(count) for loops, _ in passes):
+            raise fail("keep_row: the passes over the row run over different lengths")
+        self.c = Var(self.name("c"))
+        seen: dict[tuple, tuple[Load, set]] = {}
+        for n, (loops, body) in enumerate(passes):
+            for e in _all_exprs(self.at_position(loops, body, self.c)):
+                for load in loads(e):
+                    if self.keepable(load):
+                        seen.setdefault(_load_key(load), (load, set()))[1].add(n)
+        kept = [load for load, used in seen.values() if len(used) >= 2]
+        if not kept:
+            raise fail("keep_row: no element of the row is loaded by two passes (nothing to keep)")
+        k = -(-count // self.threads)
+        limit = kept_limit(self.total_threads)
+        if len(kept) * k > limit:
+            raise fail(f"keep_row: each thread would keep {len(kept) * k} values ({len(kept)} of {k}), more than "
+                       f"the {limit} registers a thread of {self.total_threads} may spend on them")
+        self.kept_count = k
+        fills = []
+        for load in kept:
+            buffer = self.allocate(f"{load.buffer.name}_row", load.dtype, self.total_threads * k, "local")
+            self.kept[_load_key(load)] = buffer
+            fills.append(Store(buffer, self.flat * k + self.c, load))
+        self.loading = For(self.c, k, self.guarded(passes[0][0], Block(fills), self.c), "unrolled")
+
+    def keepable(self, load: Load) -> bool:
+        """Whether ``load`` reads an element of this thread's share of the row: a buffer the
+        kernel never writes, at an index of the position and the row only (no load in it)."""
+        names = free_vars(load.index)
+        return (load.buffer not in self.written and self.c.name in names and names <= self.own_vars | {self.c.name}
+                and not any(isinstance(sub, Load) for sub in walk(load.index)))
+
+    def from_registers(self, body: Stmt) -> Stmt:
+        """``body`` with the kept elements read from their per-thread arrays."""
+        def fn(e: Expr):
+            if isinstance(e, Load):
+                buffer = self.kept.get(_load_key(e))
+                if buffer is not None:
+                    return Load(buffer, self.flat * self.kept_count + self.c)
+            return None
+        return map_stmt_exprs(body, lambda e: map_expr(e, fn))
 
     def reduction(self, red: ScalarReduction, finish: list[Stmt] | None) -> None:
         """The phases of one reduction; ``finish``: the statements that store the output from
@@ -282,7 +382,7 @@ class RowBuilder:
         identity = reduction_init(red.combiner, dtype)
         partial = self.allocate(f"{acc.name}_part", dtype, self.total_threads, "local")
         axes = [(var.name, extent) for var, extent in red.axes]
-        self.phase([red.declare, self.strided(axes, red.update), Store(partial, self.flat, acc)])
+        self.phase([red.declare, *self.strided(axes, red.update), Store(partial, self.flat, acc)])
         in_warp = Var(self.name(f"{acc.name}_warp"), dtype)
         stmts: list[Stmt] = [WarpReduce(in_warp, red.combiner, Load(partial, self.flat), WARP)]
         if self.threads == WARP:
@@ -319,7 +419,18 @@ class RowBuilder:
     def epilogue(self, nest: For) -> None:
         """The phase that runs the row's elementwise loop nest, strided over the row's threads."""
         loops, inner = loop_chain(nest)
-        self.phase([self.strided([(loop.var.name, loop.extent) for loop in loops], inner)])
+        self.phase(self.strided([(loop.var.name, loop.extent) for loop in loops], inner))
+
+
+def _load_key(load: Load) -> tuple:
+    """What identifies the element a load reads: its buffer and its index's text."""
+    return load.buffer, print_expr(load.index)
+
+
+def kept_limit(block_threads: int) -> int:
+    """The most values a thread may keep of its row (``keep_row``): ``KEPT_PER_THREAD``, fewer
+    in big blocks (a quarter of an SM's 64K registers for the block: 16 at 1024 threads)."""
+    return min(KEPT_PER_THREAD, KEPT_PER_BLOCK // block_threads)
 
 
 def _all_exprs(s: Stmt):
@@ -361,4 +472,10 @@ def gpu_row_reduce_steps(kernel: Kernel, target=None) -> list:
     if threads == WARP:
         rows = extent_product([loop.extent for loop in plan.chain])
         rows_per_block = 8 if isinstance(rows, Sym) or rows >= 8 else 1 << max(rows - 1, 0).bit_length()
-    return [Strategy("gpu_row_reduce", threads=threads, rows_per_block=rows_per_block)]
+    params = {"threads": threads, "rows_per_block": rows_per_block}
+    try:  # the row in registers, read from memory once, where it fits and two passes read it
+        gpu_row_reduce(kernel, **params, keep_row=True)
+        params["keep_row"] = True
+    except ScheduleError:
+        pass
+    return [Strategy("gpu_row_reduce", **params)]
