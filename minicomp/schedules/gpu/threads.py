@@ -61,6 +61,8 @@ def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BL
     name = Namer(kernel)
     b, t = Var(name("b")), Var(name("t"))
     if count == 0:
+        if lanes > 1:
+            raise refuse("gpu_threads", kernel, f"lanes={lanes}: no independent loop to take groups of elements from")
         return replace(kernel, body=For(b, 1, For(t, 1, kernel.body, "gpu_thread", "x"), "gpu_block", "x"))
     loops = chain[:count]
     if lanes > 1:
