@@ -123,20 +123,24 @@ KEPT_SCHEDULES = {  # name -> (threads, rows_per_block, max_blocks)
     "rounds of 2 blocks": (64, 1, 2),
     "rounds of warps": (32, 2, 2),
 }
+KEPT_SHAPES = {1: [(1, 7), (3, 64), (5, 65), (7, 100)],  # lanes -> (rows, cols): cols a multiple of lanes
+               4: [(1, 4), (3, 64), (5, 68), (7, 100), (2, 260)]}
 
 
+@pytest.mark.parametrize("lanes", sorted(KEPT_SHAPES))
 @pytest.mark.parametrize("name", sorted(KEPT_SCHEDULES))
 @pytest.mark.parametrize("kernel", ["softmax", "layernorm"])
-def test_kept_rows_in_both_forms(kernel, name, rng):
-    """``keep_row`` under every shape of the schedule (a warp or a block per row, several rows
-    a block, more rows than blocks), rows shorter than, equal to and past a whole number of
-    rounds of threads: thread-serial C and the SIMT form in two thread orders."""
+def test_kept_rows_in_both_forms(kernel, name, lanes, rng):
+    """``keep_row`` (one element or groups of 4 at a time) under every shape of the schedule
+    (a warp or a block per row, several rows a block, more rows than blocks), rows shorter
+    than, equal to and past a whole number of rounds of threads: thread-serial C and the SIMT
+    form in two thread orders."""
     threads, rows_per_block, max_blocks = KEPT_SCHEDULES[name]
     fn = ROWS[kernel]
-    for rows, cols in [(1, 7), (3, 64), (5, 65), (7, 100)]:
+    for rows, cols in KEPT_SHAPES[lanes]:
         x = rand(rng, rows, cols)
         program = scheduled(lowered(fn, x), Strategy("gpu_row_reduce", threads=threads, rows_per_block=rows_per_block,
-                                                     max_blocks=max_blocks, keep_row=True))
+                                                     max_blocks=max_blocks, keep_row=True, lanes=lanes))
         assert_close(load_c(simplify_indices(program))(x)[0], fn(x)), (rows, cols)
         for order in ("reversed", 3):
             assert_close(run_program(fuse_threads(program), x, order=order)[0], fn(x)), (rows, cols, order)
@@ -163,8 +167,11 @@ def test_keep_row_refuses_what_it_cannot_keep():
     refused(lambda x: x.sum(axis=-1), (3, 100), "no element of the row is loaded by two passes")
     refused(softmax, (3, 9000), r"each thread would keep 36 values \(1 of 36\), more than the 32", threads=256)
     refused(softmax, (3, 20000), r"keep 20 values \(1 of 20\), more than the 16 registers a thread of 1024", threads=1024)
+    refused(softmax, (3, 102), "lanes=4: the row's 102 elements are no whole number of groups", lanes=4)
     with pytest.raises(ScheduleError, match="keep_row must be True or False"):
         scheduled(lowered(softmax, TensorType((3, 100), "f32")), Strategy("gpu_row_reduce", keep_row=1))
+    with pytest.raises(ScheduleError, match="lanes must be 1, or 2 or 4 with keep_row=True, not 4"):
+        scheduled(lowered(softmax, TensorType((3, 100), "f32")), Strategy("gpu_row_reduce", lanes=4))
 
 
 def workload_source(name: str, size: str = "gpu"):
@@ -207,24 +214,22 @@ def ptx_counts(ptx: str) -> dict[str, int]:
 @needs_nvcc
 @pytest.mark.parametrize("name", ["softmax", "layernorm"])
 def test_the_gpu_size_row_kernels_read_each_element_once(memory_bound, name):
-    """At 32768 x 4096 (a block of 256 per row, 16 values a thread): one load site of x, in
-    the unrolled loop that fills the registers; no spill, no local memory; 16 loads of x and
-    16 stores a thread in the PTX: 4 bytes read and 4 written per element."""
+    """At 32768 x 4096 (a block of 256 per row, 16 values a thread in 4 groups of 4): one load
+    site of x, a float4 load in the unrolled loop that fills the registers; no spill, no
+    local memory; 4 float4 loads of x and 4 float4 stores a thread in the PTX, nothing
+    scalar: 4 bytes read and 4 written per element, as a copy."""
     source, text, cubin, ptx = memory_bound[name]
     [launch] = source.launches
     assert launch.grid == (32768, 1, 1) and launch.block == (256, 1, 1)
     assert text.count("b_x[") == 1
-    fill = re.search(r"#pragma unroll\n\s*for \(int64_t c = 0; c < 16; \+\+c\) \{\n\s*b_x_row\[c\] = b_x\[", text)
+    fill = re.search(r"#pragma unroll\n\s*for \(int64_t c = 0; c < 4; \+\+c\) \{\n.*vectorized.*\n"
+                     r"\s*const float4 mc_vec0 = \*reinterpret_cast<const float4 \*>\(&b_x\[", text)
     assert fill, text
-    # the fill, then the reads of the two reductions (layer norm's variance reads it twice) and the epilogue
-    assert text.count("b_x_row[c]") == {"softmax": 4, "layernorm": 5}[name]
+    assert text.count("b_x_row[((c * 4) + 0)] = mc_vec0.x;") == 1
     info = cubin.report[launch.function]
     assert not info.spills and info.stack_bytes == 0, info
-    counts = ptx_counts(ptx)
-    assert not any(".local" in op for op in counts), counts
-    assert counts.get("st.global.f32") == 16
-    others = 32 if name == "layernorm" else 0  # gamma and beta: 4096 values each, read from the cache
-    assert counts.get("ld.global.nc.f32") == 16 + others, counts
+    others = 8 if name == "layernorm" else 0  # gamma and beta: 4096 values each, the same for every row
+    assert ptx_counts(ptx) == {"ld.global.nc.v4.f32": 4 + others, "st.global.v4.f32": 4}
 
 
 @needs_nvcc

@@ -263,9 +263,11 @@ def test_the_records_replay_on_a_fresh_lowering(fn):
 
 
 @pytest.mark.parametrize("fn, shape, dtype, chosen", [
-    (softmax, (13, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=8, keep_row=True)"),
-    (softmax, (3, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True)"),
-    (layernorm, (3, 4097), "f32", "gpu_row_reduce(threads=256, rows_per_block=1, keep_row=True)"),
+    (softmax, (13, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=8, keep_row=True, lanes=4)"),
+    (softmax, (3, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True, lanes=4)"),
+    (softmax, (3, 1000), "f64", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True, lanes=2)"),
+    (layernorm, (3, 4097), "f32", "gpu_row_reduce(threads=256, rows_per_block=1, keep_row=True)"),  # odd: no groups
+    (layernorm, (3, 1000), "f16", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True)"),  # no half4
     (softmax, (2, 20000), "f32", "gpu_row_reduce(threads=1024, rows_per_block=1)"),  # 20 values a thread: too many
     (softmax, (2, T), "f32", "gpu_row_reduce(threads=256, rows_per_block=1)"),  # a share of unknown size
     (row_sum, (2, 10000), "f32", "gpu_row_reduce(threads=1024, rows_per_block=1)"),

@@ -28,8 +28,16 @@ CUDA's spellings, set here: ``__restrict__`` pointers, ``extern "C" __global__``
 needs more than the 48 KiB a static array may have), ``__syncthreads()`` for a ``Barrier``,
 ``__shfl_xor_sync`` butterflies for a ``WarpReduce`` (in exactly the order of its docstring),
 float16 as ``__half`` (``cuda_fp16.h``) with every operation done in float and rounded once,
-as C does with ``_Float16``; serial, parallel and vectorised loops as plain ``for`` loops and
-unrolled ones under ``#pragma unroll``; CUDA's math functions (float32 ``exp`` -> ``expf``).
+as C does with ``_Float16``; serial and parallel loops as plain ``for`` loops and unrolled
+ones under ``#pragma unroll``; CUDA's math functions (float32 ``exp`` -> ``expf``).
+
+A ``vectorized`` loop of 2 or 4 lanes (``gpu_threads(lanes=4)``) whose accesses to a kernel
+buffer sit at ``base + lane`` with ``base`` a provable multiple of the lanes becomes one
+vector load per buffer read (``float4``, ``double2``, ``int4``, ``longlong2``: 16 bytes at
+most), its body once per lane, and one vector store per buffer written (``vector_loop``);
+any other vectorized loop is a plain loop. The vector accesses assume the buffers start on a
+16-byte boundary (``VECTOR_ALIGNMENT``): ``Launch.aligned`` names them, minicomp's own
+buffers always are, and the runtime copies a misaligned device argument before the launch.
 
 Semantics are NumPy's as in C: the helpers of ``codegen/c.py``'s prelude (floor division,
 Python's modulo, NaN-propagating maximum/minimum, integer powers, sign, sigmoid, float-to-int

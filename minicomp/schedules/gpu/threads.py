@@ -20,6 +20,33 @@ blocks and a grid-stride loop inside the thread (``for s in 0..rounds``). A kern
 independent loop (a scalar output, a scan along its only axis) runs in one block of one
 thread.
 
+**Lanes.** With ``lanes`` of 2 or 4 (the default rule's choice for elementwise kernels of 4-
+or 8-byte values: 16 bytes a thread), each thread takes that many consecutive elements, as a
+``vectorized`` loop that the CUDA renderer writes as one ``float4`` (``double2`` ...) load per
+buffer and one store (``codegen/cuda.py``: ``vector_loop``); neighbouring threads take
+neighbouring groups, so a warp's accesses stay coalesced. The groups lie along a *run* of
+innermost loops that every buffer moving along them reads contiguously (row-major, the run
+last; a buffer may also not move along it: a broadcast), chosen as long as possible: the
+last axis where a broadcast operand has that axis (``a[i1]`` of ew_chain), every axis where
+all buffers are read at the flat position. A group must not straddle two rows of a buffer
+(its first element would be misaligned), so a run shorter than all the loops needs a length
+that ``lanes`` divides; over all the loops, the last group is the *tail*, done element by
+element under a guard::
+
+    for i0 in 0..5:                          # schedule: gpu_threads(threads=32, lanes=4)
+      for i1 in 0..37:             --->      gpu_block.x for b in 0..2:
+        y[i0*37 + i1] = x[...] * 2             gpu_thread.x for t in 0..32:
+                                                 if (b*32 + t) < 47:
+                                                   if (b*32 + t)*4 + 3 < 185:
+                                                     vectorized for v in 0..4: y[(b*32 + t)*4 + v] = x[...] * 2
+                                                   else:
+                                                     for v in 0..4: if (b*32 + t)*4 + v < 185: y[...] = ...
+
+The indices of the run are rewritten ``before * run_length + g*lanes + v``, so that ``v`` is a
+term of its own and the group's start visibly a multiple of ``lanes``, whatever the extents.
+Lanes are refused where no run qualifies, a thread runs a loop (a reduction: not
+elementwise), or no loop is independent.
+
 Requires a plain nest (as lowering wrote it). Guarantees the thread-serial form
 (``fuse_threads.py``) with a single phase: the same stores of the same values, each position
 in exactly one thread.
