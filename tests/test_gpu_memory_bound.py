@@ -30,7 +30,9 @@ import pytest
 import minicomp
 from minicomp import TensorType
 from minicomp.codegen.cuda import lane_base, multiple_of, render_cuda, vector_plan
-from minicomp.ir.loops import INDEX, Binary, Block, Const, For, If, Load, Select, Size, Store, Var
+from minicomp.ir.loop_text import print_expr
+from minicomp.ir.loops import INDEX, Binary, Block, Buffer, Const, For, If, Load, Select, Size, Store, Var, const
+from minicomp.ir.rewrite import map_expr, map_stmt_exprs, unconditional_loads
 from minicomp.ir.schedule import ScheduleError, loops
 from minicomp.ir.symbolic import Sym
 from minicomp.passes.pipeline import run_pipeline
@@ -172,6 +174,37 @@ def test_keep_row_refuses_what_it_cannot_keep():
         scheduled(lowered(softmax, TensorType((3, 100), "f32")), Strategy("gpu_row_reduce", keep_row=1))
     with pytest.raises(ScheduleError, match="lanes must be 1, or 2 or 4 with keep_row=True, not 4"):
         scheduled(lowered(softmax, TensorType((3, 100), "f32")), Strategy("gpu_row_reduce", lanes=4))
+
+
+def test_an_element_only_read_under_a_condition_is_not_kept(rng):
+    """Softmax with every load of x under a select (as a padded or shifted read would be): the
+    fill loop would read elements no pass reads for sure, so nothing is kept."""
+    program = lowered(softmax, TensorType((3, 40), "f32"))
+    [kernel] = program.kernels
+    [x] = kernel.inputs
+    yes = Binary("<", Const(0), Const(1), np.dtype(bool))
+
+    def guarded(e):
+        return map_expr(e, lambda sub: Select(yes, Load(x, sub.index), const(0, F32))
+                        if isinstance(sub, Load) and sub.buffer is x else None)
+    guarded_kernel = replace(kernel, body=map_stmt_exprs(kernel.body, guarded))
+    guarded_program = replace(program, kernels=[guarded_kernel])
+    with pytest.raises(ScheduleError, match="loaded by two passes, one of them at every position"):
+        scheduled(guarded_program, Strategy("gpu_row_reduce", threads=32, keep_row=True))
+    x_value = rand(rng, 3, 40)
+    fallback = schedule(guarded_program, CUDA)
+    assert row_steps(fallback) == ["gpu_row_reduce(threads=32, rows_per_block=4)"]
+    assert_close(load_c(simplify_indices(fallback))(x_value)[0], softmax(x_value))
+
+
+def test_unconditional_loads():
+    x, i = Buffer("x", F32, (8,)), Var("i")
+    cond = Binary("<", i, Const(3), np.dtype(bool))
+    body = Block([Store(x, i, add(Load(x, i), Select(cond, Load(x, i + 1), Load(x, i + 2)))),
+                  If(Binary("&&", Binary("<", Load(x, Const(5)), Const(np.float32(0), F32), np.dtype(bool)),
+                            Binary("<", Load(x, Const(6)), Const(np.float32(0), F32), np.dtype(bool)), np.dtype(bool)),
+                     Store(x, Const(7), Load(x, Const(7))))])
+    assert [print_expr(load) for load in unconditional_loads(For(i, 4, body))] == ["x[i]", "x[5]"]
 
 
 def workload_source(name: str, size: str = "gpu"):

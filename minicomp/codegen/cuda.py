@@ -63,9 +63,10 @@ import numpy as np
 
 from ..errors import CompileError
 from ..ir.loop_text import print_expr
-from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Assign, Barrier, Binary, Block, Buffer, Cast, Const,
-                        Declare, For, Intrinsic, Kernel, Load, Select, Size, Stmt, Store, Unary, Var, WarpReduce)
-from ..ir.rewrite import declared_names, exprs_of, free_vars, loaded_buffers, statements, stored_buffers
+from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Barrier, Binary, Block, Buffer, Cast, Const, Declare,
+                        For, Intrinsic, Kernel, Load, Size, Stmt, Store, Unary, Var, WarpReduce)
+from ..ir.rewrite import (declared_names, free_vars, loaded_buffers, statements, stored_buffers,
+                          unconditional_loads)
 from ..ir.symbolic import Sym, SymbolicShapeError
 from ..target import KiB, Target, cuda_target
 from . import c
@@ -391,28 +392,6 @@ def multiple_of(e, n: int) -> bool:
     return False
 
 
-def unconditional_loads(s: Stmt):
-    """The loads a statement list runs every time it runs: not inside an ``If``, the branches
-    of a ``Select`` or the right side of ``&&``/``||`` (a vector load reads every lane's
-    element before any lane runs, so only elements every lane reads anyway)."""
-    def of(e):
-        if isinstance(e, Load):
-            yield e
-            yield from of(e.index)
-        elif isinstance(e, Select):
-            yield from of(e.cond)
-        elif isinstance(e, Binary) and e.op in ("&&", "||"):
-            yield from of(e.a)
-        else:
-            for child in e.children():
-                yield from of(child)
-
-    for sub in _stmts(s):
-        if isinstance(sub, (Store, Declare, Assign)):
-            for e in exprs_of(sub):
-                yield from of(e)
-
-
 def vector_plan(loop: For, kernel: Kernel | None) -> VectorPlan | None:
     """Which accesses of a vectorized loop become vector loads and stores, or None to render
     it as a plain loop: a loop of 2 or 4 lanes whose body is straight-line code (stores,
@@ -444,7 +423,7 @@ def vector_plan(loop: For, kernel: Kernel | None) -> VectorPlan | None:
             return None
         return vtype, base
 
-    for load in unconditional_loads(body):
+    for load in unconditional_loads(body):  # (not those under an if: only what every lane reads)
         found = vector_access(load.buffer, load.index)
         if found is not None:
             key = (load.buffer, print_expr(found[1]))

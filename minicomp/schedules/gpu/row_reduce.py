@@ -80,7 +80,7 @@ from ...ir.loop_text import print_expr
 from ...ir.loops import (BOOL, INDEX, Allocate, Assign, Binary, Block, Buffer, Const, Declare, Expr, For, If, Kernel,
                          Load, Stmt, Store, Var, WarpReduce, walk)
 from ...ir.rewrite import (declared_names, exprs_of, free_vars, loads, map_expr, map_stmt_exprs, statements,
-                           stored_buffers, substitute_stmt)
+                           stored_buffers, substitute_stmt, unconditional_loads)
 from ...ir.schedule import ScheduleError, tidy
 from ...ir.symbolic import Sym, ceil_div
 from ...lower.rules import reduction_init
@@ -375,8 +375,10 @@ class RowBuilder:
     def keep_row(self, fail) -> None:
         """Plan the registers that hold this thread's share of the row: one per-thread array
         (``local``, ``k = ceil(n/threads)`` values) for each element that two or more passes
-        load (same buffer, same index at the same position), filled by one unrolled loop at the
-        start of the first pass; every pass then reads them there. Refused (``fail``) where the
+        load (same buffer, same index at the same position), one of them at every position
+        (``unconditional_loads``: the fill then reads nothing the passes would not), filled by
+        one unrolled loop at the start of the first pass; every pass then reads them there.
+        Refused (``fail``) where the
         passes run over different or symbolic lengths, nothing is loaded twice, or the arrays
         need more than ``kept_limit`` values per thread."""
         passes = self.passes()
@@ -391,14 +393,18 @@ class RowBuilder:
                        "would straddle two rows, misaligned)")
         self.c = Var(self.name("c"))
         seen: dict[tuple, tuple[Load, set]] = {}
+        always = set()  # the elements some pass loads at every position (the fill may load them)
         for n, (loops, body) in enumerate(passes):
-            for e in _all_exprs(self.at_position(loops, body, self.c)):
+            body = self.at_position(loops, body, self.c)
+            for e in _all_exprs(body):
                 for load in loads(e):
                     if self.keepable(load):
                         seen.setdefault(_load_key(load), (load, set()))[1].add(n)
-        kept = [load for load, used in seen.values() if len(used) >= 2]
+            always |= {_load_key(load) for load in unconditional_loads(body)}
+        kept = [load for key, (load, used) in seen.items() if len(used) >= 2 and key in always]
         if not kept:
-            raise fail("keep_row: no element of the row is loaded by two passes (nothing to keep)")
+            raise fail("keep_row: no element of the row is loaded by two passes, one of them at every position "
+                       "(nothing to keep)")
         k = self.rounds_of(passes[0][0]) * self.lanes
         limit = kept_limit(self.total_threads)
         if len(kept) * k > limit:
