@@ -13,7 +13,7 @@ than a copy of its data does, in wide enough accesses. Two schedules see to that
   at one place, in the unrolled loop that fills the registers, with no local memory.
 * **lanes** (``gpu_threads(lanes=4)``): each thread of an elementwise kernel takes 4
   consecutive elements, a ``vectorized`` loop that the CUDA renderer writes as one ``float4``
-  load per input and one store (``ld.global.nc.v4.f32``/``st.global.v4.f32`` in the PTX), with
+  load per input and one store (``ld.global.nc.v4.f32``/``st.global.wb.v4.f32`` in the PTX), with
   a scalar tail where the element count is no multiple of 4. Kernels read buffers at 16-byte
   aligned addresses only: ``Launch.aligned`` names them and the runtime copies a misaligned
   device argument first (``runtime/cuda.misaligned``).
@@ -262,18 +262,36 @@ def test_the_gpu_size_row_kernels_read_each_element_once(memory_bound, name):
     info = cubin.report[launch.function]
     assert not info.spills and info.stack_bytes == 0, info
     others = 8 if name == "layernorm" else 0  # gamma and beta: 4096 values each, the same for every row
-    assert ptx_counts(ptx) == {"ld.global.nc.v4.f32": 4 + others, "st.global.v4.f32": 4}
+    assert ptx_counts(ptx) == {"ld.global.nc.v4.f32": 4 + others, "st.global.wb.v4.f32": 4}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("cols", [1000, 1024])
+@pytest.mark.parametrize("name", ["softmax", "layernorm"])
+def test_a_warp_per_row_reads_and_writes_in_float4_too(name, cols):
+    """Rows of 1000 and 1024 (the CPU size), a warp per row, 8 rows a block: 8 groups of 4
+    a lane (the last one guarded at 1000), each one float4 load of x and one float4 store;
+    no spill."""
+    workload = WORKLOADS[name]
+    types = [TensorType((4096, cols), "f32")] + [TensorType((cols,), "f32")] * (len(workload.shapes["gpu"]) - 1)
+    source, _ = run_stages(run_pipeline(minicomp.trace(workload.fn, *types))[0], CUDA, stop_after="render")
+    [launch] = source.launches
+    assert launch.block == (32, 8, 1)
+    [cubin] = build_many([source.text])
+    assert not cubin.report[launch.function].spills
+    others = 16 if name == "layernorm" else 0  # gamma and beta
+    assert ptx_counts(compile_ptx(source.text)) == {"ld.global.nc.v4.f32": 8 + others, "st.global.wb.v4.f32": 8}
 
 
 @needs_nvcc
 def test_ew_chain_at_its_gpu_size_is_float4_loads_and_stores(memory_bound):
     """x [16384, 8192] times a, plus b (8192 each): each thread one float4 of x, a and b and one
-    float4 store, no scalar access: ``ld.global.nc.v4.f32`` x 3, ``st.global.v4.f32`` x 1."""
+    float4 store, no scalar access: ``ld.global.nc.v4.f32`` x 3, ``st.global.wb.v4.f32`` x 1."""
     source, text, cubin, ptx = memory_bound["ew_chain"]
     [launch] = source.launches
     assert launch.grid == (16384 * 8192 // 4 // 256, 1, 1) and launch.aligned == ("x", "a", "b", "fused_mul_6")
-    assert text.count("const float4 mc_vec") == 3 and text.count("*reinterpret_cast<float4 *>(") == 1
-    assert counts_are(ptx_counts(ptx), {"ld.global.nc.v4.f32": 3, "st.global.v4.f32": 1})
+    assert text.count("const float4 mc_vec") == 3 and text.count("__stwb(reinterpret_cast<float4 *>(") == 1
+    assert counts_are(ptx_counts(ptx), {"ld.global.nc.v4.f32": 3, "st.global.wb.v4.f32": 1})
     assert not cubin.report[launch.function].spills
 
 
@@ -425,18 +443,18 @@ def test_the_cuda_of_a_vectorized_loop_and_its_tail():
     assert text.count("*reinterpret_cast<const float4 *>(&b_x[") == 1
     assert text.count("*reinterpret_cast<const float4 *>(&b_y[") == 1
     assert "mc_vec2.w = (mc_vec0.w * mc_vec1.w);" in text
-    assert "*reinterpret_cast<float4 *>(&b_mul[" in text
+    assert "__stwb(reinterpret_cast<float4 *>(&b_mul[" in text
     assert "} else {" in text and text.count("for (int64_t v = 0; v < 4; ++v)") == 1  # the tail, scalar
 
 
 @needs_nvcc
-@pytest.mark.parametrize("dtype, vector", [("f32", "v4.f32"), ("f64", "v2.f64"), ("i32", "v4.u32"),
-                                           ("i64", "v2.u64")])
-def test_vector_accesses_of_every_type_compile_to_vector_instructions(dtype, vector):
+@pytest.mark.parametrize("dtype, load, store", [("f32", "v4.f32", "v4.f32"), ("f64", "v2.f64", "v2.f64"),
+                                               ("i32", "v4.u32", "v4.s32"), ("i64", "v2.u64", "v2.s64")])
+def test_vector_accesses_of_every_type_compile_to_vector_instructions(dtype, load, store):
     """x[T, 8] * y[8] + x: two vector loads (x, y) and one vector store a thread, nothing scalar."""
     source = render_cuda(simplify_indices(fuse_threads(schedule(
         lowered(lambda x, y: x * y + x, TensorType((T, 8), dtype), TensorType((8,), dtype)), CUDA))))
-    assert ptx_counts(compile_ptx(source.text)) == {f"ld.global.nc.{vector}": 2, f"st.global.{vector}": 1}
+    assert ptx_counts(compile_ptx(source.text)) == {f"ld.global.nc.{load}": 2, f"st.global.wb.{store}": 1}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -594,8 +594,11 @@ class CudaRenderer(CStyleRenderer):
               y[q*4 + v] = x[q*4 + v] * 2        const float4 mc_vec0 = *reinterpret_cast<const float4 *>(&b_x[(q * 4)]);
                                                  float4 mc_vec1;
                                                  mc_vec1.x = (mc_vec0.x * 2.0f);  ... .y, .z, .w
-                                                 *reinterpret_cast<float4 *>(&b_y[(q * 4)]) = mc_vec1;
+                                                 __stwb(reinterpret_cast<float4 *>(&b_y[(q * 4)]), mc_vec1);
                                                }
+
+        The store is CUDA's ``__stwb`` (a store with the default write-back caching, as ``=``
+        is), since nvcc sometimes splits a ``float4`` assignment into 4 scalar stores.
         """
         pad, inner = self.indent * depth, self.indent * (depth + 1)
         names: dict[tuple, str] = {}
@@ -632,9 +635,9 @@ class CudaRenderer(CStyleRenderer):
             finally:
                 self.lane = None
             lines += [f"{inner}{{  /* lane {lane} */", *lane_lines, f"{inner}}}"] if scoped else lane_lines
-        for key, (store, vtype, base) in plan.stores.items():
-            lines.append(f"{inner}*reinterpret_cast<{vtype} *>(&{self.name(store.buffer)}[{self.expr(base)}]) = "
-                         f"{names[key]};")
+        for key, (store, vtype, base) in plan.stores.items():  # (__stwb: a plain store, never split in 4)
+            lines.append(f"{inner}__stwb(reinterpret_cast<{vtype} *>(&{self.name(store.buffer)}[{self.expr(base)}]), "
+                         f"{names[key]});")
         return lines + [pad + "}"]
 
     def vector_name(self) -> str:
