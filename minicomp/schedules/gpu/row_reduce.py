@@ -46,17 +46,25 @@ share once, at the start of the first pass, into a per-thread ``local`` array in
 ``t*k + c``, which ``fuse_threads`` makes each thread's own ``[k]`` (registers: the loops over
 ``c`` are unrolled, so every index is a constant), and every pass reads it there. Global
 memory then sees one read and one write per element; the loads stay coalesced (lane ``l``
-reads element ``c*threads + l``). Softmax over rows of 4096, 256 threads::
+reads element ``c*threads + l``).
 
-    # schedule: gpu_row_reduce(threads=256, rows_per_block=1, keep_row=True)
+With ``lanes`` (with ``keep_row``; the default rule's 4 for float32, 2 for float64: 16 bytes,
+where the row's length is a multiple of it) a thread's share is groups of that many
+consecutive elements, group ``c`` of lane ``l`` at ``(c*threads + l)*lanes``: the fill and the
+epilogue loop over a group's lanes in a ``vectorized`` loop (one ``float4`` load of ``x``, one
+store of the output: ``codegen/cuda.py``), the reductions over the registers in an unrolled
+one; a warp still reads contiguous memory, 512 bytes a load. Softmax over rows of 4096::
+
+    # schedule: gpu_row_reduce(threads=256, rows_per_block=1, keep_row=True, lanes=4)
     gpu_block.x for b in 0..R:
       local x_row: f32[4096]                                  # 256 threads x 16 values
       gpu_thread.x for t in 0..256:
-        f32 acc_max = -inf
-        unrolled for c in 0..16: x_row[t*16 + c] = x[b*4096 + c*256 + t]      # the one read
-        unrolled for c in 0..16: acc_max = max(acc_max, x_row[t*16 + c])
-      ...  unrolled for c in 0..16: acc_sum = acc_sum + exp(x_row[t*16 + c] - v_max)
-      ...  unrolled for c in 0..16: out[b*4096 + c*256 + t] = exp(x_row[t*16 + c] - v_max) / v_sum
+        unrolled for c in 0..4: vectorized for v in 0..4:     # the one read of x: 4 float4 loads
+          x_row[t*16 + c*4 + v] = x[b*4096 + (c*256 + t)*4 + v]
+        unrolled for c in 0..4: unrolled for v in 0..4: acc_max = max(acc_max, x_row[t*16 + c*4 + v])
+      ...  acc_sum = acc_sum + exp(x_row[t*16 + c*4 + v] - v_max)
+      ...  unrolled for c in 0..4: vectorized for v in 0..4:
+             out[b*4096 + (c*256 + t)*4 + v] = exp(x_row[t*16 + c*4 + v] - v_max) / v_sum
 
 Longer rows, and rows of a symbolic length, keep reading the row once per pass.
 
@@ -378,9 +386,9 @@ class RowBuilder:
         load (same buffer, same index at the same position), one of them at every position
         (``unconditional_loads``: the fill then reads nothing the passes would not), filled by
         one unrolled loop at the start of the first pass; every pass then reads them there.
-        Refused (``fail``) where the
-        passes run over different or symbolic lengths, nothing is loaded twice, or the arrays
-        need more than ``kept_limit`` values per thread."""
+        Refused (``fail``) where the passes run over different or symbolic lengths (or one that
+        ``lanes`` does not divide), nothing is loaded twice, or the arrays need more than
+        ``kept_limit`` values per thread."""
         passes = self.passes()
         count = self.count(passes[0][0])
         if isinstance(count, Sym):
