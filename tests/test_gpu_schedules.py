@@ -149,7 +149,7 @@ def test_a_symbolic_size_gives_a_ceil_div_grid(rng):
 
 
 def test_the_grid_never_has_more_than_2_31_blocks(rng):
-    huge = schedule(lowered(np.negative, TensorType((2**20, 2**20), "f32")), CUDA).kernels[0]
+    huge = schedule(lowered(np.negative, TensorType((2**20, 2**22), "f32")), CUDA).kernels[0]  # 4 a thread
     block, thread = huge.body, huge.body.body
     assert block.extent == 2**31 - 1 and thread.extent == 256
     assert isinstance(thread.body, For) and thread.body.extent == 3  # grid-stride rounds inside the thread
@@ -263,9 +263,13 @@ def test_the_records_replay_on_a_fresh_lowering(fn):
 
 
 @pytest.mark.parametrize("fn, shape, dtype, chosen", [
-    (softmax, (13, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=8)"),
-    (softmax, (3, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=4)"),
-    (layernorm, (3, 4097), "f32", "gpu_row_reduce(threads=256, rows_per_block=1)"),
+    (softmax, (13, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=8, keep_row=True, lanes=4)"),
+    (softmax, (3, 1000), "f32", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True, lanes=4)"),
+    (softmax, (3, 1000), "f64", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True, lanes=2)"),
+    (layernorm, (3, 4097), "f32", "gpu_row_reduce(threads=256, rows_per_block=1, keep_row=True)"),  # odd: no groups
+    (layernorm, (3, 1000), "f16", "gpu_row_reduce(threads=32, rows_per_block=4, keep_row=True)"),  # no half4
+    (softmax, (2, 20000), "f32", "gpu_row_reduce(threads=1024, rows_per_block=1)"),  # 20 values a thread: too many
+    (softmax, (2, T), "f32", "gpu_row_reduce(threads=256, rows_per_block=1)"),  # a share of unknown size
     (row_sum, (2, 10000), "f32", "gpu_row_reduce(threads=1024, rows_per_block=1)"),
     (row_sum, (7, (T)), "f32", "gpu_row_reduce(threads=256, rows_per_block=1)"),
     (lambda x: x.sum(), (40, 100), "f32", "gpu_row_reduce(threads=256, rows_per_block=1)"),
@@ -273,7 +277,9 @@ def test_the_records_replay_on_a_fresh_lowering(fn):
     (lambda x: x.sum(axis=0), (100, 30), "f32", "gpu_threads(threads=32)"),  # strided: a thread per column
     (lambda x: x.max(axis=-1), (5, 100), "f16", "gpu_threads(threads=32)"),  # first-wins max
     (lambda x: x @ x, (20, 20), "f32", "gpu_threads(threads=256)"),
-    (np.exp, (3, 5), "f32", "gpu_threads(threads=32)"),
+    (np.exp, (3, 5), "f32", "gpu_threads(threads=32, lanes=4)"),  # 4 consecutive elements a thread
+    (np.exp, (3, 5), "f64", "gpu_threads(threads=32, lanes=2)"),
+    (np.exp, (3, 5), "f16", "gpu_threads(threads=32)"),
 ])
 def test_the_default_rules(fn, shape, dtype, chosen):
     program = schedule(lowered(fn, TensorType(shape, dtype)), CUDA)

@@ -28,8 +28,16 @@ CUDA's spellings, set here: ``__restrict__`` pointers, ``extern "C" __global__``
 needs more than the 48 KiB a static array may have), ``__syncthreads()`` for a ``Barrier``,
 ``__shfl_xor_sync`` butterflies for a ``WarpReduce`` (in exactly the order of its docstring),
 float16 as ``__half`` (``cuda_fp16.h``) with every operation done in float and rounded once,
-as C does with ``_Float16``; serial, parallel and vectorised loops as plain ``for`` loops and
-unrolled ones under ``#pragma unroll``; CUDA's math functions (float32 ``exp`` -> ``expf``).
+as C does with ``_Float16``; serial and parallel loops as plain ``for`` loops and unrolled
+ones under ``#pragma unroll``; CUDA's math functions (float32 ``exp`` -> ``expf``).
+
+A ``vectorized`` loop of 2 or 4 lanes (``gpu_threads(lanes=4)``) whose accesses to a kernel
+buffer sit at ``base + lane`` with ``base`` a provable multiple of the lanes becomes one
+vector load per buffer read (``float4``, ``double2``, ``int4``, ``longlong2``: 16 bytes at
+most), its body once per lane, and one vector store per buffer written (``vector_loop``);
+any other vectorized loop is a plain loop. The vector accesses assume the buffers start on a
+16-byte boundary (``VECTOR_ALIGNMENT``): ``Launch.aligned`` names them, minicomp's own
+buffers always are, and the runtime copies a misaligned device argument before the launch.
 
 Semantics are NumPy's as in C: the helpers of ``codegen/c.py``'s prelude (floor division,
 Python's modulo, NaN-propagating maximum/minimum, integer powers, sign, sigmoid, float-to-int
@@ -54,10 +62,12 @@ from string import Template
 import numpy as np
 
 from ..errors import CompileError
-from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Barrier, Binary, Block, Buffer, Cast, For,
-                        Intrinsic, Kernel, Stmt, Unary, WarpReduce)
-from ..ir.rewrite import statements
-from ..ir.symbolic import Sym
+from ..ir.loop_text import print_expr
+from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Barrier, Binary, Block, Buffer, Cast, Const, Declare,
+                        For, Intrinsic, Kernel, Load, Size, Stmt, Store, Unary, Var, WarpReduce)
+from ..ir.rewrite import (declared_names, free_vars, loaded_buffers, statements, stored_buffers,
+                          unconditional_loads)
+from ..ir.symbolic import Sym, SymbolicShapeError
 from ..target import KiB, Target, cuda_target
 from . import c
 from .cstyle import HELPER_SUFFIXES, RESERVED, CStyleRenderer, comment_text, function_names, program_sizes
@@ -154,7 +164,10 @@ class Launch:
     the kernel's parameters in order, buffer names (``Buffer.name`` of the program's parameters
     and workspace buffers) then size symbols (``T``: an ``int64_t``); ``status``: whether an
     ``int *`` to the call's status follows them (zeroed before the call; nonzero after it is
-    the OR of the codes of ``codegen/c.py``'s ``STATUS_MESSAGES`` that happened).
+    the OR of the codes of ``codegen/c.py``'s ``STATUS_MESSAGES`` that happened); ``aligned``:
+    the buffers (names among ``params``) the kernel reads or writes with vector accesses
+    (``float4``: ``vector_loop``), whose addresses must be multiples of ``VECTOR_ALIGNMENT``
+    bytes: the runtime checks and copies a misaligned argument to an aligned buffer first.
     """
 
     function: str
@@ -163,6 +176,7 @@ class Launch:
     shared_bytes: int = 0
     params: list[str] = field(default_factory=list)
     status: bool = False
+    aligned: tuple[str, ...] = ()
 
     @property
     def threads(self) -> int:
@@ -301,6 +315,134 @@ def _check_shared(name: str, buffers: list[Buffer], target: Target) -> None:
                            f"{target.shared_bytes}")
 
 
+# -- vectorized loops: which accesses become vector loads and stores ---------------------------------
+
+#: (element dtype, lanes) -> CUDA's vector type of that many elements (at most 16 bytes)
+VECTOR_TYPES = {(F32, 2): "float2", (F32, 4): "float4", (F64, 2): "double2", (I32, 2): "int2", (I32, 4): "int4",
+                (I64, 2): "longlong2"}
+LANE_FIELDS = "xyzw"
+#: the alignment, in bytes, of the buffers a kernel accesses with vector loads and stores
+VECTOR_ALIGNMENT = 16
+
+
+@dataclass
+class VectorPlan:
+    """The vector accesses of one vectorized loop: ``loads``/``stores`` by key (buffer, base
+    text) -> (an access, its vector type, its base index), and each ``Load``'s or top-level
+    ``Store``'s ``id`` -> its key."""
+
+    loads: dict = field(default_factory=dict)
+    load_keys: dict = field(default_factory=dict)
+    stores: dict = field(default_factory=dict)
+    store_keys: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorLanes:
+    """The lane of a vectorized loop being rendered: its variable's name, its number, and the
+    vector variable of each vector-loaded ``Load`` (by ``id``)."""
+
+    var: str
+    lane: int
+    loads: dict
+
+
+def _stmts(s: Stmt) -> list[Stmt]:
+    return [x for sub in s.stmts for x in _stmts(sub)] if isinstance(s, Block) else [s]
+
+
+def lane_base(index, lane: str):
+    """``base`` if ``index`` is ``base + lane`` (terms of ``+`` in any order, the lane
+    variable nowhere else), else None."""
+    terms = _plus_terms(index)
+    mine = [t for t in terms if isinstance(t, Var) and t.name == lane]
+    rest = [t for t in terms if not (isinstance(t, Var) and t.name == lane)]
+    if len(mine) != 1 or any(lane in free_vars(t) for t in rest):
+        return None
+    base = rest[0] if rest else Const(0)
+    for term in rest[1:]:
+        base = Binary("+", base, term, INDEX)
+    return base
+
+
+def _plus_terms(e) -> list:
+    if isinstance(e, Binary) and e.op == "+" and e.dtype == INDEX:
+        return _plus_terms(e.a) + _plus_terms(e.b)
+    return [e]
+
+
+def multiple_of(e, n: int) -> bool:
+    """Whether the index ``e`` is a multiple of ``n`` whatever its variables and sizes:
+    constants and sizes that ``n`` divides, sums of multiples, products with one, remainders
+    of one by one (``(q % 2048) * 4``, ``b*1024 + t*4``, ``4*T``)."""
+    if isinstance(e, Const):
+        return int(e.value) % n == 0
+    if isinstance(e, Size):
+        try:
+            return e.value % n == 0  # a Sym: exactly when n divides every term
+        except SymbolicShapeError:
+            return False
+    if isinstance(e, Binary) and e.dtype == INDEX:
+        if e.op in ("+", "-"):
+            return multiple_of(e.a, n) and multiple_of(e.b, n)
+        if e.op == "*":
+            return multiple_of(e.a, n) or multiple_of(e.b, n)
+        if e.op == "%":
+            return multiple_of(e.a, n) and multiple_of(e.b, n)
+    return False
+
+
+def vector_plan(loop: For, kernel: Kernel | None) -> VectorPlan | None:
+    """Which accesses of a vectorized loop become vector loads and stores, or None to render
+    it as a plain loop: a loop of 2 or 4 lanes whose body is straight-line code (stores,
+    scalars, ifs), touches no buffer it also writes nor one that aliases another, and has at
+    least one access to a kernel buffer at ``base + lane`` with ``base`` a multiple of the
+    lanes (``multiple_of``) and a vector type for its dtype (``VECTOR_TYPES``). Loads are
+    vectorised where every lane runs them (``unconditional_loads``), stores where they are
+    top-level statements of the body, alone in writing their buffer."""
+    lanes, var = loop.extent, loop.var.name
+    if not isinstance(lanes, int) or lanes not in (2, 4) or kernel is None:
+        return None
+    body = loop.body
+    inside = list(statements(body))
+    if any(isinstance(sub, (For, WarpReduce, Barrier, Allocate, Intrinsic)) for sub in inside):
+        return None
+    read, written = loaded_buffers(body), stored_buffers(body)
+    params = set(kernel.params)
+    if read & written or (read | written) & set(kernel.aliases):
+        return None
+    plan = VectorPlan()
+    declared = declared_names(body)
+
+    def vector_access(buffer, index):
+        vtype = VECTOR_TYPES.get((buffer.dtype, lanes))
+        if vtype is None or buffer not in params:
+            return None
+        base = lane_base(index, var)
+        if base is None or not multiple_of(base, lanes) or free_vars(base) & declared:
+            return None
+        return vtype, base
+
+    for load in unconditional_loads(body):  # (not those under an if: only what every lane reads)
+        found = vector_access(load.buffer, load.index)
+        if found is not None:
+            key = (load.buffer, print_expr(found[1]))
+            plan.loads.setdefault(key, (load, *found))
+            plan.load_keys[id(load)] = key
+    top = _stmts(body)
+    for store in (sub for sub in top if isinstance(sub, Store)):
+        found = vector_access(store.buffer, store.index)
+        others = [sub for sub in inside if isinstance(sub, Store) and sub.buffer is store.buffer]
+        if found is None or any(other not in top or vector_access(other.buffer, other.index) is None
+                                or print_expr(vector_access(other.buffer, other.index)[1]) != print_expr(found[1])
+                                for other in others):
+            continue
+        key = (store.buffer, print_expr(found[1]))
+        plan.stores.setdefault(key, (store, *found))
+        plan.store_keys[id(store)] = key
+    return plan if plan.loads or plan.stores else None
+
+
 # -- the renderer ----------------------------------------------------------------------------------
 
 
@@ -320,6 +462,10 @@ class CudaRenderer(CStyleRenderer):
         self.form: SimtKernel | None = None  # the kernel being rendered, taken apart
         self.shared_offsets: dict[Buffer, int] = {}  # its shared arrays' offsets, when dynamic
         self.launches: dict[Kernel, Launch] = {}
+        self.current: Kernel | None = None  # the kernel being rendered
+        self.aligned: set[str] = set()  # the buffers it accesses with vector loads and stores
+        self.vectors = 0  # the vector variables it declared so far (mc_vec0, mc_vec1 ...)
+        self.lane: VectorLanes | None = None  # inside a vectorized loop: the lane being rendered
 
     # -- the file --------------------------------------------------------------------------------
 
@@ -341,13 +487,15 @@ class CudaRenderer(CStyleRenderer):
         """One kernel as a ``__global__`` function (``simt_form`` must accept it); its ``Launch``
         goes to ``launches[k]``."""
         form = self.form = simt_form(k, self.target)
+        self.current, self.aligned, self.vectors = k, set(), 0
         offsets, total = shared_layout(form.shared)
         self.shared_offsets = offsets if total > STATIC_SHARED_LIMIT else {}
         text = super().kernel(k)
         function = self.functions.get(k) or function_names([k])[k]
         self.launches[k] = Launch(function, form.extents(form.blocks), form.extents(form.threads),
                                   total if self.shared_offsets else 0,
-                                  [b.name for b in k.params] + list(self.sizes), "mc_status" in self.kernel_uses[k])
+                                  [b.name for b in k.params] + list(self.sizes), "mc_status" in self.kernel_uses[k],
+                                  tuple(b.name for b in k.params if b.name in self.aligned))
         return text
 
     def kernel_signature(self, k: Kernel, function: str, params: list[str]) -> str:
@@ -423,16 +571,92 @@ class CudaRenderer(CStyleRenderer):
         helper = "mc_maximum" if combiner == "max" else "mc_minimum"
         return f"{helper}_{HELPER_SUFFIXES[dtype]}({a}, {b})"
 
-    # -- loops: all plain on a GPU thread ----------------------------------------------------------
+    # -- loops: all plain on a GPU thread, except vectorized ones with aligned accesses -------------
 
     def unrolled_loop_prefix(self, loop: For) -> list[str]:
         """``#pragma unroll``."""
         return ["#pragma unroll"]
 
+    def stmt(self, s: Stmt, depth: int) -> list[str]:
+        """As C's; a vectorized loop with aligned unit-stride accesses is ``vector_loop``."""
+        if isinstance(s, For) and s.kind == "vectorized":
+            plan = vector_plan(s, self.current)
+            if plan is not None:
+                return self.vector_loop(s, plan, depth)
+        return super().stmt(s, depth)
+
+    def vector_loop(self, loop: For, plan: "VectorPlan", depth: int) -> list[str]:
+        """A vectorized loop of 2 or 4 lanes as one vector load per buffer it reads at
+        ``base + lane`` (``base`` a multiple of the lanes), its body once per lane, and one
+        vector store per buffer it writes so::
+
+            vectorized for v in 0..4:          {  /* vectorized for v in 0..4: ... */
+              y[q*4 + v] = x[q*4 + v] * 2        const float4 mc_vec0 = *reinterpret_cast<const float4 *>(&b_x[(q * 4)]);
+                                                 float4 mc_vec1;
+                                                 mc_vec1.x = (mc_vec0.x * 2.0f);  ... .y, .z, .w
+                                                 __stwb(reinterpret_cast<float4 *>(&b_y[(q * 4)]), mc_vec1);
+                                               }
+
+        The store is CUDA's ``__stwb`` (a store with the default write-back caching, as ``=``
+        is), since nvcc sometimes splits a ``float4`` assignment into 4 scalar stores.
+        """
+        pad, inner = self.indent * depth, self.indent * (depth + 1)
+        names: dict[tuple, str] = {}
+        lines = [f"{pad}{{  /* vectorized for {comment_text(loop.var.name)} in 0..{loop.extent}: vector loads "
+                 f"and stores of aligned elements */"]
+        loads_ = {}
+        for key, (load, vtype, base) in plan.loads.items():
+            name = names[key] = self.vector_name()
+            lines.append(f"{inner}const {vtype} {name} = *reinterpret_cast<const {vtype} *>(&{self.name(load.buffer)}"
+                         f"[{self.expr(base)}]);")
+            self.aligned.add(load.buffer.name)
+        for load_id, key in plan.load_keys.items():
+            loads_[load_id] = names[key]
+        stores = {}
+        for key, (store, vtype, base) in plan.stores.items():
+            name = names[key] = self.vector_name()
+            lines.append(f"{inner}{vtype} {name};")
+            self.aligned.add(store.buffer.name)
+        for store_id, key in plan.store_keys.items():
+            stores[store_id] = names[key]
+        body = _stmts(loop.body)
+        scoped = any(isinstance(sub, Declare) for sub in body)
+        for lane in range(loop.extent):
+            self.lane = VectorLanes(loop.var.name, lane, loads_)
+            try:
+                lane_lines = []
+                at = depth + 1 + scoped
+                for sub in body:
+                    if id(sub) in stores:
+                        lane_lines.append(f"{self.indent * at}{stores[id(sub)]}.{LANE_FIELDS[lane]} = "
+                                          f"{self.expr(sub.value)};")
+                    else:
+                        lane_lines += self.stmt(sub, at)
+            finally:
+                self.lane = None
+            lines += [f"{inner}{{  /* lane {lane} */", *lane_lines, f"{inner}}}"] if scoped else lane_lines
+        for key, (store, vtype, base) in plan.stores.items():  # (__stwb: a plain store, never split in 4)
+            lines.append(f"{inner}__stwb(reinterpret_cast<{vtype} *>(&{self.name(store.buffer)}[{self.expr(base)}]), "
+                         f"{names[key]});")
+        return lines + [pad + "}"]
+
+    def vector_name(self) -> str:
+        """A fresh vector variable of the kernel: ``mc_vec0``, ``mc_vec1`` ... (no IR name
+        renders as ``mc_...``: ``cstyle.Identifiers``)."""
+        self.vectors += 1
+        return f"mc_vec{self.vectors - 1}"
+
     # -- expressions with CUDA's types ----------------------------------------------------------
 
     def expr(self, e) -> str:
-        """As C's, except int32 ``+ - *`` and negation wrap as NumPy's (through ``uint32_t``)."""
+        """As C's, except int32 ``+ - *`` and negation wrap as NumPy's (through ``uint32_t``);
+        inside a vectorized loop rendered lane by lane, its variable is the lane's number and a
+        vector-loaded element the lane's field (``mc_vec0.y``)."""
+        if self.lane is not None:
+            if isinstance(e, Var) and e.name == self.lane.var:
+                return str(self.lane.lane)
+            if isinstance(e, Load) and id(e) in self.lane.loads:
+                return f"{self.lane.loads[id(e)]}.{LANE_FIELDS[self.lane.lane]}"
         if isinstance(e, Binary) and e.dtype == I32 and e.op in ("+", "-", "*"):
             return f"((int32_t)((uint32_t){self.expr(e.a)} {e.op} (uint32_t){self.expr(e.b)}))"
         if isinstance(e, Unary) and e.dtype == I32 and e.op == "-":

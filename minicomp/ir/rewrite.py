@@ -240,3 +240,35 @@ def stored_buffers(s: Stmt) -> set[Buffer]:
 def loaded_buffers(s: Stmt) -> set[Buffer]:
     """The buffers ``s`` loads from."""
     return {load.buffer for e in all_exprs(s) for load in loads(e)}
+
+
+def unconditional_loads(s: Stmt) -> Iterator[Load]:
+    """The loads ``s`` runs every time it runs (each time a loop in it iterates): those of its
+    straight-line statements, not inside an ``If``, the branches of a ``Select`` or the right
+    side of ``&&``/``||`` (which C evaluates only sometimes). Reading their elements earlier,
+    or once for all, reads nothing the code would not read anyway (no index out of range)::
+
+        y[i] = x[i] + Select(i > 0, x[i - 1], 0)   ->   x[i] (not x[i - 1]: at i = 0 it is x[-1])
+    """
+    def of(e: Expr) -> Iterator[Load]:
+        if isinstance(e, Load):
+            yield e
+            yield from of(e.index)
+        elif isinstance(e, Select):
+            yield from of(e.cond)
+        elif isinstance(e, Binary) and e.op in ("&&", "||"):
+            yield from of(e.a)
+        else:
+            for child in e.children():
+                yield from of(child)
+
+    if isinstance(s, Block):
+        for sub in s.stmts:
+            yield from unconditional_loads(sub)
+    elif isinstance(s, For):
+        yield from unconditional_loads(s.body)
+    elif isinstance(s, If):
+        yield from of(s.cond)
+    elif not isinstance(s, Intrinsic):
+        for e in exprs_of(s):
+            yield from of(e)

@@ -10,9 +10,12 @@ function. A call
 2. finds each argument's device memory: an object with ``__cuda_array_interface__`` (a pycuda
    ``GPUArray``, a torch or CuPy tensor on the GPU) is used where it is, with no copy; a NumPy
    array is copied into a device buffer this executable keeps;
-3. launches every kernel in order on the executable's stream, the intermediates in one device
+3. copies a device argument that a kernel reads with vector loads (``float4``: the kernel's
+   ``Launch.aligned``) but that does not start on a 16-byte boundary into an aligned buffer
+   (``misaligned``: the kernels assume aligned buffers, which minicomp's own always are);
+4. launches every kernel in order on the executable's stream, the intermediates in one device
    workspace, and reads back the status word where a kernel can hit a NumPy error case;
-4. returns the outputs: NumPy arrays (copied back) when every argument was a NumPy array,
+5. returns the outputs: NumPy arrays (copied back) when every argument was a NumPy array,
    else pycuda ``GPUArray`` s that stay on the device (``torch.as_tensor(out, device="cuda")``
    takes them without a copy).
 
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..codegen.cuda import VECTOR_ALIGNMENT
 from ..errors import MinicompError, MinicompRuntimeError
 from ..ir.interpreter import check_argument
 from ..ir.symbolic import evaluate
@@ -150,6 +154,23 @@ class _Described:
 
     def __init__(self, view: DeviceView):
         self.shape, self.dtype, self.ndim = view.shape, view.dtype, len(view.shape)
+
+
+def misaligned(pointers: dict[str, int], launches) -> list[str]:
+    """The buffers that some kernel accesses with vector loads or stores (``Launch.aligned``)
+    whose address in ``pointers`` is not a multiple of ``VECTOR_ALIGNMENT`` (16) bytes, in the
+    order the launches first name them. Every buffer minicomp allocates is aligned (the
+    driver's allocations to 256 bytes, workspace offsets to 64); an argument given on the
+    device may not be (``torch.arange(9.0, device="cuda")[1:]`` starts 4 bytes in).
+
+        misaligned({"x": 0x7f0000000004, "y": 0x7f0000000000}, [Launch(..., aligned=("x", "y"))])  ->  ["x"]
+    """
+    found = []
+    for launch in launches:
+        for name in getattr(launch, "aligned", ()):
+            if name in pointers and pointers[name] % VECTOR_ALIGNMENT and name not in found:
+                found.append(name)
+    return found
 
 
 # -- device memory the executable keeps ------------------------------------------------------------
@@ -306,12 +327,28 @@ class CudaExecutable:
         workspace = int(self.memory.get("workspace", evaluate(plan.workspace_bytes, sizes)))
         for buffer, offset in self.program.workspace.items():
             pointers[buffer.name] = workspace + int(evaluate(offset, sizes))
+        on_device_inputs = {self.program.inputs[n].name: view for n, view in enumerate(views) if view is not None}
+        for name in misaligned(pointers, self.source.launches):
+            pointers[name] = self._aligned_copy(name, on_device_inputs.get(name), pointers[name])
         status = self.memory.get("status", 4) if self._status else None
         if status is not None:
             self.driver.memset_d32_async(status, 0, 1, self.stream)
         self._run(pointers, sizes, status, replayable=not on_device)
         self._raise_status(status)
         return self._results(outputs, shapes, on_device)
+
+    def _aligned_copy(self, name: str, view: DeviceView | None, pointer: int) -> int:
+        """The address of a copy of device argument ``name`` (``view``) at an address that
+        vector accesses may use: a kernel reads it with ``float4`` loads (``Launch.aligned``)
+        but the caller's array starts elsewhere (a torch slice ``x[1:]``). The copy is a
+        device-to-device one into a buffer this executable keeps."""
+        if view is None:  # minicomp's own buffers are allocated aligned: this is a bug
+            raise MinicompRuntimeError(f"buffer {name} is at {pointer:#x}, not a multiple of {VECTOR_ALIGNMENT} "
+                                       f"bytes, though minicomp placed it and a kernel reads it with vector loads")
+        allocation = self.memory.get(f"aligned:{name}", view.nbytes)
+        if view.nbytes:
+            self.driver.memcpy_dtod_async(allocation, pointer, view.nbytes, self.stream)
+        return int(allocation)
 
     def _launches(self, pointers: dict, sizes: dict, status) -> None:
         """Every kernel, in order, on the stream (a launch with an empty grid is skipped)."""

@@ -150,8 +150,11 @@ def equal(a: Expr, n: int) -> Expr:
 
 
 def divides(n, k: int) -> bool:
-    """Whether ``k`` divides the size ``n`` for every value of its symbols (known only for ints)."""
-    return k == 1 or (not isinstance(n, Sym) and n % k == 0)
+    """Whether ``k`` divides the size ``n`` for every value of its symbols (``4*T``: 4 does)."""
+    try:
+        return k == 1 or n % k == 0
+    except SymbolicShapeError:
+        return False
 
 
 def size_expr(n) -> Expr:

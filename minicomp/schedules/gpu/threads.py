@@ -20,6 +20,33 @@ blocks and a grid-stride loop inside the thread (``for s in 0..rounds``). A kern
 independent loop (a scalar output, a scan along its only axis) runs in one block of one
 thread.
 
+**Lanes.** With ``lanes`` of 2 or 4 (the default rule's choice for elementwise kernels of 4-
+or 8-byte values: 16 bytes a thread), each thread takes that many consecutive elements, as a
+``vectorized`` loop that the CUDA renderer writes as one ``float4`` (``double2`` ...) load per
+buffer and one store (``codegen/cuda.py``: ``vector_loop``); neighbouring threads take
+neighbouring groups, so a warp's accesses stay coalesced. The groups lie along a *run* of
+innermost loops that every buffer moving along them reads contiguously (row-major, the run
+last; a buffer may also not move along it: a broadcast), chosen as long as possible: the
+last axis where a broadcast operand has that axis (``a[i1]`` of ew_chain), every axis where
+all buffers are read at the flat position. A group must not straddle two rows of a buffer
+(its first element would be misaligned), so a run shorter than all the loops needs a length
+that ``lanes`` divides; over all the loops, the last group is the *tail*, done element by
+element under a guard::
+
+    for i0 in 0..5:                          # schedule: gpu_threads(threads=32, lanes=4)
+      for i1 in 0..37:             --->      gpu_block.x for b in 0..2:
+        y[i0*37 + i1] = x[...] * 2             gpu_thread.x for t in 0..32:
+                                                 if (b*32 + t) < 47:
+                                                   if (b*32 + t)*4 + 3 < 185:
+                                                     vectorized for v in 0..4: y[(b*32 + t)*4 + v] = x[...] * 2
+                                                   else:
+                                                     for v in 0..4: if (b*32 + t)*4 + v < 185: y[...] = ...
+
+The indices of the run are rewritten ``before * run_length + g*lanes + v``, so that ``v`` is a
+term of its own and the group's start visibly a multiple of ``lanes``, whatever the extents.
+Lanes are refused where no run qualifies, a thread runs a loop (a reduction: not
+elementwise), or no loop is independent.
+
 Requires a plain nest (as lowering wrote it). Guarantees the thread-serial form
 (``fuse_threads.py``) with a single phase: the same stores of the same values, each position
 in exactly one thread.
@@ -29,41 +56,56 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...ir.loops import For, If, Kernel, Var
-from ...ir.rewrite import substitute_stmt
-from ...ir.schedule import loops, tidy
-from ...ir.symbolic import Sym
+from ...ir.loops import Block, Const, Expr, For, If, Kernel, Load, Stmt, Store, Var
+from ...ir.rewrite import exprs_of, free_vars, loads, map_expr, map_stmt_exprs, statements, substitute_stmt
+from ...ir.schedule import ScheduleError, loops, tidy
+from ...ir.symbolic import Sym, ceil_div
+from ..cpu.parallel_rows import row_major_position
 from ..cpu.plain import loop_chain, refuse
 from ..strategy import Strategy, register_strategy
 from .common import (MAX_BLOCKS, WARP, Namer, check_plain, divides, extent_product, grid, independent_loops,
-                     less, unravel)
+                     less, size_expr, unravel)
 
 THREADS = 256  # threads per block of the generic rule: 8 warps, a common choice for memory-bound kernels
+LANES = (1, 2, 4)  # consecutive elements per thread
+VECTOR_BYTES = 16  # the widest load or store of one thread (float4)
+NOT_READ = ("not read",)  # an index that does not read the loops of a run (``LaneGroups._run_part``)
 
 
 @register_strategy("gpu_threads")
-def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BLOCKS) -> Kernel:
-    """``kernel`` with a GPU thread per iteration of its independent output loops (module docstring)."""
+def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BLOCKS, lanes: int = 1) -> Kernel:
+    """``kernel`` with a GPU thread per iteration of its independent output loops, or, with
+    ``lanes`` of 2 or 4, per ``lanes`` consecutive elements (module docstring)."""
     if not (isinstance(threads, int) and 1 <= threads <= 1024):
         raise refuse("gpu_threads", kernel, f"threads must be an int in 1..1024, not {threads!r}")
     if not (isinstance(max_blocks, int) and max_blocks >= 1):
         raise refuse("gpu_threads", kernel, f"max_blocks must be a positive int, not {max_blocks!r}")
+    if lanes not in LANES:
+        raise refuse("gpu_threads", kernel, f"lanes must be one of {LANES}, not {lanes!r}")
     check_plain("gpu_threads", kernel)
     chain, _ = loop_chain(kernel.body)
     count = independent_loops(kernel, chain)
     name = Namer(kernel)
     b, t = Var(name("b")), Var(name("t"))
     if count == 0:
+        if lanes > 1:
+            raise refuse("gpu_threads", kernel, f"lanes={lanes}: no independent loop to take groups of elements from")
         return replace(kernel, body=For(b, 1, For(t, 1, kernel.body, "gpu_thread", "x"), "gpu_block", "x"))
     loops = chain[:count]
-    positions = extent_product([loop.extent for loop in loops])
+    if lanes > 1:
+        work = LaneGroups(kernel, loops, lanes, name)
+        positions, place = work.groups, work.body
+    else:
+        positions = extent_product([loop.extent for loop in loops])
+        place = lambda position: substitute_stmt(  # noqa: E731
+            loops[-1].body, unravel(position, [(loop.var.name, loop.extent) for loop in loops]))
     blocks, rounds = grid(positions, threads, max_blocks)
     if rounds == 1:
         position = b * threads + t
     else:
         s = Var(name("s"))
         position = (s * blocks + b) * threads + t
-    body = substitute_stmt(loops[-1].body, unravel(position, [(loop.var.name, loop.extent) for loop in loops]))
+    body = place(position)
     if rounds > 1 or not divides(positions, threads):
         body = If(less(position, positions), body)
     if rounds > 1:
@@ -71,15 +113,122 @@ def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BL
     return replace(kernel, body=tidy(For(b, blocks, For(t, threads, body, "gpu_thread", "x"), "gpu_block", "x")))
 
 
+class LaneGroups:
+    """The elements of an elementwise nest in groups of ``lanes`` consecutive ones along its
+    innermost loops (module docstring): ``groups`` of them; ``body(q)`` is what the thread of
+    group ``q`` runs. Refuses (``ScheduleError``) a nest that is not elementwise, or in which
+    no run of innermost loops is contiguous in every buffer that moves along it with a length
+    that ``lanes`` divides (or, over all the loops, any length: the last group is the tail)."""
+
+    def __init__(self, kernel: Kernel, loops: list[For], lanes: int, name: Namer):
+        self.kernel, self.loops, self.lanes = kernel, loops, lanes
+        self.inner = loops[-1].body
+        if any(isinstance(s, For) for s in statements(self.inner)):
+            raise refuse("gpu_threads", kernel, f"lanes={lanes} needs an elementwise nest (a thread runs a loop)")
+        self.extents = {loop.var.name: loop.extent for loop in loops}
+        self.split = self._contiguous_run()
+        if self.split is None:
+            raise refuse("gpu_threads", kernel, f"lanes={lanes}: no innermost loops are contiguous in every buffer "
+                         f"that moves along them with a multiple of {lanes} elements")
+        self.outer, self.run = loops[:self.split], loops[self.split:]
+        self.run_length = extent_product([loop.extent for loop in self.run])
+        per_outer = ceil_div(self.run_length, lanes)
+        self.groups = extent_product([loop.extent for loop in self.outer] + [per_outer])
+        self.tail = not divides(self.run_length, lanes)  # (only where the run is every loop)
+        self.group, self.lane = Var(name("g")), Var(name("v"))
+
+    def _contiguous_run(self) -> int | None:
+        """The first loop of the longest run of innermost loops that every access reads
+        row-major (or not at all) whose length ``lanes`` divides, or which is every loop."""
+        for split in range(len(self.loops)):
+            names = [loop.var.name for loop in self.loops[split:]]
+            length = extent_product([loop.extent for loop in self.loops[split:]])
+            if (split == 0 or divides(length, self.lanes)) and all(
+                    self._run_part(index, names) is not None for index in self._indices()):
+                return split
+        return None
+
+    def _indices(self) -> list[Expr]:
+        found = []
+        for s in statements(self.inner):
+            if isinstance(s, Store):
+                found.append(s.index)
+            for e in exprs_of(s):
+                found += [load.index for load in loads(e)]
+        return found
+
+    def _run_part(self, index: Expr, names: list[str]) -> tuple | None:
+        """How ``index`` reads the run's loops (``names``): ``NOT_READ``, or the variables it
+        reads row-major before the run, which comes last; None if it reads the run otherwise."""
+        if not free_vars(index) & set(names):
+            return NOT_READ
+        position = row_major_position(index, self.extents)
+        if position is None or position[len(position) - len(names):] != names or set(position[:-len(names)]) & set(names):
+            return None
+        return tuple(position[:-len(names)])
+
+    def body(self, q: Expr) -> Stmt:
+        """What the thread of group ``q`` runs: a vectorized loop over the group's lanes (the
+        tail group, where there is one, element by element under a guard)."""
+        outer = unravel(q, [(loop.var.name, loop.extent) for loop in self.outer]
+                        + [(self.group.name, ceil_div(self.run_length, self.lanes))])
+        start = outer.pop(self.group.name) * self.lanes
+        position = start + self.lane  # the element's position in the run
+        values = {**outer, **unravel(position, [(loop.var.name, loop.extent) for loop in self.run])}
+        inner = substitute_stmt(self._run_indices(self.inner, position), values)
+        whole = For(self.lane, self.lanes, inner, "vectorized")
+        if not self.tail:
+            return whole
+        last = less(start + (self.lanes - 1), self.run_length)
+        return If(last, whole, For(self.lane, self.lanes, If(less(position, self.run_length), inner)))
+
+    def _run_indices(self, s: Stmt, position: Expr) -> Stmt:
+        """``s`` with each index that reads the run row-major written ``before * run_length +
+        position`` (so that the lane is a term of its own, whatever the loops' extents)."""
+        names = [loop.var.name for loop in self.run]
+
+        def index(e: Expr) -> Expr:
+            before = self._run_part(e, names)
+            if before is NOT_READ:
+                return e
+            head: Expr = Const(0)
+            for var in before:
+                head = head * size_expr(self.extents[var]) + Var(var)
+            return head * size_expr(self.run_length) + position
+
+        def fix(e: Expr) -> Expr:
+            return map_expr(e, lambda sub: Load(sub.buffer, index(fix(sub.index))) if isinstance(sub, Load) else None)
+
+        def walk_(s: Stmt) -> Stmt:
+            if isinstance(s, Store):
+                return Store(s.buffer, index(fix(s.index)), fix(s.value))
+            if isinstance(s, Block):
+                return Block([walk_(sub) for sub in s.stmts])
+            if isinstance(s, If):
+                return If(fix(s.cond), walk_(s.then), None if s.otherwise is None else walk_(s.otherwise))
+            return map_stmt_exprs(s, fix)
+
+        return walk_(s)
+
+
 def gpu_threads_steps(kernel: Kernel, target=None) -> list:
     """The generic rule: ``gpu_threads`` for a kernel no rule before it bound, ``THREADS`` per
-    block, fewer (a multiple of the warp) where the whole kernel has fewer positions."""
+    block, fewer (a multiple of the warp) where the whole kernel has fewer positions; an
+    elementwise kernel of 4- or 8-byte values in 16-byte groups (``lanes`` 4 or 2) where its
+    buffers allow, so that each thread's loads and stores are one vector access each."""
     if any(loop.kind != "serial" for loop in loops(kernel.body)):
         return []
     chain, _ = loop_chain(kernel.body)
     positions = extent_product([loop.extent for loop in chain[:independent_loops(kernel, chain)]])
+    lanes = VECTOR_BYTES // kernel.output.dtype.itemsize if kernel.output.dtype.itemsize in (4, 8) else 1
+    if lanes > 1:
+        try:
+            gpu_threads(kernel, lanes=lanes)
+        except ScheduleError:
+            lanes = 1
+    groups = positions if lanes == 1 else ceil_div(positions, lanes)
     threads = THREADS
-    if not isinstance(positions, Sym) and positions < THREADS:
-        threads = max(WARP, -(-positions // WARP) * WARP)
-    return [Strategy("gpu_threads", threads=threads)]
-
+    if not isinstance(groups, Sym) and groups < THREADS:
+        threads = max(WARP, -(-groups // WARP) * WARP)
+    params = {"threads": threads} if lanes == 1 else {"threads": threads, "lanes": lanes}
+    return [Strategy("gpu_threads", **params)]
