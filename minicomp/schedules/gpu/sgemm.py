@@ -64,7 +64,7 @@ from ...ir.loops import (Allocate, Binary, Block, Buffer, Const, Declare, Expr, 
 from ...ir.rewrite import substitute
 from ...ir.schedule import ScheduleError, tidy
 from ...ir.symbolic import Sym, ceil_div
-from ..cpu.packed_gemm import MatmulNest, declare_rows, estimated_work, find_matmul
+from ..cpu.packed_gemm import MatmulNest, declare_rows, find_matmul
 from ..cpu.plain import refuse, shares_output
 from ..strategy import Strategy, register_strategy
 from .common import MAX_BLOCKS, Namer, check_plain, divides, extent_product, less, unravel
@@ -380,9 +380,8 @@ SMALL_F64 = dict(bm=64, bn=64, bk=8, tm=4, tn=4)  # float64's 16 values of C tak
 
 def gpu_sgemm_steps(kernel: Kernel, target=None) -> list:
     """The rule for matmul-like nests on a GPU: ``gpu_sgemm`` for a float32 or float64 matmul
-    of at least ``MIN_WORK`` multiply-adds (a symbolic ``M`` counted as one row, as
-    ``packed_gemm`` does) and ``MIN_ROWS`` rows or a symbolic number of them; tiles from
-    ``default_tiling``."""
+    of at least ``MIN_WORK`` multiply-adds (``estimated_work``) and ``MIN_ROWS`` rows or a
+    symbolic number of them; tiles from ``default_tiling``."""
     try:
         check_plain("gpu_sgemm", kernel)
     except ScheduleError:
@@ -394,6 +393,16 @@ def gpu_sgemm_steps(kernel: Kernel, target=None) -> list:
     if estimated_work(s) < MIN_WORK or (not isinstance(s.m, Sym) and s.m < MIN_ROWS):
         return []
     return [Strategy("gpu_sgemm", **default_tiling(s, found.tiles.dtype, target))]
+
+
+def estimated_work(s) -> float:
+    """``M*N*K`` for the ``MIN_WORK`` test, a symbolic ``M`` counted as ``MIN_ROWS`` rows and a
+    symbolic ``N`` or ``K`` as large. A GPU packs nothing: a tile whose rows are mostly past
+    ``M`` (a decode step's one row) reads B once as a thread per column would, so a symbolic
+    ``M`` needs only enough work in ``N*K`` for the calls where it is large."""
+    m = MIN_ROWS if isinstance(s.m, Sym) else s.m
+    n, k = (math.inf if isinstance(size, Sym) else size for size in (s.n, s.k))
+    return m * n * k
 
 
 def default_tiling(s, dtype, target=None) -> dict:
