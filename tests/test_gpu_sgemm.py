@@ -25,6 +25,7 @@ import pytest
 
 import minicomp
 from minicomp import TensorType, nn
+from minicomp.codegen.cuda import render_cuda
 from minicomp.ir.loops import Barrier
 from minicomp.ir.schedule import ScheduleError, loops
 from minicomp.ir.symbolic import Sym
@@ -435,10 +436,22 @@ NVCC_CASES = {
 }
 
 
+#: a tiling whose two stages of 128 x 32 and 32 x 128 take 64 KiB: the renderer's dynamic shared memory
+DEEP = dict(bm=128, bn=128, bk=32, tm=8, tn=8, double_buffer=True)
+
+
+def forced_cuda_source(fn, types, **tiling):
+    """The CUDA source of ``fn`` at ``types`` with ``gpu_sgemm(**tiling)`` on its matmul."""
+    graph, _ = run_pipeline(minicomp.trace(fn, *types))
+    program = with_sgemm(loop_program(graph, CUDA, stop_after="lower"), **tiling)
+    return render_cuda(simplify_indices(fuse_threads(program)), CUDA), [f"gpu_sgemm({tiling})"]
+
+
 @pytest.fixture(scope="module")
 def sgemm_cubins():
     """name -> (CudaSource of its program, Cubin, schedule steps), all built in one nvcc batch."""
     made = {name: cuda_source(fn, *types) for name, (fn, types) in NVCC_CASES.items()}
+    made["deep tiles"] = forced_cuda_source(matmul, NVCC_CASES["matmul 4096 f32"][1], **DEEP)
     cubins = nvcc.build_many([source.text for source, _ in made.values()], nvcc.arch_of(CUDA))
     return {name: (source, cubin, chosen) for (name, (source, chosen)), cubin in zip(made.items(), cubins)}
 
@@ -455,6 +468,15 @@ def test_sgemm_kernels_compile_without_spills(sgemm_cubins, name):
         assert not info.spills and info.stack_bytes == 0 and 0 < info.registers <= 255, (launch.function, info)
     info = cubin.report[source.launches[-1].function]
     assert 0 < info.shared_bytes <= 48 * 1024 and source.launches[-1].threads == 256, info
+
+
+@needs_nvcc
+def test_tiles_past_48_kib_take_dynamic_shared_memory(sgemm_cubins):
+    source, cubin, _ = sgemm_cubins["deep tiles"]
+    [launch] = source.launches
+    assert launch.shared_bytes == 2 * (32 * 129 + 32 * 128) * 4 > 48 * 1024 and "extern __shared__" in source.text
+    info = cubin.report[launch.function]
+    assert not info.spills and info.stack_bytes == 0 and 0 < info.registers <= 255, info
 
 
 @needs_nvcc
