@@ -10,10 +10,13 @@ it left it) and the target and returns the steps to apply:
 
 * ``reduce`` and ``row``: ``gpu_row_reduce`` (a warp or a block per row: ``row_reduce.py``)
   where the reduction runs along contiguous memory over at least a warp's worth of elements;
+* ``epilogue``: ``gpu_sgemm`` (shared-memory tiles, a register tile per thread: ``sgemm.py``)
+  for float32/float64 matmuls, batched matmuls, their epilogues and NHWC convolutions above a
+  small amount of work;
 * every pattern (and what the rule before left unbound): ``gpu_threads``, a thread per
   iteration of the independent output loops (``threads.py``): elementwise, broadcast,
-  gather, column and scalar reductions, scans, and for now matmul, convolution and attention
-  (correct, not fast: the tiled strategies come later).
+  gather, column and scalar reductions, scans, small matmuls, and for now attention (correct,
+  not fast: the tiled strategy comes later).
 
 A kernel every rule refuses keeps its plain nest, which ``fuse_threads`` then refuses.
 """
@@ -21,6 +24,7 @@ A kernel every rule refuses keeps its plain nest, which ``fuse_threads`` then re
 from __future__ import annotations
 
 from .row_reduce import gpu_row_reduce_steps  # (importing each module registers its strategy)
+from .sgemm import gpu_sgemm_steps
 from .threads import gpu_threads_steps
 
 #: the fusion patterns (``minicomp.passes.fusion``) and None: a kernel lowering gave no pattern
@@ -29,3 +33,4 @@ PATTERNS = ("elemwise", "reduce", "row", "epilogue", "scan", "attention", None)
 DEFAULTS = {pattern: [gpu_threads_steps] for pattern in PATTERNS}
 DEFAULTS["reduce"] = [gpu_row_reduce_steps, gpu_threads_steps]
 DEFAULTS["row"] = [gpu_row_reduce_steps, gpu_threads_steps]
+DEFAULTS["epilogue"] = [gpu_sgemm_steps, gpu_threads_steps]

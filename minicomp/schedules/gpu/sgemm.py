@@ -1,0 +1,421 @@
+"""Strategy ``gpu_sgemm``: matmul and conv2d (with their epilogue) in shared-memory tiles and
+per-thread register tiles, the classic SGEMM of a GPU.
+
+The plain nest of ``C = A @ B`` with a thread per output value (``gpu_threads``) reads a row
+of A and a column of B from global memory for every value: 2 FLOPs per 8 bytes. A block that
+computes a ``BM x BN`` tile of C instead reads ``BM x BK`` values of A and ``BK x BN`` of B per
+step of ``BK`` through shared memory, which every thread of the block then reads from there;
+each thread keeps a ``TM x TN`` tile of C in registers and per ``k`` reads ``TM + TN`` values
+from shared memory for ``TM x TN`` multiply-adds. One block of ``128 x 128`` (``TM = TN = 8``:
+256 threads) does ``2*128*128*BK`` FLOPs per ``(128 + 128)*BK*4`` bytes from global memory,
+32 FLOPs per byte; one thread 64 multiply-adds per 16 shared loads.
+
+In the thread-serial form (``fuse_threads.py``), for a block of the grid::
+
+    gpu_block.x for b in 0..batch*ceil(M/BM)*ceil(N/BN):
+      shared a_tile: f32[2*BK*(BM+pad)]       # A's tile, k-major (a_tile[k][m]): two stages
+      shared b_tile: f32[2*BK*BN]             # B's tile, b_tile[k][n]
+      local acc_tile: f32[threads*TM*TN]      # each thread's register tile (t*TM*TN + r*TN + c)
+      i64 n0 = (b % col_tiles)*BN;  i64 m0 = ((b / col_tiles) % row_tiles)*BM;  <batch indices>
+      gpu_thread.x for t in 0..threads:       # phase: zero the register tile, load k tile 0
+        acc_tile[t*64 + c] = 0 ...;  a_tile[k][m] = m < M && k < K ? A[m, k] : 0 ...
+      for kt in 0..ceil(K/BK):                # a uniform loop: one barrier per k tile
+        gpu_thread.x for t in 0..threads:     # phase: load tile kt+1 into registers, compute
+          a_next[i] = A[...]                  #   on stage kt%2, store the registers into
+          for kk, r, c (unrolled):            #   stage (kt+1)%2 (read after the barrier)
+            acc_tile[t*64 + r*8 + c] += a_tile[kt%2][kk][ty + 16r] * b_tile[kt%2][kk][tx + 16c]
+          a_tile[(kt+1)%2][...] = a_next[i]
+      gpu_thread.x for t in 0..threads:       # phase: the epilogue, in registers, one store
+        if m < M && n < N: out[index(m, n)] = value(acc_tile[t*64 + r*8 + c])
+
+``double_buffer=False`` loads and computes in two phases per k tile instead (two barriers,
+one stage). Thread ``t`` is ``(ty, tx) = (t / (BN/TN), t % (BN/TN))`` and owns rows
+``ty + i*(BM/TM)`` and columns ``tx + j*(BN/TN)`` of the tile: neighbouring threads read
+neighbouring columns of ``b_tile`` (no bank conflict) and write neighbouring columns of C
+(coalesced); the threads that load a tile read consecutive ``k`` of A and ``n`` of B
+(coalesced) and store A transposed into ``a_tile`` with its rows padded so that those stores
+fall in different banks. Tiles overhanging ``M``, ``N`` or ``K`` are filled with zeros at
+loading (guarded loads; no guard where a size is a static multiple of the tile), so the
+compute never tests anything, and the epilogue stores only what exists. A symbolic ``M``, ``N``
+or ``K`` gives ``ceil_div`` counts of tiles (a symbolic grid, a symbolic number of k tiles;
+``K = 0`` runs no k tile and stores ``value(0)``). The inner loops over ``BK``, ``TM`` and
+``TN`` are ``unrolled`` (CUDA: ``#pragma unroll``), so each thread's register tile and its
+fragments of A and B live in registers after ``fuse_threads`` (constant indices).
+
+Requires a plain matmul-like nest as ``packed_gemm`` finds it (``find_matmul``: output loops
+around ``acc = 0; for k...: acc += a_expr * b_expr; out[index] = value(acc)``, float32 or
+float64): a matmul, a batched matmul (batch loops, which ``b_expr`` uses, become blocks), a
+matmul with its elementwise epilogue (``gelu(x @ w + b)``, applied in registers before the
+one store; an epilogue ending in a transpose stores each value moved), conv2d in NHWC as an
+implicit GEMM (the rows are ``N*H*W``, the reduction ``(kh, kw, c)``: loading A's tile *is*
+im2col, one tile at a time). The output may not share memory with an input. Guarantees the
+same values up to float rounding (each value's sum runs in order of ``k``, in one thread).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...ir.loops import (Allocate, Binary, Block, Buffer, Const, Declare, Expr, For, If, Kernel, Load, Select, Stmt,
+                         Store, Var, const)
+from ...ir.rewrite import substitute
+from ...ir.schedule import ScheduleError, tidy
+from ...ir.symbolic import Sym, ceil_div
+from ..cpu.packed_gemm import MatmulNest, declare_rows, find_matmul
+from ..cpu.plain import refuse, shares_output
+from ..strategy import Strategy, register_strategy
+from .common import MAX_BLOCKS, Namer, check_plain, divides, extent_product, less, unravel
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tile sizes of one ``gpu_sgemm``: a block computes ``bm x bn`` of C in steps of
+    ``bk`` of the reduction, a thread ``tm x tn`` of it; ``double_buffer``: two stages of
+    shared tiles, the next one loaded while the current one is computed."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    double_buffer: bool = True
+
+    @property
+    def thread_rows(self) -> int:
+        """Threads along a tile's rows (``bm / tm``)."""
+        return self.bm // self.tm
+
+    @property
+    def thread_cols(self) -> int:
+        """Threads along a tile's columns (``bn / tn``)."""
+        return self.bn // self.tn
+
+    @property
+    def threads(self) -> int:
+        return self.thread_rows * self.thread_cols
+
+    @property
+    def stages(self) -> int:
+        return 2 if self.double_buffer else 1
+
+    @property
+    def a_stride(self) -> int:
+        """The row length of ``a_tile`` (``a_tile[k][m]``): ``bm`` padded so that the loading
+        threads, which store ``32 / bk`` rows of ``m`` for each of ``bk`` values of ``k`` per
+        warp, hit 32 different banks: ``bm + 32/bk`` (mod 32) for ``bk <= 32``."""
+        if self.bk >= 32 or 32 % self.bk:
+            return self.bm + 1
+        return self.bm + (32 // self.bk - self.bm) % 32
+
+    def shared_elements(self) -> tuple[int, int]:
+        """Elements of ``a_tile`` and ``b_tile`` (all stages)."""
+        return self.stages * self.bk * self.a_stride, self.stages * self.bk * self.bn
+
+    def shared_bytes(self, dtype) -> int:
+        """Bytes of shared memory per block."""
+        return sum(self.shared_elements()) * np.dtype(dtype).itemsize
+
+    def loads_per_thread(self) -> tuple[int, int]:
+        """Values of A's and of B's tile that each thread loads per k tile."""
+        return -(-self.bm * self.bk // self.threads), -(-self.bk * self.bn // self.threads)
+
+    def check(self, fail) -> None:
+        """Refuse (``fail(why)``) sizes that make no tiling."""
+        sizes = (self.bm, self.bn, self.bk, self.tm, self.tn)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+            raise fail(f"bm, bn, bk, tm, tn must be positive ints, not {sizes}")
+        if self.bm % self.tm or self.bn % self.tn:
+            raise fail(f"tm must divide bm and tn divide bn (bm={self.bm}, tm={self.tm}, bn={self.bn}, tn={self.tn})")
+        if not 1 <= self.threads <= 1024:
+            raise fail(f"(bm/tm) x (bn/tn) = {self.threads} threads per block; CUDA allows 1 to 1024")
+        if not isinstance(self.double_buffer, bool):
+            raise fail(f"double_buffer must be True or False, not {self.double_buffer!r}")
+
+
+@register_strategy("gpu_sgemm")
+def gpu_sgemm(kernel: Kernel, bm: int = 128, bn: int = 128, bk: int = 8, tm: int = 8, tn: int = 8,
+              double_buffer: bool = True) -> Kernel:
+    """``kernel``'s matmul in ``bm x bn`` block tiles of C, ``bk`` steps of the reduction per
+    shared tile, a ``tm x tn`` register tile per thread (see the module docstring)."""
+    def fail(why: str) -> ScheduleError:
+        return refuse("gpu_sgemm", kernel, why)
+
+    tiling = Tiling(bm, bn, bk, tm, tn, double_buffer)
+    tiling.check(fail)
+    check_plain("gpu_sgemm", kernel)
+    found = find_matmul(kernel)
+    if found is None:
+        raise fail("no float matmul accumulating in the output's dtype (see find_matmul)")
+    if found.tiles.dtype not in FLOATS:
+        raise fail(f"it accumulates in {found.tiles.dtype} (float32 or float64 only)")
+    if shares_output(kernel):
+        raise fail(f"{kernel.output.name} shares memory with an input")
+    builder = SgemmBuilder(kernel, found, tiling)
+    if not isinstance(builder.blocks, Sym) and builder.blocks > MAX_BLOCKS:
+        raise fail(f"{builder.blocks} tiles of {bm} x {bn}: more blocks than CUDA's {MAX_BLOCKS}")
+    return replace(kernel, body=tidy(builder.build()))
+
+
+class SgemmBuilder:
+    """Builds the thread-serial form of one matmul nest (see the module docstring).
+
+    Names: ``b`` the block, ``t`` the thread, ``m0``/``n0`` the tile's first row and column,
+    ``kt`` the k tile, ``ty``/``tx`` the thread's row and column in the tile's grid of threads.
+    """
+
+    def __init__(self, kernel: Kernel, found: MatmulNest, tiling: Tiling):
+        s = self.shape = found.shape
+        self.found, self.tiling, self.dtype = found, tiling, found.tiles.dtype
+        name = self.name = Namer(kernel)
+        self.b, self.t = Var(name("b")), Var(name("t"))
+        self.m0, self.n0, self.kt = Var(name("m0")), Var(name("n0")), Var(name("kt"))
+        self.m_size, self.n_size = s.m, s.n
+        self.k_size = math.prod(e for _, e in s.red)
+        self.row_tiles, self.col_tiles = ceil_div(s.m, tiling.bm), ceil_div(s.n, tiling.bn)
+        self.k_tiles = ceil_div(self.k_size, tiling.bk)
+        self.blocks = extent_product([e for _, e in s.batch]) * self.row_tiles * self.col_tiles
+        a_size, b_size = tiling.shared_elements()
+        self.a_tile = Buffer(name("a_tile"), self.dtype, (a_size,))
+        self.b_tile = Buffer(name("b_tile"), self.dtype, (b_size,))
+        self.acc_tile = Buffer(name("acc_tile"), self.dtype, (tiling.threads * tiling.tm * tiling.tn,))
+        self.zero = const(0, self.dtype)
+
+    # -- the block ---------------------------------------------------------------------------
+
+    def build(self) -> Stmt:
+        """The block loop around the allocations, the tile's place and the phases."""
+        tl = self.tiling
+        allocations = [Allocate(self.a_tile, "shared"), Allocate(self.b_tile, "shared"), Allocate(self.acc_tile)]
+        first = [self.zero_registers()]
+        if tl.double_buffer:
+            first += self.load_tile(Const(0), Const(0))
+            k_loop = For(self.kt, self.k_tiles, self.phase(self.step_double_buffered()))
+        else:
+            k_loop = For(self.kt, self.k_tiles, Block([self.phase(self.load_tile(self.kt, Const(0))),
+                                                       self.phase(self.compute(Const(0)))]))
+        body = Block(allocations + self.place() + [self.phase(first), k_loop, self.phase(self.epilogue())])
+        return For(self.b, self.blocks, body, "gpu_block", "x")
+
+    def place(self) -> list[Stmt]:
+        """The block's tile: ``n0``, ``m0`` and the batch indices from the block number (column
+        tiles fastest, so neighbouring blocks share a row tile of A)."""
+        tiles = [("col", self.col_tiles), ("row", self.row_tiles)]
+        batch = [(var.name, extent) for var, extent in self.shape.batch]
+        where = unravel(self.b, batch + tiles[::-1])
+        stmts: list[Stmt] = [Declare(self.n0, where["col"] * self.tiling.bn),
+                             Declare(self.m0, where["row"] * self.tiling.bm)]
+        return stmts + [Declare(var, where[var.name]) for var, _ in self.shape.batch]
+
+    def phase(self, stmts: list[Stmt]) -> Stmt:
+        """One barrier phase: every thread of the block runs ``stmts``."""
+        return For(self.t, self.tiling.threads, Block(stmts), "gpu_thread", "x")
+
+    def register(self, c: Expr) -> Expr:
+        """Index of this thread's register ``c`` in the block-level ``acc_tile``."""
+        return self.t * (self.tiling.tm * self.tiling.tn) + c
+
+    def zero_registers(self) -> Stmt:
+        c = Var(self.name("c"))
+        return For(c, self.tiling.tm * self.tiling.tn, Store(self.acc_tile, self.register(c), self.zero), "unrolled")
+
+    # -- loading the tiles ---------------------------------------------------------------------
+
+    def a_value(self, e: Expr, kt: Expr) -> tuple[Expr, Expr]:
+        """Loaded value ``e`` of A's tile at k tile ``kt``, and where it goes in a stage of
+        ``a_tile`` (``k`` fastest: consecutive threads read consecutive ``k`` of a row)."""
+        tl = self.tiling
+        row, kk = e / tl.bk, e % tl.bk
+        m, k = self.m0 + row, kt * tl.bk + kk
+        values = {**self.row_values(m), **self.red_values(k)}
+        inside = [less(m, self.m_size)] if not divides(self.m_size, tl.bm) else []
+        inside += [less(k, self.k_size)] if not divides(self.k_size, tl.bk) else []
+        return self.guarded(inside, substitute(self.shape.a_expr, values)), kk * tl.a_stride + row
+
+    def b_value(self, e: Expr, kt: Expr) -> tuple[Expr, Expr]:
+        """Loaded value ``e`` of B's tile at k tile ``kt``, and where it goes in a stage of
+        ``b_tile`` (``n`` fastest)."""
+        tl = self.tiling
+        kk, col = e / tl.bn, e % tl.bn
+        n, k = self.n0 + col, kt * tl.bk + kk
+        values = {self.shape.col[0].name: n, **self.red_values(k)}
+        inside = [less(k, self.k_size)] if not divides(self.k_size, tl.bk) else []
+        inside += [less(n, self.n_size)] if not divides(self.n_size, tl.bn) else []
+        return self.guarded(inside, substitute(self.shape.b_expr, values)), kk * tl.bn + col
+
+    def guarded(self, conditions: list[Expr], value: Expr) -> Expr:
+        """``value`` where every condition holds, else 0 (the value is not read then)."""
+        if not conditions:
+            return value
+        cond = conditions[0]
+        for more in conditions[1:]:
+            cond = cond & more
+        return Select(cond, value, self.zero)
+
+    def row_values(self, m: Expr) -> dict[str, Expr]:
+        return unravel(m, [(var.name, extent) for var, extent in self.shape.rows])
+
+    def red_values(self, k: Expr) -> dict[str, Expr]:
+        return unravel(k, [(var.name, extent) for var, extent in self.shape.red])
+
+    def each_load(self, count: int, total: int, body) -> Stmt:
+        """``body(i, e)`` for this thread's ``count`` loads ``e = i*threads + t`` of ``total``
+        values (the last guarded where ``threads`` does not divide ``total``)."""
+        i = Var(self.name("i"))
+        e = i * self.tiling.threads + self.t
+        stmt = body(i, e)
+        if count * self.tiling.threads != total:
+            stmt = If(less(e, total), stmt)
+        return For(i, count, stmt, "unrolled")
+
+    def stage(self, buffer: Buffer, stage: Expr) -> Expr:
+        """The first element of ``stage`` in ``buffer`` (a_tile or b_tile)."""
+        per_stage = buffer.size // self.tiling.stages
+        return stage * per_stage
+
+    def load_tile(self, kt: Expr, stage: Expr) -> list[Stmt]:
+        """This thread's share of k tile ``kt`` of A and of B, stored into ``stage``."""
+        tl = self.tiling
+        a_count, b_count = tl.loads_per_thread()
+
+        def a(i, e):
+            value, at = self.a_value(e, kt)
+            return Store(self.a_tile, self.stage(self.a_tile, stage) + at, value)
+
+        def b(i, e):
+            value, at = self.b_value(e, kt)
+            return Store(self.b_tile, self.stage(self.b_tile, stage) + at, value)
+
+        return [self.each_load(a_count, tl.bm * tl.bk, a), self.each_load(b_count, tl.bk * tl.bn, b)]
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def thread_place(self) -> tuple[list[Stmt], Var, Var]:
+        """Declarations of ``ty`` and ``tx``, the thread's row and column in the tile's grid of threads."""
+        ty, tx = Var(self.name("ty")), Var(self.name("tx"))
+        cols = self.tiling.thread_cols
+        return [Declare(ty, self.t / cols), Declare(tx, self.t % cols)], ty, tx
+
+    def compute(self, stage: Expr) -> list[Stmt]:
+        """The thread's ``tm x tn`` register tile += its rows of ``a_tile`` times its columns of
+        ``b_tile`` over the ``bk`` values of ``stage``; ``a`` and ``b`` fragments in registers."""
+        tl = self.tiling
+        place, ty, tx = self.thread_place()
+        a_frag = Buffer(self.name("a_frag"), self.dtype, (tl.tm,))
+        b_frag = Buffer(self.name("b_frag"), self.dtype, (tl.tn,))
+        kk, r, c = Var(self.name("kk")), Var(self.name("r")), Var(self.name("c"))
+        a_at = self.stage(self.a_tile, stage) + kk * tl.a_stride + ty + r * tl.thread_rows
+        b_at = self.stage(self.b_tile, stage) + kk * tl.bn + tx + c * tl.thread_cols
+        acc_at = self.register(r * tl.tn + c)
+        product = Binary("*", Load(a_frag, r), Load(b_frag, c), self.dtype)
+        update = Store(self.acc_tile, acc_at, Binary("+", Load(self.acc_tile, acc_at), product, self.dtype))
+        step = Block([For(r, tl.tm, Store(a_frag, r, Load(self.a_tile, a_at)), "unrolled"),
+                      For(c, tl.tn, Store(b_frag, c, Load(self.b_tile, b_at)), "unrolled"),
+                      For(r, tl.tm, For(c, tl.tn, update, "unrolled"), "unrolled")])
+        return place + [Allocate(a_frag), Allocate(b_frag), For(kk, tl.bk, step, "unrolled")]
+
+    def step_double_buffered(self) -> list[Stmt]:
+        """One k tile with two stages: tile ``kt + 1`` loaded into registers first (its loads in
+        flight while the thread computes), stage ``kt % 2`` computed, then the registers stored
+        into stage ``(kt + 1) % 2``, which the next k tile reads after the loop's barrier."""
+        tl = self.tiling
+        a_count, b_count = tl.loads_per_thread()
+        a_next = Buffer(self.name("a_next"), self.dtype, (a_count,))
+        b_next = Buffer(self.name("b_next"), self.dtype, (b_count,))
+        following = self.kt + 1
+        more = less(following, self.k_tiles)
+        current, other = self.kt % 2, following % 2
+
+        def fetch(buffer, value_of):
+            return lambda i, e: Store(buffer, i, value_of(e, following)[0])
+
+        def keep(tile, buffer, value_of, stage):
+            return lambda i, e: Store(tile, self.stage(tile, stage) + value_of(e, following)[1], Load(buffer, i))
+
+        loads = [self.each_load(a_count, tl.bm * tl.bk, fetch(a_next, self.a_value)),
+                 self.each_load(b_count, tl.bk * tl.bn, fetch(b_next, self.b_value))]
+        stores = [self.each_load(a_count, tl.bm * tl.bk, keep(self.a_tile, a_next, self.a_value, other)),
+                  self.each_load(b_count, tl.bk * tl.bn, keep(self.b_tile, b_next, self.b_value, other))]
+        return [Allocate(a_next), Allocate(b_next), If(more, Block(loads))] + self.compute(current) + [
+            If(more, Block(stores))]
+
+    # -- the epilogue --------------------------------------------------------------------------
+
+    def epilogue(self) -> list[Stmt]:
+        """Each value of the thread's register tile that lies inside C through the nest's own
+        store (``out[index] = value(acc)``), the batch, row and column indices declared."""
+        tl, found = self.tiling, self.found
+        place, ty, tx = self.thread_place()
+        r, c, m, n = Var(self.name("r")), Var(self.name("c")), Var(self.name("m")), Var(self.name("n"))
+        col_var = self.shape.col[0]
+        value = Declare(found.acc, Load(self.acc_tile, self.register(r * tl.tn + c)))
+        column: Stmt = Block([Declare(col_var, n), value, found.store])
+        if not divides(self.n_size, tl.bn):
+            column = If(less(n, self.n_size), column)
+        row: Stmt = Block(declare_rows(self.shape.rows, m) + [
+            For(c, tl.tn, Block([Declare(n, self.n0 + tx + c * tl.thread_cols), column]), "unrolled")])
+        if not divides(self.m_size, tl.bm):
+            row = If(less(m, self.m_size), row)
+        row = Block([Declare(m, self.m0 + ty + r * tl.thread_rows), row])
+        return place + [For(r, tl.tm, row, "unrolled")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The default rule
+# ----------------------------------------------------------------------------------------------
+
+MIN_WORK = 1 << 16  # M*N*K below which a thread per value (gpu_threads) is as good: one block or two
+MIN_ROWS = 16  # fewer rows (a matrix-vector product): a thread per column reads B once, coalesced
+#: float32 tiles by (bm, bn): 256 threads each; 128 x 128 keeps 64 values of C per thread (32 FLOPs
+#: per byte loaded), 64 wide where that side of C is at most 64 (a conv's 64 channels: no half-empty tile)
+TILES = {(128, 128): dict(bm=128, bn=128, bk=8, tm=8, tn=8), (128, 64): dict(bm=128, bn=64, bk=8, tm=8, tn=4),
+         (64, 128): dict(bm=64, bn=128, bk=8, tm=4, tn=8), (64, 64): dict(bm=64, bn=64, bk=16, tm=4, tn=4)}
+SMALL = TILES[64, 64]  # four times the blocks of 128 x 128: small or symbolic sizes
+SMALL_F64 = dict(bm=64, bn=64, bk=8, tm=4, tn=4)  # float64's 16 values of C take 32 registers
+
+
+def gpu_sgemm_steps(kernel: Kernel, target=None) -> list:
+    """The rule for matmul-like nests on a GPU: ``gpu_sgemm`` for a float32 or float64 matmul
+    of at least ``MIN_WORK`` multiply-adds (``estimated_work``) and ``MIN_ROWS`` rows or a
+    symbolic number of them; tiles from ``default_tiling``."""
+    try:
+        check_plain("gpu_sgemm", kernel)
+    except ScheduleError:
+        return []
+    found = find_matmul(kernel)
+    if found is None or found.tiles.dtype not in FLOATS or shares_output(kernel):
+        return []
+    s = found.shape
+    if estimated_work(s) < MIN_WORK or (not isinstance(s.m, Sym) and s.m < MIN_ROWS):
+        return []
+    return [Strategy("gpu_sgemm", **default_tiling(s, found.tiles.dtype, target))]
+
+
+def estimated_work(s) -> float:
+    """``M*N*K`` for the ``MIN_WORK`` test, a symbolic ``M`` counted as ``MIN_ROWS`` rows and a
+    symbolic ``N`` or ``K`` as large. A GPU packs nothing: a tile whose rows are mostly past
+    ``M`` (a decode step's one row) reads B once as a thread per column would, so a symbolic
+    ``M`` needs only enough work in ``N*K`` for the calls where it is large."""
+    m = MIN_ROWS if isinstance(s.m, Sym) else s.m
+    n, k = (math.inf if isinstance(size, Sym) else size for size in (s.n, s.k))
+    return m * n * k
+
+
+def default_tiling(s, dtype, target=None) -> dict:
+    """Tiles for ``target``, double buffered: float64 ``SMALL_F64``; float32 ``TILES[bm, bn]``,
+    each side 128 where C is longer than 64 along it, else 64, where those tiles give every SM
+    of ``target`` a block at least; else (small or symbolic sizes) ``SMALL``, 64 x 64."""
+    if np.dtype(dtype) == np.float64:
+        return dict(SMALL_F64, double_buffer=True)
+    if isinstance(s.m, Sym) or isinstance(s.n, Sym):
+        return dict(SMALL, double_buffer=True)
+    tiling = TILES[128 if s.m > 64 else 64, 128 if s.n > 64 else 64]
+    sms = getattr(target, "sm_count", None) or 1
+    blocks = extent_product([e for _, e in s.batch]) * ceil_div(s.m, tiling["bm"]) * ceil_div(s.n, tiling["bn"])
+    if isinstance(blocks, Sym) or blocks < sms:
+        tiling = SMALL
+    return dict(tiling, double_buffer=True)
