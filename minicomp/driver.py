@@ -57,7 +57,7 @@ from .ir.graph import Graph
 from .ir.symbolic import Sym, collect_guards, guards_hold
 from .runtime.fork import ForkSafeLock
 from .frontend.dynamic import DynamicSizes, SymbolicPlan, int_leaves, size_carriers, user_line
-from .frontend.pytree import flatten
+from .frontend.pytree import device_array_type, flatten
 from .frontend.state import read_lifted
 from .frontend.tracer import Structure, trace_with_structure
 from .runtime import program_cache
@@ -447,13 +447,16 @@ def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
     caller's array, as NumPy would have left it; return the outputs before those.
 
     ``arrays``: the call's inputs in graph order (argument leaves, then arrays lifted from
-    outside). Each written one must be a writeable ``np.ndarray`` (else ``MinicompRuntimeError``).
+    outside). Each written one must be a writeable ``np.ndarray`` (else ``MinicompRuntimeError``)
+    or a device array, which the CUDA executable has already written in place.
 
     >>> f(cache, xk)          # f does cache[:, s:s+L] = xk: afterwards cache holds xk there
     """
     if not graph.updated_inputs:
         return outputs
-    for number in graph.updated_inputs:
+    on_host = {number: slot for number, slot in graph.updated_inputs.items()
+               if device_array_type(arrays[number]) is None}
+    for number in on_host:
         array = arrays[number]
         if not isinstance(array, np.ndarray) or not array.flags.writeable:
             name = graph.inputs[number].name
@@ -461,8 +464,9 @@ def update_arguments(graph: Graph, arrays: list, outputs: list) -> list:
                 f"{graph.name}: argument {name!r} is written by the function (x[...] = v or an in-place "
                 f"operator), but the {type(array).__name__} passed is read-only (NumPy: assignment "
                 "destination is read-only); pass a writeable array, or copy it first")
-    for number, slot in graph.updated_inputs.items():
-        np.copyto(arrays[number], outputs[slot], casting="unsafe")
+    for number, slot in on_host.items():
+        value = outputs[slot]  # a GPUArray where other arguments were on the device
+        np.copyto(arrays[number], value if isinstance(value, np.ndarray) else value.get(), casting="unsafe")
     return outputs[:len(outputs) - len(graph.updated_inputs)]
 
 

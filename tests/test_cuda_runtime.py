@@ -69,3 +69,42 @@ def test_row_major_strides():
     assert cuda._row_major((2, 3), (12, 4), 4)
     assert not cuda._row_major((2, 3), (4, 8), 4)
     assert cuda._row_major((2, 0), (4, 8), 4)
+
+
+# -- device arrays as jit arguments ---------------------------------------------------------------------
+
+class HostTensor:
+    """Like a torch tensor in host memory: the class has the property, the instance raises."""
+
+    @property
+    def __cuda_array_interface__(self):
+        raise AttributeError("Can't get __cuda_array_interface__ on non-CUDA tensor type")
+
+    def __hash__(self):
+        return 7
+
+
+def test_a_device_array_is_an_array_leaf_keyed_by_shape_and_dtype():
+    from minicomp.frontend.pytree import ARRAY, STATIC, device_array_type, flatten
+
+    x, arrays = DeviceArray((2, 3), "<f8"), []
+    assert device_array_type(x) == ((2, 3), np.dtype(np.float64))
+    key = flatten({"x": x, "n": 3}, arrays)
+    assert arrays == [x] and key[2][0] == (ARRAY, (2, 3), np.dtype(np.float64), DeviceArray)
+    assert flatten(DeviceArray((2, 3), "<f8", pointer=0x7F00000F0000), []) == flatten(x, [])  # same signature
+    assert flatten(DeviceArray((2, 4), "<f8"), []) != flatten(x, [])
+    assert device_array_type(HostTensor()) is None and flatten(HostTensor(), [])[0] == STATIC
+
+
+def test_a_traced_device_array_is_an_input_of_its_interface_type():
+    from minicomp.frontend.tracer import trace_with_structure
+
+    graph, _ = trace_with_structure(lambda p: p["x"].sum(axis=1) * p["scale"],
+                                    ({"x": DeviceArray((5, 4), "<i4"), "scale": 2},))
+    assert [(node.name, str(node.type)) for node in graph.inputs] == [("p.x", "i32[5,4]")]
+
+
+def test_a_device_array_passed_to_a_cpu_target_says_what_to_write():
+    double = minicomp.jit(lambda x: x * 2)
+    with pytest.raises(MinicompRuntimeError, match=r"DeviceArray in GPU memory.*target='cuda'.*x\.cpu\(\)\.numpy\(\)"):
+        double(DeviceArray((3,)))

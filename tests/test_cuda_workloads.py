@@ -104,3 +104,39 @@ def test_an_index_out_of_range_on_the_gpu_raises_as_on_the_cpu():
     assert_close(take(x, np.array([1, -1, 3])), x[[1, -1, 3]])
     with pytest.raises(IndexOutOfBoundsError):
         take(x, np.array([1, 10, 3]))
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_a_device_array_written_in_place_is_written_on_the_device(rng):
+    import pycuda.autoprimaryctx  # noqa: F401
+    import pycuda.gpuarray as gpuarray
+
+    def scale_rows(x, y):
+        x[1:] = y[1:] * 2  # x is the caller's array: NumPy leaves the new rows in it
+        return x.sum(axis=1)
+
+    x, y = rng.standard_normal((5, 33)).astype(np.float32), rng.standard_normal((5, 33)).astype(np.float32)
+    on_device = gpuarray.to_gpu(x)
+    out = minicomp.jit(scale_rows, target="cuda")(on_device, gpuarray.to_gpu(y))
+    expected_x = x.copy()
+    expected = scale_rows(expected_x, y)
+    assert_close(out.get(), expected)
+    assert_close(on_device.get(), expected_x)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_torch_tensors_on_the_gpu_are_read_in_place(rng):
+    torch = pytest.importorskip("torch", reason="torch is not installed: the GPUArray tests cover the rest")
+    double = minicomp.jit(lambda x, w: (x @ w) * 2, target="cuda")
+    x, w = rng.standard_normal((9, 64)).astype(np.float32), rng.standard_normal((64, 5)).astype(np.float32)
+    tx, tw = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
+    out = torch.as_tensor(double(tx, tw), device="cuda")  # a GPUArray: torch takes it without a copy
+    assert_close(out.cpu().numpy(), (x @ w) * 2, rtol=1e-4)
+    padded = torch.from_numpy(np.concatenate([x[0, :1], x.ravel()])).cuda()
+    misaligned = padded[1:].reshape(9, 64)  # starts 4 bytes in: copied before a float4 kernel reads it
+    assert_close(torch.as_tensor(double(misaligned, tw), device="cuda").cpu().numpy(), (x @ w) * 2, rtol=1e-4)
+    strided = torch.from_numpy(np.arange(9 * 65, dtype=np.float32)).cuda().reshape(9, 65)[:, :64]
+    with pytest.raises(minicomp.MinicompError, match="not contiguous"):
+        double(strided, tw)

@@ -486,6 +486,8 @@ class FakeDriver:
         self.next += -(-max(nbytes, 1) // 256) * 256
         return address
 
+    allocate = mem_alloc  # also the executable's memory pool for results left on the device
+
     def memcpy_htod_async(self, *args):
         pass
 
@@ -516,10 +518,37 @@ def test_a_misaligned_device_argument_is_copied_before_a_vector_kernel_reads_it(
     executable.program, executable.source, executable.plan = program, source, CallPlan.of(program)
     executable.driver, executable.stream = driver, None
     executable.memory, executable.constants = cuda_runtime.DeviceBuffers(driver), []
-    executable._status = False
+    executable._status, executable._memory_pool = False, driver
     seen = {}
     executable._run = lambda pointers, sizes, status, replayable: seen.update(pointers)
-    executable._results = lambda outputs, shapes, on_device: outputs
+    executable._results = lambda outputs, shapes, on_device, wait: outputs
     executable._call([DeviceArray(0x7F0000000004, (4, 8)), DeviceArray(0x7F0000000100, (4, 8))])
     assert seen["y"] == 0x7F0000000100 and seen["x"] % 16 == 0 and seen["mul"] % 16 == 0
     assert driver.copies == [(seen["x"], 0x7F0000000004, 4 * 8 * 4)]
+
+
+def test_a_device_array_written_in_place_gets_its_new_value_by_a_device_copy():
+    """``x[0] = 0`` on a device argument: after the kernels, the executable copies the written
+    value (an output buffer) over the caller's array, device to device, without waiting."""
+    from minicomp.runtime.executable import CallPlan
+    from minicomp.stages import run_stages as stages
+
+    def zero_first_row(x):
+        x[0] = 0.0
+        return x * 2
+
+    graph = run_pipeline(minicomp.trace(zero_first_row, TensorType((4, 8), "f32")))[0]
+    assert graph.updated_inputs  # the write is an output the caller's array must receive
+    source, program = stages(graph, CUDA, stop_after="render")
+    driver = FakeDriver()
+    executable = object.__new__(cuda_runtime.CudaExecutable)
+    executable.program, executable.source, executable.plan = source.program, source, CallPlan.of(source.program)
+    executable.driver, executable.stream = driver, None
+    executable.memory, executable.constants = cuda_runtime.DeviceBuffers(driver), []
+    executable._status, executable._memory_pool = False, driver
+    waited = []
+    executable._run = lambda pointers, sizes, status, replayable: None
+    executable._results = lambda outputs, shapes, on_device, wait: waited.append(wait) or outputs
+    outputs = executable._call([DeviceArray(0x7F0000000100, (4, 8))])
+    written = outputs[executable.plan.output_order[graph.updated_inputs[0]]]
+    assert driver.copies == [(0x7F0000000100, written, 4 * 8 * 4)] and waited == [False]

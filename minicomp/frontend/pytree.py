@@ -2,9 +2,10 @@
 
 JAX's convention: a *pytree* is a value built from tuples (namedtuples too), lists, dicts,
 dataclass instances (their fields) and ``None``; its *leaves* are everything else. Array leaves
-(``np.ndarray``, NumPy scalars) are the inputs of the compiled function; every other leaf (an
-int, a float, a string, a hashable config object) is *static*: passed to the function unchanged
-and part of the signature.
+(``np.ndarray``, NumPy scalars, and *device arrays*: objects with ``__cuda_array_interface__``
+such as a torch tensor on the GPU, a CuPy array or a pycuda ``GPUArray``) are the inputs of the
+compiled function; every other leaf (an int, a float, a string, a hashable config object) is
+*static*: passed to the function unchanged and part of the signature.
 
 ``flatten`` returns a hashable *key* that is also the tree's definition: its structure, the
 shape and dtype of each array leaf, and the value of each static leaf, compared exactly and
@@ -105,6 +106,10 @@ def _flatten_other(value, arrays: list, depth: int) -> tuple:
         return (COMPLEX, value.real.hex(), value.imag.hex(), type(value))
     if isinstance(value, (set, frozenset)):
         return (STATIC, type(value), frozenset(static_key(v) for v in value))
+    device = device_array_type(value)
+    if device is not None:
+        arrays.append(value)
+        return (ARRAY, device[0], device[1], type(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = field_names(type(value))
         return (DATACLASS, type(value), names, _children([getattr(value, n) for n in names], arrays, depth + 1))
@@ -113,6 +118,25 @@ def _flatten_other(value, arrays: list, depth: int) -> tuple:
     except TypeError:
         raise UnsupportedError(describe_leaf(value)) from None
     return (STATIC, type(value), value)
+
+
+def device_array_type(value) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The shape and dtype of a device array (an object whose ``__cuda_array_interface__``
+    describes GPU memory: torch on ``"cuda"``, CuPy, pycuda ``GPUArray``), None for anything else.
+
+    Only the interface is read, so neither torch nor pycuda need be imported here; a torch
+    tensor in host memory (whose interface property raises) is not a device array.
+
+        torch.ones(2, 3, device="cuda")   ->  ((2, 3), dtype('float32'))
+        np.ones(3), 1.5                   ->  None
+    """
+    try:
+        interface = getattr(value, "__cuda_array_interface__", None)
+        if interface is None:
+            return None
+        return tuple(int(n) for n in interface["shape"]), np.dtype(interface["typestr"]).newbyteorder("=")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=256)

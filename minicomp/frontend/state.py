@@ -44,7 +44,7 @@ import numpy as np
 
 from ..ir.dtypes import TensorType
 from .frozen import _functions
-from .pytree import dataclass_with, field_names
+from .pytree import dataclass_with, device_array_type, field_names
 from .tracer import TracedArray, Tracer, _argument_type, user_location
 
 CELL, ITEM, ATTR, APPEND = "cell", "item", "attr", "append"
@@ -186,7 +186,7 @@ class TraceState:
 
     def _rebuild(self, value, path: Path, depth: int):
         kind = type(value)
-        if isinstance(value, (np.ndarray, np.generic, TensorType)):
+        if isinstance(value, (np.ndarray, np.generic, TensorType)) or device_array_type(value) is not None:
             return self.tracer.input(path.name, _argument_type(path.name, value, self.tracer.graph.name))
         if kind is dict or isinstance(value, dict):
             new = {key: self._rebuild(item, path.then(ITEM, key, _name(path.name, key)), depth + 1)

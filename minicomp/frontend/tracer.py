@@ -42,6 +42,7 @@ from ..ir.dtypes import TensorType, to_dtype
 from ..ir.graph import Graph, Node
 from ..ir.interpreter import refuse_array_subclass
 from ..ir.symbolic import Sym
+from .pytree import device_array_type
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Frames in these files are minicomp's machinery or NumPy's, never "the user's line".
@@ -630,13 +631,20 @@ def _reduce(x: TracedArray, op: str, axis, keepdims: bool, dtype, out) -> Traced
 def _argument_type(param: str, value, function: str) -> TensorType | None:
     """The input type an array leaf of an argument stands for, or None for a static value.
 
-    Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars and
-    ``TensorType`` s are inputs. Refused, naming the parameter: ndarray subclasses such as
+    Arrays (plain, ``np.memmap``; byte-swapped ones as their native dtype), NumPy scalars, device
+    arrays (``__cuda_array_interface__``: ``pytree.device_array_type``) and ``TensorType`` s are
+    inputs. Refused, naming the parameter: ndarray subclasses such as
     ``np.matrix`` (``UnsupportedError``) and unsupported dtypes (``DTypeError``).
     """
     if isinstance(value, TensorType):
         return value
     what = f"argument {param!r} of {function}"
+    device = device_array_type(value)
+    if device is not None:  # a torch/CuPy/pycuda array in GPU memory: its interface's shape and dtype
+        try:
+            return TensorType(*device)
+        except DTypeError as exc:
+            raise DTypeError(f"{what}: {exc}{at(user_location())}") from None
     if isinstance(value, (np.ndarray, np.generic)):
         refuse_array_subclass(value, what, user_location())
         dtype = value.dtype if value.dtype.isnative else value.dtype.newbyteorder("=")
@@ -649,7 +657,7 @@ def _argument_type(param: str, value, function: str) -> TensorType | None:
 
 def _holds_arrays(value, depth: int = 0) -> bool:
     """True if ``value`` is an array or a list, tuple, dict or set with an array somewhere inside."""
-    if isinstance(value, (np.ndarray, np.generic, TracedArray, TensorType)):
+    if isinstance(value, (np.ndarray, np.generic, TracedArray, TensorType)) or device_array_type(value):
         return True
     if depth > 100:
         return False

@@ -87,6 +87,11 @@ def check_argument(graph: Graph, node: Node, arg, sizes: dict, described: bool =
 def _as_array(arg, node: Node, graph: Graph) -> np.ndarray:
     if type(arg) is np.ndarray:
         return arg
+    if getattr(arg, "__cuda_array_interface__", None) is not None:
+        raise MinicompRuntimeError(
+            f"argument %{node.name} of graph {graph.name!r} is a {type(arg).__name__} in GPU memory, but this target "
+            "runs on the CPU: compile with jit(target='cuda'), or pass host memory (torch: x.cpu().numpy(), "
+            "CuPy: x.get(), pycuda: x.get())")
     try:
         return np.asarray(arg)
     except (TypeError, ValueError) as exc:  # e.g. a ragged list

@@ -17,7 +17,8 @@ function. A call
    workspace, and reads back the status word where a kernel can hit a NumPy error case;
 5. returns the outputs: NumPy arrays (copied back) when every argument was a NumPy array,
    else pycuda ``GPUArray`` s that stay on the device (``torch.as_tensor(out, device="cuda")``
-   takes them without a copy).
+   takes them without a copy); a device array the function writes in place (``x[...] = v``)
+   gets its new value by a device-to-device copy.
 
 Everything runs in the device's *primary* context, the one the CUDA runtime, torch and CuPy
 use, so the four share one process and one memory space. Where every argument is a NumPy
@@ -266,6 +267,7 @@ class CudaExecutable:
         self._graphs: dict[tuple, object] = {}
         self._seen: dict[tuple, int] = {}
         self._graph_api = None  # DriverGraphs once a graph is captured; False if capture is impossible
+        self._memory_pool = None  # DeviceMemoryPool for results left on the device, made on first use
 
     def __del__(self):
         graphs, api = getattr(self, "_graphs", {}), getattr(self, "_graph_api", None)
@@ -318,8 +320,8 @@ class CudaExecutable:
         outputs = []
         for buffer, shape, (_, dtype) in zip(self.program.outputs, shapes, plan.outputs):
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            if on_device:
-                allocation = self.driver.mem_alloc(max(nbytes, 1))
+            if on_device:  # a fresh array per call, from a pool: no cuMemAlloc once warm
+                allocation = self._pool().allocate(max(nbytes, 1))
             else:
                 allocation = self.memory.get(f"output:{buffer.name}", nbytes)
             outputs.append(allocation)
@@ -334,8 +336,29 @@ class CudaExecutable:
         if status is not None:
             self.driver.memset_d32_async(status, 0, 1, self.stream)
         self._run(pointers, sizes, status, replayable=not on_device)
+        self._write_device_inputs(views, outputs, shapes)
         self._raise_status(status)
-        return self._results(outputs, shapes, on_device)
+        return self._results(outputs, shapes, on_device, wait=status is not None or not on_device)
+
+    def _pool(self):
+        """The executable's pool of device memory for results that stay on the device."""
+        if self._memory_pool is None:
+            from pycuda.tools import DeviceMemoryPool
+
+            self._memory_pool = DeviceMemoryPool()
+        return self._memory_pool
+
+    def _write_device_inputs(self, views: list, outputs: list, shapes: list) -> None:
+        """Each device array the function writes (``x[...] = v``: ``graph.updated_inputs``)
+        gets its new value by a device-to-device copy on the stream, as NumPy would leave it."""
+        for number, returned in self.plan.graph.updated_inputs.items():
+            view = views[number]
+            if view is None:
+                continue
+            slot = self.plan.output_order[returned]
+            nbytes = int(np.prod(shapes[slot], dtype=np.int64)) * np.dtype(self.plan.outputs[slot][1]).itemsize
+            if nbytes:
+                self.driver.memcpy_dtod_async(view.pointer, outputs[slot], nbytes, self.stream)
 
     def _aligned_copy(self, name: str, view: DeviceView | None, pointer: int) -> int:
         """The address of a copy of device argument ``name`` (``view``) at an address that
@@ -402,8 +425,11 @@ class CudaExecutable:
             error = STATUS_ERRORS.get(max(codes, key=lambda code: code in STATUS_ERRORS), MinicompRuntimeError)
             raise error(f"{self.plan.graph.name}: {'; '.join(STATUS_MESSAGES[code] for code in codes)}")
 
-    def _results(self, outputs, shapes, on_device: bool) -> list:
-        """The outputs in the graph's order: GPUArrays on the device, or NumPy arrays copied back."""
+    def _results(self, outputs, shapes, on_device: bool, wait: bool = True) -> list:
+        """The outputs in the graph's order: GPUArrays on the device, or NumPy arrays copied back.
+        Without ``wait`` (results on the device, no status to read) the host does not wait for
+        the kernels: the stream is a blocking one, so work on the legacy default stream (torch's,
+        pycuda's) runs after them."""
         values = []
         for allocation, shape, (_, dtype) in zip(outputs, shapes, self.plan.outputs):
             if on_device:
@@ -415,7 +441,8 @@ class CudaExecutable:
                 if host.nbytes:
                     self.driver.memcpy_dtoh_async(host, allocation, self.stream)
                 values.append(host)
-        self.stream.synchronize()
+        if wait:
+            self.stream.synchronize()
         results, seen = [], set()
         for slot in self.plan.output_order:
             value = values[slot]
