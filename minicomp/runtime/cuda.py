@@ -33,6 +33,7 @@ one raises a ``MinicompError`` that says what is missing.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import threading
 from dataclasses import dataclass
@@ -74,12 +75,29 @@ _primary_lock = threading.Lock()
 
 
 def primary_context(device: int = 0):
-    """The primary context of GPU ``device``, retained once per process (torch and CuPy use it too)."""
+    """The primary context of GPU ``device``, retained once per process (torch and CuPy use it too).
+
+    Where no context is current on this thread it is made current until exit, as
+    ``pycuda.autoprimaryctx`` does: a result left on the device (a ``GPUArray``) is freed
+    whenever Python drops it, and pycuda aborts the process if no context is current then.
+    """
     with _primary_lock:
         if device not in _primary:
             driver = cuda_driver()
-            _primary[device] = driver.Device(device).retain_primary_context()
+            context = driver.Device(device).retain_primary_context()
+            if driver.Context.get_current() is None:
+                context.push()
+                atexit.register(_pop_at_exit, context)
+            _primary[device] = context
         return _primary[device]
+
+
+def _pop_at_exit(context) -> None:
+    """Leave the context made current by ``primary_context`` (pycuda's own exit clean-up runs after)."""
+    try:
+        context.pop()
+    except Exception:  # the driver may already be shut down
+        pass
 
 
 class current_context:
