@@ -100,7 +100,7 @@ def _block(torch, x, ln1_g, ln1_b, w_qkv, b_qkv, w_out, b_out, ln2_g, ln2_b, w_f
 
     q, k, v = split_heads(q), split_heads(k), split_heads(v)
     scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5
-    future = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)
+    future = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=x.device), diagonal=1)
     a = _softmax(torch, scores.masked_fill(future, float("-inf"))) @ v
     x = x + a.transpose(-2, -3).reshape(*batch, seq, dim) @ w_out + b_out
     h = _layernorm(torch, x, ln2_g, ln2_b)
