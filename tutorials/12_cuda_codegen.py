@@ -447,7 +447,7 @@ else:
         fused_fn, unfused_fn = minicomp.jit(fn, target="cuda"), minicomp.jit(fn, target="cuda", disable=["fusion"])
         assert_close(fused_fn(*host), expected)        # NumPy arrays in: copied to the GPU and back
         assert_close(unfused_fn(*host), expected)
-        shapes = " , ".join("x".join(map(str, a.shape)) for a in host)
+        shapes = ", ".join("x".join(map(str, a.shape)) for a in host)
         print(f"\n{name} ({shapes}): minicomp fused and fusion off match NumPy")
         if torch is None:
             print("  (timing uses torch's CUDA events, as `minicomp bench --target cuda` does: torch with CUDA "
