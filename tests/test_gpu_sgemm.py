@@ -53,15 +53,26 @@ TILINGS = {
     "64x64": dict(sgemm.SMALL, double_buffer=True),
     "128x64": dict(sgemm.TILES[128, 64], double_buffer=True),
     "f64": dict(sgemm.SMALL_F64, double_buffer=True),
+    "strided": dict(sgemm.STRIDED, double_buffer=True),
     "odd": dict(bm=24, bn=40, bk=5, tm=3, tn=5, double_buffer=True),
     "one stage": dict(bm=32, bn=32, bk=4, tm=4, tn=2, double_buffer=False),
+    "vec4 grouped odd": dict(bm=24, bn=40, bk=8, tm=4, tn=4, lanes=4, group_rows=3, double_buffer=True),
+    "vec2 one stage": dict(bm=32, bn=16, bk=6, tm=4, tn=2, lanes=2, group_rows=2, double_buffer=False),
 }
 #: tilings small enough for the loop interpreter
 TINY_TILINGS = {
     "16x16": dict(bm=16, bn=16, bk=4, tm=2, tn=2, double_buffer=True),
     "odd": dict(bm=12, bn=8, bk=3, tm=3, tn=2, double_buffer=True),
     "one stage": dict(bm=8, bn=16, bk=2, tm=2, tn=4, double_buffer=False),
+    "vec4": dict(bm=16, bn=16, bk=4, tm=4, tn=4, lanes=4, double_buffer=True),
+    "vec4 grouped one stage": dict(bm=8, bn=16, bk=8, tm=4, tn=4, lanes=4, group_rows=2, double_buffer=False),
 }
+
+
+def for_dtype(tiling: dict, dtype) -> dict:
+    """``tiling`` with its groups at most 16 bytes for ``dtype`` (float64: ``lanes`` 2 for 4)."""
+    lanes = tiling.get("lanes", 1)
+    return dict(tiling, lanes=min(lanes, 16 // np.dtype(dtype).itemsize)) if lanes > 1 else tiling
 
 
 def gelu(x):
@@ -164,6 +175,55 @@ def test_the_register_tile_is_each_threads_own_after_fuse_threads():
                if loop.var.name in ("kk", "r", "c", "c_1"))
 
 
+def test_vector_fragments_and_groups_of_the_tiles():
+    """``lanes=4``: a thread's rows and columns in groups of 4 consecutive ones, each fragment
+    group a vectorized loop at ``base + v``; the tiles' loads and C's store in groups of 4
+    consecutive ``k``, ``n`` and columns, a group-wide guard an ``if`` (0 where it fails), one that
+    differs between lanes (K = 7: no multiple of 4) a select per lane."""
+    program = with_sgemm(lowered(matmul, TensorType((33, 12), "f32"), TensorType((12, 36), "f32")),
+                         **TINY_TILINGS["vec4"])
+    printed = str(program.kernels[0])
+    assert """          unrolled for r in 0..1:
+            vectorized for v in 0..4:
+              a_frag[(r * 4) + v] = a_tile[(((((kt % 2) * 64) + (kk * 16)) + (r * 16)) + (ty * 4)) + v]""" in printed
+    assert "b_frag[(c_1 * 4) + v] = b_tile[(((((kt % 2) * 64) + (kk * 16)) + (c_1 * 16)) + (tx * 4)) + v]" in printed
+    assert """        if (m0 + ((i * 16) + t)) < 33:
+          vectorized for v in 0..4:
+            a_tile[((v * 16) + (i * 16)) + t] = a[(((m0 * 12) + (i * 192)) + (t * 12)) + v]
+        else:
+          vectorized for v in 0..4:
+            a_tile[((v * 16) + (i * 16)) + t] = 0.0_f32""" in printed  # A's rows: 33 of 48
+    assert """              if n < 36:
+                vectorized for v in 0..4:
+                  f32 acc = acc_tile[((((t * 16) + (g * 16)) + (w * 4)) + (g_1 * 4)) + v]
+                  matmul[((i0 * 36) + n) + v] = acc""" in printed  # 36 columns of 48: whole groups
+    odd_k = str(with_sgemm(lowered(matmul, TensorType((32, 7), "f32"), TensorType((7, 16), "f32")),
+                           **TINY_TILINGS["vec4"]).kernels[0])
+    assert """\
+        vectorized for v in 0..4:
+          a_tile[((v * 16) + (i * 16)) + t] = select((v < 7), a[(((m0 * 7) + (i * 112)) + (t * 7)) + v], 0.0_f32)""" \
+        in odd_k
+
+
+def test_grouped_block_order():
+    """``group_rows=2``: block ``q`` runs down 2 row tiles, then the next column tile; the last
+    group (5 row tiles: 1 left) takes what is left."""
+    program = with_sgemm(lowered(matmul, TensorType((80, 8), "f32"), TensorType((8, 48), "f32")),
+                         **dict(TINY_TILINGS["vec4"], group_rows=2))
+    printed = str(program.kernels[0])
+    assert """    i64 q = b
+    i64 first = (q / 6) * 2
+    i64 rows = select(((first + 1) < 5), 2, (5 - first))
+    i64 n0 = ((q % 6) / rows) * 16
+    i64 m0 = (first + ((q % 6) % rows)) * 16""" in printed
+    tiles = []
+    for q in range(15):  # the formula as printed: each tile once
+        first = q // 6 * 2
+        rows = 2 if first + 1 < 5 else 5 - first
+        tiles.append(((first + q % 6 % rows), q % 6 // rows))
+    assert sorted(tiles) == [(r, c) for r in range(5) for c in range(3)] and tiles[:3] == [(0, 0), (1, 0), (0, 1)]
+
+
 def test_a_missing_barrier_between_k_tiles_is_a_race(rng):
     """The lockstep run is a real test of the barriers: without the one that ends each k tile,
     a thread stores the next stage while another still reads it."""
@@ -183,7 +243,8 @@ def test_a_missing_barrier_between_k_tiles_is_a_race(rng):
 # Values: awkward sizes, both forms
 # ----------------------------------------------------------------------------------------------
 
-AWKWARD = [(1, 7, 33), (7, 1, 129), (129, 33, 1), (100, 257, 7), (257, 100, 129), (33, 129, 257)]
+AWKWARD = [(1, 7, 33), (7, 1, 129), (129, 33, 1), (100, 257, 7), (257, 100, 129), (33, 129, 257),
+           (37, 100, 36)]  # (K and N multiples of 4 but of no tile: a whole group in or out)
 
 
 @pytest.mark.parametrize("name", sorted(TILINGS))
@@ -213,8 +274,8 @@ def test_symbolic_m_k_and_n_in_c(name, rng):
 @pytest.mark.parametrize("name", sorted(TINY_TILINGS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_awkward_sizes_in_simt_form(name, dtype, rng):
-    tiling = TINY_TILINGS[name]
-    for m, k, n in [(1, 3, 2), (7, 5, 9), (17, 8, 16)]:
+    tiling = for_dtype(TINY_TILINGS[name], dtype)
+    for m, k, n in [(1, 3, 2), (7, 5, 9), (17, 8, 16), (9, 12, 20)]:
         a, b = rand(rng, m, k, dtype=dtype), rand(rng, k, n, dtype=dtype)
         program = with_sgemm(lowered(matmul, a, b), **tiling)
         for order in ORDERS:
@@ -250,7 +311,7 @@ def test_batched_matmuls(dtype, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bias_and_gelu_in_registers_before_the_one_store(dtype, rng):
     x, w, bias = rand(rng, 100, 33, dtype=dtype), rand(rng, 33, 129, dtype=dtype), rand(rng, 129, dtype=dtype)
-    program = with_sgemm(lowered(linear_gelu, x, w, bias), **TILINGS["64x64"])
+    program = with_sgemm(lowered(linear_gelu, x, w, bias), **for_dtype(TILINGS["64x64"], dtype))
     [kernel] = program.kernels
     stores = [line for line in str(kernel).splitlines() if f"{kernel.output.name}[" in line.split("=")[0]]
     assert len(stores) == 1 and "tanh" in stores[0]  # one store of C, the epilogue in it
@@ -322,7 +383,7 @@ def test_symbolic_rows_through_jit():
         assert_close(jitted(x, w, b), linear_gelu(x, w, b))
     assert jitted.cache_size == 1
     program = schedule(lowered(linear_gelu, TensorType((T, 129), "f32"), w, b), CUDA)
-    assert steps(program) == ["gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, double_buffer=True)"]
+    assert steps(program) == ["gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, lanes=4, double_buffer=True)"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,19 +418,27 @@ def test_gpu_sgemm_refuses_what_it_does_not_know():
     refused(kernel, "must be positive ints", bk=0)
     refused(kernel, "must be positive ints", bm=64.0)
     refused(kernel, "double_buffer must be True or False", double_buffer=1)
+    refused(kernel, "lanes must be one of", lanes=3)
+    refused(kernel, "lanes=4 must divide tm, tn and bk", bm=64, bn=64, tm=4, tn=4, bk=6, lanes=4)
+    refused(kernel, "group_rows must be a positive int", group_rows=0)
+    refused(lowered(matmul, TensorType((40, 30), "f64"), TensorType((30, 20), "f64")).kernels[0],
+            "lanes=4 of float64 pass the 16 bytes", bm=64, bn=64, tm=4, tn=4, lanes=4)
     refused(Strategy("gpu_threads").apply(kernel), "bound to blockIdx")
     refused(lowered(np.negative, TensorType((40, 30), "f32")).kernels[0], "no float matmul")
     refused(lowered(matmul, TensorType((40, 30), "i32"), TensorType((30, 20), "i32")).kernels[0], "no float matmul")
     refused(replace(kernel, aliases=frozenset({kernel.output})), "shares memory with an input")
 
 
+SMALL_STEP = "bm=64, bn=64, bk=16, tm=4, tn=4, lanes=4, double_buffer=True"
+
+
 @pytest.mark.parametrize("types, chosen", [
-    ([(4096, 4096), (4096, 4096)], "gpu_sgemm(bm=128, bn=128, bk=8, tm=8, tn=8, double_buffer=True)"),
-    ([(100352, 576), (576, 64)], "gpu_sgemm(bm=128, bn=64, bk=8, tm=8, tn=4, double_buffer=True)"),
-    ([(64, 4096), (4096, 32768)], "gpu_sgemm(bm=64, bn=128, bk=8, tm=4, tn=8, double_buffer=True)"),
-    ([(200, 300), (300, 200)], "gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, double_buffer=True)"),  # 4 big tiles
-    ([(T, 768), (768, 768)], "gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, double_buffer=True)"),
-    ([(8, 1000, 50), (8, 50, 60)], "gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, double_buffer=True)"),
+    ([(4096, 4096), (4096, 4096)], "gpu_sgemm(bm=128, bn=128, bk=8, tm=8, tn=8, lanes=4, double_buffer=True)"),
+    ([(100352, 576), (576, 64)], "gpu_sgemm(bm=128, bn=64, bk=8, tm=8, tn=4, lanes=4, double_buffer=True)"),
+    ([(64, 4096), (4096, 32768)], "gpu_sgemm(bm=64, bn=128, bk=8, tm=4, tn=8, lanes=4, double_buffer=True)"),
+    ([(200, 300), (300, 200)], f"gpu_sgemm({SMALL_STEP})"),  # 4 big tiles
+    ([(T, 768), (768, 768)], f"gpu_sgemm({SMALL_STEP})"),
+    ([(8, 1000, 50), (8, 50, 60)], f"gpu_sgemm({SMALL_STEP})"),
     ([(500, 500, "f64"), (500, 500, "f64")], "gpu_sgemm(bm=64, bn=64, bk=8, tm=4, tn=4, double_buffer=True)"),
     ([(20, 20), (20, 20)], "gpu_threads(threads=256)"),  # 8000 multiply-adds
     ([(8, 1000), (1000, 1000)], "gpu_threads(threads=256)"),  # 8 rows: a thread per column
@@ -384,18 +453,32 @@ def test_the_default_rule(types, chosen):
 def test_the_default_tiles_follow_the_targets_sms():
     """200 x 200 of C is 4 tiles of 128 x 128: too few for 132 SMs, enough for 4."""
     program = lowered(matmul, TensorType((200, 300), "f32"), TensorType((300, 200), "f32"))
-    assert steps(schedule(program, CUDA)) == ["gpu_sgemm(bm=64, bn=64, bk=16, tm=4, tn=4, double_buffer=True)"]
+    assert steps(schedule(program, CUDA)) == [f"gpu_sgemm({SMALL_STEP})"]
     assert steps(schedule(program, replace(CUDA, sm_count=4))) == [
-        "gpu_sgemm(bm=128, bn=128, bk=8, tm=8, tn=8, double_buffer=True)"]
+        "gpu_sgemm(bm=128, bn=128, bk=8, tm=8, tn=8, lanes=4, double_buffer=True)"]
 
 
 def test_the_tiling_record():
-    large = sgemm.Tiling(**sgemm.TILES[128, 128])
+    large = sgemm.Tiling(**sgemm.STRIDED)
     assert (large.threads, large.loads_per_thread(), large.a_stride) == (256, (4, 4), 132)
     assert large.shared_bytes(np.float32) == 2 * (8 * 132 + 8 * 128) * 4 <= 48 * 1024
-    small = sgemm.Tiling(**sgemm.SMALL)
+    small = sgemm.Tiling(**dict(sgemm.SMALL, lanes=1))
     assert (small.threads, small.loads_per_thread(), small.a_stride) == (256, (4, 4), 66)
     assert sgemm.Tiling(**sgemm.SMALL_F64).shared_bytes(np.float64) <= 48 * 1024
+    vector = sgemm.Tiling(**sgemm.TILES[128, 128])  # one float4 of A and one of B per thread and k tile
+    assert (vector.threads, vector.loads_per_thread(), vector.a_stride) == (256, (1, 1), 132)
+
+
+@pytest.mark.parametrize("bk, conflicts", [(4, 1), (8, 1), (16, 2), (32, 4)])
+def test_a_tiles_rows_padded_for_vector_loads_and_few_conflicts(bk, conflicts):
+    """With lanes, ``a_tile``'s rows stay multiples of 4 (aligned ``float4`` fragments), padded
+    so that the transposed stores of a warp's groups of A hit as few threads per bank as any
+    such padding can: none for ``bk <= 8`` (2 and 4 groups of 4 per row), two for 16."""
+    tiling = sgemm.Tiling(bm=128, bn=128, bk=bk, tm=8, tn=8, lanes=4)
+    assert tiling.a_stride % 4 == 0 and 128 <= tiling.a_stride < 160
+    best = tiling.store_conflicts(tiling.a_stride - 128)
+    assert best == conflicts == min(tiling.store_conflicts(pad) for pad in range(0, 32, 4))
+    assert sgemm.Tiling(bm=128, bn=128, bk=8, tm=8, tn=8, lanes=4).store_conflicts(0) == 2  # unpadded: 2-way
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,6 +521,9 @@ NVCC_CASES = {
 
 #: a tiling whose two stages of 128 x 32 and 32 x 128 take 64 KiB: the renderer's dynamic shared memory
 DEEP = dict(bm=128, bn=128, bk=32, tm=8, tn=8, double_buffer=True)
+#: matmul 4096^3 with tilings the default rule does not pick: deep tiles, the strided layout, groups
+FORCED = {"deep tiles": DEEP, "strided": dict(sgemm.STRIDED, double_buffer=True),
+          "vec4 bk16 grouped": dict(sgemm.TILES[128, 128], bk=16, group_rows=8, double_buffer=True)}
 
 
 def forced_cuda_source(fn, types, **tiling):
@@ -451,7 +537,8 @@ def forced_cuda_source(fn, types, **tiling):
 def sgemm_cubins():
     """name -> (CudaSource of its program, Cubin, schedule steps), all built in one nvcc batch."""
     made = {name: cuda_source(fn, *types) for name, (fn, types) in NVCC_CASES.items()}
-    made["deep tiles"] = forced_cuda_source(matmul, NVCC_CASES["matmul 4096 f32"][1], **DEEP)
+    for name, tiling in FORCED.items():
+        made[name] = forced_cuda_source(matmul, NVCC_CASES["matmul 4096 f32"][1], **tiling)
     cubins = nvcc.build_many([source.text for source, _ in made.values()], nvcc.arch_of(CUDA))
     return {name: (source, cubin, chosen) for (name, (source, chosen)), cubin in zip(made.items(), cubins)}
 
@@ -471,6 +558,15 @@ def test_sgemm_kernels_compile_without_spills(sgemm_cubins, name):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("name", sorted(FORCED))
+def test_other_tilings_compile_without_spills(sgemm_cubins, name):
+    source, cubin, _ = sgemm_cubins[name]
+    [launch] = source.launches
+    info = cubin.report[launch.function]
+    assert not info.spills and info.stack_bytes == 0 and 0 < info.registers <= 255, info
+
+
+@needs_nvcc
 def test_tiles_past_48_kib_take_dynamic_shared_memory(sgemm_cubins):
     source, cubin, _ = sgemm_cubins["deep tiles"]
     [launch] = source.launches
@@ -481,14 +577,51 @@ def test_tiles_past_48_kib_take_dynamic_shared_memory(sgemm_cubins):
 
 @needs_nvcc
 def test_the_register_tile_stays_in_registers():
-    """The PTX of the 4096^3 kernel: no local memory, and per k tile the 8 x 8 x 8 multiply-adds
-    of the unrolled register tile (512 ``fma``) from 8 x (8 + 8) shared loads."""
+    """The PTX of the 4096^3 kernel (the default rule: ``lanes=4``): no local memory, and per k
+    tile the 8 x 8 x 8 multiply-adds of the unrolled register tile (512 ``fma``) from 8 x (2 + 2)
+    ``float4`` shared loads and no scalar one; the tiles' loads one ``float4`` of A and one of B
+    per thread and k tile (and the first tile's), B's stored into ``b_tile`` as one, the 64
+    values of C 16 ``float4`` stores."""
     fn, types = NVCC_CASES["matmul 4096 f32"]
     source, _ = cuda_source(fn, *types)
     assert "#pragma unroll" in source.text
     ptx = nvcc.compile_ptx(source.text, nvcc.arch_of(CUDA))
     assert ".local" not in ptx
     assert len(re.findall(r"\bfma\.rn\.f32\b", ptx)) == 8 * 8 * 8
-    assert len(re.findall(r"\bld\.shared\.f32\b", ptx)) == 8 * (8 + 8)
+    assert len(re.findall(r"\bld\.shared\.v4\.f32\b", ptx)) == 8 * (2 + 2)
+    assert len(re.findall(r"\bld\.shared\.f32\b", ptx)) == 0
+    assert len(re.findall(r"\bld\.global(\.nc)?\.v4\.f32\b", ptx)) == 2 * 2
+    assert len(re.findall(r"\bst\.global(\.wb)?\.v4\.f32\b", ptx)) == 16  # C (__stwb)
+    assert len(re.findall(r"\bst\.shared\.v4\.f32\b", ptx)) == 2  # B's tile: the first, then each next one
     [launch] = source.launches
     assert launch.grid == (1024, 1, 1) and launch.block == (256, 1, 1) and launch.shared_bytes == 0
+    assert launch.aligned == ("a", "b", "matmul")  # (the runtime copies a misaligned argument)
+
+
+@needs_nvcc
+def test_the_strided_layout_reads_scalar_fragments():
+    """The layout before ``lanes`` (still a choice): 8 x (8 + 8) scalar shared loads per k tile."""
+    source, _ = forced_cuda_source(matmul, NVCC_CASES["matmul 4096 f32"][1], **FORCED["strided"])
+    ptx = nvcc.compile_ptx(source.text, nvcc.arch_of(CUDA))
+    assert len(re.findall(r"\bfma\.rn\.f32\b", ptx)) == 8 * 8 * 8
+    assert len(re.findall(r"\bld\.shared\.f32\b", ptx)) == 8 * (8 + 8)
+    assert "v4" not in ptx
+
+
+def test_the_epilogue_stores_float4_and_reads_the_bias_so():
+    """linear_gelu at 4096: C's columns and the bias in ``float4`` groups (``n`` is a multiple of
+    4: the renderer reads it through ``n0 = ... * 128``); an epilogue ending in a transpose keeps
+    scalar stores (its lanes are not consecutive in the output)."""
+    source, _ = cuda_source(*[NVCC_CASES["linear gelu"][0]], *NVCC_CASES["linear gelu"][1])
+    kernel = source.text[source.text.index("__global__"):]
+    assert re.search(r"__stwb\(reinterpret_cast<float4 \*>\(&b_\w+\[\(\(i0 \* 16384\) \+ n\)\]\)", kernel)
+    assert re.search(r"const float4 mc_vec\d+ = \*reinterpret_cast<const float4 \*>\(&b_b\[n\]\)", kernel)
+
+    def relu_t(x, w, b):
+        return np.maximum(x @ w + b, 0).T
+
+    types = [TensorType((256, 128), "f32"), TensorType((128, 256), "f32"), TensorType((256,), "f32")]
+    transposed, chosen = cuda_source(relu_t, *types)
+    assert chosen[-1].startswith("gpu_sgemm(") and "lanes=4" in chosen[-1]
+    last = transposed.text[transposed.text.rindex("__global__"):]
+    assert "__stwb" not in last and "float4 mc_vec" in last

@@ -31,8 +31,9 @@ float16 as ``__half`` (``cuda_fp16.h``) with every operation done in float and r
 as C does with ``_Float16``; serial and parallel loops as plain ``for`` loops and unrolled
 ones under ``#pragma unroll``; CUDA's math functions (float32 ``exp`` -> ``expf``).
 
-A ``vectorized`` loop of 2 or 4 lanes (``gpu_threads(lanes=4)``) whose accesses to a kernel
-buffer sit at ``base + lane`` with ``base`` a provable multiple of the lanes becomes one
+A ``vectorized`` loop of 2 or 4 lanes (``gpu_threads(lanes=4)``, ``gpu_sgemm(lanes=4)``) whose
+accesses to a kernel buffer or a shared array sit at ``base + lane`` with ``base`` a provable
+multiple of the lanes (through index scalars declared once: ``index_scalars``) becomes one
 vector load per buffer read (``float4``, ``double2``, ``int4``, ``longlong2``: 16 bytes at
 most), its body once per lane, and one vector store per buffer written (``vector_loop``);
 any other vectorized loop is a plain loop. The vector accesses assume the buffers start on a
@@ -63,8 +64,8 @@ import numpy as np
 
 from ..errors import CompileError
 from ..ir.loop_text import print_expr
-from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Barrier, Binary, Block, Buffer, Cast, Const, Declare,
-                        For, Intrinsic, Kernel, Load, Size, Stmt, Store, Unary, Var, WarpReduce)
+from ..ir.loops import (BOOL, GPU_LOOPS, INDEX, Allocate, Assign, Barrier, Binary, Block, Buffer, Cast, Const,
+                        Declare, For, Intrinsic, Kernel, Load, Size, Stmt, Store, Unary, Var, WarpReduce)
 from ..ir.rewrite import (declared_names, free_vars, loaded_buffers, statements, stored_buffers,
                           unconditional_loads)
 from ..ir.symbolic import Sym, SymbolicShapeError
@@ -371,10 +372,14 @@ def _plus_terms(e) -> list:
     return [e]
 
 
-def multiple_of(e, n: int) -> bool:
+def multiple_of(e, n: int, known: dict | None = None) -> bool:
     """Whether the index ``e`` is a multiple of ``n`` whatever its variables and sizes:
     constants and sizes that ``n`` divides, sums of multiples, products with one, remainders
-    of one by one (``(q % 2048) * 4``, ``b*1024 + t*4``, ``4*T``)."""
+    of one by one (``(q % 2048) * 4``, ``b*1024 + t*4``, ``4*T``), and scalars whose one
+    value ``known`` gives (``index_scalars``) is one (``n0`` of ``n0 = (b % 32)*128``)."""
+    known = known or {}
+    if isinstance(e, Var) and e.name in known:
+        return multiple_of(known[e.name], n, known)
     if isinstance(e, Const):
         return int(e.value) % n == 0
     if isinstance(e, Size):
@@ -384,20 +389,42 @@ def multiple_of(e, n: int) -> bool:
             return False
     if isinstance(e, Binary) and e.dtype == INDEX:
         if e.op in ("+", "-"):
-            return multiple_of(e.a, n) and multiple_of(e.b, n)
+            return multiple_of(e.a, n, known) and multiple_of(e.b, n, known)
         if e.op == "*":
-            return multiple_of(e.a, n) or multiple_of(e.b, n)
+            return multiple_of(e.a, n, known) or multiple_of(e.b, n, known)
         if e.op == "%":
-            return multiple_of(e.a, n) and multiple_of(e.b, n)
+            return multiple_of(e.a, n, known) and multiple_of(e.b, n, known)
     return False
 
 
-def vector_plan(loop: For, kernel: Kernel | None) -> VectorPlan | None:
+def index_scalars(body: Stmt) -> dict:
+    """The index scalars of ``body`` that have one value throughout: name -> the value of
+    its ``Declare``, for each name declared exactly once (no loop, scalar or warp reduce of
+    that name elsewhere) and never assigned. ``multiple_of`` reads through them::
+
+        i64 n0 = (b % 32) * 128;  ...  y[i0*4096 + n0 + tx*4 + v]   ->   {"n0": (b % 32) * 128}
+    """
+    counts: dict[str, int] = {}
+    values, assigned = {}, set()
+    for s in statements(body):
+        if isinstance(s, (For, Declare, WarpReduce)):
+            counts[s.var.name] = counts.get(s.var.name, 0) + 1
+        if isinstance(s, Declare) and s.var.dtype == INDEX:
+            values[s.var.name] = s.init
+        if isinstance(s, Assign):
+            assigned.add(s.var.name)
+    return {name: value for name, value in values.items() if counts[name] == 1 and name not in assigned}
+
+
+def vector_plan(loop: For, kernel: Kernel | None, shared: list[Buffer] = (),
+                known: dict | None = None) -> VectorPlan | None:
     """Which accesses of a vectorized loop become vector loads and stores, or None to render
     it as a plain loop: a loop of 2 or 4 lanes whose body is straight-line code (stores,
     scalars, ifs), touches no buffer it also writes nor one that aliases another, and has at
-    least one access to a kernel buffer at ``base + lane`` with ``base`` a multiple of the
-    lanes (``multiple_of``) and a vector type for its dtype (``VECTOR_TYPES``). Loads are
+    least one access to a kernel buffer or one of the block's ``shared`` arrays (16-byte
+    aligned, as ``shared_array`` declares them) at ``base + lane`` with ``base`` a multiple
+    of the lanes (``multiple_of``, through the ``known`` scalars of ``index_scalars``) and a
+    vector type for its dtype (``VECTOR_TYPES``). Loads are
     vectorised where every lane runs them (``unconditional_loads``), stores where they are
     top-level statements of the body, alone in writing their buffer."""
     lanes, var = loop.extent, loop.var.name
@@ -416,10 +443,10 @@ def vector_plan(loop: For, kernel: Kernel | None) -> VectorPlan | None:
 
     def vector_access(buffer, index):
         vtype = VECTOR_TYPES.get((buffer.dtype, lanes))
-        if vtype is None or buffer not in params:
+        if vtype is None or (buffer not in params and buffer not in shared):
             return None
         base = lane_base(index, var)
-        if base is None or not multiple_of(base, lanes) or free_vars(base) & declared:
+        if base is None or not multiple_of(base, lanes, known) or free_vars(base) & declared:
             return None
         return vtype, base
 
@@ -466,6 +493,7 @@ class CudaRenderer(CStyleRenderer):
         self.aligned: set[str] = set()  # the buffers it accesses with vector loads and stores
         self.vectors = 0  # the vector variables it declared so far (mc_vec0, mc_vec1 ...)
         self.lane: VectorLanes | None = None  # inside a vectorized loop: the lane being rendered
+        self.known: dict = {}  # its index scalars of one value (``index_scalars``)
 
     # -- the file --------------------------------------------------------------------------------
 
@@ -488,6 +516,7 @@ class CudaRenderer(CStyleRenderer):
         goes to ``launches[k]``."""
         form = self.form = simt_form(k, self.target)
         self.current, self.aligned, self.vectors = k, set(), 0
+        self.known = index_scalars(k.body)
         offsets, total = shared_layout(form.shared)
         self.shared_offsets = offsets if total > STATIC_SHARED_LIMIT else {}
         text = super().kernel(k)
@@ -580,7 +609,7 @@ class CudaRenderer(CStyleRenderer):
     def stmt(self, s: Stmt, depth: int) -> list[str]:
         """As C's; a vectorized loop with aligned unit-stride accesses is ``vector_loop``."""
         if isinstance(s, For) and s.kind == "vectorized":
-            plan = vector_plan(s, self.current)
+            plan = vector_plan(s, self.current, self.form.shared, self.known)
             if plan is not None:
                 return self.vector_loop(s, plan, depth)
         return super().stmt(s, depth)
@@ -598,7 +627,8 @@ class CudaRenderer(CStyleRenderer):
                                                }
 
         The store is CUDA's ``__stwb`` (a store with the default write-back caching, as ``=``
-        is), since nvcc sometimes splits a ``float4`` assignment into 4 scalar stores.
+        is), since nvcc sometimes splits a ``float4`` assignment into 4 scalar stores; into a
+        shared array (``__stwb`` stores to global memory) a ``float4`` assignment.
         """
         pad, inner = self.indent * depth, self.indent * (depth + 1)
         names: dict[tuple, str] = {}
@@ -636,8 +666,11 @@ class CudaRenderer(CStyleRenderer):
                 self.lane = None
             lines += [f"{inner}{{  /* lane {lane} */", *lane_lines, f"{inner}}}"] if scoped else lane_lines
         for key, (store, vtype, base) in plan.stores.items():  # (__stwb: a plain store, never split in 4)
-            lines.append(f"{inner}__stwb(reinterpret_cast<{vtype} *>(&{self.name(store.buffer)}[{self.expr(base)}]), "
-                         f"{names[key]});")
+            address = f"reinterpret_cast<{vtype} *>(&{self.name(store.buffer)}[{self.expr(base)}])"
+            if store.buffer in self.form.shared:  # (__stwb is a global store: st.global.wb)
+                lines.append(f"{inner}*{address} = {names[key]};")
+            else:
+                lines.append(f"{inner}__stwb({address}, {names[key]});")
         return lines + [pad + "}"]
 
     def vector_name(self) -> str:
