@@ -46,9 +46,9 @@ from minicomp.schedules.gpu.fuse_threads import ThreadFormError, fuse_threads
 from minicomp.stages import loop_program, simplify_indices, stage_names
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, load_c
+from minicomp.testing.backends import BACKENDS, cuda_available, load_c
 from minicomp.testing import fuzz
-from minicomp.testing.fuzz import FuzzOptions, run_fuzz
+from minicomp.testing.fuzz import FuzzOptions, fuzz_command, run_fuzz
 from minicomp.testing.loop_interpreter import SynchronisationError, ThreadOrder, run_program
 from minicomp.workloads import WORKLOADS, _block_shapes, random_argument
 
@@ -652,3 +652,18 @@ def test_random_graphs_through_the_gpu_schedules_in_simt_form(tmp_path):
     assert report.graphs >= 0.95 * GPU_SIMT_FUZZ_GRAPHS and report.single >= report.graphs, report.summary()
     assert report.big and len(report.ops) >= 45, report.summary()
     assert report.schedules["gpu_row_reduce"] and report.schedules["gpu_threads"], report.summary()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(cuda_available() is not None, reason=f"cuda: {cuda_available()}")
+def test_random_graphs_on_the_gpu(tmp_path, capsys):
+    """``minicomp fuzz --target cuda``: the C run's graphs (same seed, same sizes) through every
+    stage for this machine's GPU (schedules, fuse_threads, CUDA, nvcc, pycuda), compared with
+    the graph interpreter. In worker processes, one per CPU: nvcc takes a second or two a graph."""
+    options = FuzzOptions(seed=FUZZ_SEED, graphs=GPU_FUZZ_GRAPHS, target="cuda", out=str(tmp_path),
+                          shrink_seconds=60, max_shrunk=2, timeout=600)
+    code = fuzz_command(options)
+    out = capsys.readouterr().out
+    again = f"minicomp fuzz --target cuda --seed {FUZZ_SEED} --graphs {GPU_FUZZ_GRAPHS}"
+    assert code == 0, f"{again}\n{out}"
+    assert f"--seed {FUZZ_SEED}: {GPU_FUZZ_GRAPHS} graphs in" in out and "gpu_row_reduce" in out and "gpu_threads" in out, out
