@@ -642,8 +642,10 @@ class Checker:
             return _error("compile", exc, passes, path)
         job.runs.append((passes, path, run))
         self.stats["single"] += 1
-        if getattr(run, "program", None) is not None:  # the loop program it runs (not: numpy)
-            self._count_schedules(run.program)
+        program = getattr(run, "program", None)  # the loop program it runs (none: numpy)
+        if program is not None:
+            self.patterns.update(n.attrs["pattern"] for n in program.graph.op_nodes() if n.op == "fused")
+            self._count_schedules(program)
         return None
 
     def _lower(self, job: _Job, passes) -> Failure | None:
