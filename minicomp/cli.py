@@ -416,10 +416,12 @@ def cmd_fuzz(args) -> int:
         raise MinicompError(f"minicomp fuzz needs hypothesis ({exc}): pip install 'minicomp[dev]'") from None
     if args.graphs is not None and args.graphs < 1 or args.minutes is not None and args.minutes <= 0:
         raise MinicompError("--graphs must be at least 1 and --minutes more than 0")
+    if args.big_size is not None and args.big_size < 1:
+        raise MinicompError("--big-size must be at least 1")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     options = FuzzOptions(seed=seed, graphs=args.graphs, minutes=args.minutes, target=args.target,
                           out=args.out, max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds,
-                          timeout=args.timeout)
+                          timeout=args.timeout, big_size=args.big_size)
     return fuzz_command(options, jobs=args.jobs)
 
 
@@ -557,11 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--seed", type=int, help="graph g of a seed is always the same (default: a fresh one, printed)")
     fuzz.add_argument("--minutes", type=float, help="stop starting new graphs after this long")
     fuzz.add_argument("--target", default="c", help="the target compiled for (default: c; gpu-serial-c: the GPU "
-                      "schedules, run as C)")
+                      "schedules, run as C; gpu-simt-interp: their SIMT form in the loop interpreter, big "
+                      "graphs capped at 1024 elements; cuda: on this machine's GPU)")
     fuzz.add_argument("--jobs", type=int, help="worker processes (default: one per CPU; 0: this process)")
     fuzz.add_argument("--out", default="fuzz-reproducers", metavar="DIR",
                       help="where reproducers are written (default: ./fuzz-reproducers)")
     fuzz.add_argument("--max-nodes", type=int, default=12, help="generation steps per graph (default: 12)")
+    fuzz.add_argument("--big-size", type=int, metavar="N", help="most elements of a value in the one graph in ten "
+                      "with big values (default: 65536; gpu-simt-interp: 1024)")
     fuzz.add_argument("--shrink-seconds", type=float, default=60.0,
                       help="time to shrink each failure (default: 60; 0: no shrinking)")
     fuzz.add_argument("--timeout", type=float, default=60.0,

@@ -104,6 +104,22 @@ def _compile_gpu_serial_c(graph: Graph, **options):
     return build_gpu_serial(graph)
 
 
+@register_target("gpu-simt-interp")
+def _compile_gpu_simt_interp(graph: Graph, **options):
+    """For testing the GPU schedules without a GPU: lowered, scheduled for
+    ``cuda_target("sm_90")``, fused into the SIMT form (``fuse_threads``), indices simplified,
+    and run by the loop interpreter (``testing/backends.py``: ``SimtInterpreted``): the threads
+    of a block in lockstep, in a shuffled order, shared memory NaN at each block's start, races
+    raised as ``SynchronisationError``. Python's speed: tiny sizes only. ``order``: the thread
+    order (``"reversed"`` or a seed; default ``SIMT_ORDER_SEED``)."""
+    from .testing.backends import SIMT_ORDER_SEED, SimtInterpreted
+
+    order = options.pop("order", SIMT_ORDER_SEED)
+    if options:
+        raise MinicompRuntimeError(f"target 'gpu-simt-interp' takes only order=, got {sorted(options)}")
+    return SimtInterpreted(graph, order)
+
+
 @register_target("cuda")
 def _compile_cuda(graph: Graph, device: int = 0, **options):
     """The CUDA target: the loop-level stages for the NVIDIA GPU number ``device`` of this

@@ -193,6 +193,55 @@ def test_a_correct_target_passes(fake_target):
     checker.close()
 
 
+def test_the_gpu_simt_target_takes_every_layout():
+    """``--target gpu-simt-interp`` (the GPU schedules' SIMT form in the loop interpreter, a jit
+    target): every argument layout reaches it as it reaches compiled C."""
+    checker = Checker("gpu-simt-interp", timeout=IN_PROCESS_TIMEOUT)
+    layouts = [[(kind, *params), ("plain",)] for kind, *params in
+               [("plain",), ("transposed", (1, 0)), ("strided", (2, 3)), ("reversed", (True, False)),
+                ("misaligned", 3), ("byteswapped",), ("broadcast", 0)]]
+    layouts += [[("plain",), ("alias", 0)], [("plain",), ("overlap", 0, 5)]]
+    assert checker.check([a_case(ADD, layout) for layout in layouts]) == [None] * len(layouts)
+    runs = 2 * len(layouts)  # compiled twice: no passes, then the default pipeline
+    assert checker.stats["single"] == checker.schedules["gpu_threads"] == runs, (checker.stats, checker.schedules)
+    checker.close()
+
+
+def test_a_planted_bug_in_the_simt_form_is_caught_and_reproduced(monkeypatch, tmp_path, capsys):
+    """The loop interpreter's ``maximum`` made a minimum: only the ``gpu-simt-interp`` target
+    sees it; the reproducer names that target and fails until the bug is gone."""
+    from minicomp.testing import loop_interpreter
+
+    monkeypatch.setitem(loop_interpreter._CALLS, "mc_maximum", loop_interpreter._CALLS["mc_minimum"])
+    report = run_fuzz(FuzzOptions(seed=5, graphs=fuzz.ROUND, target="gpu-simt-interp", out=str(tmp_path),
+                                  shrink_seconds=20, max_shrunk=1, verify=False))
+    assert report.failures and {f.kind for f in report.failures} == {"mismatch"}, report.summary()
+    first = report.failures[0]
+    assert {"max", "maximum"} & set(first.op_names), first.op_names
+    text = Path(first.reproducer).read_text()
+    assert "TARGET = 'gpu-simt-interp'" in text
+    assert run_reproducer(first.reproducer) == 1  # the bug is there
+    monkeypatch.undo()
+    assert run_reproducer(first.reproducer) == 0
+    assert "OK: the compiled graph matches the interpreter" in capsys.readouterr().out
+
+
+def test_fuzzing_the_cuda_target_without_a_gpu_says_what_is_missing(monkeypatch, capsys, tmp_path):
+    """``minicomp fuzz --target cuda`` where pycuda or a GPU is missing stops at once with a
+    ``MinicompError`` (no traceback, no failure per graph, no worker started)."""
+    from minicomp.errors import MinicompError
+    from minicomp.testing import backends
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: "no NVIDIA GPU (or no driver) on this machine")
+    with pytest.raises(MinicompError, match="fuzzing target 'cuda' runs every graph on an NVIDIA GPU, but no "
+                                            "NVIDIA GPU"):
+        run_fuzz(FuzzOptions(seed=1, graphs=1, target="cuda", out=str(tmp_path)))
+    code = main(["fuzz", "--target", "cuda", "--graphs", "1", "--jobs", "2", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.startswith("minicomp: error: fuzzing target 'cuda'"), captured
+    assert "Traceback" not in captured.err + captured.out and not list(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------------------------
 # Arguments are laid out as claimed
 # ----------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ from minicomp.schedules.gpu.fuse_threads import ThreadFormError, fuse_threads
 from minicomp.stages import loop_program, simplify_indices, stage_names
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, load_c
-from minicomp.testing.fuzz import FuzzOptions, run_fuzz
+from minicomp.testing.backends import BACKENDS, cuda_available, load_c
+from minicomp.testing import fuzz
+from minicomp.testing.fuzz import FuzzOptions, fuzz_command, run_fuzz
 from minicomp.testing.loop_interpreter import SynchronisationError, ThreadOrder, run_program
 from minicomp.workloads import WORKLOADS, _block_shapes, random_argument
 
@@ -410,6 +411,17 @@ def test_symbolic_sizes_through_jit():
             assert jitted.cache_size == 1
 
 
+def test_the_simt_form_is_a_jit_target(rng):
+    """``target="gpu-simt-interp"`` (what ``minicomp fuzz --target gpu-simt-interp`` and its
+    reproducers compile for): the SIMT form in the loop interpreter, any argument layout in."""
+    x = rand(rng, 40, 6).T  # a transposed view: rows of 40, strided
+    for order in (None, "reversed"):
+        options = {} if order is None else {"order": order}
+        assert_close(minicomp.jit(softmax, target="gpu-simt-interp", **options)(x), softmax(x))
+    with pytest.raises(minicomp.MinicompError, match="target 'gpu-simt-interp' takes only order="):
+        minicomp.jit(softmax, target="gpu-simt-interp", threads=64)(x)
+
+
 def test_symbolic_sizes_in_simt_form(rng):
     program = schedule(lowered(layernorm, TensorType((T, 37), "f32")), CUDA)
     for rows in (0, 2):
@@ -615,3 +627,43 @@ def test_random_graphs_through_the_gpu_schedules_in_c(tmp_path):
     assert not report.failures, f"{again}\n{report.summary()}"
     assert report.graphs >= 0.95 * GPU_FUZZ_GRAPHS and report.batched and report.single, report.summary()
     assert report.schedules["gpu_row_reduce"] and report.schedules["gpu_threads"], report.summary()
+
+
+#: 20 rounds: a round of 32 graphs has a row reduction with odds of about 1 in 3, so that 20 of
+#: them go without one about once in 4000 runs (10 rounds: once in 60)
+GPU_SIMT_FUZZ_GRAPHS = 640
+
+
+def test_random_graphs_through_the_gpu_schedules_in_simt_form(tmp_path):
+    """``minicomp fuzz --target gpu-simt-interp``: each graph's GPU schedules fused into the SIMT
+    form and run by the loop interpreter (threads in lockstep in a shuffled order, shared memory
+    NaN at each block's start, a race an error), every argument layout of the fuzzer, compared
+    with the graph interpreter.
+
+    The loop interpreter is Python: the one graph in ten with big values has values of at most
+    ``fuzz.BIG_SIZES["gpu-simt-interp"]`` (1024) elements here, not the 65536 of the C run (a
+    graph of 10K elements takes a minute), so these are not the C run's graphs of the same seed.
+    About 30 s (2 cores)."""
+    assert fuzz.big_size("gpu-simt-interp") == 1024
+    report = run_fuzz(FuzzOptions(seed=FUZZ_SEED, graphs=GPU_SIMT_FUZZ_GRAPHS, target="gpu-simt-interp",
+                                  out=str(tmp_path), shrink_seconds=60, max_shrunk=2, timeout=600))
+    again = f"minicomp fuzz --target gpu-simt-interp --seed {FUZZ_SEED} --graphs {GPU_SIMT_FUZZ_GRAPHS} --jobs 0"
+    assert not report.failures, f"{again}\n{report.summary()}"
+    assert report.graphs >= 0.95 * GPU_SIMT_FUZZ_GRAPHS and report.single >= report.graphs, report.summary()
+    assert report.big and len(report.ops) >= 45, report.summary()
+    assert report.schedules["gpu_row_reduce"] and report.schedules["gpu_threads"], report.summary()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(cuda_available() is not None, reason=f"cuda: {cuda_available()}")
+def test_random_graphs_on_the_gpu(tmp_path, capsys):
+    """``minicomp fuzz --target cuda``: the C run's graphs (same seed, same sizes) through every
+    stage for this machine's GPU (schedules, fuse_threads, CUDA, nvcc, pycuda), compared with
+    the graph interpreter. In worker processes, one per CPU: nvcc takes a second or two a graph."""
+    options = FuzzOptions(seed=FUZZ_SEED, graphs=GPU_FUZZ_GRAPHS, target="cuda", out=str(tmp_path),
+                          shrink_seconds=60, max_shrunk=2, timeout=600)
+    code = fuzz_command(options)
+    out = capsys.readouterr().out
+    again = f"minicomp fuzz --target cuda --seed {FUZZ_SEED} --graphs {GPU_FUZZ_GRAPHS}"
+    assert code == 0, f"{again}\n{out}"
+    assert f"--seed {FUZZ_SEED}: {GPU_FUZZ_GRAPHS} graphs in" in out and "gpu_row_reduce" in out and "gpu_threads" in out, out

@@ -15,6 +15,9 @@ for ``cuda_target("sm_90")``, so whichever schedule the program had, these run t
     >>> BACKENDS["gpu-serial-c"].run(program, x)      # thread-serial form, rendered to C (MCUDA)
     >>> BACKENDS["gpu-simt-interp"].run(program, x)   # SIMT form, threads in lockstep (tiny sizes)
 
+Both are jit targets too (``minicomp.compile(graph, target="gpu-simt-interp")``: what
+``minicomp fuzz --target ...`` and its reproducers compile for).
+
 and one runs it on the GPU, where there is one (``cuda_available()`` says why not)::
 
     >>> BACKENDS["cuda"].run(program, x)              # CUDA through nvcc and pycuda
@@ -65,16 +68,6 @@ def load_loop_interpreter(program) -> Callable:
     return run
 
 
-def gpu_program(program, stop_after: str):
-    """``program``'s graph lowered again and scheduled for a GPU (``cuda_target("sm_90")``), up
-    to the loop stage ``stop_after``: ``"schedule"`` gives the thread-serial form, the last loop
-    stage the SIMT form."""
-    from ..stages import loop_program
-    from ..target import cuda_target
-
-    return loop_program(program.graph, cuda_target("sm_90"), stop_after=stop_after)
-
-
 def load_gpu_serial_c(program) -> Callable:
     """The GPU schedule's thread-serial form (block, thread and phase loops serial, as MCUDA
     runs CUDA on a CPU), indices simplified, rendered to C and compiled: C's speed."""
@@ -87,19 +80,39 @@ def load_gpu_serial_c(program) -> Callable:
 SIMT_ORDER_SEED = 0
 
 
+class SimtInterpreted:
+    """``graph``'s GPU schedules (``cuda_target("sm_90")``) in their SIMT form (after
+    ``fuse_threads``, indices simplified), run by the loop interpreter: threads in lockstep,
+    shuffled at each step (``order``: ``ThreadOrder``), shared memory NaN at each block's start,
+    races reported (``SynchronisationError``). Called like a compiled graph: the arguments (any
+    layout: strided, byte-swapped, misaligned, the same array twice) -> the outputs in the
+    graph's order, NumPy arrays. Python's speed: tiny sizes only.
+
+    >>> SimtInterpreted(graph)(x)      # the "gpu-simt-interp" target of minicomp.compile
+    [array(...)]
+    """
+
+    def __init__(self, graph, order: str | int = SIMT_ORDER_SEED):
+        from ..stages import loop_program
+        from ..target import cuda_target
+
+        self.graph, self.order = graph, order
+        self.program = loop_program(graph, cuda_target("sm_90"), stop_after="simplify_indices")
+        slot = {node: i for i, node in enumerate(self.program.output_nodes)}
+        self._order = [slot[node] for node in graph.outputs]
+
+    def __call__(self, *arrays) -> list[np.ndarray]:
+        from ..ir.interpreter import check_arguments
+        from .loop_interpreter import run_program
+
+        outputs = run_program(self.program, *check_arguments(self.graph, arrays), order=self.order)
+        return [outputs[slot].copy() for slot in self._order]
+
+
 def load_gpu_simt_interp(program) -> Callable:
-    """The GPU schedule's SIMT form (after ``fuse_threads``) in the loop interpreter: threads in
-    lockstep, shuffled at each step, shared memory NaN at each block's start, races reported."""
-    from .loop_interpreter import run_program
-
-    simt = gpu_program(program, "simplify_indices")
-    slot = {node: i for i, node in enumerate(simt.output_nodes)}
-
-    def run(*arrays) -> list[np.ndarray]:
-        outputs = run_program(simt, *arrays, order=SIMT_ORDER_SEED)
-        return [outputs[slot[node]].copy() for node in simt.graph.outputs]
-
-    return run
+    """The GPU schedule's SIMT form (after ``fuse_threads``) of ``program``'s graph in the loop
+    interpreter (``SimtInterpreted``)."""
+    return SimtInterpreted(program.graph)
 
 
 def cuda_available() -> str | None:

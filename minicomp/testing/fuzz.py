@@ -35,6 +35,13 @@ path instead: ``minicomp.compile`` (pipeline, compile cache, loading, ``Executab
 (``stages.gpu_serial_program``: block, thread and barrier-phase loops run as plain loops), so
 every random graph checks the GPU schedules at C's speed.
 
+**Other targets** go through ``minicomp.compile`` (any jit target of ``driver.TARGETS``):
+``--target gpu-simt-interp`` runs the GPU schedules' fused SIMT form in the loop interpreter
+(threads in lockstep in a shuffled order, shared memory NaN at each block's start, a race an
+error), at Python's speed: its big graphs have values of at most ``BIG_SIZES[target]`` (1024)
+elements, not ``BIG_SIZE``. ``--target cuda`` runs every graph on this machine's GPU (nvcc,
+pycuda); without one it stops at once, saying what is missing.
+
 **Failures**: a mismatch, an input written, an exception anywhere in the compiler (a pass,
 lowering, rendering, the C compiler), a crash or a hang (a watchdog stops a case that runs
 longer than ``timeout`` seconds). Generation is driven by hypothesis with a fixed seed per
@@ -45,7 +52,8 @@ self-contained Python file with the graph's text, the argument values and layout
 pass list, which exits 1 while the bug is there and 0 once it is fixed.
 
 **Determinism**: graph ``g`` of seed ``S`` is the same on every run, machine and ``--jobs``:
-round ``g // ROUND`` is drawn by hypothesis seeded with a hash of ``(S, round)``.
+round ``g // ROUND`` is drawn by hypothesis seeded with a hash of ``(S, round)`` (for targets
+with the same big size: a ``gpu-simt-interp`` run's graphs are not a ``c`` run's).
 
 **Processes**: the command runs its rounds in ``--jobs`` worker processes (default: one per
 CPU). A worker that dies (a segfault in generated code) or hangs is replaced; the case it was
@@ -56,6 +64,7 @@ from __future__ import annotations
 
 import base64
 import faulthandler
+import functools
 import hashlib
 import json
 import os
@@ -107,6 +116,9 @@ SINGLE_EVERY = 20
 #: One graph in this many has values of up to ``BIG_SIZE`` elements.
 BIG_EVERY = 10
 BIG_SIZE = 1 << 16
+#: Targets too slow for ``BIG_SIZE``: their big graphs' values have at most this many elements
+#: (``FuzzOptions.big_size``: the loop interpreter takes a minute for a graph of 10K elements)
+BIG_SIZES = {"gpu-simt-interp": 1024}
 #: Failures shrunk per run (per worker); later ones are written as found.
 MAX_SHRUNK = 5
 #: Elements of guard buffer before and after a contiguous argument.
@@ -270,21 +282,26 @@ def _layouts(draw, gen: GeneratedGraph) -> tuple:
 
 
 @st.composite
-def fuzz_cases(draw, max_nodes: int = 12) -> Case:
-    """A hypothesis strategy drawing ``Case`` s (see the module docstring)."""
+def fuzz_cases(draw, max_nodes: int = 12, big_size: int = BIG_SIZE) -> Case:
+    """A hypothesis strategy drawing ``Case`` s (see the module docstring); one in ``BIG_EVERY``
+    has values of up to ``big_size`` elements (no more than ``MAX_SIZE``: none is big)."""
     big = draw(st.integers(0, BIG_EVERY - 1)) == BIG_EVERY - 1
-    gen = draw(_GRAPHS[big] if max_nodes == 12 else _graphs(max_nodes, big))
+    gen = draw(_graphs(max_nodes, big_size if big else MAX_SIZE))
     layouts = _layouts(draw, gen)
     subset = tuple(name for name in pipeline_names() if draw(st.booleans()))
     single = draw(st.integers(0, SINGLE_EVERY - 1)) == SINGLE_EVERY - 1
-    return Case(gen, layouts, subset, single, big=big)
+    return Case(gen, layouts, subset, single, big=big and big_size > MAX_SIZE)
 
 
-def _graphs(max_nodes: int, big: bool):
-    return random_graphs(max_nodes=max_nodes, max_size=BIG_SIZE if big else MAX_SIZE, infinities=True)
+@functools.lru_cache(maxsize=None)
+def _graphs(max_nodes: int, max_size: int):
+    """``random_graphs`` as the fuzzer draws them (made once: building the strategy takes time)."""
+    return random_graphs(max_nodes=max_nodes, max_size=max_size, infinities=True)
 
 
-_GRAPHS = {big: _graphs(12, big) for big in (False, True)}
+def big_size(target: str) -> int:
+    """The most elements of a big graph's values for ``target``: ``BIG_SIZES`` or ``BIG_SIZE``."""
+    return BIG_SIZES.get(target, BIG_SIZE)
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -299,14 +316,14 @@ def _replay_settings(phases) -> settings:
                     report_multiple_bugs=False)
 
 
-def generate_round(seed: int, round_index: int, max_nodes: int = 12) -> list[Case]:
+def generate_round(seed: int, round_index: int, max_nodes: int = 12, big_size: int = BIG_SIZE) -> list[Case]:
     """The cases of one round: always the same for the same arguments."""
     cases: list[Case] = []
     seen: set[str] = set()
 
     @hypothesis_seed(round_seed(seed, round_index))
     @_replay_settings([Phase.generate])
-    @given(fuzz_cases(max_nodes))
+    @given(fuzz_cases(max_nodes, big_size))
     def collect(case):
         _skip_repeats(case, seen)
         case.number = round_index * ROUND + len(cases)
@@ -548,6 +565,23 @@ class _Job:
     failure: Failure | None = None
 
 
+def require_target(target: str) -> None:
+    """Fail at once, with a ``MinicompError`` saying why, where ``target`` is no jit target
+    (``driver.TARGETS``) or cannot run on this machine (``cuda``: pycuda, nvcc and an NVIDIA GPU),
+    rather than once for every graph."""
+    if target not in TARGETS:
+        raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
+    if target == "cuda":
+        from ..runtime.nvcc import find_nvcc
+        from .backends import cuda_available
+
+        why = cuda_available()
+        if why is not None:
+            raise MinicompError(f"fuzzing target 'cuda' runs every graph on an NVIDIA GPU, but {why} "
+                                "(--target gpu-serial-c or gpu-simt-interp test the GPU schedules on a CPU)")
+        find_nvcc()  # a CompileError (a MinicompError) saying where it looked
+
+
 class Checker:
     """Compiles cases (batched, or through ``minicomp.compile``) and compares them with the
     interpreter. ``on_event(stage, case, passes)`` is called before each stage (``prepare``,
@@ -555,8 +589,7 @@ class Checker:
 
     def __init__(self, target: str = "c", timeout: float | None = 60.0,
                  on_event: Callable[[str, Case, tuple], None] | None = None):
-        if target not in TARGETS:
-            raise MinicompError(f"unknown target {target!r}; available: {', '.join(sorted(TARGETS))}")
+        require_target(target)
         self.target = target
         self.timeout = timeout
         self.on_event = on_event or (lambda stage, case, passes=(): None)
@@ -604,11 +637,15 @@ class Checker:
     def _compile_single(self, job: _Job, passes) -> Failure | None:
         path = "minicomp.compile"
         try:
-            job.runs.append((passes, path, compile_graph(job.case.graph, target=self.target,
-                                                         passes=list(passes))))
+            run = compile_graph(job.case.graph, target=self.target, passes=list(passes))
         except Exception as exc:
             return _error("compile", exc, passes, path)
+        job.runs.append((passes, path, run))
         self.stats["single"] += 1
+        program = getattr(run, "program", None)  # the loop program it runs (none: numpy)
+        if program is not None:
+            self.patterns.update(n.attrs["pattern"] for n in program.graph.op_nodes() if n.op == "fused")
+            self._count_schedules(program)
         return None
 
     def _lower(self, job: _Job, passes) -> Failure | None:
@@ -622,13 +659,18 @@ class Checker:
         except Exception as exc:
             return _error("lowering", exc, passes, "batch")
         job.programs.append((passes, program))
+        self._count_schedules(program)
+        return None
+
+    def _count_schedules(self, program) -> None:
+        """Count ``program`` once under each of: parallel and vectorised loops, the matmul
+        micro-kernel, and each GPU strategy (``gpu_threads`` ...) its kernels ran."""
         loops = {s.kind for k in program.kernels for s in statements(k.body) if isinstance(s, For)}
         self.schedules.update(kind for kind in ("parallel", "vectorized") if kind in loops)
         if any(gemm.is_micro_kernel(fn) for fn in intrinsics_used(program.kernels)):
             self.schedules["micro-kernel"] += 1
         self.schedules.update({step.name for k in program.kernels for step in k.schedule
                                if getattr(step, "name", "").startswith("gpu_")})
-        return None
 
     def _compile_batch(self, programs: list[tuple]) -> None:
         """One library for all ``(job, passes, program)``; where that fails, one per program,
@@ -685,7 +727,7 @@ class _Reproduced(Exception):
 
 
 def shrink(seed: int, case: Case, failure: Failure, check: Callable[[Case], Failure | None],
-           max_nodes: int, seconds: float) -> tuple[Case, Failure]:
+           max_nodes: int, seconds: float, big_size: int = BIG_SIZE) -> tuple[Case, Failure]:
     """The smallest case hypothesis finds within ``seconds`` that fails like ``case``.
 
     The round of ``case`` is replayed with its seed until ``case`` comes up again; from there
@@ -701,7 +743,7 @@ def shrink(seed: int, case: Case, failure: Failure, check: Callable[[Case], Fail
 
     @hypothesis_seed(round_seed(seed, round_index))
     @_replay_settings([Phase.generate, Phase.shrink])
-    @given(fuzz_cases(max_nodes))
+    @given(fuzz_cases(max_nodes, big_size))
     def replay(candidate):
         nonlocal armed, best, tried
         if not armed:
@@ -865,7 +907,7 @@ class FuzzReport:
     seconds: float = 0.0
     ops: Counter = field(default_factory=Counter)
     patterns: Counter = field(default_factory=Counter)
-    schedules: Counter = field(default_factory=Counter)
+    schedules: Counter = field(default_factory=Counter)  # programs with parallel loops, gpu_threads ...
     layouts: Counter = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
 
@@ -913,7 +955,7 @@ class FuzzReport:
             f"ops covered: {len(known) - len(missing)} of {len(known)}"
             + (f" (never: {', '.join(missing)})" if missing else ""),
             "fusion patterns: " + (", ".join(f"{k} {v}" for k, v in sorted(self.patterns.items())) or "none"),
-            "batched programs with: " + (", ".join(f"{k} {v}" for k, v in sorted(self.schedules.items())) or "none"),
+            "programs with: " + (", ".join(f"{k} {v}" for k, v in sorted(self.schedules.items())) or "none"),
             "argument layouts: " + ", ".join(f"{k} {v}" for k, v in sorted(self.layouts.items())),
             f"failures: {len(self.failures)}"
             + (f" ({', '.join(f'{k} {v}' for k, v in Counter(f.kind for f in self.failures).items())})"
@@ -941,6 +983,12 @@ class FuzzOptions:
     timeout: float = 60.0
     verify: bool = True
     deadline: float | None = None  # time.time() after which no round starts (from minutes)
+    big_size: int | None = None  # most elements of a big graph's values (None: ``big_size(target)``)
+
+    @property
+    def biggest(self) -> int:
+        """The most elements of a big graph's values in this run."""
+        return big_size(self.target) if self.big_size is None else self.big_size
 
 
 def run_fuzz(options: FuzzOptions, worker: int = 0, workers: int = 1,
@@ -961,7 +1009,7 @@ def run_fuzz(options: FuzzOptions, worker: int = 0, workers: int = 1,
     try:
         while (total is None or round_index * ROUND < total) and (deadline is None or time.time() < deadline):
             try:
-                cases = generate_round(options.seed, round_index, options.max_nodes)
+                cases = generate_round(options.seed, round_index, options.max_nodes, options.biggest)
             except Exception as exc:  # the generator's own bug: reported like any other
                 failure = _error("generator", exc, (), "generator")
                 failure.case_number = round_index * ROUND
@@ -1009,7 +1057,7 @@ def _handle_failure(case: Case, failure: Failure, checker: Checker, options: Fuz
     original_ops = len(case.graph.op_nodes())
     if shrink_it and options.shrink_seconds > 0:
         case, failure = shrink(options.seed, case, failure, lambda c: checker.check([c])[0],
-                               options.max_nodes, options.shrink_seconds)
+                               options.max_nodes, options.shrink_seconds, options.biggest)
         failure.case_number = case.number
         failure.original_ops = original_ops
     elif like is not None:
@@ -1031,6 +1079,7 @@ def _handle_failure(case: Case, failure: Failure, checker: Checker, options: Fuz
 
 def fuzz_command(options: FuzzOptions, jobs: int | None = None, printer=print) -> int:
     """``minicomp fuzz``: run, print progress and the summary; 0 if nothing failed, else 1."""
+    require_target(options.target)  # here, not in each worker process
     if options.graphs is None and options.minutes is None:
         options.graphs = 1000
     if options.minutes is not None:
@@ -1039,7 +1088,8 @@ def fuzz_command(options: FuzzOptions, jobs: int | None = None, printer=print) -
     what = f"{options.graphs} graphs" if options.graphs is not None else ""
     if options.minutes is not None:
         what += (" or " if what else "") + f"{options.minutes:g} minutes"
-    printer(f"minicomp fuzz: seed {options.seed}, {what}, target {options.target}, "
+    sizes = "" if options.biggest == BIG_SIZE else f" (big graphs: values of at most {options.biggest} elements)"
+    printer(f"minicomp fuzz: seed {options.seed}, {what}, target {options.target}{sizes}, "
             f"{jobs or 'no'} worker process(es) (same graphs again: --seed {options.seed})")
     ticker = _Ticker(printer)
     with _private_cache():
@@ -1193,7 +1243,7 @@ class _Supervisor:
 
     def reproduce(self, number: int, passes: list, failure: Failure) -> Failure:
         """Regenerate case ``number`` here (no compiled code runs) and write its reproducer."""
-        cases = generate_round(self.options.seed, number // ROUND, self.options.max_nodes)
+        cases = generate_round(self.options.seed, number // ROUND, self.options.max_nodes, self.options.biggest)
         case = next(c for c in cases if c.number == number)
         failure.passes = tuple(passes) or case.pipelines[-1]
         failure.path = "minicomp.compile" if case.single else "batch"
@@ -1202,7 +1252,7 @@ class _Supervisor:
             role = failure.passes == case.pipelines[-1]  # the default pipeline, or the subset
             isolated = lambda c: self.run_isolated(c, c.pipelines[-1] if role else c.pipelines[0], failure)  # noqa: E731
             case, failure = shrink(self.options.seed, case, failure, isolated,
-                                   self.options.max_nodes, self.options.shrink_seconds)
+                                   self.options.max_nodes, self.options.shrink_seconds, self.options.biggest)
             failure.original_ops = original_ops
         failure.case_number, failure.ops = number, len(case.graph.op_nodes())
         path = write_reproducer(case, failure, self.options.seed, Path(self.options.out),
