@@ -167,24 +167,58 @@ def rename_vars(s: Stmt, names: dict[str, str]) -> Stmt:
 
 
 def replace_buffer(s: Stmt, old: Buffer, new: Buffer, index: Callable[[Expr], Expr]) -> Stmt:
-    """``s`` with every load and store of ``old`` turned into one of ``new`` at ``index(old_index)``."""
-    def swap(e: Expr) -> Expr:
-        def fn(sub):
-            if isinstance(sub, Load) and sub.buffer is old:
-                return Load(new, index(map_expr(sub.index, fn)))
+    """``s`` with every load and store of ``old`` turned into one of ``new`` at ``index(old_index)``
+    (and its ``Allocate``, if ``s`` holds it, into one of ``new``)."""
+    moved = map_accesses(s, lambda buffer, i: (new, index(i)) if buffer is old else None)
+    return map_stmts(moved, lambda sub: replace(sub, buffer=new)
+                     if isinstance(sub, Allocate) and sub.buffer is old else None)
+
+
+def map_accesses(s: Stmt, access: Callable[[Buffer, Expr], tuple[Buffer, Expr] | None]) -> Stmt:
+    """``s`` with every load and store rewritten: ``access(buffer, index)`` returns the buffer and
+    index to use instead, or None to keep them. The index it is given has its own loads rewritten
+    already (inner first); a store's index is rewritten before its value. Addresses (intrinsic
+    arguments) and ``Allocate`` are left as they are::
+
+        map_accesses(y[i] = x[i] + x[x[i]], lambda b, e: (b, e + 1) if b is x else None)
+          ->  y[i] = x[i + 1] + x[x[i + 1] + 1]
+    """
+    def load(sub: Expr) -> Expr | None:
+        if not isinstance(sub, Load):
             return None
-        return map_expr(e, fn)
+        buffer, index = accessed(sub.buffer, map_expr(sub.index, load))
+        return Load(buffer, index)
 
-    def walk_(s: Stmt) -> Stmt:
-        if isinstance(s, Store) and s.buffer is old:
-            return Store(new, index(swap(s.index)), swap(s.value))
-        if isinstance(s, Allocate) and s.buffer is old:
-            return replace(s, buffer=new)
-        if isinstance(s, (For, Block, If)):
-            return _map_children(s, walk_, swap)
-        return map_stmt_exprs(s, swap)
+    def expr(e: Expr) -> Expr:
+        return map_expr(e, load)
 
-    return walk_(s)
+    def store(sub: Stmt) -> Stmt | None:
+        if not isinstance(sub, Store):
+            return None
+        buffer, index = accessed(sub.buffer, expr(sub.index))
+        return Store(buffer, index, expr(sub.value))
+
+    def accessed(buffer: Buffer, index: Expr) -> tuple[Buffer, Expr]:
+        return access(buffer, index) or (buffer, index)
+
+    return map_stmts(s, store, expr)
+
+
+def map_stmts(s: Stmt, fn: Callable[[Stmt], Stmt | None], expr_fn: Callable[[Expr], Expr] | None = None) -> Stmt:
+    """Rebuild ``s`` top-down, the statement analogue of ``map_expr``: ``fn(sub)`` returns a
+    replacement for ``sub``, or None to go on into the bodies of a ``For``, ``Block`` or ``If``.
+    With ``expr_fn``, every expression of the statements ``fn`` leaves (an ``If``'s condition
+    too) is rebuilt by it; without, they are kept::
+
+        map_stmts(for i: {y[i] = 1; barrier}, lambda sub: Block([]) if isinstance(sub, Barrier) else None)
+          ->  for i: {y[i] = 1; {}}
+    """
+    new = fn(s)
+    if new is not None:
+        return new
+    if isinstance(s, (For, Block, If)):
+        return _map_children(s, lambda sub: map_stmts(sub, fn, expr_fn), expr_fn or (lambda e: e))
+    return s if expr_fn is None else map_stmt_exprs(s, expr_fn)
 
 
 def _map_children(s: Stmt, stmt_fn, expr_fn) -> Stmt:

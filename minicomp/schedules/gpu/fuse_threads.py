@@ -51,7 +51,7 @@ from ...errors import MinicompError
 from ...ir.affine import affine, to_expr
 from ...ir.loops import (Address, Allocate, Barrier, Block, Buffer, Const, Declare, Expr, For, If, Intrinsic,
                          Kernel, Load, Stmt, Store, WarpReduce, walk)
-from ...ir.rewrite import (declared_names, exprs_of, map_expr, map_stmt_exprs, rename_vars, statements,
+from ...ir.rewrite import (all_exprs, declared_names, exprs_of, map_accesses, rename_vars, statements,
                            stored_buffers)
 from ...ir.loop_text import print_expr
 from ...ir.symbolic import Sym
@@ -317,27 +317,14 @@ class Fuser:
                                  f"{_text(index)}, not at t*{k} + c")
             return to_expr(rest)
 
-        def fix(e: Expr) -> Expr:
-            def fn(sub):
-                if isinstance(sub, Load) and sub.buffer in self.locals:
-                    return Load(self.locals[sub.buffer], own(sub.buffer, map_expr(sub.index, fn)))
+        def mine(buffer: Buffer, index: Expr) -> tuple[Buffer, Expr] | None:
+            return (self.locals[buffer], own(buffer, index)) if buffer in self.locals else None
+
+        for e in all_exprs(body):
+            for sub in walk(e):
                 if isinstance(sub, Address) and sub.buffer in self.locals:
                     raise self.error(f"an intrinsic takes the address of {sub.buffer.name}")
-                return None
-            return map_expr(e, fn)
-
-        def walk_(s: Stmt) -> Stmt:
-            if isinstance(s, Store) and s.buffer in self.locals:
-                return Store(self.locals[s.buffer], own(s.buffer, fix(s.index)), fix(s.value))
-            if isinstance(s, For):
-                return replace(s, body=walk_(s.body))
-            if isinstance(s, Block):
-                return Block([walk_(sub) for sub in s.stmts])
-            if isinstance(s, If):
-                return If(fix(s.cond), walk_(s.then), None if s.otherwise is None else walk_(s.otherwise))
-            return map_stmt_exprs(s, fix)
-
-        return walk_(body)
+        return map_accesses(body, mine)
 
     def _accesses(self, body: Stmt) -> Accesses:
         """What a phase body writes and touches of memory other threads see (not its own locals)."""

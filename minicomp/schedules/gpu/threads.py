@@ -56,8 +56,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...ir.loops import Block, Const, Expr, For, If, Kernel, Load, Stmt, Store, Var
-from ...ir.rewrite import exprs_of, free_vars, loads, map_expr, map_stmt_exprs, statements, substitute_stmt
+from ...ir.loops import Const, Expr, For, If, Kernel, Stmt, Store, Var
+from ...ir.rewrite import exprs_of, free_vars, loads, map_accesses, statements, substitute_stmt
 from ...ir.schedule import ScheduleError, loops, tidy
 from ...ir.symbolic import Sym, ceil_div
 from ..cpu.parallel_rows import row_major_position
@@ -196,19 +196,7 @@ class LaneGroups:
                 head = head * size_expr(self.extents[var]) + Var(var)
             return head * size_expr(self.run_length) + position
 
-        def fix(e: Expr) -> Expr:
-            return map_expr(e, lambda sub: Load(sub.buffer, index(fix(sub.index))) if isinstance(sub, Load) else None)
-
-        def walk_(s: Stmt) -> Stmt:
-            if isinstance(s, Store):
-                return Store(s.buffer, index(fix(s.index)), fix(s.value))
-            if isinstance(s, Block):
-                return Block([walk_(sub) for sub in s.stmts])
-            if isinstance(s, If):
-                return If(fix(s.cond), walk_(s.then), None if s.otherwise is None else walk_(s.otherwise))
-            return map_stmt_exprs(s, fix)
-
-        return walk_(s)
+        return map_accesses(s, lambda buffer, e: (buffer, index(e)))
 
 
 def gpu_threads_steps(kernel: Kernel, target=None) -> list:
