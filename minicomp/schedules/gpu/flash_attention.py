@@ -26,34 +26,37 @@ head columns are groups of up to 4 neighbouring ones (``ty*4 + 0..3``, then ``4*
 further on), so that its reads of shared memory are 16-byte aligned runs (nvcc's ``LDS.128``)
 that neighbouring threads take from different banks.
 
-In the thread-serial form (``fuse_threads.py``), ``gpu_flash_attention(bq=128, bk=64, tm=8,
-tn=8)``, attention 8 x 16 heads x 2048 x 64 (128 threads: 16 rows of threads x 8 along the
-keys)::
+In the thread-serial form (``fuse_threads.py``), ``gpu_flash_attention(bq=128, bk=32, tm=8,
+tn=4)`` (the default for float32), attention 8 x 16 heads x 2048 x 64 (128 threads: 16 rows of
+threads x 8 along the keys; a thread's rows ``ty*4 + 0..3`` and ``64 + ty*4 + 0..3``)::
 
     for i0 in 0..8:                              gpu_block.x for b in 0..2048:    # (batch*head, 128 queries)
       for i1 in 0..16:                             shared q_s: f32[64*132]        # Q^T, rows padded
-        for i2 in 0..2048:                         shared k_s: f32[64*68]         # K^T of a key tile
-          acc[e] = 0; m = -inf; l = 0              shared v_s: f32[64*64]; shared p_s: f32[64*132]
-          for j in 0..2048:               --->     local o_acc: f32[128*64]; local s_acc: f32[128*64] ...
+        for i2 in 0..2048:                         shared k_s: f32[64*36]         # K^T of a key tile
+          acc[e] = 0; m = -inf; l = 0              shared v_s: f32[32*64]; shared p_s: f32[32*132]
+          for j in 0..2048:               --->     local o_acc: f32[128*64]; local s_acc: f32[128*32] ...
             dot = sum over rk of q.k                 gpu_thread.x for t in 0..128:  # Q, K tile 0, V tile 0 (registers)
-            score = dot * 0.125                      for kb in 0..32:
+            score = dot * 0.125                      for kb in 0..64:
             m_new = ...; acc[e] = ...                  gpu_thread.x for t in 0..128:  # S, f(S), partial row max
-          out[i0, i1, i2, e] = acc[e] / l                v_s[...] = v_next[...]; s_acc[t*64 + r*8 + c] += q_s[..] * k_s[..]
+          out[i0, i1, i2, e] = acc[e] / l                v_s[...] = v_next[...]; s_acc[t*32 + r*4 + c] += q_s[..] * k_s[..]
                                                        gpu_thread.x for t in 0..128:  # row max, P, l, O*c
-                                                         warp_max(mx_part[t*8 + r], 8); p_s[...] = exp(...)
+                                                         warp_max(tile_max[t*8 + r], 8); p_s[...] = exp(...)
                                                        gpu_thread.x for t in 0..128:  # O += P V; next K, V
                                                          k_next = K tile kb+1; v_next = V tile kb+1 (loads in flight)
                                                          o_acc[t*64 + r*8 + c] += p_s[..] * v_s[..]; k_s = k_next
                                                      gpu_thread.x for t in 0..128:  # out = O / warp_sum(l)
+
+nvcc turns the runs of 4 into 128-bit shared loads (``ld.shared.v4.f32``) and keeps both
+register tiles in registers (219 a thread, no spill: two blocks an SM).
 
 Two barriers per key tile (before ``P @ V``, and at the end of the tile); with ``prefetch``
 (the default) the next tile's K and V are loaded into registers during ``P @ V`` and stored
 into shared memory after it (K) and at the start of the next tile (V), so their latency hides
 behind the arithmetic; without it, a third phase per tile loads them first.
 
-Tails and sizes: query rows past ``Sq`` and keys past ``Sk`` load as zeros and score -inf
-(their score expression is not evaluated: it may read a mask or a bias at ``(i, j)``), rows
-past ``Sq`` are not stored, head columns past ``head`` (``te`` rounds up) load as zeros and are
+Tails and sizes: query rows past ``Sq`` and keys past ``Sk`` load as zeros; keys past ``Sk``
+score -inf, and so do rows past ``Sq`` where the score expression reads memory (it is not
+evaluated there: it may read a mask or a bias at ``(i, j)``); rows past ``Sq`` are not stored, head columns past ``head`` (``te`` rounds up) load as zeros and are
 not stored; none of these guards exists where the tiles divide the sizes. ``Sq`` and ``Sk``
 may be symbolic (``ceil_div`` blocks and key tiles); the batch, depth and head sizes may not.
 A constant mask (causal attention's ``constant[i*Sk + j]``) is read at compile time as the
@@ -522,13 +525,15 @@ class FlashBuilder:
         return stmts + [apply]
 
     def apply_score(self, kb: Var, score: Expr) -> Stmt:
-        """Each score ``f(dot)`` (-inf past the last query or key: f is not evaluated there), and
-        the thread's part of its rows' max."""
+        """Each score ``f(dot)`` (-inf past the last key, and past the last query where f reads
+        memory: f is not evaluated there; a row past the last query is never stored, and a
+        score that reads nothing is harmless there), and the thread's part of its rows' max."""
         tl, dt = self.tl, self.dtype
         r, c = Var(self.name("r")), Var(self.name("c"))
         qk = Var(self.name("qk"), dt)
         s_at, mx_at = self.mine(self.s_acc, r * tl.tn + c), self.mine(self.mx_part, r)
-        conditions = [] if divides(self.sq, tl.bq) else [less(self.i, self.sq)]
+        reads = any(True for _ in loads(score))
+        conditions = [] if divides(self.sq, tl.bq) or not reads else [less(self.i, self.sq)]
         conditions += [] if divides(self.sk, tl.bk) else [less(self.j, self.sk)]
         value: Stmt = Store(self.s_acc, s_at, substitute(score, {self.dot.name: qk}))
         if conditions:
