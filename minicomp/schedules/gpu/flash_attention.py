@@ -71,10 +71,13 @@ output shares memory with no input; ``bk/tn`` a power of two up to a warp, at mo
 threads. Guarantees the thread-serial form, and the plain nest's results up to float
 rounding (a row's sums are combined in another order).
 
-The default rule, ``gpu_flash_attention_steps``: ``FLOAT32_TILES`` (128 x 64, 8 x 8 a thread,
-128 threads) for float32 up to a head of 64, ``NARROW_TILES`` (64 queries, 4 rows a thread)
-for heads up to 128, ``FLOAT64_TILES`` for float64 (halved: twice the registers a value);
-where the strategy is refused, or the head is wider, ``gpu_threads`` runs the plain nest.
+The default rule, ``gpu_flash_attention_steps``: ``FLOAT32_TILES`` (128 queries x 32 keys, 8 x
+4 scores a thread, 128 threads) for float32 with a head up to 64, a score that reads no mask
+or bias, and more than 64 queries; ``SMALL_TILES`` (64 x 32, 4 x 4 a thread) otherwise (causal
+attention, heads up to ``MAX_HEAD``, float64, few queries); where the strategy is refused, or
+the head or depth is wider, ``gpu_threads`` runs the plain nest. Measured on an H100,
+attention 8 x 16 heads x 2048 x 64, float32: 3.7 ms (37 TFLOP/s of useful work) against 4.0
+ms for torch's ``scaled_dot_product_attention`` and 6.4 ms eager; causal 2.4 ms against 2.2.
 """
 
 from __future__ import annotations
