@@ -60,6 +60,7 @@ file names, the graph's name) appears only inside ``/* ... */`` comments, throug
 
 from __future__ import annotations
 
+import math
 from string import Template
 
 import numpy as np
@@ -258,26 +259,43 @@ class CRenderer(CStyleRenderer):
         return super().warp_reduce_statement(s, depth)
 
     def _serial_warp_reduce(self, s: WarpReduce) -> bool:
-        """Whether ``s`` is a warp reduce of the thread-serial form: ``buf[e + t]`` reduced, ``t``
+        """Whether ``s`` is a warp reduce of the thread-serial form: ``buf[e + t]`` reduced, or
+        ``buf[t*k + c]`` of a per-thread array of ``k`` values a thread (``_lane_stride``), ``t``
         the flat index of the thread loops around (``buf`` not written in that phase: the form
         guarantees it, ``fuse_threads`` checks it)."""
         if not (self.thread_loops and isinstance(s.value, Load)):
             return False
-        form, flat = affine(s.value.index), affine(self._flat_thread())
+        form, flat = affine(s.value.index), affine(self._flat_thread() * self._lane_stride(s))
         names = {loop.var.name for loop in self.thread_loops}
         return form is not None and not ((form - flat).names() & names)
 
     def _flat_thread(self):
         return flat_thread_index(self.thread_loops)
 
+    def _lane_stride(self, s: WarpReduce) -> int:
+        """How far apart two neighbouring threads' values of ``s`` lie: ``k`` where its buffer
+        holds ``k`` values of each thread (``size = threads x k``) and ``t`` appears in its
+        index as ``t*k``; else 1."""
+        threads = math.prod(loop.extent for loop in self.thread_loops)
+        size = s.value.buffer.size
+        if isinstance(size, Sym) or not isinstance(threads, int) or size % threads or size == threads:
+            return 1
+        k = size // threads
+        form, flat = affine(s.value.index), affine(self._flat_thread() * k)
+        names = {loop.var.name for loop in self.thread_loops}
+        return k if form is not None and not ((form - flat).names() & names) else 1
+
     def warp_reduce(self, s: WarpReduce, depth: int) -> list[str]:
-        """``float r = mc_warp_sum_f32(&b_v[e + t - lane], lane, 32);`` with ``lane = t & 31``:
-        this thread's value of the butterfly over its group's ``width`` values (``warp_helper``)."""
+        """``float r = mc_warp_sum_f32(&b_v[e + t - lane], lane, 32, 1);`` with ``lane = t & 31``:
+        this thread's value of the butterfly over its group's ``width`` values (``warp_helper``),
+        which lie ``k`` apart in a per-thread array of ``k`` values a thread (``t*k + c``)."""
+        stride = self._lane_stride(s)
         lane = f"({self.expr(self._flat_thread())} & {self.literal(s.width - 1, INDEX)})"
-        group = f"&{self.name(s.value.buffer)}[{self.expr(s.value.index)} - {lane}]"
+        back = lane if stride == 1 else f"{lane} * {self.literal(stride, INDEX)}"
+        group = f"&{self.name(s.value.buffer)}[{self.expr(s.value.index)} - {back}]"
         function = f"mc_warp_{s.combiner}_{_helper_suffix(s.var.dtype)}"
         return [f"{self.indent * depth}{self.types[s.var.dtype]} {self.var(s.var)} = "
-                f"{function}({group}, {lane}, {s.width});"]
+                f"{function}({group}, {lane}, {s.width}, {self.literal(stride, INDEX)});"]
 
     def parallel_loop_prefix(self, loop: For) -> list[str]:
         """``#pragma omp parallel for schedule(dynamic, mc_chunk(n)) if(!mc_serial)``, with
@@ -347,13 +365,13 @@ def intrinsic_sources(names: list[str], language: str = "c") -> list[str]:
 
 
 # A warp reduce of the thread-serial form (minicomp.schedules.gpu.fuse_threads), lane by lane: lane
-# ``lane`` of the group of ``width`` threads whose values start at ``group`` gets the value
-# WarpReduce's butterfly gives it (v = combine(v, v of lane ^ off) for off = width/2 ... 1),
-# combined in the same order: v[j] holds the butterfly's value of lane ``lane ^ j`` so far.
+# ``lane`` of the group of ``width`` threads whose values start at ``group``, ``stride`` apart,
+# gets the value WarpReduce's butterfly gives it (v = combine(v, v of lane ^ off) for off =
+# width/2 ... 1), combined in the same order: v[j] holds the butterfly's value of lane ``lane ^ j`` so far.
 _WARP_HELPER = Template("""
-static inline $T mc_warp_${C}_$S(const $T *group, int64_t lane, int64_t width) {
+static inline $T mc_warp_${C}_$S(const $T *group, int64_t lane, int64_t width, int64_t stride) {
   $T v[32];
-  for (int64_t j = 0; j < width; ++j) v[j] = group[lane ^ j];
+  for (int64_t j = 0; j < width; ++j) v[j] = group[(lane ^ j) * stride];
   for (int64_t off = width / 2; off > 0; off /= 2)
     for (int64_t j = 0; j < off; ++j) v[j] = $COMBINE;
   return v[0];

@@ -435,6 +435,72 @@ def _uses_only(expr: Expr, names: set[str], inputs: list[Buffer]) -> bool:
     return free_vars(expr) <= names and all(load.buffer in inputs for load in loads(expr))
 
 
+def dot_factors(row: OnlineSoftmax) -> tuple[Expr, Expr] | None:
+    """``(q_expr, k_expr)`` of the dot product's ``q_expr * k_expr``; k is the one using ``j``."""
+    body = row.qk.body
+    if not (isinstance(body, Binary) and body.op == "*"):
+        return None
+    return (body.b, body.a) if row.j.name in free_vars(body.a) else (body.a, body.b)
+
+
+def row_parts_problem(kernel: Kernel, plain: PlainAttention) -> str | None:
+    """Why the parts of the row cannot be moved into tiles, or None: the dot product must be one
+    sum of ``q * k``, and q, k, v and the score read only the kernel's inputs at their own
+    indices (the batch, query, key, depth and head indices; the score also the dot product)."""
+    row = plain.row
+    if len(row.qk.axes) != 1 or dot_factors(row) is None:
+        return "the dot product is not one sum of q times k"
+    batch = {loop.var.name for loop in plain.batch}
+    i, j, d, e = plain.query.name, row.j.name, row.qk.axes[0][0].name, row.e.name
+    q_expr, k_expr = dot_factors(row)
+    parts = [(q_expr, {i, d}), (k_expr, {j, d}), (row.v, {j, e}), (row.score, {i, j, row.dot.name})]
+    if not all(_uses_only(expr, batch | names, kernel.inputs) for expr, names in parts):
+        return "q, k, v or the score reads something other than the inputs at its indices"
+    return None
+
+
+def live_key_blocks(masks: list[Mask], sq: int, sk: int, bq: int, bk: int) -> list[tuple[int, int]] | None:
+    """Per block of ``bq`` queries, the range [lo, hi) of blocks of ``bk`` keys the masks leave
+    visible.
+
+    A tile where every score is forced to -inf adds exp(-inf) = 0 to every sum, so it is
+    skipped. None when nothing can be skipped, or the visible blocks of a query block are
+    not one range.
+    """
+    dead = dead_scores(masks, (sq, sk)) if masks else None
+    if dead is None:
+        return None
+    nqb, nkb, live = -(-sq // bq), -(-sk // bk), []
+    for qb in range(nqb):
+        rows = dead[qb * bq:(qb + 1) * bq]
+        blocks = [kb for kb in range(nkb) if not rows[:, kb * bk:(kb + 1) * bk].all()]
+        if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
+            return None
+        live.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
+    return None if all(span == (0, nkb) for span in live) else live
+
+
+def mixed_key_blocks(masks: list[Mask], live, sq: int, sk: int, bq: int, bk: int) -> list[tuple[int, int]] | None:
+    """Per block of ``bq`` queries, the range [lo, hi) of key blocks where a mask hides some scores.
+
+    The other visible tiles (causal: below the diagonal) see every mask visible, and run
+    the score expression without loading the masks. None when there is no mask, or the
+    mixed tiles of a query block are not one range (then every tile loads them).
+    """
+    if not masks:
+        return None
+    nqb, nkb, mixed = -(-sq // bq), -(-sk // bk), []
+    for qb in range(nqb):
+        lo, hi = live[qb] if live is not None else (0, nkb)
+        rows = slice(qb * bq, (qb + 1) * bq)
+        blocks = [kb for kb in range(lo, hi)
+                  if any((m.value[rows, kb * bk:(kb + 1) * bk] == m.hidden_when).any() for m in masks)]
+        if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
+            return None
+        mixed.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
+    return mixed
+
+
 class FlashTiles:
     """The tiled nest of one plain attention kernel: its sizes, buffers and statements."""
 
@@ -448,7 +514,7 @@ class FlashTiles:
         self.out, self.out_at, self.batch = out, row.out_at, plain.batch
         self.i, self.j, self.e = plain.query, row.j, row.e
         (self.d, self.depth), = row.qk.axes
-        self.q_expr, self.k_expr = self._factors(row)
+        self.q_expr, self.k_expr = dot_factors(row)
         self.v_expr, self.dot, self.score = row.v, row.dot, row.score
         # a mask over a symbolic length cannot be read at compile time: every tile loads it
         self.masks = [] if self.symbolic else score_masks(plain, kernel.constants, self.sq)
@@ -488,22 +554,9 @@ class FlashTiles:
             raise refuse(f"bq must be a positive multiple of {mr} and bk of {nr} (the micro-kernel's tile)")
         if not (isinstance(lanes, int) and lanes >= 2 and lanes & (lanes - 1) == 0):
             raise refuse(f"lanes must be a power of two >= 2, not {lanes!r}")
-        if len(row.qk.axes) != 1 or self._factors(row) is None:
-            raise refuse("the dot product is not one sum of q times k")
-        batch = {loop.var.name for loop in plain.batch}
-        i, j, d, e = plain.query.name, row.j.name, row.qk.axes[0][0].name, row.e.name
-        q_expr, k_expr = self._factors(row)
-        parts = [(q_expr, {i, d}), (k_expr, {j, d}), (row.v, {j, e}), (row.score, {i, j, row.dot.name})]
-        if not all(_uses_only(expr, batch | names, kernel.inputs) for expr, names in parts):
-            raise refuse("q, k, v or the score reads something other than the inputs at its indices")
-
-    @staticmethod
-    def _factors(row: OnlineSoftmax) -> tuple[Expr, Expr] | None:
-        """``(q_expr, k_expr)`` of the dot product's ``q_expr * k_expr``; k is the one using ``j``."""
-        body = row.qk.body
-        if not (isinstance(body, Binary) and body.op == "*"):
-            return None
-        return (body.b, body.a) if row.j.name in free_vars(body.a) else (body.a, body.b)
+        problem = row_parts_problem(kernel, plain)
+        if problem is not None:
+            raise refuse(problem)
 
     def body(self) -> Stmt:
         """Pack K^T and V, then one parallel task per (batch, query block)."""
@@ -556,43 +609,12 @@ class FlashTiles:
         return For(t, self.nbatch * self.nqb, Block(stmts), "parallel")
 
     def live_key_blocks(self) -> list[tuple[int, int]] | None:
-        """Per query block, the range [lo, hi) of key blocks the masks leave visible.
-
-        A tile where every score is forced to -inf adds exp(-inf) = 0 to every sum, so it is
-        skipped. None when nothing can be skipped, or the visible blocks of a query block are
-        not one range.
-        """
-        dead = dead_scores(self.masks, (self.sq, self.sk)) if self.masks else None
-        if dead is None:
-            return None
-        live = []
-        for qb in range(self.nqb):
-            rows = dead[qb * self.bq:(qb + 1) * self.bq]
-            blocks = [kb for kb in range(self.nkb) if not rows[:, kb * self.bk:(kb + 1) * self.bk].all()]
-            if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
-                return None
-            live.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
-        return None if all(span == (0, self.nkb) for span in live) else live
+        """Per query block, the key blocks the masks leave visible (``live_key_blocks``)."""
+        return live_key_blocks(self.masks, self.sq, self.sk, self.bq, self.bk)
 
     def mixed_key_blocks(self, live) -> list[tuple[int, int]] | None:
-        """Per query block, the range [lo, hi) of key blocks where a mask hides some scores.
-
-        The other visible tiles (causal: below the diagonal) see every mask visible, and run
-        the score expression without loading the masks. None when there is no mask, or the
-        mixed tiles of a query block are not one range (then every tile loads them).
-        """
-        if not self.masks:
-            return None
-        mixed = []
-        for qb in range(self.nqb):
-            lo, hi = live[qb] if live is not None else (0, self.nkb)
-            rows = slice(qb * self.bq, (qb + 1) * self.bq)
-            blocks = [kb for kb in range(lo, hi)
-                      if any((m.value[rows, kb * self.bk:(kb + 1) * self.bk] == m.hidden_when).any() for m in self.masks)]
-            if blocks and blocks != list(range(blocks[0], blocks[-1] + 1)):
-                return None
-            mixed.append((blocks[0], blocks[-1] + 1) if blocks else (0, 0))
-        return mixed
+        """Per query block, the key blocks a mask hides some scores of (``mixed_key_blocks``)."""
+        return mixed_key_blocks(self.masks, live, self.sq, self.sk, self.bq, self.bk)
 
     def pack_q(self, q0: Var) -> Stmt:
         """qpanel[r][d] = q[b, q0 + r, d] (0 past the last query): the rows the micro-kernel reads."""

@@ -15,15 +15,18 @@ it left it) and the target and returns the steps to apply:
   small amount of work;
 * every pattern (and what the rule before left unbound): ``gpu_threads``, a thread per
   iteration of the independent output loops (``threads.py``): elementwise, broadcast,
-  gather, column and scalar reductions, scans, small matmuls, and for now attention (correct,
-  not fast: the tiled strategy comes later).
+  gather, column and scalar reductions, scans, small matmuls, and attention that
+  ``gpu_flash_attention`` refuses;
+* ``attention``: ``gpu_flash_attention`` (FlashAttention-2 tiles: a block per query tile, K and
+  V through shared memory, the online softmax in registers: ``flash_attention.py``).
 
 A kernel every rule refuses keeps its plain nest, which ``fuse_threads`` then refuses.
 """
 
 from __future__ import annotations
 
-from .row_reduce import gpu_row_reduce_steps  # (importing each module registers its strategy)
+from .flash_attention import gpu_flash_attention_steps  # (importing each module registers its strategy)
+from .row_reduce import gpu_row_reduce_steps
 from .sgemm import gpu_sgemm_steps
 from .threads import gpu_threads_steps
 
@@ -34,3 +37,4 @@ DEFAULTS = {pattern: [gpu_threads_steps] for pattern in PATTERNS}
 DEFAULTS["reduce"] = [gpu_row_reduce_steps, gpu_threads_steps]
 DEFAULTS["row"] = [gpu_row_reduce_steps, gpu_threads_steps]
 DEFAULTS["epilogue"] = [gpu_sgemm_steps, gpu_threads_steps]
+DEFAULTS["attention"] = [gpu_flash_attention_steps, gpu_threads_steps]

@@ -10,8 +10,9 @@ which means the same on a CPU (MCUDA: every loop a plain loop, the C renderer ru
       gpu_thread.x for t in 0..256:        # a phase: 1-3 directly nested gpu_thread loops
         v[t] = ...
       gpu_thread.x for t in 0..256:        # the next phase: every thread finished the one before
-        f32 r = warp_sum(v[t])             #   (a warp reduce's value: Load(buf, e + t), buf not
-        if t % 32 == 0: part[t / 32] = r   #    written in this phase)
+        f32 r = warp_sum(v[t])             #   (a warp reduce's value: Load(buf, e + t), or a
+        if t % 32 == 0: part[t / 32] = r   #    block-level local's t*k + c; buf not written in
+                                           #    this phase)
       for s in 0..3:                       # uniform loops, ifs and scalars (block variables,
         gpu_thread.x for t in 0..256: ...  #   sizes, memory no phase writes) may hold phases
 
@@ -137,6 +138,8 @@ class Fuser:
         self.declared = declared_names(kernel.body)  # no fresh name takes one of these
         self.seen: set[str] = {v.name for v in self.thread_vars} | {loop.var.name for loop in self.blocks}
         self._check_locals()
+        for chain in self.phases:
+            self._check_phase(chain)
 
     def error(self, why: str) -> ThreadFormError:
         return ThreadFormError(f"fuse_threads: kernel {self.kernel.name} is not in thread-serial form: {why}")
@@ -172,7 +175,6 @@ class Fuser:
             chain = thread_chain(s)
             if len(chain) > 3:
                 raise self.error(f"{len(chain)} nested gpu_thread loops (at most 3: x, y, z)")
-            self._check_phase(chain)
             self.phases.append(chain)
         elif isinstance(s, For) and s.kind == "serial":
             self._collect(s.body)
@@ -200,12 +202,14 @@ class Fuser:
         thread_names = {loop.var.name for loop in chain}
         ok = isinstance(value, Load) and value.buffer not in stored_buffers(body)
         if ok:
-            form, t = affine(value.index), affine(flat)
+            # a block-level local holds k values of each thread at t*k + c: lane t reduces its own
+            k = self.locals[value.buffer].shape[0] if value.buffer in self.locals else 1
+            form, t = affine(value.index), affine(flat * k if k != 1 else flat)
             ok = form is not None and not ({n for n in (form - t).names()} & thread_names)
         if not ok:
             raise self.error(f"the warp reduce of {s.var.name} reduces {_text(value)}: in a phase a warp "
-                             "reduce's value is buf[e + t] (t the flat thread index), buf not written in "
-                             "that phase")
+                             "reduce's value is buf[e + t] (t the flat thread index; t*k + c for a "
+                             "block-level local array of k values a thread), buf not written in that phase")
 
     def _check_locals(self) -> None:
         for buffer in list(self.locals):
