@@ -14,6 +14,7 @@ import pytest
 import minicomp
 from minicomp.errors import MinicompWarning
 from minicomp.testing import assert_close
+from minicomp.testing.backends import cuda_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from programs import cnn_im2col, gpt2_state_dict, llama_block, training_step  # noqa: E402
@@ -88,3 +89,40 @@ def test_each_program_runs_unchanged_in_numpy_at_its_benchmark_size(module, func
         args = module.make_args()
     result = getattr(module, function)(**args)
     assert np.all(np.isfinite(np.asarray(result[0] if isinstance(result, tuple) else result)))
+
+
+# -- the same programs through the GPU schedules -----------------------------------------------------
+
+GPU_TARGETS = [pytest.param("gpu-serial-c", id="gpu-serial-c"),  # their thread-serial form, as C: here and in CI
+               pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+                   cuda_available() is not None, reason=f"needs a GPU: {cuda_available()}")])]
+
+
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_the_programs_through_the_gpu_schedules(target):
+    """Each program compiled for a GPU target, unchanged: the GPT-2 block (symbolic sequence
+    length), the llama block writing its KV cache in place (prefill, then decode steps), the CNN's
+    im2col gather and the training step's tuple of gradient lists."""
+    gpt2 = minicomp.jit(gpt2_state_dict.embed_and_block, target=target)
+    for seq in (9, 16):
+        args = gpt2_state_dict.make_args(batch=2, seq=seq, n_embd=64, n_head=4, n_vocab=101, n_ctx=32)
+        same_tree(gpt2(**args), gpt2_state_dict.embed_and_block(**args))
+
+    ours = llama_block.make_args(batch=2, seq=7, dim=64, n_heads=4, n_kv_heads=2, hidden=96, max_seq=16)
+    theirs = copy.deepcopy(ours)
+    llama = minicomp.jit(llama_block.llama_block, target=target)
+    same_tree(llama(**ours), llama_block.llama_block(**theirs))
+    for position in (7, 8):
+        x = np.random.default_rng(position).standard_normal((2, 1, 64)).astype(np.float32)
+        ours.update(x=x, start_pos=position)
+        theirs.update(x=x.copy(), start_pos=position)
+        same_tree(llama(**ours), llama_block.llama_block(**theirs))
+    for cache in ("cache_k", "cache_v"):
+        assert_close(ours[cache], theirs[cache], rtol=1e-5, atol=1e-6)
+
+    args = cnn_im2col.make_args(batch=3, size=8, channels=3, filters=(4, 8), classes=5)
+    same_tree(minicomp.jit(cnn_im2col.cnn_forward, target=target)(**args), cnn_im2col.cnn_forward(**args))
+
+    args = training_step.make_args(batch=5, sizes=(20, 16, 12, 4))
+    step = minicomp.jit(training_step.train_step, target=target, dynamic=False)
+    same_tree(step(**args), training_step.train_step(**args))
