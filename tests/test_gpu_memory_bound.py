@@ -285,14 +285,21 @@ def test_a_warp_per_row_reads_and_writes_in_float4_too(name, cols):
 
 @needs_nvcc
 def test_ew_chain_at_its_gpu_size_is_float4_loads_and_stores(memory_bound):
-    """x [16384, 8192] times a, plus b (8192 each): each thread one float4 of x, a and b and one
-    float4 store, no scalar access: ``ld.global.nc.v4.f32`` x 3, ``st.global.wb.v4.f32`` x 1."""
+    """x [16384, 8192] times a, plus b (8192 each), 2 groups of 4 a thread (the default rule at
+    this size): each thread two float4 of x, a and b and two float4 stores, no scalar access:
+    ``ld.global.nc.v4.f32`` x 6, ``st.global.wb.v4.f32`` x 2; all 6 loads stand before the
+    first computation in the PTX (each thread has 96 bytes in flight before it waits); no spill."""
     source, text, cubin, ptx = memory_bound["ew_chain"]
     [launch] = source.launches
-    assert launch.grid == (16384 * 8192 // 4 // 256, 1, 1) and launch.aligned == ("x", "a", "b", "fused_mul_6")
+    assert launch.grid == (16384 * 8192 // 4 // 256 // 2, 1, 1) and launch.aligned == ("x", "a", "b", "fused_mul_6")
     assert text.count("const float4 mc_vec") == 3 and text.count("__stwb(reinterpret_cast<float4 *>(") == 1
-    assert counts_are(ptx_counts(ptx), {"ld.global.nc.v4.f32": 3, "st.global.wb.v4.f32": 1})
-    assert not cubin.report[launch.function].spills
+    assert text.index("const float4 mc_vec") < text.index("tanhf(")  # the loads' loop before the computing one
+    assert counts_are(ptx_counts(ptx), {"ld.global.nc.v4.f32": 6, "st.global.wb.v4.f32": 2})
+    body = ptx[ptx.index(".entry"):]
+    last_load = max(m.start() for m in re.finditer(r"ld\.global\.nc\.v4", body))
+    assert last_load < re.search(r"\b(fma|mul|add)\.(rn\.)?f32", body).start()
+    info = cubin.report[launch.function]
+    assert not info.spills and info.stack_bytes == 0, info
 
 
 def counts_are(counts: dict, expected: dict) -> bool:
@@ -373,6 +380,97 @@ def test_lanes_with_a_grid_stride_loop(rng):
         ("gpu_block", 2), ("gpu_thread", 32), ("serial", 2)]
     assert_close(load_c(simplify_indices(program))(x)[0], -x)
     assert_close(run_program(fuse_threads(program), x, order=4)[0], -x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups: several positions a thread, all loaded before any is computed
+# ----------------------------------------------------------------------------------------------
+
+GROUP_CASES = {  # name -> (fn, shapes of the arguments, lanes): the groups' positions and their tails
+    "ew_chain, broadcast rows": (WORKLOADS["ew_chain"].fn, [(5, 24), (24,), (24,)], 4),
+    "all axes, a tail of 1": (lambda x, y: x * y - 1, [(5, 37), (5, 37)], 4),
+    "odd rows, one element a position": (lambda x, y: x + y, [(3, 37), (37,)], 1),
+    "a value read twice, one element a position": (lambda x: np.exp(x) * x, [(7, 9)], 1),
+}
+
+
+def with_groups(fn, args, threads, lanes, groups, max_blocks=2**31 - 1):
+    return scheduled(lowered(fn, *args), Strategy("gpu_threads", threads=threads, lanes=lanes, groups=groups,
+                                                  max_blocks=max_blocks))
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.parametrize("name", sorted(GROUP_CASES))
+def test_groups_in_both_forms(name, groups, rng):
+    """``groups`` positions a thread, ``threads*lanes`` elements apart: the last block's
+    overhang guarded group by group, a grid-stride loop where blocks run out; thread-serial C
+    and the SIMT form in two thread orders."""
+    fn, shapes, lanes = GROUP_CASES[name]
+    args = [rand(rng, *shape) + (2.5 if k else 0) for k, shape in enumerate(shapes)]
+    for threads, max_blocks in ((32, 2**31 - 1), (8, 2**31 - 1), (8, 1)):
+        program = with_groups(fn, args, threads, lanes, groups, max_blocks)
+        assert_close(load_c(simplify_indices(program))(*args)[0], fn(*args)), (threads, max_blocks)
+        for order in ("reversed", 5):
+            assert_close(run_program(fuse_threads(program), *args, order=order)[0], fn(*args)), (threads, order)
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_groups_over_a_symbolic_size_and_every_small_count(lanes, rng):
+    """One program for every count of elements from 0 to 41 (no tail, a partial group of lanes,
+    a partial block of groups), through both GPU backends."""
+    fn = lambda x, y: x * y + x  # noqa: E731
+    program = scheduled(lowered(fn, TensorType((T,), "f32"), TensorType((T,), "f32")),
+                        Strategy("gpu_threads", threads=4, lanes=lanes, groups=2))
+    assert "unrolled for j in 0..2" in str(program.kernels[0])
+    run = load_c(simplify_indices(program))
+    for n in list(range(42)) + [1000]:
+        x, y = rand(rng, n), rand(rng, n)
+        assert_close(run(x, y)[0], fn(x, y)), n
+    for n in (0, 1, 5, 33):
+        x, y = rand(rng, n), rand(rng, n)
+        assert_close(run_program(fuse_threads(program), x, y, order=3)[0], fn(x, y)), n
+
+
+def test_groups_load_everything_first_into_registers():
+    """The thread-serial form: one ``local`` array per loaded buffer (threads x groups x lanes),
+    filled in one unrolled loop, read by the next; the SIMT form keeps groups x lanes a thread;
+    the CUDA: each buffer's float4 load once, before the loop that computes."""
+    fn, shapes, _ = GROUP_CASES["ew_chain, broadcast rows"]
+    program = scheduled(lowered(fn, *[TensorType(shape, "f32") for shape in shapes]),
+                        Strategy("gpu_threads", threads=32, lanes=4, groups=2))
+    assert row_steps(program) == ["gpu_threads(threads=32, lanes=4, groups=2)"]
+    text = str(program.kernels[0])
+    for name in ("x", "a", "b"):
+        assert f"local {name}_in: f32[256]" in text and text.count(f" = {name}[") == 1, text
+    assert text.count("unrolled for j in 0..2:") == 2 and text.count("if ((((b * 2) + j) * 32) + t) < 30:") == 2
+    simt = simplify_indices(fuse_threads(program))
+    assert "local x_in: f32[8]" in str(simt.kernels[0])
+    cuda = function_text(render_cuda(simt), render_cuda(simt).launches[0].function)
+    assert cuda.count("*reinterpret_cast<const float4 *>(") == 3
+    assert cuda.rindex("*reinterpret_cast<const float4 *>(") < cuda.index("tanhf(")
+
+
+def test_groups_refuse_what_they_cannot_take():
+    with pytest.raises(ScheduleError, match="groups=2 needs an elementwise nest"):
+        scheduled(lowered(lambda x: x.sum(axis=0), TensorType((30, 8), "f32")), Strategy("gpu_threads", groups=2))
+    with pytest.raises(ScheduleError, match=r"groups must be one of \(1, 2, 4\)"):
+        scheduled(lowered(np.exp, TensorType((8,), "f32")), Strategy("gpu_threads", groups=3))
+    with pytest.raises(ScheduleError, match="groups=2: no independent loop"):
+        scheduled(lowered(np.cumsum, TensorType((8,), "f32")), Strategy("gpu_threads", groups=2))
+
+
+def test_the_default_rule_takes_groups_for_large_float4_kernels_only():
+    """2 groups from ``sm_count x 2048 x 4 x 2`` elements (132 SMs on sm_90: 2162688) in float4;
+    fewer elements, a symbolic count, 2 lanes (float64) or a CPU-less target: one group."""
+    def steps(shape, dtype="f32", target=CUDA):
+        return row_steps(schedule(lowered(lambda x: x * 2, TensorType(shape, dtype)), target))
+
+    threshold = CUDA.sm_count * 2048 * 4 * 2
+    assert steps((threshold,)) == ["gpu_threads(threads=256, lanes=4, groups=2)"]
+    assert steps((threshold - 4,)) == ["gpu_threads(threads=256, lanes=4)"]
+    assert steps((T,)) == ["gpu_threads(threads=256, lanes=4)"]
+    assert steps((threshold,), "f64") == ["gpu_threads(threads=256, lanes=2)"]
+    assert steps((threshold,), target=replace(CUDA, sm_count=0)) == ["gpu_threads(threads=256, lanes=4)"]
 
 
 # ----------------------------------------------------------------------------------------------

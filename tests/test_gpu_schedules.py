@@ -150,10 +150,10 @@ def test_a_symbolic_size_gives_a_ceil_div_grid(rng):
 
 
 def test_the_grid_never_has_more_than_2_31_blocks(rng):
-    huge = schedule(lowered(np.negative, TensorType((2**20, 2**22), "f32")), CUDA).kernels[0]  # 4 a thread
-    block, thread = huge.body, huge.body.body
-    assert block.extent == 2**31 - 1 and thread.extent == 256
-    assert isinstance(thread.body, For) and thread.body.extent == 3  # grid-stride rounds inside the thread
+    huge = schedule(lowered(np.negative, TensorType((2**20, 2**22), "f32")), CUDA).kernels[0]  # 2 x 4 a thread
+    assert str(huge.schedule[-1]) == "gpu_threads(threads=256, lanes=4, groups=2)"
+    assert [(loop.kind, loop.extent) for loop in loops(huge.body)][:3] == [
+        ("gpu_block", 2**31 - 1), ("gpu_thread", 256), ("serial", 2)]  # grid-stride rounds inside the thread
     # the same with a small cap, run: 11 blocks' worth over 3 blocks of 32 threads, 4 rounds
     program = scheduled(lowered(np.negative, TensorType((7, 50), "f32")),
                         Strategy("gpu_threads", threads=32, max_blocks=3))

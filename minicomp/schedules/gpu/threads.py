@@ -47,6 +47,30 @@ term of its own and the group's start visibly a multiple of ``lanes``, whatever 
 Lanes are refused where no run qualifies, a thread runs a loop (a reduction: not
 elementwise), or no loop is independent.
 
+**Groups.** A thread that loads one 16-byte vector and must wait for it before anything else
+keeps too few bytes in flight for an SM to reach the copy bandwidth. With ``groups=G`` (2 or
+4: the default rule's 2 for large elementwise kernels in float4, ``gpu_threads_steps``) each
+thread takes ``G`` positions (element groups with lanes), ``threads*lanes`` elements apart (so
+each warp's accesses stay coalesced), and the grid is ``G`` times smaller. The thread first
+loads, for all ``G`` positions, every element its computation surely reads (``unconditional_loads``
+of buffers the kernel does not write) into per-thread ``local`` arrays (registers after
+``fuse_threads``), then computes and stores the ``G`` positions from there: the ``G`` vector
+loads of each buffer stand before the first computation, independent of each other. Each
+position is guarded where the last block overhangs::
+
+    for i0 in 0..5:                          # schedule: gpu_threads(threads=32, lanes=4, groups=2)
+      for i1 in 0..64:             --->      gpu_block.x for b in 0..2:
+        y[i0*64 + i1] = x[...] * 2             local x_in: f32[256]                # 32 threads x 2 groups x 4 lanes
+                                               gpu_thread.x for t in 0..32:
+                                                 unrolled for j in 0..2:
+                                                   if ((b*2 + j)*32 + t) < 80:
+                                                     vectorized for v in 0..4: x_in[t*8 + j*4 + v] = x[...]
+                                                 unrolled for j in 0..2:
+                                                   if ((b*2 + j)*32 + t) < 80:
+                                                     vectorized for v in 0..4: y[...] = x_in[t*8 + j*4 + v] * 2
+
+Groups need an elementwise nest (a thread that runs a loop is refused), with or without lanes.
+
 Requires a plain nest (as lowering wrote it). Guarantees the thread-serial form
 (``fuse_threads.py``) with a single phase: the same stores of the same values, each position
 in exactly one thread.
@@ -56,8 +80,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...ir.loops import Const, Expr, For, If, Kernel, Stmt, Store, Var
-from ...ir.rewrite import exprs_of, free_vars, loads, map_accesses, statements, substitute_stmt
+from ...ir.loop_text import print_expr
+from ...ir.loops import Allocate, Block, Buffer, Const, Expr, For, If, Kernel, Load, Stmt, Store, Var
+from ...ir.rewrite import (exprs_of, free_vars, loads, map_accesses, map_expr, map_stmt_exprs, statements,
+                           substitute_stmt, unconditional_loads)
 from ...ir.schedule import ScheduleError, loops, tidy
 from ...ir.symbolic import Sym, ceil_div
 from ..cpu.parallel_rows import row_major_position
@@ -68,28 +94,36 @@ from .common import (MAX_BLOCKS, WARP, Namer, check_plain, divides, extent_produ
 
 THREADS = 256  # threads per block of the generic rule: 8 warps, a common choice for memory-bound kernels
 LANES = (1, 2, 4)  # consecutive elements per thread
+GROUPS = (1, 2, 4)  # positions (elements, or groups of lanes) per thread, loaded before any is computed
+GROUPS_RULE = 2  # the default rule's groups for large kernels in float4 (``gpu_threads_steps``)
+RESIDENT_THREADS = 2048  # threads an SM holds at once (sm_80/sm_90): the rule's measure of a large kernel
 VECTOR_BYTES = 16  # the widest load or store of one thread (float4)
 NOT_READ = ("not read",)  # an index that does not read the loops of a run (``LaneGroups._run_part``)
 
 
 @register_strategy("gpu_threads")
-def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BLOCKS, lanes: int = 1) -> Kernel:
+def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BLOCKS, lanes: int = 1,
+                groups: int = 1) -> Kernel:
     """``kernel`` with a GPU thread per iteration of its independent output loops, or, with
-    ``lanes`` of 2 or 4, per ``lanes`` consecutive elements (module docstring)."""
+    ``lanes`` of 2 or 4, per ``lanes`` consecutive elements; with ``groups`` of 2 or 4, each
+    thread takes that many of those positions, loaded before any is computed (module docstring)."""
     if not (isinstance(threads, int) and 1 <= threads <= 1024):
         raise refuse("gpu_threads", kernel, f"threads must be an int in 1..1024, not {threads!r}")
     if not (isinstance(max_blocks, int) and max_blocks >= 1):
         raise refuse("gpu_threads", kernel, f"max_blocks must be a positive int, not {max_blocks!r}")
     if lanes not in LANES:
         raise refuse("gpu_threads", kernel, f"lanes must be one of {LANES}, not {lanes!r}")
+    if groups not in GROUPS:
+        raise refuse("gpu_threads", kernel, f"groups must be one of {GROUPS}, not {groups!r}")
     check_plain("gpu_threads", kernel)
     chain, _ = loop_chain(kernel.body)
     count = independent_loops(kernel, chain)
     name = Namer(kernel)
     b, t = Var(name("b")), Var(name("t"))
     if count == 0:
-        if lanes > 1:
-            raise refuse("gpu_threads", kernel, f"lanes={lanes}: no independent loop to take groups of elements from")
+        if lanes > 1 or groups > 1:
+            what = f"lanes={lanes}" if lanes > 1 else f"groups={groups}"
+            raise refuse("gpu_threads", kernel, f"{what}: no independent loop to take groups of elements from")
         return replace(kernel, body=For(b, 1, For(t, 1, kernel.body, "gpu_thread", "x"), "gpu_block", "x"))
     loops = chain[:count]
     if lanes > 1:
@@ -97,20 +131,79 @@ def gpu_threads(kernel: Kernel, threads: int = THREADS, max_blocks: int = MAX_BL
         positions, place = work.groups, work.body
     else:
         positions = extent_product([loop.extent for loop in loops])
-        place = lambda position: substitute_stmt(  # noqa: E731
-            loops[-1].body, unravel(position, [(loop.var.name, loop.extent) for loop in loops]))
-    blocks, rounds = grid(positions, threads, max_blocks)
+        place = lambda position, inner: substitute_stmt(  # noqa: E731
+            inner, unravel(position, [(loop.var.name, loop.extent) for loop in loops]))
+    blocks, rounds = grid(positions, threads * groups, max_blocks)
     if rounds == 1:
-        position = b * threads + t
+        block = b
     else:
         s = Var(name("s"))
-        position = (s * blocks + b) * threads + t
-    body = place(position)
-    if rounds > 1 or not divides(positions, threads):
-        body = If(less(position, positions), body)
+        block = s * blocks + b
+    guarded = rounds > 1 or not divides(positions, threads * groups)
+    inner = loops[-1].body
+    if groups == 1:
+        position = block * threads + t
+        body = place(position, inner)
+        allocations: list[Stmt] = []
+        if guarded:
+            body = If(less(position, positions), body)
+    else:
+        staging = Staging(kernel, loops, inner, groups, lanes, threads, t, name,
+                          work.lane if lanes > 1 else None)
+        j = staging.group
+
+        def each_group(stmt: Stmt) -> Stmt:
+            position = (block * groups + j) * threads + t
+            placed = place(position, stmt)
+            return For(j, groups, If(less(position, positions), placed) if guarded else placed, "unrolled")
+
+        body = Block([each_group(staging.fill), each_group(staging.compute)])
+        allocations = staging.allocations
     if rounds > 1:
         body = For(s, rounds, body)
-    return replace(kernel, body=tidy(For(b, blocks, For(t, threads, body, "gpu_thread", "x"), "gpu_block", "x")))
+    threaded = For(t, threads, body, "gpu_thread", "x")
+    return replace(kernel, body=tidy(For(b, blocks, Block(allocations + [threaded]) if allocations else threaded,
+                                         "gpu_block", "x")))
+
+
+class Staging:
+    """A thread's ``groups`` positions of an elementwise nest, loaded before computed (module
+    docstring, **Groups**): ``fill`` stores each element that ``inner`` surely reads, of a
+    buffer the kernel does not write, into this thread's slot of a per-thread ``local`` array
+    (``allocations``: ``threads * groups * lanes`` elements, slot ``t*groups*lanes + j*lanes +
+    v``); ``compute`` is ``inner`` reading those slots instead. Both are in terms of the
+    nest's loop variables (and ``group`` ``j``, lane ``v``), to be placed at a position as
+    ``inner`` is."""
+
+    def __init__(self, kernel: Kernel, loops: list[For], inner: Stmt, groups: int, lanes: int, threads: int,
+                 t: Var, name: Namer, lane: Var | None):
+        if any(isinstance(s, For) for s in statements(inner)):
+            raise refuse("gpu_threads", kernel, f"groups={groups} needs an elementwise nest (a thread runs a loop)")
+        self.group = Var(name("j"))
+        per_thread = groups * lanes
+        self.slot = t * per_thread + (self.group * lanes + lane if lane is not None else self.group)
+        written = {s.buffer for s in statements(inner) if isinstance(s, Store)}
+        loop_vars = {loop.var.name for loop in loops}
+        self.staged: dict[tuple, Buffer] = {}
+        self.allocations: list[Stmt] = []
+        fills: list[Stmt] = []
+        for load in unconditional_loads(inner):
+            key = (load.buffer, print_expr(load.index))
+            if key in self.staged or load.buffer in written or not free_vars(load.index) <= loop_vars:
+                continue
+            buffer = Buffer(name(f"{load.buffer.name}_in"), load.dtype, (threads * per_thread,))
+            self.staged[key] = buffer
+            self.allocations.append(Allocate(buffer, "local"))
+            fills.append(Store(buffer, self.slot, load))
+        self.fill: Stmt = Block(fills)
+        self.compute: Stmt = map_stmt_exprs(inner, lambda e: map_expr(e, self._from_registers))
+
+    def _from_registers(self, e: Expr) -> Expr | None:
+        if isinstance(e, Load):
+            buffer = self.staged.get((e.buffer, print_expr(e.index)))
+            if buffer is not None:
+                return Load(buffer, self.slot)
+        return None
 
 
 class LaneGroups:
@@ -167,15 +260,17 @@ class LaneGroups:
             return None
         return tuple(position[:-len(names)])
 
-    def body(self, q: Expr) -> Stmt:
+    def body(self, q: Expr, inner: Stmt | None = None) -> Stmt:
         """What the thread of group ``q`` runs: a vectorized loop over the group's lanes (the
-        tail group, where there is one, element by element under a guard)."""
+        tail group, where there is one, element by element under a guard) of ``inner`` (default:
+        the nest's innermost body; another statement in terms of its loop variables)."""
+        inner = self.inner if inner is None else inner
         outer = unravel(q, [(loop.var.name, loop.extent) for loop in self.outer]
                         + [(self.group.name, ceil_div(self.run_length, self.lanes))])
         start = outer.pop(self.group.name) * self.lanes
         position = start + self.lane  # the element's position in the run
         values = {**outer, **unravel(position, [(loop.var.name, loop.extent) for loop in self.run])}
-        inner = substitute_stmt(self._run_indices(self.inner, position), values)
+        inner = substitute_stmt(self._run_indices(inner, position), values)
         whole = For(self.lane, self.lanes, inner, "vectorized")
         if not self.tail:
             return whole
@@ -203,7 +298,9 @@ def gpu_threads_steps(kernel: Kernel, target=None) -> list:
     """The generic rule: ``gpu_threads`` for a kernel no rule before it bound, ``THREADS`` per
     block, fewer (a multiple of the warp) where the whole kernel has fewer positions; an
     elementwise kernel of 4- or 8-byte values in 16-byte groups (``lanes`` 4 or 2) where its
-    buffers allow, so that each thread's loads and stores are one vector access each."""
+    buffers allow, so that each thread's loads and stores are one vector access each; a large
+    one in float4 (``large_for_groups``) ``GROUPS_RULE`` groups of them a thread, loaded before
+    computed. Another choice is a step of one's own: ``Strategy("gpu_threads", lanes=4, groups=4)``."""
     if any(loop.kind != "serial" for loop in loops(kernel.body)):
         return []
     chain, _ = loop_chain(kernel.body)
@@ -219,4 +316,19 @@ def gpu_threads_steps(kernel: Kernel, target=None) -> list:
     if not isinstance(groups, Sym) and groups < THREADS:
         threads = max(WARP, -(-groups // WARP) * WARP)
     params = {"threads": threads} if lanes == 1 else {"threads": threads, "lanes": lanes}
+    if lanes == 4 and large_for_groups(positions, target):
+        try:
+            gpu_threads(kernel, lanes=lanes, groups=GROUPS_RULE)
+            params["groups"] = GROUPS_RULE
+        except ScheduleError:
+            pass
     return [Strategy("gpu_threads", **params)]
+
+
+def large_for_groups(elements, target) -> bool:
+    """Whether an elementwise kernel of ``elements`` (a static count) is large enough on a
+    ``cuda`` ``target`` for ``GROUPS_RULE`` groups of 4 lanes a thread: every SM still gets its
+    full ``RESIDENT_THREADS`` threads once the grid is ``GROUPS_RULE`` times smaller."""
+    if target is None or target.kind != "cuda" or not target.sm_count or isinstance(elements, Sym):
+        return False
+    return elements >= target.sm_count * RESIDENT_THREADS * 4 * GROUPS_RULE
