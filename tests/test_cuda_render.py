@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import minicomp
+from minicomp.testing.backends import has_nvcc
 from minicomp import TensorType
 from minicomp.codegen.cuda import CUDA_RESERVED, CudaRenderer, render_cuda, simt_form
 from minicomp.errors import CompileError
@@ -41,13 +42,6 @@ F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 I32, I64 = np.dtype(np.int32), np.dtype(np.int64)
 ROWS, COLS = 5, 77
 
-
-def has_nvcc() -> bool:
-    try:
-        nvcc.find_nvcc()
-    except CompileError:
-        return False
-    return True
 
 
 needs_nvcc = pytest.mark.skipif(not has_nvcc(), reason="nvcc (the CUDA toolkit) is not installed")

@@ -38,7 +38,7 @@ from minicomp.schedules.gpu.fuse_threads import fuse_threads
 from minicomp.stages import simplify_indices
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, load_c
+from minicomp.testing.backends import BACKENDS, has_nvcc, load_c
 from minicomp.testing.loop_interpreter import SynchronisationError, run_program
 from minicomp.workloads import WORKLOADS
 
@@ -296,13 +296,6 @@ def test_the_record_replays_on_a_fresh_lowering():
 # nvcc: compiled for sm_90 without spills
 # ----------------------------------------------------------------------------------------------
 
-
-def has_nvcc() -> bool:
-    try:
-        nvcc.find_nvcc()
-        return True
-    except Exception:
-        return False
 
 
 NVCC_CASES = {  # name -> (fn, shapes, dtype)

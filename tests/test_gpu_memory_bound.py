@@ -37,13 +37,13 @@ from minicomp.ir.schedule import ScheduleError, loops
 from minicomp.ir.symbolic import Sym
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.runtime import cuda as cuda_runtime
-from minicomp.runtime.nvcc import build_many, compile_ptx, find_nvcc
+from minicomp.runtime.nvcc import build_many, compile_ptx
 from minicomp.schedules import Strategy, schedule
 from minicomp.schedules.gpu.fuse_threads import fuse_threads
 from minicomp.stages import loop_program, run_stages, simplify_indices
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, load_c
+from minicomp.testing.backends import BACKENDS, has_nvcc, load_c
 from minicomp.testing.loop_interpreter import run_program
 from minicomp.workloads import WORKLOADS
 
@@ -61,13 +61,6 @@ def logsumexp(x):
 
 ROWS = {"softmax": softmax, "layernorm": layernorm, "logsumexp": logsumexp}
 
-
-def has_nvcc() -> bool:
-    try:
-        find_nvcc()
-    except Exception:
-        return False
-    return True
 
 
 needs_nvcc = pytest.mark.skipif(not has_nvcc(), reason="nvcc (the CUDA toolkit) is not installed")

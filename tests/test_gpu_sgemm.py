@@ -38,7 +38,7 @@ from minicomp.schedules.gpu.fuse_threads import fuse_threads
 from minicomp.stages import loop_program, run_stages, simplify_indices
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, load_c
+from minicomp.testing.backends import BACKENDS, has_nvcc, load_c
 from minicomp.testing.loop_interpreter import SynchronisationError, run_program
 from minicomp.workloads import WORKLOADS
 
@@ -485,13 +485,6 @@ def test_a_tiles_rows_padded_for_vector_loads_and_few_conflicts(bk, conflicts):
 # nvcc: compiled for sm_90 without spills, the register tile in registers
 # ----------------------------------------------------------------------------------------------
 
-
-def has_nvcc() -> bool:
-    try:
-        nvcc.find_nvcc()
-        return True
-    except Exception:
-        return False
 
 
 needs_nvcc = pytest.mark.skipif(not has_nvcc(), reason="nvcc (the CUDA toolkit) is not installed")

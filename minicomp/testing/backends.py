@@ -115,6 +115,19 @@ def load_gpu_simt_interp(program) -> Callable:
     return SimtInterpreted(program.graph)
 
 
+def has_nvcc() -> bool:
+    """Whether nvcc (the CUDA toolkit) is found here (``runtime.nvcc.find_nvcc``): the tests that
+    compile generated CUDA need it, not a GPU."""
+    from ..errors import MinicompError
+    from ..runtime.nvcc import find_nvcc
+
+    try:
+        find_nvcc()
+        return True
+    except MinicompError:
+        return False
+
+
 def cuda_available() -> str | None:
     """None where the CUDA backend can run here; else why not (no pycuda, no GPU)."""
     from ..target import probe_cuda_target
