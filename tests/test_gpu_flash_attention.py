@@ -323,3 +323,15 @@ def test_the_kernels_compile_without_spills():
         assert launch.threads == 128 and launch.shared_bytes <= CUDA.shared_bytes, (name, launch)
     [launch] = sources["benchmark"].launches
     assert launch.grid == (8 * 16 * 2048 // 128, 1, 1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_no_queries_against_some_keys(causal, rng):
+    """Zero queries (a static ``Sq = 0``): no query tile, so the per-tile key ranges of a causal
+    mask are empty lists; the schedule still applies and the result is empty (found by the
+    random-graph run in SIMT form)."""
+    q, kv = rand(rng, 2, 0, 8), rand(rng, 2, 5, 8)
+    fn = sdpa(causal)
+    program = with_flash(lowered(fn, q, kv, kv), **TINY["8x8"])
+    assert run_serial_c(program, q, kv, kv)[0].shape == (2, 0, 8)
+    assert run_simt(program, q, kv, kv)[0].shape == (2, 0, 8)

@@ -257,7 +257,10 @@ def shared_bytes(tiling: FlashTiling, depth: int, head: int, itemsize: int) -> i
 
 def per_query_tile(qb: Expr, values: list[int]) -> Expr:
     """``values[qb]`` as an expression: ``a*qb + c`` where the values are that line (causal
-    attention's live key tiles), else ``select_per_block``'s chain of selects."""
+    attention's live key tiles), else ``select_per_block``'s chain of selects. No values (no
+    query tile: zero queries, an empty grid): 0, never evaluated."""
+    if not values:
+        return as_expr(0)
     if len(values) >= 2:
         a, c = values[1] - values[0], values[0]
         if all(v == a * n + c for n, v in enumerate(values)):
