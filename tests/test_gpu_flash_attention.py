@@ -335,3 +335,13 @@ def test_no_queries_against_some_keys(causal, rng):
     program = with_flash(lowered(fn, q, kv, kv), **TINY["8x8"])
     assert run_serial_c(program, q, kv, kv)[0].shape == (2, 0, 8)
     assert run_simt(program, q, kv, kv)[0].shape == (2, 0, 8)
+
+
+def test_attention_with_fewer_scores_than_min_scores_keeps_a_thread_per_output(rng):
+    """Below ``MIN_SCORES`` scores per (batch, head) the rule leaves attention to
+    ``gpu_threads``; at the threshold it takes the tiles."""
+    small = lower(run_pipeline(minicomp.trace(sdpa(), *[TensorType((2, 8, 16), "f32")] * 3))[0])
+    assert not any(s.startswith("gpu_flash_attention(") for s in steps(schedule(small, CUDA)))
+    q, kv = TensorType((2, 8, 16), "f32"), TensorType((2, fa.MIN_SCORES // 8, 16), "f32")
+    enough = lower(run_pipeline(minicomp.trace(sdpa(), q, kv, kv))[0])
+    assert any(s.startswith("gpu_flash_attention(") for s in steps(schedule(enough, CUDA)))

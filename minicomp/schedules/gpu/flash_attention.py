@@ -209,6 +209,10 @@ FLOAT32_TILES = dict(bq=128, bk=32, tm=8, tn=4)
 SMALL_TILES = dict(bq=64, bk=32, tm=4, tn=4)
 MAX_HEAD = 128  # a wider head (more output columns a thread than registers hold): gpu_threads
 MAX_DEPTH = 256  # a longer dot product unrolls into too much code: gpu_threads
+#: fewer scores a (batch, head) than this (an 8 x 32 corner of one 64 x 32 tile): the tile's
+#: threads would mostly compute padding, and a thread per output value (gpu_threads) does the
+#: little work there is sooner
+MIN_SCORES = 256
 
 
 def gpu_flash_attention_steps(kernel: Kernel, target=None) -> list:
@@ -216,7 +220,8 @@ def gpu_flash_attention_steps(kernel: Kernel, target=None) -> list:
     a head up to 64, a score that reads no mask or bias, more queries than ``SMALL_TILES``
     takes), else ``SMALL_TILES`` (float64 with a head over 64
     without ``prefetch``: its registers would spill), where the strategy applies, the head is
-    at most ``MAX_HEAD`` and the depth ``MAX_DEPTH``, and the tiles' shared memory fits
+    at most ``MAX_HEAD`` and the depth ``MAX_DEPTH``, there are at least ``MIN_SCORES`` scores
+    per (batch, head) where the lengths are static, and the tiles' shared memory fits
     ``target``; nothing otherwise (the plain nest then gets ``gpu_threads``)."""
     try:
         check_plain("gpu_flash_attention", kernel)
@@ -227,6 +232,9 @@ def gpu_flash_attention_steps(kernel: Kernel, target=None) -> list:
     depth = plain.row.qk.axes[0][1] if len(plain.row.qk.axes) == 1 else None
     if isinstance(head, Sym) or isinstance(depth, Sym) or depth is None or head > MAX_HEAD or depth > MAX_DEPTH:
         return []
+    sq, sk = kernel.output.shape[-2], plain.row.keys
+    if not isinstance(sq, Sym) and not isinstance(sk, Sym) and sq * sk < MIN_SCORES:
+        return []
     tiles = dict(FLOAT32_TILES) if dtype == np.float32 and head <= 64 else dict(SMALL_TILES)
     if dtype == np.float64 and head > 64:
         tiles["prefetch"] = False
@@ -234,7 +242,6 @@ def gpu_flash_attention_steps(kernel: Kernel, target=None) -> list:
         gpu_flash_attention(kernel, **tiles)
     except ScheduleError:
         return []
-    sq = kernel.output.shape[-2]
     if tiles == FLOAT32_TILES and ((not isinstance(sq, Sym) and sq <= SMALL_TILES["bq"]) or list(loads(plain.row.score))):
         tiles = dict(SMALL_TILES)  # few queries (no block of mostly idle threads), or a mask or bias
     limit = getattr(target, "shared_bytes", None)
