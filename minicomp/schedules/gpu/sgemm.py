@@ -311,16 +311,20 @@ class SgemmBuilder:
 
     # -- loading the tiles ---------------------------------------------------------------------
 
+    def row_and_column(self, e: Expr, row_length: int, v: Var | None) -> tuple[Expr, Expr]:
+        """Row and column of loaded value ``e`` in a tile whose rows are ``row_length`` long;
+        with ``lanes``, of lane ``v`` of group ``e`` (a row holds ``row_length / lanes`` groups)."""
+        if v is None:
+            return e / row_length, e % row_length
+        groups = row_length // self.tiling.lanes
+        return e / groups, (e % groups) * self.tiling.lanes + v
+
     def a_value(self, e: Expr, kt: Expr, v: Var | None) -> tuple[Expr, Expr, list]:
         """Loaded value ``e`` of A's tile at k tile ``kt`` (with ``lanes``: lane ``v`` of group
         ``e``), where it goes in a stage of ``a_tile``, and its guards, ``(index, size)`` pairs
         (``k`` fastest: consecutive threads read consecutive ``k`` of a row)."""
         tl = self.tiling
-        if v is None:
-            row, kk = e / tl.bk, e % tl.bk
-        else:
-            per_row = tl.bk // tl.lanes
-            row, kk = e / per_row, (e % per_row) * tl.lanes + v
+        row, kk = self.row_and_column(e, tl.bk, v)
         m, k = self.m0 + row, kt * tl.bk + kk
         values = {**self.row_values(m), **self.red_values(k)}
         guards = [(m, self.m_size)] if not divides(self.m_size, tl.bm) else []
@@ -331,11 +335,7 @@ class SgemmBuilder:
         """Loaded value ``e`` of B's tile at k tile ``kt`` (lane ``v`` of group ``e``), where it
         goes in a stage of ``b_tile``, and its guards (``n`` fastest)."""
         tl = self.tiling
-        if v is None:
-            kk, col = e / tl.bn, e % tl.bn
-        else:
-            per_row = tl.bn // tl.lanes
-            kk, col = e / per_row, (e % per_row) * tl.lanes + v
+        kk, col = self.row_and_column(e, tl.bn, v)
         n, k = self.n0 + col, kt * tl.bk + kk
         values = {self.shape.col[0].name: n, **self.red_values(k)}
         guards = [(k, self.k_size)] if not divides(self.k_size, tl.bk) else []
