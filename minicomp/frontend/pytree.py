@@ -31,6 +31,7 @@ import functools
 import numpy as np
 
 from ..errors import UnsupportedError
+from ..ir.interpreter import device_array_type  # noqa: F401  (a leaf kind: re-exported for the front end)
 
 ARRAY, TUPLE, NAMEDTUPLE, LIST, DICT, FLOAT, COMPLEX, STATIC, DATACLASS = range(9)
 MAX_DEPTH = 100  # deeper nesting is a cycle (a list holding itself) or not a set of arguments
@@ -118,25 +119,6 @@ def _flatten_other(value, arrays: list, depth: int) -> tuple:
     except TypeError:
         raise UnsupportedError(describe_leaf(value)) from None
     return (STATIC, type(value), value)
-
-
-def device_array_type(value) -> tuple[tuple[int, ...], np.dtype] | None:
-    """The shape and dtype of a device array (an object whose ``__cuda_array_interface__``
-    describes GPU memory: torch on ``"cuda"``, CuPy, pycuda ``GPUArray``), None for anything else.
-
-    Only the interface is read, so neither torch nor pycuda need be imported here; a torch
-    tensor in host memory (whose interface property raises) is not a device array.
-
-        torch.ones(2, 3, device="cuda")   ->  ((2, 3), dtype('float32'))
-        np.ones(3), 1.5                   ->  None
-    """
-    try:
-        interface = getattr(value, "__cuda_array_interface__", None)
-        if interface is None:
-            return None
-        return tuple(int(n) for n in interface["shape"]), np.dtype(interface["typestr"]).newbyteorder("=")
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None
 
 
 @functools.lru_cache(maxsize=256)

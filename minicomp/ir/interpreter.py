@@ -87,7 +87,7 @@ def check_argument(graph: Graph, node: Node, arg, sizes: dict, described: bool =
 def _as_array(arg, node: Node, graph: Graph) -> np.ndarray:
     if type(arg) is np.ndarray:
         return arg
-    if getattr(arg, "__cuda_array_interface__", None) is not None:
+    if device_array_type(arg) is not None:
         raise MinicompRuntimeError(
             f"argument %{node.name} of graph {graph.name!r} is a {type(arg).__name__} in GPU memory, but this target "
             "runs on the CPU: compile with jit(target='cuda'), or pass host memory (torch: x.cpu().numpy(), "
@@ -97,6 +97,25 @@ def _as_array(arg, node: Node, graph: Graph) -> np.ndarray:
     except (TypeError, ValueError) as exc:  # e.g. a ragged list
         raise MinicompRuntimeError(f"argument %{node.name} of graph {graph.name!r} must be {node.type}, "
                                    f"got {type(arg).__name__} {arg!r:.60}, which is not an array: {exc}") from None
+
+
+def device_array_type(value) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The shape and dtype of a device array (an object whose ``__cuda_array_interface__``
+    describes GPU memory: torch on ``"cuda"``, CuPy, pycuda ``GPUArray``), None for anything else.
+
+    Only the interface is read, so neither torch nor pycuda need be imported here; a torch
+    tensor in host memory (whose interface property raises) is not a device array.
+
+        torch.ones(2, 3, device="cuda")   ->  ((2, 3), dtype('float32'))
+        np.ones(3), 1.5                   ->  None
+    """
+    try:
+        interface = getattr(value, "__cuda_array_interface__", None)
+        if interface is None:
+            return None
+        return tuple(int(n) for n in interface["shape"]), np.dtype(interface["typestr"]).newbyteorder("=")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _describe(arg, array: np.ndarray) -> str:
