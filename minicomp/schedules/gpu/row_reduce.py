@@ -13,8 +13,11 @@ gets ``threads`` threads: a block per row, or, with ``threads=32``, a warp per r
    row that is the row's value, which every lane keeps in a per-thread ``local`` array; with
    more warps lane 0 of each stores its partial into ``shared`` memory (32 slots, the unused
    ones the identity);
-3. (more warps) warp 0 combines the 32 partials (a second ``WarpReduce``) and stores the row's
-   value into ``shared`` memory, where every thread of the block reads it in later phases.
+3. (more warps) after the one barrier of the reduction, every warp combines the 32 partials
+   (a second ``WarpReduce``, the same in each warp) and keeps the row's value in registers,
+   as a warp per row does: a single warp 0 doing it would need a second barrier, before the
+   others could read its value from shared memory. Only a reduce kernel's last reduction,
+   whose value lane 0 stores, leaves it to warp 0.
 
 Then the row's elementwise epilogue runs over the row by all its threads (same strided
 order), or, for a reduction, lane 0 stores the finished value. More rows than ``max_blocks``
@@ -460,7 +463,7 @@ class RowBuilder:
         in_warp = Var(self.name(f"{acc.name}_warp"), dtype)
         stmts: list[Stmt] = [WarpReduce(in_warp, red.combiner, Load(partial, self.flat), WARP)]
         if self.threads == WARP:
-            stmts.append(self.finished(acc, in_warp, finish, local=True))
+            stmts.append(self.finished(acc, in_warp, finish))
             self.phase(stmts)
             return
         warps = self.allocate(f"{acc.name}_warps", dtype, WARP, "shared")
@@ -472,23 +475,29 @@ class RowBuilder:
             stmts.append(If(unused, Store(warps, self.lane, identity)))
         self.phase(stmts)
         in_block = Var(self.name(f"{acc.name}_block"), dtype)
-        final = [WarpReduce(in_block, red.combiner, Load(warps, self.lane), WARP),
-                 self.finished(acc, in_block, finish, local=False)]
-        self.phase([If(less(self.lane, WARP), Block(final))])
+        if finish is not None:  # the kernel's last phase: warp 0 combines the partials, lane 0 stores
+            final = [WarpReduce(in_block, red.combiner, Load(warps, self.lane), WARP),
+                     self.finished(acc, in_block, finish)]
+            self.phase([If(less(self.lane, WARP), Block(final))])
+            return
+        # every warp combines the 32 partials itself (lane l takes partial l into its own slot,
+        # which the warp reduce reads): after this one barrier the row's value is in every
+        # thread's registers, where warp 0 alone would need a second one before the others
+        # could read its value from shared memory
+        partials = self.allocate(f"{acc.name}_partials", dtype, self.total_threads, "local")
+        self.phase([Store(partials, self.flat, Load(warps, Binary("%", self.lane, Const(WARP), INDEX)))])
+        self.phase([WarpReduce(in_block, red.combiner, Load(partials, self.flat), WARP),
+                    self.finished(acc, in_block, finish)])
 
-    def finished(self, acc: Var, value: Var, finish: list[Stmt] | None, local: bool) -> Stmt:
+    def finished(self, acc: Var, value: Var, finish: list[Stmt] | None) -> Stmt:
         """What follows the row's value ``value`` of ``acc``: lane 0 stores the output
-        (``finish``), or the value is kept for the later phases (a per-thread ``local`` slot
-        that every lane writes, or one ``shared`` slot that lane 0 writes)."""
+        (``finish``), or every lane keeps the value for the later phases in its per-thread
+        ``local`` slot."""
         if finish is not None:
             return If(equal(self.lane, 0), Block([Declare(acc, value)] + finish))
-        if local:
-            kept = self.allocate(f"{acc.name}_row", acc.dtype, self.total_threads, "local")
-            self.context.append(Declare(acc, Load(kept, self.flat)))
-            return Store(kept, self.flat, value)
-        kept = self.allocate(f"{acc.name}_row", acc.dtype, 1, "shared")
-        self.context.append(Declare(acc, Load(kept, Const(0))))
-        return If(equal(self.lane, 0), Store(kept, Const(0), value))
+        kept = self.allocate(f"{acc.name}_row", acc.dtype, self.total_threads, "local")
+        self.context.append(Declare(acc, Load(kept, self.flat)))
+        return Store(kept, self.flat, value)
 
     def epilogue(self, nest: For) -> None:
         """The phase that runs the row's elementwise loop nest, strided over the row's threads."""
