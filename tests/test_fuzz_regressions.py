@@ -68,3 +68,40 @@ def test_attention_whose_values_add_a_batch_axis():
     inputs = [np.array([[0.5, 1.0]], np.float32), np.array([[-1.0, 0.25]], np.float32),
               np.array([[[-0.75]]], np.float32)]
     check(ATTENTION_WITH_A_BATCHED_V, inputs)
+
+
+# softmax(q @ k^T) @ v with v of another float dtype than the scores: the attention lowering
+# multiplied the probabilities by v's elements as loaded. C promoted silently; CUDA refused it
+# (`double * __half`: two operators match), so nvcc failed. Found on an H100 by `minicomp fuzz
+# --target cuda` (seed 3627910837, graph 228: f64 scores, f16 v; seed 12957056, graph 129: f32
+# scores, f16 v). The lowering now casts, and verify_program refuses mixed float arithmetic
+# in any target's loop IR.
+def mixed_attention(q, k, v):
+    scores = q @ k.transpose(0, 2, 1) * 0.25
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("scores, values", [("float64", "float16"), ("float32", "float16"),
+                                            ("float32", "float64"), ("float16", "float32")])
+def test_attention_whose_values_have_another_dtype(scores, values):
+    from minicomp.ir.verify_loops import verify_program
+    from minicomp.runtime import nvcc
+    from minicomp.stages import run_stages
+    from minicomp.target import cuda_target
+    from minicomp.testing.backends import has_nvcc
+
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((2, 3, 5)).astype(scores), rng.standard_normal((2, 4, 5)).astype(scores)
+    v = rng.standard_normal((2, 4, 6)).astype(values)
+    graph = minicomp.trace(mixed_attention, q, k, v)
+    fused = fuse(graph)
+    assert "attention" in {n.attrs["pattern"] for n in fused.op_nodes() if n.op == "fused"}
+    for target in ("c", "gpu-serial-c"):
+        assert_outputs_close(minicomp.compile(graph, target=target)(q, k, v), minicomp.interpret(graph, q, k, v),
+                             graph)
+    program, _ = run_stages(fused, cuda_target("sm_90"), stop_after="schedule")
+    verify_program(program)
+    if has_nvcc():  # the CUDA it renders compiles
+        source, _ = run_stages(fused, cuda_target("sm_90"), stop_after="render")
+        nvcc.build_cubin(source.text, "sm_90", name="mixed_attention")

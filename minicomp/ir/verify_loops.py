@@ -18,14 +18,18 @@ What is checked, in one walk over each kernel (cheap next to lowering itself):
 * every buffer loaded, stored or addressed is a parameter of its kernel (inputs, output,
   scratch) or ``Allocate`` d in it;
 * every kernel parameter is a parameter of the program (input, constant, output) or has a
-  place in its workspace.
+  place in its workspace;
+* floating-point arithmetic (``+ - * /`` of a float dtype) combines operands of its own dtype:
+  a mixed one (``f64 * f16``) needs an explicit ``Cast``, which C would insert silently but
+  CUDA refuses for ``__half`` (``double * __half`` matches two operators).
 """
 
 from __future__ import annotations
 
 from ..errors import MinicompError
-from .loops import (Address, Allocate, Assign, Block, Declare, Expr, For, If, Kernel, Load, Stmt, Store, Var,
-                    WarpReduce, walk)
+from .loops import (Address, Allocate, Assign, Binary, Block, Declare, Expr, For, If, Kernel, Load, Stmt, Store,
+                    Var, WarpReduce, walk)
+from .loop_text import print_expr
 from .rewrite import exprs_of, statements
 
 
@@ -90,3 +94,7 @@ def _check_expr(e: Expr, scope: set[str], allowed: set, problems: list[str]) -> 
             problems.append(f"{sub.name} is used outside any loop or declaration of it")
         elif isinstance(sub, (Load, Address)) and sub.buffer not in allowed:
             problems.append(f"it uses {sub.buffer.name}, neither a parameter nor allocated")
+        elif isinstance(sub, Binary) and sub.op in ("+", "-", "*", "/") and sub.dtype.kind == "f":
+            mixed = [o.dtype for o in (sub.a, sub.b) if o.dtype != sub.dtype]
+            if mixed:
+                problems.append(f"{print_expr(sub)}: {sub.dtype} arithmetic on a {mixed[0]} operand (cast it first)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.compute import Reduce
+from ..ir.compute import Reduce, cast
 from ..ir.loops import (BOOL, Allocate, Assign, Binary, Block, Buffer, Call, Declare, Expr, For, Load, Select,
                         Store, Var, const)
 from .rules import reduce_into
@@ -56,7 +56,7 @@ def online_softmax(row: OnlineSoftmax) -> Block:
     corr, p, s = Var("correction", dtype), Var("p", dtype), Var("score", dtype)
     exp = lambda x: Call("exp", (x,), dtype)  # noqa: E731
     key_step = Block(reduce_into(row.dot, row.qk) + [
-        Declare(s, row.score),
+        Declare(s, cast(row.score, dtype)),
         Declare(m_new, Call("mc_maximum", (m, s), dtype)),
         # while every score so far is -inf (masked keys), exp(m - m_new) would be exp(-inf + inf)
         # = NaN: shift by 0 instead, so the masked keys weigh exp(-inf) = 0 as in NumPy
@@ -65,7 +65,7 @@ def online_softmax(row: OnlineSoftmax) -> Block:
         Declare(p, exp(Binary("-", s, shift, dtype))),
         Assign(l, Binary("+", Binary("*", l, corr, dtype), p, dtype)),
         For(e, head, Store(acc, e, Binary("+", Binary("*", Load(acc, e), corr, dtype),
-                                          Binary("*", p, row.v, dtype), dtype))),
+                                          Binary("*", p, cast(row.v, dtype), dtype), dtype))),
         Assign(m, m_new),
     ])
     return Block([
