@@ -4,9 +4,11 @@ Method (BENCHMARKS.md, GPU): the inputs are made once at the GPU sizes and put o
 torch tensors; minicomp reads them in place (``__cuda_array_interface__``), so no copy between
 host and device is timed. Every implementation is checked against torch eager (float32, TF32
 off) before it is timed. Then the implementations are timed interleaved: each round times a
-block of calls of each with CUDA events on the current stream, in an order that rotates from
-round to round, and the median per call over all rounds is reported. Host time between
-launches counts: a program whose launches cost more than its kernels shows it.
+block of calls of each (at least 5, and at least about 5 ms) with CUDA events on the current
+stream, in an order that rotates from round to round, and the median per call over all rounds
+is reported. One call is queued before a block's start event, so the block starts on a busy
+GPU; host time between launches counts: a program whose launches cost more than its kernels
+shows it.
 
 Peers, all from the same run: torch eager, ``torch.compile`` (default mode) and, for attention,
 ``scaled_dot_product_attention``. Ceilings, measured first: the device-to-device copy bandwidth
@@ -18,6 +20,7 @@ and outputs written once) and its FLOP rate as a fraction of cuBLAS's.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +32,8 @@ from .errors import MinicompError
 from .testing import assert_close
 from .workloads import WORKLOADS, Workload
 
-CALLS_PER_BLOCK = 5
+CALLS_PER_BLOCK = 5   # at least this many calls between two events ...
+BLOCK_MS = 5.0        # ... and enough for a block of about this long (short kernels: more calls)
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,28 @@ def _torch():
 
 
 def event_ms(torch, fn: Callable, calls: int) -> float:
-    """Milliseconds per call of ``fn`` over ``calls`` calls, between two CUDA events."""
+    """Milliseconds per call of ``fn`` over ``calls`` calls, between two CUDA events.
+
+    One call is queued before the start event, so that the window opens on a busy GPU: the
+    host's time to its first launch (idle GPU before the first kernel, tens of microseconds
+    against kernels of a third of a millisecond) is not timed, while host time between the
+    launches inside the window still is."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
     start.record()
     for _ in range(calls):
         fn()
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / calls
+
+
+def calls_per_block(torch, fn: Callable) -> int:
+    """How many calls of ``fn`` one timed block holds: ``CALLS_PER_BLOCK``, or more where that
+    many last less than ``BLOCK_MS``, so that the events' own cost and jitter (microseconds)
+    stay small next to the block."""
+    ms = event_ms(torch, fn, CALLS_PER_BLOCK)
+    return max(CALLS_PER_BLOCK, min(200, math.ceil(BLOCK_MS / max(ms, 1e-3))))
 
 
 def measure_gpu_ceilings(torch) -> GpuCeilings:
@@ -153,9 +171,10 @@ def bench_gpu_workload(torch, workload: Workload, min_rounds: int) -> GpuResult:
             assert_close(_as_numpy(result[0] if isinstance(result, tuple) else result), expected)
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
+    per_block = {name: calls_per_block(torch, fn) for name, fn in calls.items()}
     for round_ in range(min_rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            times[name].append(event_ms(torch, calls[name], CALLS_PER_BLOCK))
+            times[name].append(event_ms(torch, calls[name], per_block[name]))
     flops, nbytes = workload_cost(workload, host)
     shapes = " ".join("x".join(map(str, s)) for s in workload.shapes["gpu"].values())
     return GpuResult(workload.name, shapes, compile_ms, {n: statistics.median(t) for n, t in times.items()},
@@ -167,14 +186,14 @@ def format_gpu_table(results: list[GpuResult], ceilings: GpuCeilings) -> str:
     """The report: ms per call (median [p10-p90]), minicomp's ratio to each peer, and the
     fractions of the copy bandwidth and of cuBLAS's rate."""
     peers = ["torch eager", "torch.compile", "sdpa"]
-    rows = [f"{'workload':<14}{'minicomp ms':>22}" + "".join(f"{p + ' ms':>16}" for p in peers)
-            + "".join(f"{'/ ' + p:>16}" for p in peers) + f"{'% copy BW':>11}{'% cuBLAS':>10}"]
+    rows = [f"{'workload':<14}{'minicomp ms':>22}" + "".join(f"{p + ' ms':>18}" for p in peers)
+            + "".join(f"{'/ ' + p:>17}" for p in peers) + f"{'% copy BW':>11}{'% cuBLAS':>10}"]
     for r in results:
         low, high = r.spread_ms["minicomp"]
-        cells = [f"{r.workload:<14}", f"{r.median_ms['minicomp']:9.3f} [{low:.3f}-{high:.3f}]".rjust(22)]
-        cells += [f"{r.median_ms[p]:16.3f}" if p in r.median_ms else f"{'-':>16}" for p in peers]
-        cells += [f"{r.ratio(p):16.2f}" if p in r.median_ms else f"{'-':>16}" for p in peers]
-        cells += [f"{100 * r.of_copy(ceilings):10.0f}%", f"{100 * r.of_cublas(ceilings):9.0f}%"]
+        cells = [f"{r.workload:<14}", f"{r.median_ms['minicomp']:.3f} [{low:.3f}-{high:.3f}]".rjust(22)]
+        cells += [f"{r.median_ms[p]:18.3f}" if p in r.median_ms else f"{'-':>18}" for p in peers]
+        cells += [f"{r.ratio(p):17.2f}" if p in r.median_ms else f"{'-':>17}" for p in peers]
+        cells += [f"{100 * r.of_copy(ceilings):10.1f}%", f"{100 * r.of_cublas(ceilings):9.0f}%"]
         rows.append("".join(cells))
     return "\n".join(rows)
 

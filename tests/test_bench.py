@@ -154,3 +154,51 @@ def test_bench_function_takes_numpys_scalars_for_the_0d_arrays_minicomp_returns(
     assert isinstance(loss_and_grads(x, w)[0], np.generic)
     result = bench.bench_function("loss", loss_and_grads, [x, w], min_rounds=2, min_seconds=0.0)
     assert set(result.median_ms) == {"numpy", "minicomp"}
+
+
+class FakeCudaTorch:
+    """Just enough of torch.cuda for ``bench_cuda.event_ms``: a stream whose work is logged in
+    order, and events that take the time of the work queued before them (1 ms a call)."""
+
+    def __init__(self):
+        self.log: list[str] = []
+        torch = self
+
+        class Event:
+            def __init__(self, enable_timing):
+                self.at = None
+
+            def record(self):
+                torch.log.append("event")
+                self.at = torch.log.count("call")
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return float(other.at - self.at)
+
+        self.cuda = type("cuda", (), {"Event": Event})
+
+    def call(self):
+        self.log.append("call")
+
+
+def test_a_cuda_timing_block_starts_after_a_call_already_queued():
+    from minicomp import bench_cuda
+
+    torch = FakeCudaTorch()
+    assert bench_cuda.event_ms(torch, torch.call, 3) == 1.0
+    assert torch.log == ["call", "event", "call", "call", "call", "event"]
+    # short calls get longer blocks (BLOCK_MS), long ones the minimum
+    assert bench_cuda.calls_per_block(torch, torch.call) == max(bench_cuda.CALLS_PER_BLOCK, 5)
+
+
+def test_the_gpu_table_keeps_its_columns_apart():
+    from minicomp.bench_cuda import GpuCeilings, GpuResult, format_gpu_table
+
+    result = GpuResult("layernorm", "32768x4096", 1.0, {"minicomp": 0.362, "torch eager": 0.53, "torch.compile": 0.36},
+                       {"minicomp": (0.36, 0.37)}, 5, flops=0, min_bytes=2 * 32768 * 4096 * 4)
+    header, row = format_gpu_table([result], GpuCeilings("GPU", 3000.0, 50.0)).splitlines()
+    assert "ms torch" not in header and "ms/ " not in header  # each heading stands apart
+    assert len(header) == len(row) and row.split()[-2:] == ["98.9%", "0%"]

@@ -181,13 +181,13 @@ step("Step 2: the GPU schedule: a block per row, the row in registers (thread-se
 #                            after fuse_threads each thread's own f32[16], in registers
 #   shared acc_max_warps     32 slots, one per warp (8 used, the rest the identity), in the
 #                            block's shared memory (on-chip SRAM, seen by all its threads);
-#   shared acc_max_row       the row's max, where every thread reads it in later phases
 #   warp_max / warp_sum      a WarpReduce: the 32 lanes of a warp combine their values by
 #                            register shuffles, no memory at all
 # Phases: (1) load the row once into registers (float4 loads: `vectorized for v`), each thread
 # its max; (2) each warp's max by shuffles, lane 0 of each warp stores it into shared memory;
-# (3) warp 0 combines the 8 warp maxima; then the same for the sum of exp(x - max); then every
-# thread writes its 16 outputs from its registers.
+# (3) after the barrier every warp combines the 8 warp maxima itself (a second warp_max: the
+# same value in every thread's registers, so no second barrier is needed to share it); then the
+# same for the sum of exp(x - max); then every thread writes its 16 outputs from its registers.
 serial = loop_program(fused_graph, GPU, stop_after="schedule")
 [serial_kernel] = serial.kernels
 print(serial_kernel)
