@@ -105,3 +105,25 @@ def test_attention_whose_values_have_another_dtype(scores, values):
     if has_nvcc():  # the CUDA it renders compiles
         source, _ = run_stages(fused, cuda_target("sm_90"), stop_after="render")
         nvcc.build_cubin(source.text, "sm_90", name="mixed_attention")
+
+
+# Attention whose v has no columns: the row's accumulator is a local array of 0 elements, which
+# C renders as `double b_acc[0];` (gcc takes it) and nvcc refuses ("zero-sized variable is not
+# allowed in device code"). Found by test_random_graphs_render_cuda_that_nvcc_compiles (seed
+# 123, graph 118). Arrays are declared with at least one element.
+def test_attention_whose_values_have_no_columns():
+    from minicomp.runtime import nvcc
+    from minicomp.stages import run_stages
+    from minicomp.target import cuda_target
+    from minicomp.testing.backends import has_nvcc
+
+    rng = np.random.default_rng(6)
+    q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4)), np.zeros((2, 5, 0))
+    graph = minicomp.trace(mixed_attention, q, k, v)
+    for target in ("c", "gpu-serial-c"):
+        [out] = minicomp.compile(graph, target=target)(q, k, v)
+        assert out.shape == (2, 3, 0)
+    source, _ = run_stages(fuse(graph), cuda_target("sm_90"), stop_after="render")
+    assert "[0];" not in source.text and "b_acc[1];" in source.text
+    if has_nvcc():
+        nvcc.build_cubin(source.text, "sm_90", name="empty_head")

@@ -34,7 +34,7 @@ from hypothesis.extra import numpy as hnp
 import minicomp
 from minicomp import TensorType
 from minicomp.codegen.c import render_c
-from minicomp.errors import MinicompWarning
+from minicomp.errors import CompileError, MinicompWarning
 from minicomp.ir.loops import (BOOL, Allocate, Barrier, Binary, Block, Buffer, Const, For, If, Load,
                                Store, Var, WarpReduce)
 from minicomp.ir.schedule import Parallel, ScheduleError, loops
@@ -43,10 +43,11 @@ from minicomp.lower.program import lower
 from minicomp.passes.pipeline import run_pipeline
 from minicomp.schedules import Strategy, schedule
 from minicomp.schedules.gpu.fuse_threads import ThreadFormError, fuse_threads
-from minicomp.stages import loop_program, simplify_indices, stage_names
+from minicomp.runtime import nvcc
+from minicomp.stages import loop_program, run_stages, simplify_indices, stage_names
 from minicomp.target import cuda_target
 from minicomp.testing import assert_close
-from minicomp.testing.backends import BACKENDS, cuda_available, load_c
+from minicomp.testing.backends import BACKENDS, cuda_available, has_nvcc, load_c
 from minicomp.testing import fuzz
 from minicomp.testing.fuzz import FuzzOptions, fuzz_command, run_fuzz
 from minicomp.testing.loop_interpreter import SynchronisationError, ThreadOrder, run_program
@@ -627,6 +628,29 @@ def test_random_graphs_through_the_gpu_schedules_in_c(tmp_path):
     assert not report.failures, f"{again}\n{report.summary()}"
     assert report.graphs >= 0.95 * GPU_FUZZ_GRAPHS and report.batched and report.single, report.summary()
     assert report.schedules["gpu_row_reduce"] and report.schedules["gpu_threads"], report.summary()
+
+
+@pytest.mark.skipif(not has_nvcc(), reason="needs nvcc (the CUDA toolkit) on PATH or in CUDA_HOME")
+def test_random_graphs_render_cuda_that_nvcc_compiles():
+    """The CUDA of the C run's graphs (same seed, both pass lists of each), rendered for sm_90
+    and compiled by nvcc in one batch, as a GPU run would compile it: code that C takes but
+    nvcc refuses (``double * __half``, an array of 0 elements) shows here, without a GPU.
+    About 40 s (2 cores) for some 640 sources."""
+    sources, cases = [], []
+    for round_index in range(-(-GPU_FUZZ_GRAPHS // fuzz.ROUND)):
+        for case in fuzz.generate_round(FUZZ_SEED, round_index):
+            for passes in case.pipelines:
+                optimised_graph, _ = run_pipeline(case.graph, list(passes))
+                source, _ = run_stages(optimised_graph, CUDA, stop_after="render")
+                sources.append(source.text)
+                cases.append(case.number)
+    assert len(set(cases)) >= 0.95 * GPU_FUZZ_GRAPHS
+    try:
+        nvcc.build_many(sources)
+    except CompileError as exc:  # which graph: build_many compiled each alone and named its source
+        failed = [str(n) for n, text in zip(cases, sources) if nvcc.cubin_key(text) in str(exc)]
+        pytest.fail(f"minicomp fuzz --target cuda --seed {FUZZ_SEED} --graphs {GPU_FUZZ_GRAPHS}: "
+                    f"graph {', '.join(failed) or '?'}:\n{exc}")
 
 
 #: 20 rounds: a round of 32 graphs has a row reduction with odds of about 1 in 3, so that 20 of

@@ -75,7 +75,7 @@ from ..ir.symbolic import Sym
 from ..schedules.cpu import work
 from ..schedules.gpu.fuse_threads import flat_thread_index
 from . import gemm  # noqa: F401  (registers the micro-kernel's C with minicomp.ir.intrinsics)
-from .cstyle import HELPER_SUFFIXES, CStyleRenderer, _check_function
+from .cstyle import HELPER_SUFFIXES, CStyleRenderer, _check_function, declared_length
 from .cstyle import Identifiers, comment_text, program_sizes  # noqa: F401  (also found here, as before)
 from .vmath import FUNCTIONS_F32 as VECTOR_MATH_F32
 from .vmath import source as vector_math_source
@@ -321,7 +321,8 @@ class CRenderer(CStyleRenderer):
 
     def local_array(self, buffer: Buffer) -> str:
         """``float b_t[64] __attribute__((aligned(64)));``: aligned for the widest vectors."""
-        return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{buffer.size}] __attribute__((aligned(64)));"
+        length = declared_length(buffer)
+        return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{length}] __attribute__((aligned(64)));"
 
 
 def nest_work(loop: For):

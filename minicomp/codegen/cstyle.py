@@ -191,6 +191,16 @@ def program_sizes(program) -> list[str]:
     return sorted(shape_symbols([d for shape in shapes for d in shape]))
 
 
+def declared_length(buffer: Buffer):
+    """The length an array for ``buffer`` is declared with: its size, but at least 1. C and CUDA
+    have no arrays of 0 elements (gcc takes them as an extension, nvcc refuses them); the array
+    of an empty buffer is never read or written, so one element costs nothing::
+
+        local acc: f64[0]   ->   double b_acc[1];
+    """
+    return buffer.size if isinstance(buffer.size, Sym) or buffer.size > 0 else 1
+
+
 class CStyleRenderer:
     """Loop IR -> text of a C-family language; a language subclass sets the spellings.
 
@@ -254,7 +264,7 @@ class CStyleRenderer:
 
     def local_array(self, buffer: Buffer) -> str:
         """The declaration of an array a kernel allocates for itself: ``float b_t[64];``."""
-        return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{buffer.size}];"
+        return f"{self.array_types[buffer.dtype]} {self.name(buffer)}[{declared_length(buffer)}];"
 
     def shared_array(self, buffer: Buffer) -> str:
         """The declaration of an array shared by the threads of a GPU block (``Allocate`` of

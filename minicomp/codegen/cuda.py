@@ -71,7 +71,8 @@ from ..ir.rewrite import (declared_names, free_vars, loaded_buffers, statements,
 from ..ir.symbolic import Sym, SymbolicShapeError
 from ..target import KiB, Target, cuda_target
 from . import c
-from .cstyle import HELPER_SUFFIXES, RESERVED, CStyleRenderer, comment_text, function_names, program_sizes
+from .cstyle import (HELPER_SUFFIXES, RESERVED, CStyleRenderer, comment_text, declared_length, function_names,
+                     program_sizes)
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 I32, I64 = np.dtype(np.int32), np.dtype(np.int64)
@@ -556,7 +557,7 @@ class CudaRenderer(CStyleRenderer):
         if buffer in self.shared_offsets:
             return (f"{ctype} *{self.name(buffer)} = ({ctype} *)(mc_shared + {self.shared_offsets[buffer]});"
                     f"  /* [{buffer.size}] */")
-        return f"__shared__ __align__(16) {ctype} {self.name(buffer)}[{buffer.size}];"
+        return f"__shared__ __align__(16) {ctype} {self.name(buffer)}[{declared_length(buffer)}];"
 
     def barrier_statement(self, s: Barrier, depth: int) -> list[str]:
         """``__syncthreads();``."""
