@@ -517,12 +517,8 @@ class FlashBuilder:
         tl, dt = self.tl, self.dtype
         r, c, d = Var(self.name("r")), Var(self.name("c")), Var(self.name("d"))
         a_frag, b_frag = Buffer(self.name("a_frag"), dt, (tl.tm,)), Buffer(self.name("b_frag"), dt, (tl.tn,))
-        s_at = self.mine(self.s_acc, r * tl.tn + c)
-        product = Binary("*", Load(a_frag, r), Load(b_frag, c), dt)
-        step = Block([self.loop(r, tl.tm, Store(a_frag, r, Load(self.q_s, d * self.q_stride + self.query_row(r)))),
-                      self.loop(c, tl.tn, Store(b_frag, c, Load(self.k_s, d * self.k_stride + self.key_col(c)))),
-                      self.loop(r, tl.tm, self.loop(c, tl.tn, Store(self.s_acc, s_at,
-                                                                    Binary("+", Load(self.s_acc, s_at), product, dt))))])
+        step = self.rank_one_update(self.s_acc, r, a_frag, Load(self.q_s, d * self.q_stride + self.query_row(r)),
+                                    c, b_frag, Load(self.k_s, d * self.k_stride + self.key_col(c)))
         stmts: list[Stmt] = []
         if tl.prefetch:
             stmts.append(self.v_from_registers())
@@ -591,12 +587,8 @@ class FlashBuilder:
         tl, dt = self.tl, self.dtype
         r, c, key = Var(self.name("r")), Var(self.name("c")), Var(self.name("key"))
         a_frag, b_frag = Buffer(self.name("p_frag"), dt, (tl.tm,)), Buffer(self.name("v_frag"), dt, (self.te,))
-        o_at = self.mine(self.o_acc, r * self.te + c)
-        product = Binary("*", Load(a_frag, r), Load(b_frag, c), dt)
-        step = Block([self.loop(r, tl.tm, Store(a_frag, r, Load(self.p_s, key * self.p_stride + self.query_row(r)))),
-                      self.loop(c, self.te, Store(b_frag, c, Load(self.v_s, key * self.dp + self.head_col(c)))),
-                      self.loop(r, tl.tm, self.loop(c, self.te, Store(self.o_acc, o_at,
-                                                                      Binary("+", Load(self.o_acc, o_at), product, dt))))])
+        step = self.rank_one_update(self.o_acc, r, a_frag, Load(self.p_s, key * self.p_stride + self.query_row(r)),
+                                    c, b_frag, Load(self.v_s, key * self.dp + self.head_col(c)))
         compute: list[Stmt] = [Allocate(a_frag), Allocate(b_frag), self.loop(key, tl.bk, step)]
         if not tl.prefetch:
             return compute
@@ -606,6 +598,17 @@ class FlashBuilder:
         more = following.lt(self.hi)
         fetch, keep = self.k_into_registers(following, k_next)
         return [Allocate(k_next), If(more, Block([fetch, self.load_v(following, True)]))] + compute + [If(more, keep)]
+
+    def rank_one_update(self, acc: Buffer, r: Var, a_frag: Buffer, a_value: Expr, c: Var, b_frag: Buffer,
+                        b_value: Expr) -> Stmt:
+        """One step of a register-tile product (S = Q K^T, O += P V): ``a_frag[r] = a_value`` for
+        the thread's rows, ``b_frag[c] = b_value`` for its columns, then
+        ``acc[r, c] += a_frag[r] * b_frag[c]`` on the thread's tile of ``acc``."""
+        rows, cols, dt = a_frag.size, b_frag.size, self.dtype
+        at = self.mine(acc, r * cols + c)
+        product = Binary("*", Load(a_frag, r), Load(b_frag, c), dt)
+        return Block([self.loop(r, rows, Store(a_frag, r, a_value)), self.loop(c, cols, Store(b_frag, c, b_value)),
+                      self.loop(r, rows, self.loop(c, cols, Store(acc, at, Binary("+", Load(acc, at), product, dt))))])
 
     def epilogue(self) -> Stmt:
         """out = O / l: each row's sum over its threads (a warp reduce), the rows and head columns
