@@ -354,7 +354,7 @@ class CudaExecutable:
         if status is not None:
             self.driver.memset_d32_async(status, 0, 1, self.stream)
         self._run(pointers, sizes, status, replayable=not on_device)
-        self._write_device_inputs(views, outputs, shapes)
+        self._write_device_inputs(views, outputs)
         self._raise_status(status)
         return self._results(outputs, shapes, on_device, wait=status is not None or not on_device)
 
@@ -366,17 +366,16 @@ class CudaExecutable:
             self._memory_pool = DeviceMemoryPool()
         return self._memory_pool
 
-    def _write_device_inputs(self, views: list, outputs: list, shapes: list) -> None:
+    def _write_device_inputs(self, views: list, outputs: list) -> None:
         """Each device array the function writes (``x[...] = v``: ``graph.updated_inputs``)
         gets its new value by a device-to-device copy on the stream, as NumPy would leave it."""
         for number, returned in self.plan.graph.updated_inputs.items():
             view = views[number]
             if view is None:
                 continue
-            slot = self.plan.output_order[returned]
-            nbytes = int(np.prod(shapes[slot], dtype=np.int64)) * np.dtype(self.plan.outputs[slot][1]).itemsize
-            if nbytes:
-                self.driver.memcpy_dtod_async(view.pointer, outputs[slot], nbytes, self.stream)
+            if view.nbytes:  # the value has the argument's shape and dtype
+                self.driver.memcpy_dtod_async(view.pointer, outputs[self.plan.output_order[returned]], view.nbytes,
+                                              self.stream)
 
     def _aligned_copy(self, name: str, view: DeviceView | None, pointer: int) -> int:
         """The address of a copy of device argument ``name`` (``view``) at an address that
